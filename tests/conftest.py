@@ -1,0 +1,85 @@
+"""Shared fixtures: small generated face-like folders (never real faces) and tiny configs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(1)
+
+SHARED_LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw112"
+
+
+def synthetic_identity_images(rng: np.random.Generator, identity: int, count: int, size=112):
+    """Images of one made-up identity: a fixed random low-frequency pattern plus noise/shift."""
+    base_rng = np.random.default_rng(1000 + identity)
+    low = base_rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
+    pattern = np.asarray(Image.fromarray(low).resize((size, size), Image.BILINEAR), np.float32)
+    out = []
+    for _ in range(count):
+        dx, dy = rng.integers(-3, 4, 2)
+        img = np.roll(pattern, (dy, dx), axis=(0, 1)) + rng.normal(0, 12, pattern.shape)
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out
+
+
+def jpeg_bytes(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def make_face_folder(root: Path, identities: int = 6, per_identity: int = 8, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["split,identity,file,detector,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5"]
+    for i in range(identities):
+        name = f"person_{i:03d}"
+        (root / name).mkdir(exist_ok=True)
+        for j, img in enumerate(synthetic_identity_images(rng, i, per_identity)):
+            fname = f"{name}_{j + 1:04d}.jpg"
+            (root / name / fname).write_bytes(jpeg_bytes(img))
+            rows.append(f"train,{name},{fname},hog,38,52,74,52,56,72,42,92,70,92")
+    (root.parent / f"{root.name}_landmarks.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def face_folder(tmp_path: Path) -> Path:
+    return make_face_folder(tmp_path / "train")
+
+
+TINY_CONFIG = """
+backbone:
+  layers: [1, 1, 1, 1]
+  widths: [8, 8, 16, 16]
+  input_size: 28
+  embedding_dim: 32
+head:
+  scale: 16.0
+  margin: 0.3
+  num_virtual: 4
+augment:
+  flip: true
+  shift: 1
+optim:
+  name: sgd
+  lr: 0.05
+  warmup_epochs: 0.5
+epochs: 2
+batch_size: 8
+log_every: 2
+threads: 1
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY_CONFIG)
+    return p

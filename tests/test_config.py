@@ -1,0 +1,28 @@
+import pytest
+
+from vigface.config import ConfigError, TrainFRConfig, load_config
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("head:\n  margn: 0.4\n")
+    with pytest.raises(ConfigError, match="head.margn"):
+        load_config(p)
+
+
+def test_bad_value_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lr: -1\n")
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(p)
+
+
+def test_bundled_config_loads_and_overrides():
+    from pathlib import Path
+
+    import vigface
+
+    path = Path(vigface.__file__).parent / "configs" / "fr_lfw_small.yaml"
+    cfg = load_config(path, overrides={"head.num_virtual": 0})
+    assert isinstance(cfg, TrainFRConfig) and cfg.head.num_virtual == 0
+    assert cfg.backbone.input_size == 56

@@ -1,0 +1,1 @@
+"""VIGFace core ML."""

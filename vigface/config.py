@@ -1,0 +1,112 @@
+"""Typed YAML configs. Unknown keys are errors, so a typo never silently trains the default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file is missing, not YAML, or fails validation; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneConfig(_Strict):
+    name: Literal["iresnet"] = "iresnet"
+    depth: int | None = Field(50, description="standard depth (18/34/50/100/200) if layers unset")
+    layers: list[int] | None = Field(None, description="blocks per stage, overrides depth")
+    widths: list[int] = [64, 128, 256, 512]
+    input_size: int = Field(112, ge=16, description="square input side the network sees")
+    embedding_dim: int = Field(512, ge=8)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    channels_last: bool = True
+
+    @model_validator(mode="after")
+    def _depth_or_layers(self):
+        from vigface.backbones import DEPTHS
+
+        if self.layers is None and self.depth not in DEPTHS:
+            raise ValueError(f"depth must be one of {sorted(DEPTHS)} when layers is not given")
+        return self
+
+
+class HeadConfig(_Strict):
+    scale: float = Field(64.0, gt=0)
+    margin: float = Field(0.5, ge=0, lt=1.5)
+    num_virtual: int = Field(0, ge=0, description="k virtual prototypes W_V")
+    sigma_ema: float = Field(0.9, ge=0, le=1, description="EMA coefficient alpha for sigma^2")
+
+
+class DataConfig(_Strict):
+    min_images_per_identity: int = Field(1, ge=1)
+    landmarks: str | None = None
+
+
+class AugmentConfig(_Strict):
+    flip: bool = True
+    shift: int = Field(0, ge=0, description="max random translation in pixels")
+    scale_jitter: float = Field(0.0, ge=0, lt=0.5, description="random zoom range +-")
+    brightness: float = Field(0.0, ge=0, lt=1)
+    contrast: float = Field(0.0, ge=0, lt=1)
+    saturation: float = Field(0.0, ge=0, lt=1)
+    grayscale_p: float = Field(0.0, ge=0, le=1)
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    head_lr_mult: float = Field(1.0, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    grad_clip: float | None = Field(5.0, gt=0)
+
+
+class TrainFRConfig(_Strict):
+    """Everything ``vigface train-fr`` needs besides the data and output paths."""
+
+    backbone: BackboneConfig = BackboneConfig()
+    head: HeadConfig = HeadConfig()
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig = OptimConfig()
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=2, description="real samples per step, per process")
+    seed: int = 0
+    log_every: int = Field(20, ge=1)
+    checkpoint_every_epochs: int = Field(1, ge=1)
+    eval_pairs: str | None = Field(None, description="optional .bin evaluated after training")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all)")
+
+
+def load_config(path: str | Path, model: type[BaseModel] = TrainFRConfig, overrides=None):
+    """Read a YAML file into ``model``; ``overrides`` is a dict merged on top (dotted keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ConfigError(f"invalid config {path}:\n" + "\n".join(lines)) from exc

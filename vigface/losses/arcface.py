@@ -1,0 +1,83 @@
+"""ArcFace over real and virtual prototypes: W = [W_R; W_V] in R^((n+k) x D)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def arcface_logits(
+    cosine: torch.Tensor, labels: torch.Tensor, scale: float, margin: float
+) -> torch.Tensor:
+    """Scaled logits with the additive angular margin on the target class.
+
+    ``s * cos(theta_y + m)`` for the target, ``s * cos(theta_j)`` elsewhere. Where
+    ``theta_y + m`` would pass pi the curve is continued linearly
+    (``cos theta_y - m sin m``), as insightface does, so the target logit stays monotone.
+    """
+    cos_m, sin_m = math.cos(margin), math.sin(margin)
+    threshold, fallback = math.cos(math.pi - margin), math.sin(math.pi - margin) * margin
+    target = cosine.gather(1, labels[:, None]).clamp(-1 + 1e-7, 1 - 1e-7)
+    sin_t = torch.sqrt(1.0 - target * target)
+    with_margin = target * cos_m - sin_t * sin_m
+    with_margin = torch.where(target > threshold, with_margin, target - fallback)
+    logits = cosine.scatter(1, labels[:, None], with_margin.to(cosine.dtype))
+    return logits * scale
+
+
+class PrototypeHead(nn.Module):
+    """The prototype matrix and the ArcFace loss for a batch of real and virtual embeddings.
+
+    Rows ``0..n-1`` are the real identities (W_R), rows ``n..n+k-1`` the virtual ones (W_V).
+    Virtual embeddings are computed from W_V by :class:`VirtualEmbeddingSampler` and enter
+    the loss with the backbone and W_R detached, so the only parameters they move are W_V:
+    the positive term pulls each w_v towards its own noisy samples, the negative terms push
+    the other virtual prototypes away from it. W_V is pushed away from every real identity
+    by the real embeddings, whose negative terms cover all n + k rows.
+    """
+
+    def __init__(
+        self,
+        num_real: int,
+        num_virtual: int,
+        embedding_dim: int = 512,
+        scale: float = 64.0,
+        margin: float = 0.5,
+    ):
+        super().__init__()
+        self.num_real, self.num_virtual = num_real, num_virtual
+        self.scale, self.margin = scale, margin
+        self.real = nn.Parameter(torch.normal(0, 0.01, (num_real, embedding_dim)))
+        self.virtual = nn.Parameter(torch.normal(0, 0.01, (num_virtual, embedding_dim)))
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        virtual_embeddings: torch.Tensor | None = None,
+        virtual_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean ArcFace loss over the ``b_r`` real and ``b_v`` virtual rows of the batch.
+
+        ``labels`` index real rows (``0..n-1``); ``virtual_labels`` index W_V (``0..k-1``).
+        """
+        logits, targets = self.logits(embeddings, labels, virtual_embeddings, virtual_labels)
+        return F.cross_entropy(logits, targets)
+
+    def logits(self, embeddings, labels, virtual_embeddings=None, virtual_labels=None):
+        """Margin logits and targets: ``b_r`` real rows first, then ``b_v`` virtual rows."""
+        w_real = F.normalize(self.real.float(), dim=1)
+        w_virt = F.normalize(self.virtual.float(), dim=1)
+        cos = F.normalize(embeddings.float(), dim=1) @ torch.cat([w_real, w_virt]).T
+        logits = [arcface_logits(cos, labels, self.scale, self.margin)]
+        targets = [labels]
+        if virtual_embeddings is not None and virtual_embeddings.shape[0] > 0:
+            f_v = F.normalize(virtual_embeddings.detach().float(), dim=1)
+            cos_v = f_v @ torch.cat([w_real.detach(), w_virt]).T
+            v_targets = virtual_labels + self.num_real
+            logits.append(arcface_logits(cos_v, v_targets, self.scale, self.margin))
+            targets.append(v_targets)
+        return torch.cat(logits), torch.cat(targets)
