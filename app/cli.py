@@ -35,16 +35,19 @@ def train_fr_cmd(
     resume: bool = typer.Option(True, help="continue from <out>/checkpoints/last.pt if present"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if any)"),
     eval_pairs: Optional[Path] = typer.Option(None, help=".bin pairs evaluated into the card"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="override a config key, e.g. --set head.num_virtual=0 (repeatable)"
+    ),
     verbose: bool = False,
 ) -> None:
     """Stage 1: train ArcFace with virtual prototypes (DDP when run under torchrun)."""
-    from vigface.config import ConfigError, load_config
+    from vigface.config import ConfigError, load_config, parse_overrides
     from vigface.data import DatasetError
     from vigface.training.fr import train_fr
 
     _setup_logging(verbose)
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, overrides=parse_overrides(set_))
         model = train_fr(cfg, data, out, resume=resume, device=device)
     except (ConfigError, DatasetError) as exc:
         _fail(str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,19 @@ from PIL import Image
 
 torch.set_num_threads(1)
 
-SHARED_LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw112"
+SHARED_LFW = Path(
+    os.environ.get(
+        "VIGFACE_LFW112", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw112"
+    )
+)
+
+
+@pytest.fixture
+def lfw112() -> Path:
+    """The real LFW-112 folder from ../shared (or $VIGFACE_LFW112); skip when absent."""
+    if not (SHARED_LFW / "train").is_dir():
+        pytest.skip(f"LFW-112 not found at {SHARED_LFW}")
+    return SHARED_LFW
 
 
 def synthetic_identity_images(rng: np.random.Generator, identity: int, count: int, size=112):

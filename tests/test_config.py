@@ -26,3 +26,16 @@ def test_bundled_config_loads_and_overrides():
     cfg = load_config(path, overrides={"head.num_virtual": 0})
     assert isinstance(cfg, TrainFRConfig) and cfg.head.num_virtual == 0
     assert cfg.backbone.input_size == 56
+
+
+def test_overrides_parse_and_validate(tmp_path):
+    from vigface.config import parse_overrides
+
+    assert parse_overrides(["head.num_virtual=0", "optim.name=adamw"]) == {
+        "head.num_virtual": 0, "optim.name": "adamw"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["epochs"])
+    p = tmp_path / "c.yaml"
+    p.write_text("epochs: 3\n")
+    with pytest.raises(ConfigError, match="head.num_virtual"):
+        load_config(p, overrides={"head.num_virtual": -4})

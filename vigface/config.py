@@ -110,3 +110,14 @@ def load_config(path: str | Path, model: type[BaseModel] = TrainFRConfig, overri
             f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         ]
         raise ConfigError(f"invalid config {path}:\n" + "\n".join(lines)) from exc
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` with YAML typing of the values."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
