@@ -105,6 +105,93 @@ def eval_fr_cmd(
     typer.echo(json.dumps(metrics))
 
 
+@app.command("train-dit")
+def train_dit_cmd(
+    config: Path = typer.Option(..., help="YAML stage-2 config (see vigface/configs/)"),
+    data: Path = typer.Option(..., help="aligned-face ImageFolder with <data>_landmarks.csv"),
+    fr: str = typer.Option(..., help="stage-1 FR model folder or store name"),
+    out: Path = typer.Option(..., help="output generator folder (a model-store entry)"),
+    resume: bool = typer.Option(True, help="continue from <out>/checkpoints/last.pt if present"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if any)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key (repeatable)"),
+    verbose: bool = False,
+) -> None:
+    """Stage 2: train the landmark-conditioned DiT (DDP when run under torchrun)."""
+    from model_store import ModelNotFound, resolve
+    from vigface.config import ConfigError, TrainDiTConfig, load_config, parse_overrides
+    from vigface.data import DatasetError
+    from vigface.fr_model import ModelFormatError
+    from vigface.training.dit import train_dit
+
+    _setup_logging(verbose)
+    try:
+        cfg = load_config(config, TrainDiTConfig, parse_overrides(set_))
+        train_dit(cfg, data, resolve(fr, part="fr"), out, resume=resume, device=device)
+    except (ConfigError, DatasetError, ModelNotFound, ModelFormatError) as exc:
+        _fail(str(exc))
+
+
+def _load_generator(model: str, device: Optional[str] = None):
+    from model_store import ModelNotFound, resolve
+    from vigface.fr_model import ModelFormatError
+    from vigface.generator.artifact import Generator
+
+    import torch
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return Generator.load(resolve(model), device=dev)
+    except (ModelNotFound, ModelFormatError) as exc:
+        _fail(str(exc))
+
+
+def _grid_poses(gen, count: int, landmarks_csv: Optional[Path]):
+    """Pose columns from a landmarks CSV or, by default, the entry's own pose landmarks."""
+    import numpy as np
+
+    from vigface.data import read_landmarks_csv
+    from vigface.generator.grid import pose_columns
+
+    if landmarks_csv is not None:
+        if not landmarks_csv.is_file():
+            _fail(f"landmarks CSV not found: {landmarks_csv}")
+        table = np.stack(list(read_landmarks_csv(landmarks_csv).values()))
+    elif gen.pose_landmarks is not None:
+        table = gen.pose_landmarks
+    else:
+        _fail("the model has no pose landmarks; pass --landmarks <csv>")
+    return pose_columns(table, count)
+
+
+@app.command("sample")
+def sample_cmd(
+    model: str = typer.Option("demo", help="generator folder or store name"),
+    group: str = typer.Option("virtual", help="virtual or real prototypes"),
+    identities: int = typer.Option(8, min=1),
+    poses: int = typer.Option(6, min=1),
+    guidance: float = typer.Option(4.0, min=0.0),
+    steps: int = typer.Option(25, min=1, max=1000),
+    scheduler: str = typer.Option("dpmsolver", help="dpmsolver or ddim"),
+    seed: int = 0,
+    landmarks: Optional[Path] = typer.Option(None, help="CSV to take pose columns from"),
+    out: Path = typer.Option(..., help="output PNG grid (rows = identities, columns = poses)"),
+) -> None:
+    """Draw a sample grid and print identity cosines as one JSON line."""
+    from vigface.evaluation.identity import identity_fidelity
+    from vigface.generator.grid import save_grid
+
+    if group not in ("virtual", "real"):
+        _fail("--group must be 'virtual' or 'real'")
+    gen = _load_generator(model)
+    cols = _grid_poses(gen, poses, landmarks)
+    try:
+        res = identity_fidelity(gen, group, identities, cols, guidance, steps, seed, scheduler=scheduler)
+    except ValueError as exc:
+        _fail(str(exc))
+    save_grid(res.pop("images_array"), identities, poses, out)
+    typer.echo(json.dumps(res))
+
+
 @app.command("export-onnx")
 def export_onnx_cmd(
     model: str = typer.Option(..., help="model folder or model-store name"),

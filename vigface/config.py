@@ -121,3 +121,48 @@ def parse_overrides(items: list[str]) -> dict:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+class DiTModelConfig(_Strict):
+    """FaceDiT size; see :class:`vigface.generator.dit.FaceDiT`."""
+
+    sample_size: int = Field(32, ge=8)
+    patch_size: int = Field(2, ge=1)
+    hidden_size: int = Field(384, ge=16)
+    depth: int = Field(12, ge=1)
+    num_heads: int = Field(6, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _divisible(self):
+        if self.sample_size % self.patch_size:
+            raise ValueError("sample_size must be a multiple of patch_size")
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be a multiple of num_heads")
+        return self
+
+
+class DiffusionConfig(_Strict):
+    num_train_timesteps: int = Field(1000, ge=10)
+    beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = "squaredcos_cap_v2"
+
+
+class TrainDiTConfig(_Strict):
+    """Everything ``vigface train-dit`` needs besides the data, FR model and output paths."""
+
+    model: DiTModelConfig = DiTModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    cond_drop_prob: float = Field(0.1, ge=0, lt=1, description="P(w -> 0) for CFG")
+    identity_loss_weight: float = Field(0.1, ge=0, description="lambda of |f(x0_hat) - w|^2")
+    flip: bool = True
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(200, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1, description="per process")
+    seed: int = 0
+    log_every: int = Field(20, ge=1)
+    checkpoint_every_steps: int = Field(500, ge=1)
+    threads: int | None = Field(None, ge=1)

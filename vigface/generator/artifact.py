@@ -1,0 +1,60 @@
+"""A complete generator: the model-store entry that datasets are sampled from.
+
+::
+
+    <entry>/model_card.json     kind "generator", measured numbers, how it was made
+    <entry>/fr/                 the stage-1 FR artifact (prototypes live here)
+    <entry>/dit/                FaceDiT.save_pretrained (EMA weights)
+    <entry>/scheduler/          the training DDPMScheduler config
+    <entry>/pose_landmarks.npy  (N, 5, 2) training landmarks in 112-px crop pixels: the poses
+                                the generator has seen (no pixels of any face)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+
+from vigface.fr_model import CARD_FILE, FRModel, ModelFormatError
+from vigface.generator.dit import FaceDiT
+
+POSES_FILE = "pose_landmarks.npy"
+
+
+@dataclass
+class Generator:
+    dit: FaceDiT
+    scheduler: DDPMScheduler
+    fr: FRModel
+    card: dict = field(default_factory=dict)
+    pose_landmarks: np.ndarray | None = None
+
+    def save(self, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        out = Path(out)
+        self.dit.to(dtype).save_pretrained(out / "dit")
+        self.dit.to(torch.float32)
+        self.scheduler.save_pretrained(out / "scheduler")
+        if not (out / "fr").is_dir():
+            self.fr.save(out / "fr")
+        if self.pose_landmarks is not None:
+            np.save(out / POSES_FILE, np.asarray(self.pose_landmarks, np.float32))
+        (out / CARD_FILE).write_text(json.dumps(self.card, indent=2) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, entry: str | Path, device: str | torch.device = "cpu") -> Generator:
+        entry = Path(entry)
+        for part in ("dit", "scheduler", "fr"):
+            if not (entry / part).is_dir():
+                raise ModelFormatError(f"{entry} is not a generator entry: missing {part}/")
+        dit = FaceDiT.from_pretrained(entry / "dit", torch_dtype=torch.float32).to(device).eval()
+        scheduler = DDPMScheduler.from_pretrained(entry / "scheduler")
+        fr = FRModel.load(entry / "fr", device=device)
+        card = json.loads((entry / CARD_FILE).read_text()) if (entry / CARD_FILE).is_file() else {}
+        poses = np.load(entry / POSES_FILE) if (entry / POSES_FILE).is_file() else None
+        return cls(dit=dit, scheduler=scheduler, fr=fr, card=card, pose_landmarks=poses)

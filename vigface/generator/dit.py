@@ -1,0 +1,115 @@
+"""FaceDiT: a pixel-space diffusion transformer conditioned on identity, pose and time.
+
+DiT (Peebles & Xie) with adaLN-Zero blocks, written as a diffusers ``ModelMixin`` so it saves
+and loads with ``save_pretrained`` / ``from_pretrained``. diffusers supplies the patch
+embedding, the timestep embedding, adaLN-Zero, attention and the feed-forward; this file only
+wires the VIGFace conditions:
+
+* identity: the FR prototype ``w`` (D = 512) through a two-layer MLP, **added** to the
+  timestep embedding that drives every adaLN modulation. ``w = 0`` is the unconditional
+  branch of classifier-free guidance, as in the paper;
+* pose: five landmark heatmaps concatenated to the noisy image channels before patching;
+* output: the velocity ``v`` (v-prediction), same shape as the image.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import PatchEmbed, TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
+from torch import nn
+
+
+class DiTBlock(nn.Module):
+    """Self-attention + MLP, each gated and modulated by adaLN-Zero from the condition."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = AdaLayerNormZero(dim)
+        self.attn = Attention(query_dim=dim, heads=heads, dim_head=dim // heads, bias=True)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ff = FeedForward(dim, mult=mlp_ratio, activation_fn="gelu-approximate")
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, emb=emb)
+        x = x + gate_msa[:, None] * self.attn(h)
+        h = self.norm2(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        return x + gate_mlp[:, None] * self.ff(h)
+
+
+class FaceDiT(ModelMixin, ConfigMixin):
+    """``forward(x_t, t, identity, landmarks) -> v``.
+
+    Args:
+        sample_size: image side in pixels.
+        patch_size: side of a square patch (tokens = (sample_size / patch_size)^2).
+        hidden_size, depth, num_heads, mlp_ratio: transformer size (DiT-S: 384/12/6).
+        identity_dim: dimension of the FR prototype.
+        landmark_channels: heatmap channels concatenated to the input (5 points).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 3,
+        landmark_channels: int = 5,
+        hidden_size: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        identity_dim: int = 512,
+    ):
+        super().__init__()
+        self.patch_embed = PatchEmbed(
+            height=sample_size, width=sample_size, patch_size=patch_size,
+            in_channels=in_channels + landmark_channels, embed_dim=hidden_size,
+        )
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(256, hidden_size)
+        self.identity_embed = nn.Sequential(
+            nn.Linear(identity_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
+        self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # adaLN-Zero: every residual branch and the output start at zero, so the untrained
+        # network is the identity map on its residual stream (DiT section 3.2).
+        for block in self.blocks:
+            nn.init.zeros_(block.norm1.linear.weight)
+            nn.init.zeros_(block.norm1.linear.bias)
+        nn.init.zeros_(self.norm_out.linear.weight)
+        nn.init.zeros_(self.norm_out.linear.bias)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def condition(self, timestep: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        t = self.time_embed(self.time_proj(timestep).to(identity.dtype))
+        return t + self.identity_embed(identity)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        identity: torch.Tensor,
+        landmarks: torch.Tensor,
+    ) -> torch.Tensor:
+        """sample (B, 3, S, S); timestep (B,); identity (B, D); landmarks (B, 5, S, S)."""
+        b, c, s, _ = sample.shape
+        p = self.config.patch_size
+        x = self.patch_embed(torch.cat([sample, landmarks.to(sample.dtype)], dim=1))
+        emb = self.condition(timestep, identity.to(sample.dtype))
+        for block in self.blocks:
+            x = block(x, emb)
+        x = self.proj_out(self.norm_out(x, emb))
+        g = s // p
+        x = x.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, c, s, s)

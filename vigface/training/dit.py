@@ -1,0 +1,261 @@
+"""Stage 2: train the landmark-conditioned FaceDiT against a frozen stage-1 FR model.
+
+Loss per sample (v-prediction, DDPMScheduler noising):
+
+    L = |v_hat - v|^2  +  lambda * alpha_bar_t * |f(x0_hat)/|f| - w/|w||^2
+
+* ``w`` is the FR prototype of the image's identity (a row of W_R), replaced by zeros with
+  probability ``cond_drop_prob`` (0.1) to learn the unconditional branch for CFG;
+* ``x0_hat = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v_hat`` goes through the frozen FR
+  backbone (gradients flow to the DiT only);
+* ``lambda`` is ``identity_loss_weight`` (default 0.1: the squared distance of unit vectors is
+  at most 4, so the identity term stays below the v loss early and steers once v is learnt);
+  the ``alpha_bar_t`` weight switches the term off at high noise, where ``x0_hat`` is a blurry
+  mean no FR model can recognise; dropped samples (w = 0) get no identity term.
+
+EMA weights (diffusers ``EMAModel``) are what the artifact stores and the sampler uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from vigface.config import TrainDiTConfig
+from vigface.data import AlignedFaceFolder, DatasetError
+from vigface.data.augment import to_model_input
+from vigface.fr_model import FRModel
+from vigface.generator.artifact import Generator
+from vigface.generator.diffusion import predict_x0, signal_fraction, training_scheduler, v_target
+from vigface.generator.dit import FaceDiT
+from vigface.generator.landmarks import CROP_SIZE, render_heatmaps
+from vigface.training.distributed import autocast, barrier, cleanup, init_distributed
+
+log = logging.getLogger(__name__)
+
+# Mirror image: left/right eyes and mouth corners swap (insightface 5-point order).
+FLIP_ORDER = [1, 0, 2, 4, 3]
+
+
+def load_face_data(data_dir: Path, size: int, fr: FRModel, progress: bool):
+    """Images at ``size``, landmarks (N, 5, 2) and the FR class row of each image."""
+    ds = AlignedFaceFolder.scan(data_dir)
+    if ds.landmarks_file is None:
+        raise DatasetError(f"no landmarks CSV beside or inside {data_dir} (need <dir>_landmarks.csv)")
+    missing = [s.path.name for s in ds.samples if s.landmarks is None]
+    if missing:
+        raise DatasetError(f"{len(missing)} images have no landmarks in {ds.landmarks_file}, e.g. {missing[0]}")
+    row_of = {name: i for i, name in enumerate(fr.classes)}
+    unknown = [c for c in ds.classes if c not in row_of]
+    if unknown:
+        raise DatasetError(
+            f"{len(unknown)} identities of {data_dir} have no prototype in the FR model "
+            f"(e.g. {unknown[0]}): train stage 2 on the stage-1 training identities"
+        )
+    images, labels = ds.load_array(size, progress=progress)
+    landmarks = np.stack([s.landmarks for s in ds.samples]).astype(np.float32)
+    rows = np.asarray([row_of[ds.classes[y]] for y in labels], dtype=np.int64)
+    return images, landmarks, rows
+
+
+class DiTLoss(nn.Module):
+    """The stage-2 objective for one batch; holds the DiT (trained) and the FR model (frozen)."""
+
+    def __init__(self, dit: FaceDiT, fr: FRModel, scheduler, cfg: TrainDiTConfig):
+        super().__init__()
+        self.dit, self.scheduler, self.cfg = dit, scheduler, cfg
+        self.fr = fr.embedder
+        for p in self.fr.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.fr.eval()  # frozen: BatchNorm statistics and dropout stay in inference mode
+        return self
+
+    def forward(self, x0, heat, identity):
+        b = x0.shape[0]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), device=x0.device)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        keep = (torch.rand(b, device=x0.device) >= self.cfg.cond_drop_prob).float()
+        w = identity * keep[:, None]
+        v_hat = self.dit(x_t, t, w, heat)
+        v_loss = F.mse_loss(v_hat.float(), v_target(self.scheduler, x0, noise, t).float())
+        id_loss = torch.zeros((), device=x0.device)
+        if self.cfg.identity_loss_weight > 0 and keep.sum() > 0:
+            x0_hat = predict_x0(self.scheduler, x_t, v_hat.float(), t).clamp(-1, 1)
+            f = F.normalize(self.fr(x0_hat).float(), dim=1)
+            dist = (f - identity).pow(2).sum(1)
+            weight = signal_fraction(self.scheduler, t) * keep
+            id_loss = (weight * dist).sum() / keep.sum()
+        return v_loss + self.cfg.identity_loss_weight * id_loss, v_loss.detach(), id_loss.detach()
+
+
+def _plot_losses(log_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in log_path.read_text().splitlines() if '"v_loss"' in line]
+    if not recs:
+        return
+    steps = [r["step"] for r in recs]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(steps, [r["v_loss"] for r in recs])
+    ax[0].set(title="v-prediction MSE", xlabel="step", yscale="log")
+    ax[1].plot(steps, [r["id_loss"] for r in recs], color="tab:orange")
+    ax[1].set(title="identity loss (weighted)", xlabel="step")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def train_dit(
+    cfg: TrainDiTConfig,
+    data_dir: str | Path,
+    fr_dir: str | Path,
+    out_dir: str | Path,
+    resume: bool = True,
+    device: str | None = None,
+    progress: bool = True,
+) -> Generator | None:
+    ctx = init_distributed(device)
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + ctx.rank)
+    fr = FRModel.load(fr_dir, device=ctx.device)
+    size = cfg.model.sample_size
+    images, landmarks, rows = load_face_data(data_dir, size, fr, progress and ctx.is_main)
+    images_t, lms_t = torch.from_numpy(images), torch.from_numpy(landmarks)
+    protos = F.normalize(fr.real_prototypes.float(), dim=1).to(ctx.device)
+    rows_t = torch.from_numpy(rows)
+
+    dit = FaceDiT(identity_dim=protos.shape[1], **cfg.model.model_dump()).to(ctx.device)
+    scheduler = training_scheduler(cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule)
+    loss_module = DiTLoss(dit, fr, scheduler, cfg).to(ctx.device)
+    ema = EMAModel(dit.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+    opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    )
+    steps_per_epoch = len(rows) // (cfg.batch_size * ctx.world_size)
+    if steps_per_epoch == 0:
+        raise DatasetError(f"{len(rows)} images are fewer than one batch of {cfg.batch_size}")
+    total = steps_per_epoch * cfg.epochs
+
+    ckpt = out_dir / "checkpoints" / "last.pt"
+    step, elapsed = 0, 0.0
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location=ctx.device, weights_only=False)
+        dit.load_state_dict(state["dit"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, elapsed = state["step"], state["elapsed_s"]
+        if ctx.is_main:
+            log.info("resumed from %s at step %d", ckpt, step)
+    model = DDP(loss_module, find_unused_parameters=False) if ctx.enabled else loss_module
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "train_log.jsonl"
+
+    def save_checkpoint():
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"dit": dit.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "step": step, "elapsed_s": elapsed}, tmp)
+        os.replace(tmp, ckpt)
+        _plot_losses(log_path, out_dir / "loss_curve.png")
+
+    bar = tqdm(total=total, initial=step, desc="train-dit", disable=not (progress and ctx.is_main))
+    run_v = run_id = 0.0
+    t_last = time.time()
+    while step < total:
+        epoch = step // steps_per_epoch
+        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        perm = perm[ctx.rank :: ctx.world_size]
+        for i in range(step % steps_per_epoch, steps_per_epoch):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x0 = to_model_input(images_t[idx]).to(ctx.device)
+            lms = lms_t[idx].clone()
+            if cfg.flip:
+                flip = torch.rand(len(idx)) < 0.5
+                x0 = torch.where(flip[:, None, None, None].to(ctx.device), x0.flip(-1), x0)
+                mirrored = lms[:, FLIP_ORDER].clone()
+                mirrored[..., 0] = CROP_SIZE - mirrored[..., 0]
+                lms = torch.where(flip[:, None, None], mirrored, lms)
+            heat = render_heatmaps(lms.to(ctx.device), size)
+            w = protos[rows_t[idx].to(ctx.device)]
+            with autocast(ctx.device):
+                loss, v_loss, id_loss = model(x0, heat, w)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(dit.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            ema.step(dit.parameters())
+            step += 1
+            bar.update(1)
+            run_v += float(v_loss)
+            run_id += float(id_loss)
+            now = time.time()
+            elapsed += now - t_last
+            t_last = now
+            if ctx.is_main and step % cfg.log_every == 0:
+                rec = {"step": step, "epoch": epoch + 1, "v_loss": round(run_v / cfg.log_every, 5),
+                       "id_loss": round(run_id / cfg.log_every, 5), "lr": sched.get_last_lr()[0],
+                       "elapsed_s": round(elapsed, 1)}
+                run_v = run_id = 0.0
+                bar.set_postfix(v=rec["v_loss"], id=rec["id_loss"])
+                with log_path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            if ctx.is_main and (step % cfg.checkpoint_every_steps == 0 or step == total):
+                save_checkpoint()
+            if step >= total:
+                break
+    bar.close()
+    barrier(ctx)
+    result = None
+    if ctx.is_main:
+        ema_dit = FaceDiT.from_config(dit.config)
+        ema.copy_to(ema_dit.parameters())
+        ema_dit.eval()
+        result = Generator(
+            dit=ema_dit,
+            scheduler=scheduler,
+            fr=fr,
+            card={
+                "kind": "generator",
+                "train_data": str(data_dir),
+                "fr_model": str(fr_dir),
+                "num_real": int(fr.real_prototypes.shape[0]),
+                "num_virtual": int(fr.virtual_prototypes.shape[0]),
+                "sample_size": size,
+                "dit_parameters": int(sum(p.numel() for p in dit.parameters())),
+                "steps": step,
+                "batch_size": cfg.batch_size * ctx.world_size,
+                "train_minutes": round(elapsed / 60, 1),
+                "device": str(ctx.device),
+                "fr_card": fr.card,
+            },
+            pose_landmarks=landmarks,
+        )
+        (out_dir / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+        result.save(out_dir)
+    cleanup(ctx)
+    return result
