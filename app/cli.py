@@ -216,6 +216,47 @@ def models_list(ctx: typer.Context) -> None:
         typer.echo(f"{entry.name}\t{entry.kind}\t{entry.path}")
 
 
+@models_app.command("add")
+def models_add(
+    run_dir: Path = typer.Argument(..., help="a finished train-fr or train-dit output folder"),
+    name: str = typer.Option(..., help="entry name"),
+    store: Path = typer.Option(
+        Path(__file__).resolve().parents[1] / "model_store" / "models", help="store folder"
+    ),
+    half: bool = typer.Option(True, help="store DiT weights and prototypes in float16"),
+) -> None:
+    """Copy a trained model into a store folder, without checkpoints."""
+    import shutil
+
+    import torch
+
+    from vigface.fr_model import FRModel, ModelFormatError
+    from vigface.generator.artifact import Generator
+
+    dest = store / name
+    if dest.exists():
+        _fail(f"{dest} exists; remove it first or pick another --name")
+    dtype = torch.float16 if half else torch.float32
+    tmp = store / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if (run_dir / "dit").is_dir():
+            Generator.load(run_dir).save(tmp, dtype=dtype)
+        else:
+            FRModel.load(run_dir).save(tmp, prototype_dtype=dtype)
+    except ModelFormatError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _fail(str(exc))
+    for extra in ("train_log.jsonl", "loss_curve.png", "grids"):
+        src = run_dir / extra
+        if src.is_file():
+            shutil.copy2(src, tmp / extra)
+        elif src.is_dir():
+            shutil.copytree(src, tmp / extra)
+    tmp.rename(dest)
+    typer.echo(str(dest))
+
+
 @models_app.command("show")
 def models_show(name: str) -> None:
     """Print a model card as JSON."""

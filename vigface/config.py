@@ -161,6 +161,7 @@ class TrainDiTConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     epochs: int = Field(10, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="stop (and save) after this long")
     batch_size: int = Field(64, ge=1, description="per process")
     seed: int = 0
     log_every: int = Field(20, ge=1)

@@ -50,15 +50,17 @@ class FRModel:
         """The backbone taking 112x112 aligned crops in [-1, 1]."""
         return AlignedCropEmbedder(self.backbone).eval()
 
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, prototype_dtype: torch.dtype = torch.float32) -> Path:
+        """Write the artifact; ``prototype_dtype=torch.float16`` halves the prototype file
+        (cosines change by < 1e-3) for bundled models, loads always return float32."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
         save_file(state, out / BACKBONE_FILE)
         save_file(
             {
-                "real": self.real_prototypes.detach().cpu().float().contiguous(),
-                "virtual": self.virtual_prototypes.detach().cpu().float().contiguous(),
+                "real": self.real_prototypes.detach().cpu().to(prototype_dtype).contiguous(),
+                "virtual": self.virtual_prototypes.detach().cpu().to(prototype_dtype).contiguous(),
                 "sigma": self.sigma.detach().cpu().float().contiguous(),
             },
             out / PROTOTYPES_FILE,
@@ -94,9 +96,9 @@ class FRModel:
         return cls(
             config=config,
             backbone=backbone,
-            real_prototypes=protos["real"].to(device),
-            virtual_prototypes=protos["virtual"].to(device),
-            sigma=protos["sigma"].to(device),
+            real_prototypes=protos["real"].float().to(device),
+            virtual_prototypes=protos["virtual"].float().to(device),
+            sigma=protos["sigma"].float().to(device),
             classes=classes,
             card=card,
         )

@@ -35,12 +35,13 @@ class Generator:
     pose_landmarks: np.ndarray | None = None
 
     def save(self, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Write the entry; ``dtype=torch.float16`` stores the DiT and the prototypes in half
+        precision (bundled models), loading always returns float32."""
         out = Path(out)
         self.dit.to(dtype).save_pretrained(out / "dit")
         self.dit.to(torch.float32)
         self.scheduler.save_pretrained(out / "scheduler")
-        if not (out / "fr").is_dir():
-            self.fr.save(out / "fr")
+        self.fr.save(out / "fr", prototype_dtype=dtype)
         if self.pose_landmarks is not None:
             np.save(out / POSES_FILE, np.asarray(self.pose_landmarks, np.float32))
         (out / CARD_FILE).write_text(json.dumps(self.card, indent=2) + "\n")

@@ -183,6 +183,7 @@ def train_dit(
 
     bar = tqdm(total=total, initial=step, desc="train-dit", disable=not (progress and ctx.is_main))
     run_v = run_id = 0.0
+    stopped = False
     t_last = time.time()
     while step < total:
         epoch = step // steps_per_epoch
@@ -226,8 +227,20 @@ def train_dit(
                     f.write(json.dumps(rec) + "\n")
             if ctx.is_main and (step % cfg.checkpoint_every_steps == 0 or step == total):
                 save_checkpoint()
-            if step >= total:
+            out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+            if ctx.enabled and cfg.max_minutes is not None:  # all ranks stop at the same step
+                flag = torch.tensor(float(out_of_time), device=ctx.device)
+                torch.distributed.all_reduce(flag)
+                out_of_time = bool(flag > 0)
+            if out_of_time and ctx.is_main:
+                save_checkpoint()
+            if out_of_time:
+                stopped = True
+                log.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
+            if step >= total or stopped:
                 break
+        if stopped:
+            break
     bar.close()
     barrier(ctx)
     result = None

@@ -1,0 +1,185 @@
+"""Sampler throughput: batched CFG (one 2B forward per step) against a naive loop.
+
+The naive loop draws one image at a time with two separate forward passes per step in fp32,
+at the same model, scheduler, steps and guidance. Both run in this one process; the last
+line printed is a JSON object with ``sampler_img_per_s``, ``naive_img_per_s`` and
+``speedup``. On CUDA the sampler runs in bf16 and the script also prints achieved TFLOP/s
+(FLOPs counted by ``torch.utils.flop_counter``) against the card's dense bf16 peak.
+
+    python bench/sampler.py --model demo                   # the bundled generator
+    python bench/sampler.py --dit-config vigface/configs/dit_lfw_demo.yaml   # random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vigface.generator.diffusion import cfg_combine, sampling_scheduler, training_scheduler
+from vigface.generator.dit import FaceDiT
+from vigface.generator.landmarks import render_heatmaps
+from vigface.sampling import ImageRequest, Sampler, image_seed, initial_noise, to_uint8
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets.
+BF16_PEAK_TFLOPS = {
+    "H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
+    "H100 NVL": 835.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
+    "RTX 4090": 165.0, "GH200": 989.0,
+}
+
+
+def card_peak(name: str) -> float | None:
+    for key in sorted(BF16_PEAK_TFLOPS, key=len, reverse=True):
+        if key in name:
+            return BF16_PEAK_TFLOPS[key]
+    return None
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    try:  # Linux: "5" resets the peak RSS (VmHWM) of this process
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def current_peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return peak_rss_mb()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()
+
+
+@torch.inference_mode()
+def naive_sample(dit, train_sched, req: ImageRequest, steps: int, guidance: float, name: str):
+    device = next(dit.parameters()).device
+    sched = sampling_scheduler(train_sched, name)
+    sched.set_timesteps(steps, device=device)
+    size = dit.config.sample_size
+    x = initial_noise(req.seed, size)[None].to(device) * sched.init_noise_sigma
+    w = torch.nn.functional.normalize(torch.from_numpy(req.identity[None]).float(), dim=1).to(device)
+    heat = render_heatmaps(torch.from_numpy(req.landmarks[None]).to(device), size)
+    for t in sched.timesteps:
+        xin = sched.scale_model_input(x, t)
+        tt = t.expand(1).to(device)
+        v_c = dit(xin, tt, w, heat)
+        v_u = dit(xin, tt, torch.zeros_like(w), heat)
+        x = sched.step(cfg_combine(v_c, v_u, guidance), t, x).prev_sample
+    return to_uint8(x)
+
+
+def forward_flops(dit, batch: int, device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    s = dit.config.sample_size
+    args = (torch.randn(batch, 3, s, s, device=device), torch.full((batch,), 500, device=device),
+            torch.randn(batch, dit.config.identity_dim, device=device),
+            torch.randn(batch, 5, s, s, device=device))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        dit(*args)
+    return float(counter.get_total_flops())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="demo", help="generator entry (name or folder)")
+    ap.add_argument("--dit-config", type=Path, help="random-weight DiT from a train-dit YAML")
+    ap.add_argument("--images", type=int, default=64, help="images for the batched sampler")
+    ap.add_argument("--naive-images", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--scheduler", default="dpmsolver")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+
+    if args.dit_config:
+        from vigface.config import TrainDiTConfig, load_config
+
+        cfg = load_config(args.dit_config, TrainDiTConfig)
+        dit = FaceDiT(**cfg.model.model_dump()).to(device).eval()
+        train_sched = training_scheduler(cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule)
+        source = str(args.dit_config)
+    else:
+        from model_store import resolve
+        from vigface.generator.artifact import Generator
+
+        gen = Generator.load(resolve(args.model), device=device)
+        dit, train_sched, source = gen.dit, gen.scheduler, str(resolve(args.model))
+    rng = np.random.default_rng(0)
+    d = dit.config.identity_dim
+    reqs = [ImageRequest(rng.normal(size=d).astype(np.float32),
+                         (np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4],
+                                    [70.7, 92.2]]) + rng.normal(0, 2, (5, 2))).astype(np.float32),
+                         image_seed(0, i, 0)) for i in range(args.images)]
+    print(f"model {source}: {sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params, "
+          f"{dit.config.sample_size}px, device {device}, threads {torch.get_num_threads()}")
+
+    sampler = Sampler(dit, train_sched, args.scheduler, args.steps, args.guidance,
+                      args.batch_size, compile=args.compile)
+    next(sampler.stream(reqs[: args.batch_size]))  # warm-up (and compile)
+    reset_peak(device)
+    t0 = time.perf_counter()
+    n = sum(len(batch) for batch, _ in sampler.stream(reqs))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t_sampler = time.perf_counter() - t0
+    peak_sampler = current_peak_mb(device)
+
+    naive_sample(dit, train_sched, reqs[0], 2, args.guidance, args.scheduler)  # warm-up
+    reset_peak(device)
+    t0 = time.perf_counter()
+    for r in reqs[: args.naive_images]:
+        naive_sample(dit, train_sched, r, args.steps, args.guidance, args.scheduler)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t_naive = time.perf_counter() - t0
+    peak_naive = current_peak_mb(device)
+
+    result = {
+        "sampler_img_per_s": round(n / t_sampler, 3),
+        "naive_img_per_s": round(args.naive_images / t_naive, 3),
+        "speedup": round((n / t_sampler) / (args.naive_images / t_naive), 2),
+        "peak_mem_mb_sampler": round(peak_sampler, 1),
+        "peak_mem_mb_naive": round(peak_naive, 1),
+        "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss_peak",
+        "images": n, "batch_size": args.batch_size, "steps": args.steps,
+        "guidance": args.guidance, "scheduler": args.scheduler, "device": str(device),
+    }
+    flops_per_image = forward_flops(dit, 2, device) / 2 * 2 * args.steps  # 2 branches per step
+    result["sampler_tflops"] = round(flops_per_image * n / t_sampler / 1e12, 4)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = card_peak(name)
+        result["card"] = name
+        if peak:
+            result["bf16_peak_tflops"] = peak
+            result["fraction_of_peak"] = round(result["sampler_tflops"] / peak, 4)
+        print(f"achieved {result['sampler_tflops']} TFLOP/s on {name}"
+              + (f" = {100 * result['sampler_tflops'] / peak:.2f}% of {peak} bf16 peak" if peak else ""))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
