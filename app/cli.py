@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,8 +32,8 @@ def train_fr_cmd(
     data: Path = typer.Option(..., help="aligned-face ImageFolder: <data>/<identity>/*.jpg"),
     out: Path = typer.Option(..., help="output model folder (a model-store FR artifact)"),
     resume: bool = typer.Option(True, help="continue from <out>/checkpoints/last.pt if present"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if any)"),
-    eval_pairs: Optional[Path] = typer.Option(None, help=".bin pairs evaluated into the card"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if any)"),
+    eval_pairs: Path | None = typer.Option(None, help=".bin pairs evaluated into the card"),
     set_: list[str] = typer.Option(
         [], "--set", help="override a config key, e.g. --set head.num_virtual=0 (repeatable)"
     ),
@@ -95,12 +94,14 @@ def eval_fr_cmd(
     if update_card:
         from model_store import resolve
 
-        fr.card.update({
-            "dev_accuracy": metrics["accuracy"],
-            "dev_accuracy_std": metrics["accuracy_std"],
-            "dev_tar_at_far_1e-3": metrics["tar_at_far_1e-3"],
-            "dev_pairs": str(pairs),
-        })
+        fr.card.update(
+            {
+                "dev_accuracy": metrics["accuracy"],
+                "dev_accuracy_std": metrics["accuracy_std"],
+                "dev_tar_at_far_1e-3": metrics["tar_at_far_1e-3"],
+                "dev_pairs": str(pairs),
+            }
+        )
         fr.save_card(resolve(model, part="fr"))
     typer.echo(json.dumps(metrics))
 
@@ -112,7 +113,7 @@ def train_dit_cmd(
     fr: str = typer.Option(..., help="stage-1 FR model folder or store name"),
     out: Path = typer.Option(..., help="output generator folder (a model-store entry)"),
     resume: bool = typer.Option(True, help="continue from <out>/checkpoints/last.pt if present"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if any)"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if any)"),
     set_: list[str] = typer.Option([], "--set", help="override a config key (repeatable)"),
     verbose: bool = False,
 ) -> None:
@@ -131,12 +132,12 @@ def train_dit_cmd(
         _fail(str(exc))
 
 
-def _load_generator(model: str, device: Optional[str] = None):
+def _load_generator(model: str, device: str | None = None):
+    import torch
+
     from model_store import ModelNotFound, resolve
     from vigface.fr_model import ModelFormatError
     from vigface.generator.artifact import Generator
-
-    import torch
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -145,7 +146,7 @@ def _load_generator(model: str, device: Optional[str] = None):
         _fail(str(exc))
 
 
-def _grid_poses(gen, count: int, landmarks_csv: Optional[Path]):
+def _grid_poses(gen, count: int, landmarks_csv: Path | None):
     """Pose columns from a landmarks CSV or, by default, the entry's own pose landmarks."""
     import numpy as np
 
@@ -173,7 +174,7 @@ def sample_cmd(
     steps: int = typer.Option(25, min=1, max=1000),
     scheduler: str = typer.Option("dpmsolver", help="dpmsolver or ddim"),
     seed: int = 0,
-    landmarks: Optional[Path] = typer.Option(None, help="CSV to take pose columns from"),
+    landmarks: Path | None = typer.Option(None, help="CSV to take pose columns from"),
     out: Path = typer.Option(..., help="output PNG grid (rows = identities, columns = poses)"),
 ) -> None:
     """Draw a sample grid and print identity cosines as one JSON line."""
@@ -185,7 +186,9 @@ def sample_cmd(
     gen = _load_generator(model)
     cols = _grid_poses(gen, poses, landmarks)
     try:
-        res = identity_fidelity(gen, group, identities, cols, guidance, steps, seed, scheduler=scheduler)
+        res = identity_fidelity(
+            gen, group, identities, cols, guidance, steps, seed, scheduler=scheduler
+        )
     except ValueError as exc:
         _fail(str(exc))
     save_grid(res.pop("images_array"), identities, poses, out)

@@ -54,10 +54,17 @@ def main() -> None:
             print(json.dumps(r))
     summary = {k: v["cos_own_mean"] for k, v in results.items()}
     g_hi, g_lo = max(args.guidance), min(args.guidance)
-    summary["guidance_raises_real"] = results[f"real_g{g_hi:g}"]["cos_own_mean"] > results[f"real_g{g_lo:g}"]["cos_own_mean"]
-    summary["guidance_raises_virtual"] = results[f"virtual_g{g_hi:g}"]["cos_own_mean"] > results[f"virtual_g{g_lo:g}"]["cos_own_mean"]
+    summary["guidance_raises_real"] = (
+        results[f"real_g{g_hi:g}"]["cos_own_mean"] > results[f"real_g{g_lo:g}"]["cos_own_mean"]
+    )
+    summary["guidance_raises_virtual"] = (
+        results[f"virtual_g{g_hi:g}"]["cos_own_mean"]
+        > results[f"virtual_g{g_lo:g}"]["cos_own_mean"]
+    )
     v = results[f"virtual_g{g_hi:g}"]
-    summary["virtual_own_minus_nearest_real"] = round(v["cos_own_mean"] - v["cos_nearest_other_real_mean"], 4)
+    summary["virtual_own_minus_nearest_real"] = round(
+        v["cos_own_mean"] - v["cos_nearest_other_real_mean"], 4
+    )
     summary["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(summary))
 

@@ -28,9 +28,17 @@ from vigface.sampling import ImageRequest, Sampler, image_seed, initial_noise, t
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {
-    "H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
-    "H100 NVL": 835.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
-    "RTX 4090": 165.0, "GH200": 989.0,
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "RTX 4090": 165.0,
+    "GH200": 989.0,
 }
 
 
@@ -76,7 +84,9 @@ def naive_sample(dit, train_sched, req: ImageRequest, steps: int, guidance: floa
     sched.set_timesteps(steps, device=device)
     size = dit.config.sample_size
     x = initial_noise(req.seed, size)[None].to(device) * sched.init_noise_sigma
-    w = torch.nn.functional.normalize(torch.from_numpy(req.identity[None]).float(), dim=1).to(device)
+    w = torch.nn.functional.normalize(torch.from_numpy(req.identity[None]).float(), dim=1).to(
+        device
+    )
     heat = render_heatmaps(torch.from_numpy(req.landmarks[None]).to(device), size)
     for t in sched.timesteps:
         xin = sched.scale_model_input(x, t)
@@ -91,9 +101,12 @@ def forward_flops(dit, batch: int, device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     s = dit.config.sample_size
-    args = (torch.randn(batch, 3, s, s, device=device), torch.full((batch,), 500, device=device),
-            torch.randn(batch, dit.config.identity_dim, device=device),
-            torch.randn(batch, 5, s, s, device=device))
+    args = (
+        torch.randn(batch, 3, s, s, device=device),
+        torch.full((batch,), 500, device=device),
+        torch.randn(batch, dit.config.identity_dim, device=device),
+        torch.randn(batch, 5, s, s, device=device),
+    )
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         dit(*args)
     return float(counter.get_total_flops())
@@ -119,7 +132,9 @@ def main() -> None:
 
         cfg = load_config(args.dit_config, TrainDiTConfig)
         dit = FaceDiT(**cfg.model.model_dump()).to(device).eval()
-        train_sched = training_scheduler(cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule)
+        train_sched = training_scheduler(
+            cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule
+        )
         source = str(args.dit_config)
     else:
         from model_store import resolve
@@ -129,15 +144,31 @@ def main() -> None:
         dit, train_sched, source = gen.dit, gen.scheduler, str(resolve(args.model))
     rng = np.random.default_rng(0)
     d = dit.config.identity_dim
-    reqs = [ImageRequest(rng.normal(size=d).astype(np.float32),
-                         (np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4],
-                                    [70.7, 92.2]]) + rng.normal(0, 2, (5, 2))).astype(np.float32),
-                         image_seed(0, i, 0)) for i in range(args.images)]
-    print(f"model {source}: {sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params, "
-          f"{dit.config.sample_size}px, device {device}, threads {torch.get_num_threads()}")
+    reqs = [
+        ImageRequest(
+            rng.normal(size=d).astype(np.float32),
+            (
+                np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
+                + rng.normal(0, 2, (5, 2))
+            ).astype(np.float32),
+            image_seed(0, i, 0),
+        )
+        for i in range(args.images)
+    ]
+    print(
+        f"model {source}: {sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params, "
+        f"{dit.config.sample_size}px, device {device}, threads {torch.get_num_threads()}"
+    )
 
-    sampler = Sampler(dit, train_sched, args.scheduler, args.steps, args.guidance,
-                      args.batch_size, compile=args.compile)
+    sampler = Sampler(
+        dit,
+        train_sched,
+        args.scheduler,
+        args.steps,
+        args.guidance,
+        args.batch_size,
+        compile=args.compile,
+    )
     next(sampler.stream(reqs[: args.batch_size]))  # warm-up (and compile)
     reset_peak(device)
     t0 = time.perf_counter()
@@ -164,8 +195,12 @@ def main() -> None:
         "peak_mem_mb_sampler": round(peak_sampler, 1),
         "peak_mem_mb_naive": round(peak_naive, 1),
         "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss_peak",
-        "images": n, "batch_size": args.batch_size, "steps": args.steps,
-        "guidance": args.guidance, "scheduler": args.scheduler, "device": str(device),
+        "images": n,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "scheduler": args.scheduler,
+        "device": str(device),
     }
     flops_per_image = forward_flops(dit, 2, device) / 2 * 2 * args.steps  # 2 branches per step
     result["sampler_tflops"] = round(flops_per_image * n / t_sampler / 1e12, 4)
@@ -176,8 +211,14 @@ def main() -> None:
         if peak:
             result["bf16_peak_tflops"] = peak
             result["fraction_of_peak"] = round(result["sampler_tflops"] / peak, 4)
-        print(f"achieved {result['sampler_tflops']} TFLOP/s on {name}"
-              + (f" = {100 * result['sampler_tflops'] / peak:.2f}% of {peak} bf16 peak" if peak else ""))
+        print(
+            f"achieved {result['sampler_tflops']} TFLOP/s on {name}"
+            + (
+                f" = {100 * result['sampler_tflops'] / peak:.2f}% of {peak} bf16 peak"
+                if peak
+                else ""
+            )
+        )
     print(json.dumps(result))
 
 

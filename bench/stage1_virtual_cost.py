@@ -24,8 +24,19 @@ def train(out: Path, data: Path, extra: list[str]) -> None:
         (out / "model_card.json").read_text()
     ):
         return
-    cmd = ["vigface", "train-fr", "--config", str(CONFIG), "--data", str(data / "train"),
-           "--out", str(out), "--eval-pairs", str(data / "dev_pairs.bin"), *extra]
+    cmd = [
+        "vigface",
+        "train-fr",
+        "--config",
+        str(CONFIG),
+        "--data",
+        str(data / "train"),
+        "--out",
+        str(out),
+        "--eval-pairs",
+        str(data / "dev_pairs.bin"),
+        *extra,
+    ]
     subprocess.run(cmd, check=True)
 
 

@@ -53,7 +53,9 @@ def resolve(name_or_path: str | Path, part: str | None = None) -> Path:
         matches = [e.path for e in list_models() if e.name == str(name_or_path)]
         if not matches:
             names = ", ".join(e.name for e in list_models()) or "none"
-            raise ModelNotFound(f"no model folder or store entry named {name_or_path!r} (store has: {names})")
+            raise ModelNotFound(
+                f"no model folder or store entry named {name_or_path!r} (store has: {names})"
+            )
         p = matches[0]
     if part == "fr" and (p / "fr").is_dir():
         p = p / "fr"

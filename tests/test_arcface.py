@@ -31,7 +31,8 @@ def test_head_loss_is_cross_entropy_over_real_and_virtual_rows():
     f, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
     fv, yv = torch.randn(2, 4), torch.tensor([0, 1])
     W = F.normalize(torch.cat([head.real, head.virtual]).detach(), dim=1)
-    logits = arcface_logits(F.normalize(torch.cat([f, fv]), dim=1) @ W.T,
-                            torch.cat([y, yv + 3]), 10.0, 0.2)
+    logits = arcface_logits(
+        F.normalize(torch.cat([f, fv]), dim=1) @ W.T, torch.cat([y, yv + 3]), 10.0, 0.2
+    )
     expected = F.cross_entropy(logits, torch.cat([y, yv + 3]))
     torch.testing.assert_close(head(f, y, fv, yv), expected)

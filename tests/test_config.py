@@ -32,7 +32,9 @@ def test_overrides_parse_and_validate(tmp_path):
     from vigface.config import parse_overrides
 
     assert parse_overrides(["head.num_virtual=0", "optim.name=adamw"]) == {
-        "head.num_virtual": 0, "optim.name": "adamw"}
+        "head.num_virtual": 0,
+        "optim.name": "adamw",
+    }
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["epochs"])
     p = tmp_path / "c.yaml"

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import app
-from vigface.config import TrainDiTConfig, load_config
+from vigface.config import TrainDiTConfig
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import (
     cfg_combine,
@@ -27,8 +27,14 @@ runner = CliRunner()
 
 def tiny_dit(identity_dim=8, seed=0):
     torch.manual_seed(seed)
-    m = FaceDiT(sample_size=16, patch_size=2, hidden_size=32, depth=2, num_heads=2,
-                identity_dim=identity_dim)
+    m = FaceDiT(
+        sample_size=16,
+        patch_size=2,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        identity_dim=identity_dim,
+    )
     for p in m.parameters():  # leave adaLN-Zero's zero init so outputs depend on inputs
         torch.nn.init.normal_(p, 0, 0.05)
     return m.eval()
@@ -68,7 +74,8 @@ def test_batched_cfg_equals_two_separate_passes():
     lms = rng.uniform(30, 80, (3, 5, 2)).astype(np.float32)
     seeds = [image_seed(0, i, 0) for i in range(3)]
     batched = Sampler(dit, sched, steps=4, guidance=3.0).sample(
-        torch.from_numpy(w), torch.from_numpy(lms), seeds)
+        torch.from_numpy(w), torch.from_numpy(lms), seeds
+    )
     # reference: the naive two-pass loop, image by image
     from vigface.sampling import initial_noise, to_uint8
 
@@ -114,17 +121,25 @@ def test_condition_dropout_rate():
 def test_each_image_is_the_same_whatever_its_batch():
     dit, sched = tiny_dit(), training_scheduler()
     rng = np.random.default_rng(1)
-    reqs = [ImageRequest(rng.normal(size=8).astype(np.float32),
-                         rng.uniform(30, 80, (5, 2)).astype(np.float32), image_seed(7, i, 3))
-            for i in range(7)]
+    reqs = [
+        ImageRequest(
+            rng.normal(size=8).astype(np.float32),
+            rng.uniform(30, 80, (5, 2)).astype(np.float32),
+            image_seed(7, i, 3),
+        )
+        for i in range(7)
+    ]
     seven = Sampler(dit, sched, steps=5, batch_size=7)
     one = Sampler(dit, sched, steps=5, batch_size=1)
     a = np.concatenate([im for _, im in seven.stream(reqs)])
     b = np.concatenate([im for _, im in one.stream(reqs)])
     assert a.shape == (7, 16, 16, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
-    alone = one.sample(torch.from_numpy(reqs[4].identity[None]),
-                       torch.from_numpy(reqs[4].landmarks[None]), [reqs[4].seed])
+    alone = one.sample(
+        torch.from_numpy(reqs[4].identity[None]),
+        torch.from_numpy(reqs[4].landmarks[None]),
+        [reqs[4].seed],
+    )
     np.testing.assert_array_equal(alone[0], a[4])
     assert not np.array_equal(a[0], a[1])
 
@@ -171,14 +186,36 @@ threads: 1
 @pytest.mark.slow
 def test_train_dit_cli_end_to_end(face_folder, tiny_config, tmp_path):
     fr_dir = tmp_path / "fr"
-    r = runner.invoke(app, ["train-fr", "--config", str(tiny_config), "--data", str(face_folder),
-                            "--out", str(fr_dir)])
+    r = runner.invoke(
+        app,
+        [
+            "train-fr",
+            "--config",
+            str(tiny_config),
+            "--data",
+            str(face_folder),
+            "--out",
+            str(fr_dir),
+        ],
+    )
     assert r.exit_code == 0, r.output
     cfg = tmp_path / "dit.yaml"
     cfg.write_text(TINY_DIT)
     out = tmp_path / "gen"
-    r = runner.invoke(app, ["train-dit", "--config", str(cfg), "--data", str(face_folder),
-                            "--fr", str(fr_dir), "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "train-dit",
+            "--config",
+            str(cfg),
+            "--data",
+            str(face_folder),
+            "--fr",
+            str(fr_dir),
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 12 and all(np.isfinite(x["v_loss"]) for x in log)
@@ -187,15 +224,45 @@ def test_train_dit_cli_end_to_end(face_folder, tiny_config, tmp_path):
     assert gen.pose_landmarks.shape == (48, 5, 2)
     assert gen.card["kind"] == "generator" and gen.card["num_virtual"] == 4
     # resume: asking for more epochs continues from step 12, not from scratch
-    r = runner.invoke(app, ["train-dit", "--config", str(cfg), "--data", str(face_folder),
-                            "--fr", str(fr_dir), "--out", str(out), "--set", "epochs=3"])
+    r = runner.invoke(
+        app,
+        [
+            "train-dit",
+            "--config",
+            str(cfg),
+            "--data",
+            str(face_folder),
+            "--fr",
+            str(fr_dir),
+            "--out",
+            str(out),
+            "--set",
+            "epochs=3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 18
 
     grid = tmp_path / "grid.png"
-    r = runner.invoke(app, ["sample", "--model", str(out), "--group", "virtual", "--identities",
-                            "2", "--poses", "3", "--steps", "3", "--out", str(grid)])
+    r = runner.invoke(
+        app,
+        [
+            "sample",
+            "--model",
+            str(out),
+            "--group",
+            "virtual",
+            "--identities",
+            "2",
+            "--poses",
+            "3",
+            "--steps",
+            "3",
+            "--out",
+            str(grid),
+        ],
+    )
     assert r.exit_code == 0, r.output
     res = json.loads(r.output.strip().splitlines()[-1])
     assert res["images"] == 6 and -1 <= res["cos_own_mean"] <= 1
@@ -207,12 +274,36 @@ def test_train_dit_cli_end_to_end(face_folder, tiny_config, tmp_path):
 def test_train_dit_rejects_unknown_identities(face_folder, tiny_config, tmp_path):
     from conftest import make_face_folder
 
-    r = runner.invoke(app, ["train-fr", "--config", str(tiny_config), "--data", str(face_folder),
-                            "--out", str(tmp_path / "fr"), "--set", "epochs=1"])
+    r = runner.invoke(
+        app,
+        [
+            "train-fr",
+            "--config",
+            str(tiny_config),
+            "--data",
+            str(face_folder),
+            "--out",
+            str(tmp_path / "fr"),
+            "--set",
+            "epochs=1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     other = make_face_folder(tmp_path / "other", identities=7, per_identity=2)
     cfg = tmp_path / "dit.yaml"
     cfg.write_text(TINY_DIT)
-    r = runner.invoke(app, ["train-dit", "--config", str(cfg), "--data", str(other),
-                            "--fr", str(tmp_path / "fr"), "--out", str(tmp_path / "g")])
+    r = runner.invoke(
+        app,
+        [
+            "train-dit",
+            "--config",
+            str(cfg),
+            "--data",
+            str(other),
+            "--fr",
+            str(tmp_path / "fr"),
+            "--out",
+            str(tmp_path / "g"),
+        ],
+    )
     assert r.exit_code == 2 and "no prototype" in r.output

@@ -29,7 +29,9 @@ def test_dev_pairs_bin(lfw112):
 @pytest.mark.parametrize("entry", [e.name for e in list_models() if e.kind == "fr"])
 def test_bundled_fr_model_reproduces_its_card(lfw112, entry):
     card = json.loads((resolve(entry, part="fr") / "model_card.json").read_text())
-    r = CliRunner().invoke(app, ["eval-fr", "--model", entry, "--pairs", str(lfw112 / "dev_pairs.bin")])
+    r = CliRunner().invoke(
+        app, ["eval-fr", "--model", entry, "--pairs", str(lfw112 / "dev_pairs.bin")]
+    )
     assert r.exit_code == 0, r.output
     metrics = json.loads(r.output.strip().splitlines()[-1])
     assert metrics["accuracy"] == pytest.approx(card["dev_accuracy"], abs=1e-6)

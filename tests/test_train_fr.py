@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import jpeg_bytes, synthetic_identity_images
 from typer.testing import CliRunner
 
 from app.cli import app
-from conftest import jpeg_bytes, synthetic_identity_images
 from vigface.config import load_config
 from vigface.data import write_bin
 from vigface.fr_model import FRModel
@@ -59,8 +59,20 @@ def test_cli_train_eval_models_and_onnx(face_folder, tiny_config, tmp_path, monk
     pairs = _pairs_file(tmp_path / "pairs.bin")
     store = tmp_path / "store"
     out = store / "tiny-fr"
-    r = runner.invoke(app, ["train-fr", "--config", str(tiny_config), "--data", str(face_folder),
-                            "--out", str(out), "--eval-pairs", str(pairs)])
+    r = runner.invoke(
+        app,
+        [
+            "train-fr",
+            "--config",
+            str(tiny_config),
+            "--data",
+            str(face_folder),
+            "--out",
+            str(out),
+            "--eval-pairs",
+            str(pairs),
+        ],
+    )
     assert r.exit_code == 0, r.output
     card = json.loads((out / "model_card.json").read_text())
     assert 0.0 <= card["dev_accuracy"] <= 1.0
@@ -96,13 +108,33 @@ def test_cli_train_eval_models_and_onnx(face_folder, tiny_config, tmp_path, monk
 
 
 def test_cli_bad_inputs_fail_clearly(face_folder, tiny_config, tmp_path):
-    r = runner.invoke(app, ["train-fr", "--config", str(tiny_config), "--data",
-                            str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    r = runner.invoke(
+        app,
+        [
+            "train-fr",
+            "--config",
+            str(tiny_config),
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 2 and "data folder not found" in r.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 1\nbatchsize: 4\n")
-    r = runner.invoke(app, ["train-fr", "--config", str(bad), "--data", str(face_folder),
-                            "--out", str(tmp_path / "o")])
+    r = runner.invoke(
+        app,
+        [
+            "train-fr",
+            "--config",
+            str(bad),
+            "--data",
+            str(face_folder),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 2 and "batchsize" in r.output
     r = runner.invoke(app, ["eval-fr", "--model", "no-such-model", "--pairs", "x.bin"])
     assert r.exit_code == 2 and "no-such-model" in r.output
@@ -115,9 +147,24 @@ def test_cli_bad_inputs_fail_clearly(face_folder, tiny_config, tmp_path):
 def test_torchrun_two_processes_gloo(face_folder, tiny_config, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "app.cli", "train-fr", "--config", str(tiny_config), "--data", str(face_folder),
-           "--out", str(out), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "app.cli",
+        "train-fr",
+        "--config",
+        str(tiny_config),
+        "--data",
+        str(face_folder),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = json.loads((out / "model_card.json").read_text())

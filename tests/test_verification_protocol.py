@@ -1,8 +1,8 @@
 import numpy as np
+import torch
 
 from vigface.evaluation.orthogonality import orthogonality
 from vigface.evaluation.verification import _kfold, verification_metrics
-import torch
 
 
 def _unit(x):
@@ -19,7 +19,9 @@ def test_perfectly_separable_pairs_score_one():
     rng = np.random.default_rng(0)
     a = _unit(rng.normal(size=(600, 16)))
     issame = np.arange(600) % 2 == 0
-    b = np.where(issame[:, None], a + 0.01 * rng.normal(size=a.shape), _unit(rng.normal(size=a.shape)))
+    b = np.where(
+        issame[:, None], a + 0.01 * rng.normal(size=a.shape), _unit(rng.normal(size=a.shape))
+    )
     m = verification_metrics(a, _unit(b), issame)
     assert m["accuracy"] == 1.0 and m["tar_at_far_1e-3"] == 1.0
 

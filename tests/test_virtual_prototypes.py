@@ -6,13 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vigface.config import TrainFRConfig
 from vigface.losses import PrototypeHead, VirtualEmbeddingSampler, num_virtual_per_batch
 from vigface.training.fr import FRTrainingModule
-from vigface.config import TrainFRConfig
 
 
 @pytest.mark.parametrize(
-    "b_r,n,k,expected", [(128, 4024, 2048, 65), (128, 1000, 0, 0), (64, 100, 100, 64), (10, 3, 1, 3)]
+    "b_r,n,k,expected",
+    [(128, 4024, 2048, 65), (128, 1000, 0, 0), (64, 100, 100, 64), (10, 3, 1, 3)],
 )
 def test_virtual_batch_size_is_k_br_over_n(b_r, n, k, expected):
     assert num_virtual_per_batch(b_r, n, k) == expected == round(k * b_r / n)
@@ -85,11 +86,17 @@ def test_real_embeddings_push_virtual_prototypes_and_train_backbone():
 
 
 def test_training_module_adds_bv_virtual_rows(monkeypatch):
-    cfg = TrainFRConfig.model_validate({
-        "backbone": {"layers": [1, 1, 1, 1], "widths": [4, 4, 8, 8], "input_size": 16,
-                     "embedding_dim": 8},
-        "head": {"num_virtual": 6, "scale": 8, "margin": 0.2},
-    })
+    cfg = TrainFRConfig.model_validate(
+        {
+            "backbone": {
+                "layers": [1, 1, 1, 1],
+                "widths": [4, 4, 8, 8],
+                "input_size": 16,
+                "embedding_dim": 8,
+            },
+            "head": {"num_virtual": 6, "scale": 8, "margin": 0.2},
+        }
+    )
     module = FRTrainingModule(cfg, num_real=4)
     seen = {}
     orig = module.head.forward

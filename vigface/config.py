@@ -106,9 +106,7 @@ def load_config(path: str | Path, model: type[BaseModel] = TrainFRConfig, overri
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        ]
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError(f"invalid config {path}:\n" + "\n".join(lines)) from exc
 
 

@@ -77,7 +77,8 @@ class FRModel:
     def load(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> FRModel:
         d = Path(model_dir)
         missing = [
-            f for f in (BACKBONE_FILE, PROTOTYPES_FILE, CLASSES_FILE, CONFIG_FILE)
+            f
+            for f in (BACKBONE_FILE, PROTOTYPES_FILE, CLASSES_FILE, CONFIG_FILE)
             if not (d / f).is_file()
         ]
         if missing:

@@ -33,7 +33,7 @@ def image_seed(job_seed: int, identity_index: int, image_index: int, attempt: in
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """One image to draw: identity prototype (D,), 5 landmarks (5, 2) in 112-px crop pixels, seed."""
+    """One image to draw: prototype (D,), 5 landmarks (5, 2) in 112-px crop pixels, seed."""
 
     identity: np.ndarray
     landmarks: np.ndarray
@@ -88,7 +88,9 @@ class Sampler:
         )
 
     @torch.inference_mode()
-    def sample(self, identities: torch.Tensor, landmarks: torch.Tensor, seeds: list[int]) -> np.ndarray:
+    def sample(
+        self, identities: torch.Tensor, landmarks: torch.Tensor, seeds: list[int]
+    ) -> np.ndarray:
         """One batch: identities (B, D), landmarks (B, 5, 2) -> (B, S, S, 3) uint8."""
         b = len(seeds)
         sched = sampling_scheduler(self.train_scheduler, self.scheduler_name)
@@ -108,7 +110,9 @@ class Sampler:
             x = sched.step(cfg_combine(v_cond, v_uncond, self.guidance), t, x).prev_sample
         return to_uint8(x)
 
-    def stream(self, requests: Iterable[ImageRequest]) -> Iterator[tuple[list[ImageRequest], np.ndarray]]:
+    def stream(
+        self, requests: Iterable[ImageRequest]
+    ) -> Iterator[tuple[list[ImageRequest], np.ndarray]]:
         """Yield ``(requests, images)`` batch by batch, in request order."""
         batch: list[ImageRequest] = []
         for req in requests:

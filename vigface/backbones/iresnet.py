@@ -9,8 +9,8 @@ feature size follows from it).
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 # Blocks per stage of the standard depths (arcface_torch's iresnet18/34/50/100/200).
 DEPTHS = {

@@ -51,9 +51,7 @@ class AlignedFaceFolder:
             raise DatasetError(f"no identity folders in {root} (expected <root>/<identity>/*.jpg)")
         samples: list[FaceSample] = []
         for label, name in enumerate(classes):
-            files = sorted(
-                p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise DatasetError(f"identity folder has no images: {root / name}")
             samples += [FaceSample(p, label) for p in files]
@@ -94,7 +92,9 @@ class AlignedFaceFolder:
             labels.append(s.label)
             kept.append(s)
         if self.skipped:
-            log.warning("skipped %d unreadable images (first: %s)", len(self.skipped), self.skipped[0])
+            log.warning(
+                "skipped %d unreadable images (first: %s)", len(self.skipped), self.skipped[0]
+            )
         if not images:
             raise DatasetError(f"no readable images under {self.root}")
         self.samples = kept

@@ -34,7 +34,8 @@ def identity_fidelity(
     chosen = torch.linspace(0, protos.shape[0] - 1, identities).round().long()
     reqs = [
         ImageRequest(protos[int(j)].cpu().numpy(), poses[p], image_seed(seed, int(j), p))
-        for j in chosen for p in range(len(poses))
+        for j in chosen
+        for p in range(len(poses))
     ]
     sampler = Sampler(gen.dit, gen.scheduler, scheduler, steps, guidance, batch_size)
     images = np.concatenate([imgs for _, imgs in sampler.stream(reqs)])

@@ -27,7 +27,7 @@ def _max_cos_stats(a: torch.Tensor, b: torch.Tensor, same: bool, chunk: int = 40
 
 
 def orthogonality(real: torch.Tensor, virtual: torch.Tensor) -> dict:
-    """``{"v_to_r", "r_to_r", "v_to_v"}``, each ``{"mean", "p99", "max"}`` of per-prototype max-cos."""
+    """Per-prototype max-cos stats: ``v_to_r``, ``r_to_r``, ``v_to_v``, each mean, p99, max."""
     return {
         "v_to_r": _max_cos_stats(virtual, real, same=False),
         "r_to_r": _max_cos_stats(real, real, same=True),

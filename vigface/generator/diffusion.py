@@ -52,7 +52,7 @@ def predict_x0(scheduler, x_t: torch.Tensor, v: torch.Tensor, timesteps: torch.T
 
 
 def signal_fraction(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
-    """``alpha_bar_t``: weight of the identity loss (x_0 estimates at high noise are blurry means)."""
+    """``alpha_bar_t``: identity-loss weight (x_0 estimates at high noise are blurry means)."""
     return scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
 
 

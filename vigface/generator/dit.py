@@ -67,16 +67,23 @@ class FaceDiT(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         self.patch_embed = PatchEmbed(
-            height=sample_size, width=sample_size, patch_size=patch_size,
-            in_channels=in_channels + landmark_channels, embed_dim=hidden_size,
+            height=sample_size,
+            width=sample_size,
+            patch_size=patch_size,
+            in_channels=in_channels + landmark_channels,
+            embed_dim=hidden_size,
         )
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(256, hidden_size)
         self.identity_embed = nn.Sequential(
             nn.Linear(identity_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
-        self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
+        )
+        self.norm_out = AdaLayerNormContinuous(
+            hidden_size, hidden_size, elementwise_affine=False, eps=1e-6
+        )
         self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
         self._init_weights()
 

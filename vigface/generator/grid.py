@@ -33,7 +33,10 @@ def save_grid(images: np.ndarray, rows: int, cols: int, path: str | Path, scale:
     canvas = np.full((rows * (s + pad) + pad, cols * (s + pad) + pad, 3), 255, np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        canvas[pad + r * (s + pad): pad + r * (s + pad) + s, pad + c * (s + pad): pad + c * (s + pad) + s] = img
+        canvas[
+            pad + r * (s + pad) : pad + r * (s + pad) + s,
+            pad + c * (s + pad) : pad + c * (s + pad) + s,
+        ] = img
     out = Image.fromarray(canvas)
     if scale != 1:
         out = out.resize((out.width * scale, out.height * scale), Image.NEAREST)

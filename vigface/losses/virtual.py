@@ -24,9 +24,9 @@ Choices the paper leaves open, and why:
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 
 def num_virtual_per_batch(num_real_in_batch: int, num_real: int, num_virtual: int) -> int:

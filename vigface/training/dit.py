@@ -52,10 +52,14 @@ def load_face_data(data_dir: Path, size: int, fr: FRModel, progress: bool):
     """Images at ``size``, landmarks (N, 5, 2) and the FR class row of each image."""
     ds = AlignedFaceFolder.scan(data_dir)
     if ds.landmarks_file is None:
-        raise DatasetError(f"no landmarks CSV beside or inside {data_dir} (need <dir>_landmarks.csv)")
+        raise DatasetError(
+            f"no landmarks CSV beside or inside {data_dir} (need <dir>_landmarks.csv)"
+        )
     missing = [s.path.name for s in ds.samples if s.landmarks is None]
     if missing:
-        raise DatasetError(f"{len(missing)} images have no landmarks in {ds.landmarks_file}, e.g. {missing[0]}")
+        raise DatasetError(
+            f"{len(missing)} images have no landmarks in {ds.landmarks_file}, e.g. {missing[0]}"
+        )
     row_of = {name: i for i, name in enumerate(fr.classes)}
     unknown = [c for c in ds.classes if c not in row_of]
     if unknown:
@@ -176,8 +180,17 @@ def train_dit(
     def save_checkpoint():
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt.with_suffix(".tmp")
-        torch.save({"dit": dit.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "step": step, "elapsed_s": elapsed}, tmp)
+        torch.save(
+            {
+                "dit": dit.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "elapsed_s": elapsed,
+            },
+            tmp,
+        )
         os.replace(tmp, ckpt)
         _plot_losses(log_path, out_dir / "loss_curve.png")
 
@@ -218,9 +231,14 @@ def train_dit(
             elapsed += now - t_last
             t_last = now
             if ctx.is_main and step % cfg.log_every == 0:
-                rec = {"step": step, "epoch": epoch + 1, "v_loss": round(run_v / cfg.log_every, 5),
-                       "id_loss": round(run_id / cfg.log_every, 5), "lr": sched.get_last_lr()[0],
-                       "elapsed_s": round(elapsed, 1)}
+                rec = {
+                    "step": step,
+                    "epoch": epoch + 1,
+                    "v_loss": round(run_v / cfg.log_every, 5),
+                    "id_loss": round(run_id / cfg.log_every, 5),
+                    "lr": sched.get_last_lr()[0],
+                    "elapsed_s": round(elapsed, 1),
+                }
                 run_v = run_id = 0.0
                 bar.set_postfix(v=rec["v_loss"], id=rec["id_loss"])
                 with log_path.open("a") as f:

@@ -147,12 +147,16 @@ def train_fr(
     aug_gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1000 + ctx.rank)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
-        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        perm = torch.randperm(
+            len(labels), generator=torch.Generator().manual_seed(cfg.seed + epoch)
+        )
         perm = perm[ctx.rank :: ctx.world_size]
         model.train()
         bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (progress and ctx.is_main), leave=False,
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (progress and ctx.is_main),
+            leave=False,
         )
         running = 0.0
         for i in bar:
@@ -190,21 +194,26 @@ def train_fr(
             rec = {
                 "epoch": epoch + 1,
                 "epoch_s": round(time.time() - t0, 1),
-                "img_per_s": round(steps_per_epoch * cfg.batch_size * ctx.world_size / (time.time() - t0), 1),
+                "img_per_s": round(
+                    steps_per_epoch * cfg.batch_size * ctx.world_size / (time.time() - t0), 1
+                ),
                 "orthogonality": ortho,
             }
             log_file.write(json.dumps(rec) + "\n")
             log_file.flush()
             log.info("epoch %d/%d done in %.0fs", epoch + 1, cfg.epochs, rec["epoch_s"])
             if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == cfg.epochs:
-                _save_checkpoint(ckpt_path, {
-                    "module": module.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "epoch": epoch + 1,
-                    "elapsed_s": elapsed,
-                    "classes": classes,
-                })
+                _save_checkpoint(
+                    ckpt_path,
+                    {
+                        "module": module.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "epoch": epoch + 1,
+                        "elapsed_s": elapsed,
+                        "classes": classes,
+                    },
+                )
         barrier(ctx)
 
     result = None
