@@ -152,6 +152,9 @@ class TrainDiTConfig(_Strict):
     diffusion: DiffusionConfig = DiffusionConfig()
     cond_drop_prob: float = Field(0.1, ge=0, lt=1, description="P(w -> 0) for CFG")
     identity_loss_weight: float = Field(0.1, ge=0, description="lambda of |f(x0_hat) - w|^2")
+    identity_loss_min_alpha_bar: float = Field(
+        0.5, ge=0, le=1, description="identity loss only where alpha_bar_t >= this (low noise)"
+    )
     flip: bool = True
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -2,7 +2,7 @@
 
 Loss per sample (v-prediction, DDPMScheduler noising):
 
-    L = |v_hat - v|^2  +  lambda * alpha_bar_t * |f(x0_hat)/|f| - w/|w||^2
+    L = |v_hat - v|^2  +  lambda * alpha_bar_t * 1[alpha_bar_t >= a_min] * |f(x0_hat)/|f| - w/|w||^2
 
 * ``w`` is the FR prototype of the image's identity (a row of W_R), replaced by zeros with
   probability ``cond_drop_prob`` (0.1) to learn the unconditional branch for CFG;
@@ -10,8 +10,11 @@ Loss per sample (v-prediction, DDPMScheduler noising):
   backbone (gradients flow to the DiT only);
 * ``lambda`` is ``identity_loss_weight`` (default 0.1: the squared distance of unit vectors is
   at most 4, so the identity term stays below the v loss early and steers once v is learnt);
-  the ``alpha_bar_t`` weight switches the term off at high noise, where ``x0_hat`` is a blurry
-  mean no FR model can recognise; dropped samples (w = 0) get no identity term.
+  the ``alpha_bar_t`` weight fades the term out towards high noise, where ``x0_hat`` is a
+  blurry mean no FR model can recognise, and below ``a_min = identity_loss_min_alpha_bar``
+  (0.5: the lower-noise half of the cosine schedule) it is not computed at all; dropped
+  samples (w = 0) get no identity term. The sum is divided by the number of conditioned
+  samples in the batch.
 
 EMA weights (diffusers ``EMAModel``) are what the artifact stores and the sampler uses.
 """
@@ -98,12 +101,15 @@ class DiTLoss(nn.Module):
         v_hat = self.dit(x_t, t, w, heat)
         v_loss = F.mse_loss(v_hat.float(), v_target(self.scheduler, x0, noise, t).float())
         id_loss = torch.zeros((), device=x0.device)
-        if self.cfg.identity_loss_weight > 0 and keep.sum() > 0:
-            x0_hat = predict_x0(self.scheduler, x_t, v_hat.float(), t).clamp(-1, 1)
+        abar = signal_fraction(self.scheduler, t)
+        use = (keep > 0) & (abar >= self.cfg.identity_loss_min_alpha_bar)
+        if self.cfg.identity_loss_weight > 0 and use.any():
+            # only low-noise, conditioned samples go through the FR model: that is where
+            # x0_hat is sharp enough to carry identity, and it halves the FR cost
+            x0_hat = predict_x0(self.scheduler, x_t[use], v_hat[use].float(), t[use]).clamp(-1, 1)
             f = F.normalize(self.fr(x0_hat).float(), dim=1)
-            dist = (f - identity).pow(2).sum(1)
-            weight = signal_fraction(self.scheduler, t) * keep
-            id_loss = (weight * dist).sum() / keep.sum()
+            dist = (f - identity[use]).pow(2).sum(1)
+            id_loss = (abar[use] * dist).sum() / keep.sum()
         return v_loss + self.cfg.identity_loss_weight * id_loss, v_loss.detach(), id_loss.detach()
 
 
