@@ -316,16 +316,24 @@ def test_identity_loss_trains_the_dit_through_a_frozen_fr_model():
 
     torch.manual_seed(0)
     backbone = IResNet((1, 1, 1, 1), (4, 4, 8, 8), input_size=16, num_features=8).eval()
-    fr = FRModel(TrainFRConfig(), backbone, torch.randn(3, 8), torch.randn(2, 8),
-                 torch.ones(8), ["a", "b", "c"])
+    fr = FRModel(
+        TrainFRConfig(),
+        backbone,
+        torch.randn(3, 8),
+        torch.randn(2, 8),
+        torch.ones(8),
+        ["a", "b", "c"],
+    )
     dit = tiny_dit().train()
-    cfg = TrainDiTConfig(identity_loss_weight=1.0, identity_loss_min_alpha_bar=0.0,
-                         cond_drop_prob=0.0)
+    cfg = TrainDiTConfig(
+        identity_loss_weight=1.0, identity_loss_min_alpha_bar=0.0, cond_drop_prob=0.0
+    )
     loss_mod = DiTLoss(dit, fr, training_scheduler(), cfg).train()
     assert not loss_mod.fr.training  # stays in eval mode
     w = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
-    total, v_loss, id_loss = loss_mod(torch.rand(4, 3, 16, 16) * 2 - 1,
-                                      torch.zeros(4, 5, 16, 16), w)
+    total, v_loss, id_loss = loss_mod(
+        torch.rand(4, 3, 16, 16) * 2 - 1, torch.zeros(4, 5, 16, 16), w
+    )
     assert float(id_loss) > 0
     torch.testing.assert_close(total.detach(), v_loss + id_loss)
     total.backward()
