@@ -5,9 +5,9 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import jpeg_bytes, make_face_folder, synthetic_identity_images
 from PIL import Image
 
+from conftest import jpeg_bytes, make_face_folder, synthetic_identity_images
 from vigface.data import (
     AlignedFaceFolder,
     DatasetError,

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import jpeg_bytes, synthetic_identity_images
 from typer.testing import CliRunner
 
 from app.cli import app
+from conftest import jpeg_bytes, synthetic_identity_images
 from vigface.config import load_config
 from vigface.data import write_bin
 from vigface.fr_model import FRModel
