@@ -192,7 +192,103 @@ def sample_cmd(
     except ValueError as exc:
         _fail(str(exc))
     save_grid(res.pop("images_array"), identities, poses, out)
+    res.pop("cos_own_all")
     typer.echo(json.dumps(res))
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    model: str = typer.Option(..., help="generator folder or store name"),
+    data: Path = typer.Option(..., help="the real training ImageFolder of its FR model"),
+    identities: int = typer.Option(50, min=2, help="virtual prototypes drawn for tau_consistency"),
+) -> None:
+    """Derive the filter defaults (tau_leak, tau_consistency) and store them in the card."""
+    from model_store import resolve
+    from vigface.data import DatasetError
+    from vigface.dataset.calibrate import calibrate
+    from vigface.dataset.writers import write_json
+
+    gen = _load_generator(model)
+    try:
+        filters = calibrate(gen, data, calib_identities=identities)
+    except DatasetError as exc:
+        _fail(str(exc))
+    card_path = resolve(model) / "model_card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card["filters"] = filters
+    write_json(card_path, card)
+    typer.echo(json.dumps({k: filters[k] for k in ("tau_leak", "tau_consistency")}))
+
+
+@app.command("generate")
+def generate_cmd(
+    model: str = typer.Option("demo", help="generator folder or store name"),
+    identities: int = typer.Option(..., help="number of identities (classes)"),
+    images_per_identity: int = typer.Option(..., help="images per identity"),
+    pose: str = typer.Option("match_training", help="preset or JSON {bin: weight}"),
+    guidance: float = typer.Option(4.0),
+    steps: int = typer.Option(25),
+    seed: int = typer.Option(0),
+    format_: str = typer.Option(
+        "imagefolder", "--format", help="comma list: imagefolder,recordio,webdataset"
+    ),
+    mode: str = typer.Option("virtual", help="virtual, or real_augment (fill real classes)"),
+    tau_consistency: float | None = typer.Option(None, help="default: the model card's"),
+    tau_leak: float | None = typer.Option(None, help="default: the model card's"),
+    max_attempts: int = typer.Option(3),
+    batch_size: int = typer.Option(32),
+    gallery: str | None = typer.Option(None, help=".npy of real embeddings (any size)"),
+    start: int = typer.Option(0, help="first prototype row to use"),
+    out: Path = typer.Option(..., help="output folder (rerun to resume)"),
+) -> None:
+    """Generate a dataset: sample, filter, write the formats, report.json and report.html."""
+    from pydantic import ValidationError
+
+    from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes
+    from vigface.dataset.pose import PoseSpecError
+    from vigface.dataset.spec import DatasetSpec
+
+    pose_spec = pose
+    if pose.strip().startswith("{"):
+        try:
+            pose_spec = json.loads(pose)
+        except json.JSONDecodeError as exc:
+            _fail(f"--pose is not valid JSON: {exc}")
+    try:
+        spec = DatasetSpec(
+            identities=identities,
+            images_per_identity=images_per_identity,
+            pose=pose_spec,
+            guidance=guidance,
+            steps=steps,
+            seed=seed,
+            formats=[f.strip() for f in format_.split(",") if f.strip()],
+            mode=mode,
+            tau_consistency=tau_consistency,
+            tau_leak=tau_leak,
+            max_attempts=max_attempts,
+            batch_size=batch_size,
+            gallery=gallery,
+        )
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    gen = _load_generator(model)
+    total = (gen.fr.virtual_prototypes if mode == "virtual" else gen.fr.real_prototypes).shape[0]
+    try:
+        builder = DatasetBuilder(gen, spec, out, candidates=list(range(start, total)))
+        report = builder.run()
+    except (NotEnoughPrototypes, PoseSpecError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        json.dumps(
+            {
+                "out": str(out),
+                "counts": report["counts"],
+                "timing": report["timing"],
+                "attributes": report["attributes"],
+            }
+        )
+    )
 
 
 @app.command("export-onnx")

@@ -45,6 +45,7 @@ def main() -> None:
         for group in ("real", "virtual"):
             r = identity_fidelity(gen, group, args.identities, poses, g, args.steps)
             images = r.pop("images_array")
+            r.pop("cos_own_all")
             if args.grids:
                 rows = min(args.grid_rows, args.identities)
                 path = entry / "grids" / f"{group}_g{g:g}.png"

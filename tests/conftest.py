@@ -96,3 +96,42 @@ def tiny_config(tmp_path: Path) -> Path:
     p = tmp_path / "tiny.yaml"
     p.write_text(TINY_CONFIG)
     return p
+
+
+TINY_DIT = """
+model: {sample_size: 16, patch_size: 4, hidden_size: 32, depth: 2, num_heads: 2}
+diffusion: {num_train_timesteps: 100}
+identity_loss_weight: 0.1
+warmup_steps: 2
+epochs: 2
+batch_size: 8
+log_every: 2
+checkpoint_every_steps: 4
+threads: 1
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tmp_path_factory) -> Path:
+    """A complete (tiny, barely trained) generator entry with filter defaults in its card."""
+    import json
+
+    import yaml
+
+    from vigface.config import TrainDiTConfig, TrainFRConfig
+    from vigface.training.dit import train_dit
+    from vigface.training.fr import train_fr
+
+    root = tmp_path_factory.mktemp("tinygen")
+    data = make_face_folder(root / "train")
+    fr_cfg = TrainFRConfig.model_validate(
+        yaml.safe_load(TINY_CONFIG) | {"head": {"scale": 16.0, "margin": 0.3, "num_virtual": 40}}
+    )
+    train_fr(fr_cfg, data, root / "fr", progress=False)
+    dit_cfg = TrainDiTConfig.model_validate(yaml.safe_load(TINY_DIT))
+    train_dit(dit_cfg, data, root / "fr", root / "gen", progress=False)
+    card_path = root / "gen" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["filters"] = {"tau_leak": 1.0, "tau_consistency": -1.0}
+    card_path.write_text(json.dumps(card))
+    return root / "gen"

@@ -58,5 +58,6 @@ def identity_fidelity(
         "cos_own_std": round(float(cos_own.std()), 4),
         "cos_nearest_other_real_mean": round(float(nearest_real.mean()), 4),
         "own_beats_nearest_real": round(float((cos_own > nearest_real).float().mean()), 4),
+        "cos_own_all": cos_own.tolist(),
         "images_array": images,
     }

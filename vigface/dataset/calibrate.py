@@ -1,0 +1,72 @@
+"""Filter defaults derived per model, stored in its card under ``filters``.
+
+* ``real_nearest_negative``: for every real training image, its maximum cosine to the
+  prototype of any *other* real identity. It is how close real people come to each other in
+  this FR model's space; the paper's privacy criterion is that generated identities stay
+  below it.
+* ``tau_leak`` = the 99th percentile of that distribution: a generated image (or identity
+  mean) closer to some real prototype than 99 % of real faces come to their most similar
+  other identity is treated as that person.
+* ``tau_consistency`` = the 5th percentile of cos(f(image), own prototype) over images drawn
+  for ``calib_identities`` virtual prototypes at the default guidance: the 5 % that drift most
+  from their prototype are redrawn. Calibration images are discarded; the prototypes used stay
+  free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch.nn.functional as F
+
+from vigface.data import AlignedFaceFolder
+from vigface.dataset.metrics import summary
+from vigface.evaluation.identity import identity_fidelity
+from vigface.generator.artifact import Generator
+from vigface.generator.grid import pose_columns
+
+
+def real_nearest_negative(gen: Generator, data_dir: str | Path) -> np.ndarray:
+    fr = gen.fr
+    ds = AlignedFaceFolder.scan(data_dir)
+    row_of = {name: i for i, name in enumerate(fr.classes)}
+    images, labels = ds.load_array(fr.backbone.input_size)
+    rows = np.array([row_of.get(ds.classes[y], -1) for y in labels])
+    keep = rows >= 0
+    emb = fr.embed(images[keep], flip=False).numpy()
+    real = F.normalize(fr.real_prototypes.float().cpu(), dim=1).numpy()
+    sims = emb @ real.T
+    sims[np.arange(len(emb)), rows[keep]] = -2
+    return sims.max(1)
+
+
+def calibrate(
+    gen: Generator,
+    data_dir: str | Path,
+    calib_identities: int = 50,
+    poses: int = 4,
+    guidance: float = 4.0,
+    steps: int = 25,
+) -> dict:
+    neg = real_nearest_negative(gen, data_dir)
+    cols = pose_columns(gen.pose_landmarks, poses)
+    k = gen.fr.virtual_prototypes.shape[0]
+    fid = identity_fidelity(
+        gen, "virtual", min(calib_identities, k), cols, guidance, steps, seed=987654
+    )
+    fid.pop("images_array")
+    cos_own = np.array(fid["cos_own_all"])
+    return {
+        "tau_leak": round(float(np.percentile(neg, 99)), 4),
+        "tau_consistency": round(float(np.percentile(cos_own, 5)), 4),
+        "real_nearest_negative": summary(neg),
+        "calibration_cos_own": summary(cos_own),
+        "calibration": {
+            "identities": fid["identities"],
+            "images": fid["images"],
+            "guidance": guidance,
+            "steps": steps,
+            "data": str(data_dir),
+        },
+    }

@@ -1,0 +1,59 @@
+"""What a dataset order asks for: the one validated description the CLI and the service share."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vigface.dataset.writers import FORMATS
+
+LIMITS = {
+    "identities": (1, 100_000),
+    "images_per_identity": (1, 1_000),
+    "guidance": (0.0, 20.0),
+    "steps": (1, 200),
+}
+
+
+class DatasetSpec(BaseModel):
+    """A dataset order. Unknown fields are errors; every bound is checked here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    identities: int = Field(ge=LIMITS["identities"][0], le=LIMITS["identities"][1])
+    images_per_identity: int = Field(
+        ge=LIMITS["images_per_identity"][0], le=LIMITS["images_per_identity"][1]
+    )
+    pose: str | dict[str, float] = "match_training"
+    guidance: float = Field(4.0, ge=LIMITS["guidance"][0], le=LIMITS["guidance"][1])
+    steps: int = Field(25, ge=LIMITS["steps"][0], le=LIMITS["steps"][1])
+    scheduler: Literal["dpmsolver", "ddim"] = "dpmsolver"
+    seed: int = Field(0, ge=0, lt=2**62)
+    formats: list[str] = ["imagefolder"]
+    mode: Literal["virtual", "real_augment"] = "virtual"
+    tau_consistency: float | None = Field(None, ge=-1, le=1)
+    tau_leak: float | None = Field(None, ge=-1, le=1)
+    max_attempts: int = Field(3, ge=1, le=20, description="draws per image before giving up")
+    batch_size: int = Field(32, ge=1, le=1024)
+    gallery: str | None = Field(None, description=".npy of real embeddings to check against")
+    judge_onnx: str | None = Field(None, description="independent FR model (ONNX) for leakage")
+    judge_gallery: str | None = Field(None, description=".npy of real embeddings by the judge")
+    judge_threshold: float | None = Field(None, ge=-1, le=1, description="the judge's own")
+
+    @model_validator(mode="after")
+    def _judge_complete(self):
+        given = [self.judge_onnx, self.judge_gallery, self.judge_threshold]
+        if any(g is not None for g in given) and not all(g is not None for g in given):
+            raise ValueError("judge_onnx, judge_gallery and judge_threshold go together")
+        return self
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        bad = sorted(set(v) - set(FORMATS))
+        if bad or not v:
+            raise ValueError(
+                f"formats must be a non-empty subset of {list(FORMATS)}; got {bad or v}"
+            )
+        return list(dict.fromkeys(v))
