@@ -223,7 +223,7 @@ def calibrate_cmd(
 @app.command("generate")
 def generate_cmd(
     model: str = typer.Option("demo", help="generator folder or store name"),
-    identities: int = typer.Option(..., help="number of identities (classes)"),
+    identities: int = typer.Option(1, help="number of identities (classes); real_augment: all"),
     images_per_identity: int = typer.Option(..., help="images per identity"),
     pose: str = typer.Option("match_training", help="preset or JSON {bin: weight}"),
     guidance: float = typer.Option(4.0),
@@ -239,12 +239,16 @@ def generate_cmd(
     batch_size: int = typer.Option(32),
     gallery: str | None = typer.Option(None, help=".npy of real embeddings (any size)"),
     start: int = typer.Option(0, help="first prototype row to use"),
+    real_data: Path | None = typer.Option(
+        None, help="real_augment: the real ImageFolder whose small classes are filled up"
+    ),
     out: Path = typer.Option(..., help="output folder (rerun to resume)"),
 ) -> None:
     """Generate a dataset: sample, filter, write the formats, report.json and report.html."""
     from pydantic import ValidationError
 
-    from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes
+    from vigface.data import DatasetError
+    from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes, real_augment_plan
     from vigface.dataset.pose import PoseSpecError
     from vigface.dataset.spec import DatasetSpec
 
@@ -273,9 +277,19 @@ def generate_cmd(
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     gen = _load_generator(model)
-    total = (gen.fr.virtual_prototypes if mode == "virtual" else gen.fr.real_prototypes).shape[0]
+    candidates, slot_images = list(range(start, gen.fr.virtual_prototypes.shape[0])), None
+    if mode == "real_augment":
+        if real_data is None:
+            _fail("--real-data is required with --mode real_augment")
+        try:
+            candidates, slot_images = real_augment_plan(gen, real_data, images_per_identity)
+        except DatasetError as exc:
+            _fail(str(exc))
+        if not candidates:
+            _fail(f"no class in {real_data} has fewer than {images_per_identity} images")
+        spec = spec.model_copy(update={"identities": len(candidates)})
     try:
-        builder = DatasetBuilder(gen, spec, out, candidates=list(range(start, total)))
+        builder = DatasetBuilder(gen, spec, out, candidates=candidates, slot_images=slot_images)
         report = builder.run()
     except (NotEnoughPrototypes, PoseSpecError, ValueError) as exc:
         _fail(str(exc))

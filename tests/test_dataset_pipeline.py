@@ -172,3 +172,57 @@ def test_pose_draws_only_bins_the_bank_has(tiny_generator, tmp_path):
     b = DatasetBuilder(gen, spec, tmp_path, progress=False)
     drawn = np.bincount(b.bank.bins[b.pose_idx], minlength=7) / 4
     assert np.abs(drawn - b.pose_weights).sum() / 2 == 0  # the bank has frontal faces only
+
+
+def test_real_augment_fills_small_classes_from_their_own_prototypes(tiny_generator, tmp_path):
+    from conftest import make_face_folder
+
+    real = make_face_folder(tmp_path / "real", identities=6, per_identity=2)
+    # person_000..005 have 2 images each; give person_002 five so it needs none
+    from conftest import jpeg_bytes, synthetic_identity_images
+
+    for j, img in enumerate(synthetic_identity_images(np.random.default_rng(0), 2, 3)):
+        (real / "person_002" / f"extra_{j}.jpg").write_bytes(jpeg_bytes(img))
+    out = tmp_path / "aug"
+    r = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_generator),
+            "--mode",
+            "real_augment",
+            "--real-data",
+            str(real),
+            "--images-per-identity",
+            "4",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    per_class = {}
+    for row in rows:
+        per_class[row["identity"]] = per_class.get(row["identity"], 0) + 1
+        assert row["prototype_kind"] == "real"
+    assert per_class == {f"person_{i:03d}": 2 for i in (0, 1, 3, 4, 5)}  # filled up to 4
+    card = json.loads((out / "dataset_card.json").read_text())
+    assert card["num_classes"] == 5 and card["kind"] == "real"
+    r = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_generator),
+            "--mode",
+            "real_augment",
+            "--images-per-identity",
+            "4",
+            "--out",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 2 and "--real-data" in r.output

@@ -25,7 +25,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -72,7 +71,9 @@ def thresholds_from_card(card: dict, spec: DatasetSpec) -> tuple[float, float]:
 
 class DatasetBuilder:
     """Builds one dataset. ``candidates`` are prototype rows in the order they may be used
-    (the first ``spec.identities`` fill the slots, the rest replace dropped identities)."""
+    (the first ``spec.identities`` fill the slots, the rest replace dropped identities).
+    ``slot_images`` gives a per-slot image count (real-identity augmentation fills each class
+    up to its own gap); by default every slot gets ``spec.images_per_identity``."""
 
     def __init__(
         self,
@@ -80,6 +81,7 @@ class DatasetBuilder:
         spec: DatasetSpec,
         out_dir: str | Path,
         candidates: list[int] | None = None,
+        slot_images: list[int] | None = None,
         progress: bool = True,
         cancel_check=None,
         on_progress=None,
@@ -107,7 +109,13 @@ class DatasetBuilder:
             raise ValueError("the generator entry has no pose landmarks (pose_landmarks.npy)")
         self.bank = PoseBank.from_landmarks(gen.pose_landmarks)
         m = spec.images_per_identity
-        self.pose_idx, self.pose_weights = self.bank.draw(spec.pose, spec.identities * m, spec.seed)
+        self.slot_images = list(slot_images) if slot_images else [m] * spec.identities
+        if len(self.slot_images) != spec.identities or min(self.slot_images) < 1:
+            raise ValueError("slot_images needs one positive count per identity")
+        self.offsets = np.concatenate([[0], np.cumsum(self.slot_images)])
+        self.pose_idx, self.pose_weights = self.bank.draw(
+            spec.pose, int(self.offsets[-1]), spec.seed
+        )
         self.sampler = Sampler(
             gen.dit, gen.scheduler, spec.scheduler, spec.steps, spec.guidance, spec.batch_size
         )
@@ -137,9 +145,10 @@ class DatasetBuilder:
         return emb, cos_own, near, near_id, ok_c, ~leak
 
     def _run_chunk(self, slots: list[int], queue_pos: int) -> dict:
-        m, spec = self.spec.images_per_identity, self.spec
+        spec = self.spec
         proto = {s: self.candidates[s] for s in slots}
-        attempt = {(s, j): 0 for s in slots for j in range(m)}
+        attempt = {(s, j): 0 for s in slots for j in range(self.slot_images[s])}
+        dropped: list[int] = []
         done: dict[tuple[int, int], dict] = {}
         checked: set[tuple[int, int]] = set()
         while True:
@@ -149,7 +158,7 @@ class DatasetBuilder:
             reqs = [
                 ImageRequest(
                     self.protos[proto[s]].cpu().numpy(),
-                    self.bank.landmarks[self.pose_idx[s * m + j]],
+                    self.bank.landmarks[self.pose_idx[self.offsets[s] + j]],
                     image_seed(spec.seed, proto[s], j, attempt[(s, j)]),
                 )
                 for s, j in pending
@@ -188,18 +197,26 @@ class DatasetBuilder:
                 else:
                     failed_slots.add(s)
             # identity-level leakage: the mean embedding of each newly finished identity
-            for s in slots:
-                finished = all((s, j) in done for j in range(m))
+            for s in proto:
+                n_s = self.slot_images[s]
+                finished = all((s, j) in done for j in range(n_s))
                 if s in failed_slots or not finished or (s, proto[s]) in checked:
                     continue
                 checked.add((s, proto[s]))
                 if self.kind == "virtual" and self._identity_leaks(
-                    [done[(s, j)]["emb"] for j in range(m)]
+                    [done[(s, j)]["emb"] for j in range(n_s)]
                 ):
                     self.counts["identities_dropped_leakage"] += 1
                     failed_slots.add(s)
             for s in sorted(failed_slots):
                 self.counts["identities_dropped"] += 1
+                for j in range(self.slot_images[s]):
+                    done.pop((s, j), None)
+                    attempt.pop((s, j), None)
+                if self.kind == "real":  # a real class cannot be swapped for another one
+                    del proto[s]
+                    dropped.append(s)
+                    continue
                 if queue_pos >= len(self.candidates):
                     raise NotEnoughPrototypes(
                         f"ran out of free {self.kind} prototypes replacing dropped identities "
@@ -208,11 +225,10 @@ class DatasetBuilder:
                 proto[s] = self.candidates[queue_pos]
                 queue_pos += 1
                 self.counts["identities_replaced"] += 1
-                for j in range(m):
-                    done.pop((s, j), None)
+                for j in range(self.slot_images[s]):
                     attempt[(s, j)] = 0
             self.seconds["filtering"] += time.perf_counter() - t0
-        return {"proto": proto, "done": done, "queue_pos": queue_pos}
+        return {"proto": proto, "done": done, "queue_pos": queue_pos, "dropped": dropped}
 
     def _identity_leaks(self, embs: list[np.ndarray]) -> bool:
         mean = np.mean(embs, axis=0)
@@ -225,20 +241,26 @@ class DatasetBuilder:
 
     def _save_chunk(self, c: int, slots, res) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
-        m = self.spec.images_per_identity
-        keys = [(s, j) for s in slots for j in range(m)]
+        slots = [s for s in slots if s in res["proto"]]
+        keys = [(s, j) for s in slots for j in range(self.slot_images[s])]
         npz, meta = self._chunk_paths(c)
         tmp = npz.with_name(npz.stem + ".tmp.npz")
+        size, dim = self.gen.dit.config.sample_size, self.protos.shape[1]
         np.savez(
             tmp,
-            images=np.stack([res["done"][k]["image"] for k in keys]),
-            emb=np.stack([res["done"][k]["emb"] for k in keys]),
+            images=np.stack([res["done"][k]["image"] for k in keys])
+            if keys
+            else np.zeros((0, size, size, 3), np.uint8),
+            emb=np.stack([res["done"][k]["emb"] for k in keys])
+            if keys
+            else np.zeros((0, dim), np.float32),
         )
         os.replace(tmp, npz)
         info = {
             "slots": slots,
             "proto": {str(s): p for s, p in res["proto"].items()},
             "queue_pos": res["queue_pos"],
+            "dropped": res["dropped"],
             "counts": dict(self.counts),
             "seconds": dict(self.seconds),
             "images": [
@@ -249,13 +271,13 @@ class DatasetBuilder:
         write_json(meta, info)
 
     def run(self) -> dict:
-        spec, m = self.spec, self.spec.images_per_identity
+        spec = self.spec
         t_start = time.perf_counter()
         n_chunks = math.ceil(spec.identities / self.chunk)
         queue_pos = spec.identities
         chunks = []
         bar = tqdm(
-            total=spec.identities * m, desc="generate", unit="img", disable=not self.progress
+            total=int(self.offsets[-1]), desc="generate", unit="img", disable=not self.progress
         )
         for c in range(n_chunks):
             slots = list(range(c * self.chunk, min(spec.identities, (c + 1) * self.chunk)))
@@ -271,7 +293,7 @@ class DatasetBuilder:
                 self._save_chunk(c, slots, res)
                 info = json.loads(meta.read_text())
             chunks.append(info)
-            bar.update(len(slots) * m)
+            bar.update(sum(self.slot_images[s] for s in slots))
             if self.on_progress:
                 self.on_progress("identities_done", len(slots))
         bar.close()
@@ -283,38 +305,41 @@ class DatasetBuilder:
         report["timing"]["share_outside_sampling"] = round(
             1 - self.seconds["sampling"] / max(sum(self.seconds.values()), 1e-9), 4
         )
-        write_json(self.out / "report.json", report)
         from vigface.dataset.report import write_html_report
 
+        t0 = time.perf_counter()
         write_html_report(self.out / "report.html", report, self.out)
+        report["timing"]["report_html"] = round(time.perf_counter() - t0, 2)
+        write_json(self.out / "report.json", report)
         return report
 
     # ---- outputs ----------------------------------------------------------------------
     def _finalize(self, chunks: list[dict]) -> dict:
-        spec, m = self.spec, self.spec.images_per_identity
-        records, images, embs = [], [], []
+        spec = self.spec
+        records, images, embs, slot_of_image = [], [], [], []
+        label_of = {}  # surviving slots, relabelled 0..C-1 in slot order
         for c, info in enumerate(chunks):
             npz, _ = self._chunk_paths(c)
             arrays = np.load(npz)
             images.append(arrays["images"])
             embs.append(arrays["emb"])
-            for n, img_info in enumerate(info["images"]):
-                s = info["slots"][n // m]
-                j = n % m
+            keys = [(s, j) for s in info["slots"] for j in range(self.slot_images[s])]
+            for (s, j), img_info in zip(keys, info["images"], strict=True):
                 p = info["proto"][str(s)]
-                lm = self.bank.landmarks[self.pose_idx[s * m + j]]
-                pidx = self.pose_idx[s * m + j]
+                pidx = self.pose_idx[self.offsets[s] + j]
                 name = f"v{p:06d}" if self.kind == "virtual" else self.gen.fr.classes[p]
+                label = label_of.setdefault(s, len(label_of))
+                slot_of_image.append(s)
                 records.append(
                     ImageRecord(
                         identity=name,
-                        label=s,
+                        label=label,
                         prototype_id=p,
                         prototype_kind=self.kind,
                         index=j,
                         seed=image_seed(spec.seed, p, j, img_info["attempt"]),
                         attempt=img_info["attempt"],
-                        landmarks=[float(x) for x in lm.reshape(-1)],
+                        landmarks=[float(x) for x in self.bank.landmarks[pidx].reshape(-1)],
                         pose_bin=YAW_BINS[self.bank.bins[pidx]],
                         yaw=round(float(self.bank.angles[pidx, 0]), 2),
                         cos_own=round(img_info["cos_own"], 5),
@@ -335,7 +360,7 @@ class DatasetBuilder:
         write_manifest(self.out / "manifest.csv", records)
         labels = np.array([r.label for r in records])
         card = {
-            "num_classes": spec.identities,
+            "num_classes": len(label_of),
             "num_image": len(records),
             "image_size": [112, 112],
             "formats": spec.formats,
@@ -345,12 +370,14 @@ class DatasetBuilder:
         }
         write_json(self.out / "dataset_card.json", card)
         # identity means for the identity-level leakage distribution
-        ident_mean = F.normalize(
-            torch.from_numpy(embs.reshape(spec.identities, m, -1).mean(1)), dim=1
-        ).numpy()
+        slot_arr = np.array(slot_of_image)
+        first = {s: i for i, s in reversed(list(enumerate(slot_of_image)))}
+        ident_mean = np.stack([embs[slot_arr == s].mean(0) for s in label_of])
+        ident_mean /= np.linalg.norm(ident_mean, axis=1, keepdims=True)
         sims = ident_mean @ self.real.T
-        if self.kind == "real":
-            sims[np.arange(spec.identities), [r.prototype_id for r in records[::m]]] = -2
+        if self.kind == "real":  # distance to *other* real identities
+            own_rows = [records[first[s]].prototype_id for s in label_of]
+            sims[np.arange(len(label_of)), own_rows] = -2
         drawn = np.bincount(self.bank.bins[self.pose_idx], minlength=len(YAW_BINS)) / len(
             self.pose_idx
         )
@@ -381,6 +408,23 @@ class DatasetBuilder:
                 "total_variation": round(total_variation(drawn, self.pose_weights), 4),
             },
         }
+
+
+def real_augment_plan(gen: Generator, real_data: str | Path, target: int):
+    """Real-identity augmentation (the paper's +0.92 case): every real training class with
+    fewer than ``target`` images gets ``target - count`` generated images from its own
+    prototype. Returns ``(prototype rows, images per row)``."""
+    from vigface.data import AlignedFaceFolder
+
+    ds = AlignedFaceFolder.scan(real_data)
+    counts = Counter(s.label for s in ds.samples)
+    row_of = {name: i for i, name in enumerate(gen.fr.classes)}
+    rows, gaps = [], []
+    for label, name in enumerate(ds.classes):
+        if name in row_of and counts[label] < target:
+            rows.append(row_of[name])
+            gaps.append(target - counts[label])
+    return rows, gaps
 
 
 class JudgeModel:
