@@ -99,7 +99,12 @@ def test_rejected_identities_are_replaced_and_counted(tiny_generator, tmp_path, 
     monkeypatch.setattr(builder, "_judge_images", judge)
     report = builder.run()
     rows = list(csv.DictReader((tmp_path / "ds" / "manifest.csv").open()))
-    assert sorted({int(r["prototype_id"]) for r in rows}) == [7, 9, 10]
+    accepted = [r for r in rows if r["accepted"] == "True"]
+    assert sorted({int(r["prototype_id"]) for r in accepted}) == [7, 9, 10]
+    refused = [r for r in rows if r["accepted"] == "False"]
+    assert len(refused) == 4 and {r["prototype_id"] for r in refused} == {"8"}
+    assert all(r["passed_consistency"] == "False" and r["file"] == "" for r in refused)
+    assert sorted(int(r["attempt"]) for r in refused) == [0, 0, 1, 1]
     c = report["counts"]
     assert c["identities_dropped"] == 1 and c["identities_replaced"] == 1
     assert c["rejected_consistency"] == 4  # 2 images x 2 attempts of prototype 8

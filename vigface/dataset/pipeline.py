@@ -149,6 +149,7 @@ class DatasetBuilder:
         proto = {s: self.candidates[s] for s in slots}
         attempt = {(s, j): 0 for s in slots for j in range(self.slot_images[s])}
         dropped: list[int] = []
+        rejected: list[dict] = []  # every draw that did not make it, with the reason
         done: dict[tuple[int, int], dict] = {}
         checked: set[tuple[int, int]] = set()
         while True:
@@ -191,7 +192,22 @@ class DatasetBuilder:
                         "near_id": int(near_id[i]),
                         "attempt": attempt[(s, j)],
                     }
-                elif attempt[(s, j)] + 1 < spec.max_attempts:
+                    continue
+                rejected.append(
+                    {
+                        "slot": s,
+                        "proto": proto[s],
+                        "index": j,
+                        "attempt": attempt[(s, j)],
+                        "cos_own": float(cos_own[i]),
+                        "near": float(near[i]),
+                        "near_id": int(near_id[i]),
+                        "consistency": bool(ok_c[i]),
+                        "leakage": bool(ok_l[i]),
+                        "reason": "image_filter",
+                    }
+                )
+                if attempt[(s, j)] + 1 < spec.max_attempts:
                     attempt[(s, j)] += 1
                     self.counts["regenerated"] += 1
                 else:
@@ -211,7 +227,22 @@ class DatasetBuilder:
             for s in sorted(failed_slots):
                 self.counts["identities_dropped"] += 1
                 for j in range(self.slot_images[s]):
-                    done.pop((s, j), None)
+                    kept = done.pop((s, j), None)
+                    if kept is not None:  # passed alone, discarded with its identity
+                        rejected.append(
+                            {
+                                "slot": s,
+                                "proto": proto[s],
+                                "index": j,
+                                "attempt": kept["attempt"],
+                                "cos_own": kept["cos_own"],
+                                "near": kept["near"],
+                                "near_id": kept["near_id"],
+                                "consistency": True,
+                                "leakage": True,
+                                "reason": "identity_dropped",
+                            }
+                        )
                     attempt.pop((s, j), None)
                 if self.kind == "real":  # a real class cannot be swapped for another one
                     del proto[s]
@@ -228,7 +259,13 @@ class DatasetBuilder:
                 for j in range(self.slot_images[s]):
                     attempt[(s, j)] = 0
             self.seconds["filtering"] += time.perf_counter() - t0
-        return {"proto": proto, "done": done, "queue_pos": queue_pos, "dropped": dropped}
+        return {
+            "proto": proto,
+            "done": done,
+            "queue_pos": queue_pos,
+            "dropped": dropped,
+            "rejected": rejected,
+        }
 
     def _identity_leaks(self, embs: list[np.ndarray]) -> bool:
         mean = np.mean(embs, axis=0)
@@ -261,6 +298,7 @@ class DatasetBuilder:
             "proto": {str(s): p for s, p in res["proto"].items()},
             "queue_pos": res["queue_pos"],
             "dropped": res["dropped"],
+            "rejected": res["rejected"],
             "counts": dict(self.counts),
             "seconds": dict(self.seconds),
             "images": [
@@ -348,6 +386,37 @@ class DatasetBuilder:
                         file=f"{name}/{j}.jpg",
                     )
                 )
+        rejected_records = [
+            ImageRecord(
+                identity=f"v{r['proto']:06d}"
+                if self.kind == "virtual"
+                else self.gen.fr.classes[r["proto"]],
+                label=-1,
+                prototype_id=r["proto"],
+                prototype_kind=self.kind,
+                index=r["index"],
+                seed=image_seed(spec.seed, r["proto"], r["index"], r["attempt"]),
+                attempt=r["attempt"],
+                landmarks=[
+                    float(x)
+                    for x in self.bank.landmarks[
+                        self.pose_idx[self.offsets[r["slot"]] + r["index"]]
+                    ].reshape(-1)
+                ],
+                pose_bin=YAW_BINS[
+                    self.bank.bins[self.pose_idx[self.offsets[r["slot"]] + r["index"]]]
+                ],
+                cos_own=round(r["cos_own"], 5),
+                nearest_real_cos=round(r["near"], 5),
+                nearest_real_id=r["near_id"],
+                passed_consistency=r["consistency"],
+                passed_leakage=r["leakage"],
+                accepted=False,
+                file="",
+            )
+            for info in chunks
+            for r in info.get("rejected", [])
+        ]
         images, embs = np.concatenate(images), np.concatenate(embs)
         jpegs = [encode_jpeg(img) for img in images]
         items = list(zip(records, jpegs, strict=True))
@@ -357,7 +426,7 @@ class DatasetBuilder:
             write_recordio(self.out / "recordio", items)
         if "webdataset" in spec.formats:
             write_webdataset(self.out / "webdataset", items)
-        write_manifest(self.out / "manifest.csv", records)
+        write_manifest(self.out / "manifest.csv", records + rejected_records)
         labels = np.array([r.label for r in records])
         card = {
             "num_classes": len(label_of),

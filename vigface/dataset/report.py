@@ -26,7 +26,7 @@ def _plots(report: dict, out_dir: Path) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     rows = list(csv.DictReader((out_dir / "manifest.csv").open()))
-    own = np.array([float(r["cos_own"]) for r in rows])
+    own = np.array([float(r["cos_own"]) for r in rows])  # every draw, rejected ones too
     near = np.array([float(r["nearest_real_cos"]) for r in rows])
     tau = report["thresholds"]
     plots = {}
@@ -67,7 +67,8 @@ def _sample_grids(out_dir: Path, per_bin: int = 8) -> dict[str, str]:
         return grids
     by_bin: dict[str, list[str]] = {}
     for r in rows:
-        by_bin.setdefault(r["pose_bin"], []).append(r["file"])
+        if r["file"]:
+            by_bin.setdefault(r["pose_bin"], []).append(r["file"])
     for name, files in by_bin.items():
         files = files[:: max(1, len(files) // per_bin)][:per_bin]
         tiles = [Image.open(root / f).convert("RGB").resize((72, 72)) for f in files]
