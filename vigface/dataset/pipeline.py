@@ -308,175 +308,173 @@ class DatasetBuilder:
         }
         write_json(meta, info)
 
-    def run(self) -> dict:
+    def generate(self) -> list[dict]:
+        """Draw and judge every chunk (finished chunks are loaded, not redrawn)."""
         spec = self.spec
-        t_start = time.perf_counter()
         n_chunks = math.ceil(spec.identities / self.chunk)
         queue_pos = spec.identities
-        chunks = []
+        self.chunks = []
         bar = tqdm(
             total=int(self.offsets[-1]), desc="generate", unit="img", disable=not self.progress
         )
         for c in range(n_chunks):
             slots = list(range(c * self.chunk, min(spec.identities, (c + 1) * self.chunk)))
             npz, meta = self._chunk_paths(c)
-            if npz.is_file() and meta.is_file():
-                info = json.loads(meta.read_text())
-                self.counts = Counter(info["counts"])
-                self.seconds = Counter(info["seconds"])
-                queue_pos = info["queue_pos"]
-            else:
+            if not (npz.is_file() and meta.is_file()):
                 res = self._run_chunk(slots, queue_pos)
-                queue_pos = res["queue_pos"]
                 self._save_chunk(c, slots, res)
-                info = json.loads(meta.read_text())
-            chunks.append(info)
+            info = json.loads(meta.read_text())
+            self.counts, self.seconds = Counter(info["counts"]), Counter(info["seconds"])
+            queue_pos = info["queue_pos"]
+            self.chunks.append(info)
             bar.update(sum(self.slot_images[s] for s in slots))
             if self.on_progress:
                 self.on_progress("identities_done", len(slots))
         bar.close()
-        t0 = time.perf_counter()
-        report = self._finalize(chunks)
-        self.seconds["writing"] += time.perf_counter() - t0
-        report["timing"] = {k: round(v, 2) for k, v in self.seconds.items()}
-        report["timing"]["total"] = round(time.perf_counter() - t_start, 2)
-        report["timing"]["share_outside_sampling"] = round(
-            1 - self.seconds["sampling"] / max(sum(self.seconds.values()), 1e-9), 4
+        return self.chunks
+
+    def run(self) -> dict:
+        """Generate, then write the dataset and its report into ``out_dir``."""
+        self.generate()
+        return write_dataset([self], self.out)
+
+    def _record(self, slot: int, proto: int, j: int, attempt: int, verdict: dict, **kw):
+        pidx = self.pose_idx[self.offsets[slot] + j]
+        name = f"v{proto:06d}" if self.kind == "virtual" else self.gen.fr.classes[proto]
+        return ImageRecord(
+            identity=name,
+            prototype_id=proto,
+            prototype_kind=self.kind,
+            index=j,
+            seed=image_seed(self.spec.seed, proto, j, attempt),
+            attempt=attempt,
+            landmarks=[float(x) for x in self.bank.landmarks[pidx].reshape(-1)],
+            pose_bin=YAW_BINS[self.bank.bins[pidx]],
+            yaw=round(float(self.bank.angles[pidx, 0]), 2),
+            cos_own=round(verdict["cos_own"], 5),
+            nearest_real_cos=round(verdict["near"], 5),
+            nearest_real_id=verdict["near_id"],
+            **kw,
         )
-        from vigface.dataset.report import write_html_report
 
-        t0 = time.perf_counter()
-        write_html_report(self.out / "report.html", report, self.out)
-        report["timing"]["report_html"] = round(time.perf_counter() - t0, 2)
-        write_json(self.out / "report.json", report)
-        return report
-
-    # ---- outputs ----------------------------------------------------------------------
-    def _finalize(self, chunks: list[dict]) -> dict:
-        spec = self.spec
-        records, images, embs, slot_of_image = [], [], [], []
-        label_of = {}  # surviving slots, relabelled 0..C-1 in slot order
-        for c, info in enumerate(chunks):
-            npz, _ = self._chunk_paths(c)
-            arrays = np.load(npz)
+    def records(self, first_label: int):
+        """Accepted records (labels from ``first_label``), their images and embeddings, the
+        slot of each, and the records of every rejected draw."""
+        records, images, embs, slots = [], [], [], []
+        label_of: dict[int, int] = {}
+        for c, info in enumerate(self.chunks):
+            arrays = np.load(self._chunk_paths(c)[0])
             images.append(arrays["images"])
             embs.append(arrays["emb"])
             keys = [(s, j) for s in info["slots"] for j in range(self.slot_images[s])]
-            for (s, j), img_info in zip(keys, info["images"], strict=True):
+            for (s, j), v in zip(keys, info["images"], strict=True):
                 p = info["proto"][str(s)]
-                pidx = self.pose_idx[self.offsets[s] + j]
+                label = label_of.setdefault(s, first_label + len(label_of))
                 name = f"v{p:06d}" if self.kind == "virtual" else self.gen.fr.classes[p]
-                label = label_of.setdefault(s, len(label_of))
-                slot_of_image.append(s)
                 records.append(
-                    ImageRecord(
-                        identity=name,
-                        label=label,
-                        prototype_id=p,
-                        prototype_kind=self.kind,
-                        index=j,
-                        seed=image_seed(spec.seed, p, j, img_info["attempt"]),
-                        attempt=img_info["attempt"],
-                        landmarks=[float(x) for x in self.bank.landmarks[pidx].reshape(-1)],
-                        pose_bin=YAW_BINS[self.bank.bins[pidx]],
-                        yaw=round(float(self.bank.angles[pidx, 0]), 2),
-                        cos_own=round(img_info["cos_own"], 5),
-                        nearest_real_cos=round(img_info["near"], 5),
-                        nearest_real_id=img_info["near_id"],
-                        file=f"{name}/{j}.jpg",
-                    )
+                    self._record(s, p, j, v["attempt"], v, label=label, file=f"{name}/{j}.jpg")
                 )
-        rejected_records = [
-            ImageRecord(
-                identity=f"v{r['proto']:06d}"
-                if self.kind == "virtual"
-                else self.gen.fr.classes[r["proto"]],
+                slots.append(label)
+        rejected = [
+            self._record(
+                r["slot"],
+                r["proto"],
+                r["index"],
+                r["attempt"],
+                r,
                 label=-1,
-                prototype_id=r["proto"],
-                prototype_kind=self.kind,
-                index=r["index"],
-                seed=image_seed(spec.seed, r["proto"], r["index"], r["attempt"]),
-                attempt=r["attempt"],
-                landmarks=[
-                    float(x)
-                    for x in self.bank.landmarks[
-                        self.pose_idx[self.offsets[r["slot"]] + r["index"]]
-                    ].reshape(-1)
-                ],
-                pose_bin=YAW_BINS[
-                    self.bank.bins[self.pose_idx[self.offsets[r["slot"]] + r["index"]]]
-                ],
-                cos_own=round(r["cos_own"], 5),
-                nearest_real_cos=round(r["near"], 5),
-                nearest_real_id=r["near_id"],
                 passed_consistency=r["consistency"],
                 passed_leakage=r["leakage"],
                 accepted=False,
                 file="",
             )
-            for info in chunks
+            for info in self.chunks
             for r in info.get("rejected", [])
         ]
-        images, embs = np.concatenate(images), np.concatenate(embs)
-        jpegs = [encode_jpeg(img) for img in images]
-        items = list(zip(records, jpegs, strict=True))
-        if "imagefolder" in spec.formats:
-            write_imagefolder(self.out / "imagefolder", items)
-        if "recordio" in spec.formats:
-            write_recordio(self.out / "recordio", items)
-        if "webdataset" in spec.formats:
-            write_webdataset(self.out / "webdataset", items)
-        write_manifest(self.out / "manifest.csv", records + rejected_records)
-        labels = np.array([r.label for r in records])
-        card = {
-            "num_classes": len(label_of),
-            "num_image": len(records),
-            "image_size": [112, 112],
-            "formats": spec.formats,
-            "kind": self.kind,
-            "model": self.gen.card.get("name", ""),
-            "spec": spec.model_dump(),
-        }
-        write_json(self.out / "dataset_card.json", card)
-        # identity means for the identity-level leakage distribution
-        slot_arr = np.array(slot_of_image)
-        first = {s: i for i, s in reversed(list(enumerate(slot_of_image)))}
-        ident_mean = np.stack([embs[slot_arr == s].mean(0) for s in label_of])
-        ident_mean /= np.linalg.norm(ident_mean, axis=1, keepdims=True)
-        sims = ident_mean @ self.real.T
-        if self.kind == "real":  # distance to *other* real identities
-            own_rows = [records[first[s]].prototype_id for s in label_of]
-            sims[np.arange(len(label_of)), own_rows] = -2
-        drawn = np.bincount(self.bank.bins[self.pose_idx], minlength=len(YAW_BINS)) / len(
-            self.pose_idx
-        )
-        counts = dict(self.counts)
-        generated = max(counts.get("generated", 0), 1)
-        return {
-            "dataset": card,
-            "thresholds": {"tau_consistency": self.tau_c, "tau_leak": self.tau_leak},
-            "attributes": dataset_attributes(embs, labels),
-            "cos_own": summary([r.cos_own for r in records]),
-            "leakage": {
-                "image_nearest_real": summary([r.nearest_real_cos for r in records]),
-                "identity_nearest_real": summary(sims.max(1)),
-                "real_nearest_negative": self.gen.card.get("filters", {}).get(
-                    "real_nearest_negative"
-                ),
-            },
-            "counts": {
-                **counts,
-                "accepted": len(records),
-                "acceptance_rate": round(len(records) / generated, 4),
-                "regeneration_rate": round(counts.get("regenerated", 0) / generated, 4),
-            },
-            "pose": {
-                "bins": YAW_BINS,
-                "requested": self.pose_weights.round(4).tolist(),
-                "drawn": drawn.round(4).tolist(),
-                "total_variation": round(total_variation(drawn, self.pose_weights), 4),
-            },
-        }
+        return records, np.concatenate(images), np.concatenate(embs), rejected
+
+
+def write_dataset(parts: list[DatasetBuilder], out_dir: str | Path) -> dict:
+    """Write the formats, manifest, card and report of one dataset made of one or more parts
+    (the shards of a service job, in order; labels continue from part to part)."""
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    first, spec = parts[0], parts[0].spec
+    records, images, embs, rejected = [], [], [], []
+    for part in parts:
+        r, im, em, rej = part.records(first_label=len({x.label for x in records}))
+        records += r
+        images.append(im)
+        embs.append(em)
+        rejected += rej
+    images, embs = np.concatenate(images), np.concatenate(embs)
+    items = list(zip(records, [encode_jpeg(img) for img in images], strict=True))
+    if "imagefolder" in spec.formats:
+        write_imagefolder(out / "imagefolder", items)
+    if "recordio" in spec.formats:
+        write_recordio(out / "recordio", items)
+    if "webdataset" in spec.formats:
+        write_webdataset(out / "webdataset", items)
+    write_manifest(out / "manifest.csv", records + rejected)
+    labels = np.array([r.label for r in records])
+    num_classes = len(set(labels.tolist()))
+    card = {
+        "num_classes": num_classes,
+        "num_image": len(records),
+        "image_size": [112, 112],
+        "formats": spec.formats,
+        "kind": first.kind,
+        "model": first.gen.card.get("name", ""),
+        "spec": spec.model_dump(),
+    }
+    write_json(out / "dataset_card.json", card)
+    # identity means: the identity-level leakage distribution
+    ident = np.stack([embs[labels == c].mean(0) for c in range(num_classes)])
+    ident /= np.linalg.norm(ident, axis=1, keepdims=True)
+    sims = ident @ first.real.T
+    if first.kind == "real":  # distance to *other* real identities
+        own = {r.label: r.prototype_id for r in records}
+        sims[np.arange(num_classes), [own[c] for c in range(num_classes)]] = -2
+    drawn_bins = np.concatenate([p.bank.bins[p.pose_idx] for p in parts])
+    drawn = np.bincount(drawn_bins, minlength=len(YAW_BINS)) / len(drawn_bins)
+    counts, seconds = Counter(), Counter()
+    for p in parts:
+        counts.update(p.counts)
+        seconds.update(p.seconds)
+    generated = max(counts.get("generated", 0), 1)
+    report = {
+        "dataset": card,
+        "thresholds": {"tau_consistency": first.tau_c, "tau_leak": first.tau_leak},
+        "attributes": dataset_attributes(embs, labels),
+        "cos_own": summary([r.cos_own for r in records]),
+        "leakage": {
+            "image_nearest_real": summary([r.nearest_real_cos for r in records]),
+            "identity_nearest_real": summary(sims.max(1)),
+            "real_nearest_negative": first.gen.card.get("filters", {}).get("real_nearest_negative"),
+        },
+        "counts": {
+            **counts,
+            "accepted": len(records),
+            "acceptance_rate": round(len(records) / generated, 4),
+            "regeneration_rate": round(counts.get("regenerated", 0) / generated, 4),
+        },
+        "pose": {
+            "bins": YAW_BINS,
+            "requested": first.pose_weights.round(4).tolist(),
+            "drawn": drawn.round(4).tolist(),
+            "total_variation": round(total_variation(drawn, first.pose_weights), 4),
+        },
+    }
+    from vigface.dataset.report import write_html_report
+
+    write_html_report(out / "report.html", report, out)
+    seconds["writing"] += time.perf_counter() - t0
+    report["timing"] = {k: round(v, 2) for k, v in seconds.items()}
+    report["timing"]["share_outside_sampling"] = round(
+        1 - seconds["sampling"] / max(sum(seconds.values()), 1e-9), 4
+    )
+    write_json(out / "report.json", report)
+    return report
 
 
 def real_augment_plan(gen: Generator, real_data: str | Path, target: int):
