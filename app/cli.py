@@ -9,7 +9,11 @@ from pathlib import Path
 
 import typer
 
+BUNDLED_STORE = Path(__file__).resolve().parents[1] / "model_store" / "models"
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+admin_app = typer.Typer(no_args_is_help=True, help="Teams and API keys (same settings as serve).")
+app.add_typer(admin_app, name="admin")
 models_app = typer.Typer(no_args_is_help=False, help="List and inspect model-store entries.")
 app.add_typer(models_app, name="models")
 
@@ -333,9 +337,7 @@ def models_list(ctx: typer.Context) -> None:
 def models_add(
     run_dir: Path = typer.Argument(..., help="a finished train-fr or train-dit output folder"),
     name: str = typer.Option(..., help="entry name"),
-    store: Path = typer.Option(
-        Path(__file__).resolve().parents[1] / "model_store" / "models", help="store folder"
-    ),
+    store: Path = typer.Option(BUNDLED_STORE, help="store folder"),
     half: bool = typer.Option(True, help="store DiT weights and prototypes in float16"),
 ) -> None:
     """Copy a trained model into a store folder, without checkpoints."""
@@ -379,6 +381,92 @@ def models_show(name: str) -> None:
         typer.echo(json.dumps(read_card(name), indent=2))
     except ModelNotFound as exc:
         _fail(str(exc))
+
+
+def _sessions():
+    from app.db.session import init_db, session_factory
+    from app.settings import get_settings
+
+    settings = get_settings()
+    init_db(settings.database_url)
+    return session_factory(settings.database_url), settings
+
+
+@admin_app.command("create-team")
+def create_team_cmd(
+    name: str,
+    quota: int | None = typer.Option(None, min=0, help="images per month (default: settings)"),
+    admin: bool = typer.Option(False, help="admin role: sees every team's jobs"),
+) -> None:
+    """Create a team."""
+    from app.services.auth import create_team
+
+    sessions, settings = _sessions()
+    with sessions() as db:
+        try:
+            team = create_team(
+                db, name, settings.default_monthly_quota if quota is None else quota, admin
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+        typer.echo(f"created team {team.name} (id {team.id})")
+
+
+@admin_app.command("create-key")
+def create_key_cmd(team: str) -> None:
+    """Create an API key for a team; the key is the last line printed (shown only once)."""
+    from app.services.auth import create_key
+
+    sessions, _ = _sessions()
+    with sessions() as db:
+        try:
+            key = create_key(db, team)
+        except ValueError as exc:
+            _fail(str(exc))
+    typer.echo(f"API key for {team} (store it now; only its hash is kept):")
+    typer.echo(key)
+
+
+@app.command("serve")
+def serve_cmd(
+    host: str | None = typer.Option(None, help="default: VIGFACE_HOST (127.0.0.1)"),
+    port: int | None = typer.Option(None, help="default: VIGFACE_PORT (8000)"),
+    embedded_worker: bool | None = typer.Option(
+        None, help="run shards in this process (default: when no broker is configured)"
+    ),
+) -> None:
+    """Start the API (and, without a broker, an in-process worker)."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import get_settings
+
+    settings = get_settings()
+    api = create_app(settings)
+    if embedded_worker if embedded_worker is not None else not settings.broker_url:
+        from workers.embedded import EmbeddedWorker
+
+        worker = EmbeddedWorker(api.state.sessions, settings)
+        worker.start()
+    uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
+
+
+@app.command("worker")
+def worker_cmd(
+    queues: str = typer.Option("gpu", help="Celery queues to consume"),
+    concurrency: int = typer.Option(1, help="processes: one per GPU"),
+) -> None:
+    """Start a Celery GPU worker (needs VIGFACE_BROKER_URL)."""
+    from app.settings import get_settings
+
+    if not get_settings().broker_url:
+        _fail("VIGFACE_BROKER_URL is not set: the worker needs a broker (or use `vigface serve`)")
+    _sessions()
+    from workers.celery_app import celery_app
+
+    celery_app.worker_main(
+        ["worker", "-Q", queues, "-c", str(concurrency), "--loglevel", "INFO", "-n", "vigface@%h"]
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point

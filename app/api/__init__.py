@@ -1,0 +1,1 @@
+"""FastAPI application: routes call app.services; they hold no business rules."""

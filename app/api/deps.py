@@ -1,0 +1,40 @@
+"""Request-scoped dependencies: settings, database session, the calling team."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import Depends, Header, HTTPException, Request
+from sqlalchemy.orm import Session
+
+from app.db.models import Team
+from app.services.auth import team_for_key
+from app.settings import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as db:
+        yield db
+
+
+def current_team(
+    request: Request,
+    db: Session = Depends(get_db),
+    authorization: str | None = Header(None),
+    x_api_key: str | None = Header(None),
+) -> Team:
+    key = x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        key = authorization[7:].strip()
+    if not key:
+        key = request.session.get("api_key") if "session" in request.scope else None
+    team = team_for_key(db, key) if key else None
+    if team is None:
+        raise HTTPException(
+            401, detail=[{"field": "Authorization", "message": "missing or unknown API key"}]
+        )
+    return team

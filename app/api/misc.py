@@ -1,0 +1,112 @@
+"""/v1/models, health, readiness, Prometheus metrics and local-store file downloads."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from app.api.deps import current_team, get_db, get_settings_dep
+from app.db.models import Job, LedgerEntry, Shard, Team
+from app.schemas import ModelOut
+from app.services.jobs import visible_job
+from app.settings import Settings
+from model_store import list_models
+
+router = APIRouter()
+
+
+def model_entries(db: Session) -> list[ModelOut]:
+    from model_store.loader import load_generator
+
+    out = []
+    for entry in list_models():
+        if entry.kind != "generator":
+            continue
+        total = load_generator(entry.name).fr.virtual_prototypes.shape[0]
+        used = db.scalar(select(func.count()).where(LedgerEntry.model == entry.name))
+        card = load_generator(entry.name).card
+        out.append(
+            ModelOut(
+                name=entry.name,
+                kind=entry.kind,
+                virtual_identities=total,
+                free_virtual_identities=total - int(used),
+                card=card,
+            )
+        )
+    return out
+
+
+@router.get("/v1/models", response_model=list[ModelOut], tags=["models"])
+def models(team: Team = Depends(current_team), db: Session = Depends(get_db)) -> list[ModelOut]:
+    return model_entries(db)
+
+
+@router.get("/healthz", tags=["ops"])
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+def readyz(
+    request: Request, db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep)
+) -> dict:
+    checks = {}
+    try:
+        db.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # reported, not raised: this endpoint's job is to say what is down
+        checks["database"] = f"error: {exc}"
+    try:
+        request.app.state.store.ping()
+        checks["storage"] = "ok"
+    except Exception as exc:
+        checks["storage"] = f"error: {exc}"
+    if settings.broker_url:
+        try:
+            import redis
+
+            redis.Redis.from_url(settings.broker_url, socket_timeout=2).ping()
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"error: {exc}"
+    else:
+        checks["broker"] = "embedded"
+    ok = all(v in ("ok", "embedded") for v in checks.values())
+    if not ok:
+        raise HTTPException(503, detail=checks)
+    return checks
+
+
+@router.get("/metrics", tags=["ops"])
+def metrics(db: Session = Depends(get_db)) -> PlainTextResponse:
+    reg = CollectorRegistry()
+    jobs = Gauge("vigface_jobs", "jobs by status", ["status"], registry=reg)
+    for status, n in db.execute(select(Job.status, func.count()).group_by(Job.status)):
+        jobs.labels(status).set(n)
+    shards = Gauge("vigface_shards", "shards by status", ["status"], registry=reg)
+    for status, n in db.execute(select(Shard.status, func.count()).group_by(Shard.status)):
+        shards.labels(status).set(n)
+    done = Gauge("vigface_images_done", "images generated, all jobs", registry=reg)
+    done.set(db.scalar(select(func.coalesce(func.sum(Job.images_done), 0))))
+    sold = Gauge("vigface_identities_allocated", "ledger entries", ["model"], registry=reg)
+    for model, n in db.execute(select(LedgerEntry.model, func.count()).group_by(LedgerEntry.model)):
+        sold.labels(model).set(n)
+    return PlainTextResponse(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/files/jobs/{job_id}/{path:path}", tags=["jobs"])
+def download(
+    job_id: str,
+    path: str,
+    request: Request,
+    team: Team = Depends(current_team),
+    db: Session = Depends(get_db),
+) -> FileResponse:
+    job = visible_job(db, team, job_id)
+    if job is None or not job.artifacts or f"jobs/{job_id}/{path}" not in job.artifacts["keys"]:
+        raise HTTPException(404, detail=[{"field": "path", "message": "no such file"}])
+    return FileResponse(request.app.state.store.path(f"jobs/{job_id}/{path}"))

@@ -1,0 +1,58 @@
+"""The FastAPI app: ``create_app(settings)`` wires storage, database and job dispatch."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.api import jobs, misc
+from app.db.session import init_db, session_factory
+from app.services.jobs import JobError
+from app.settings import Settings, get_settings
+from model_store.storage import open_store
+
+
+def _enqueue_celery(settings: Settings):
+    from workers.celery_app import make_celery
+
+    celery = make_celery(settings)
+
+    def enqueue(job) -> None:
+        for shard in job.shards:
+            celery.send_task(
+                "vigface.run_shard", args=[shard.id], queue="gpu", priority=job.priority
+            )
+
+    return enqueue
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="VIGFace",
+        version="0.1.0",
+        description="Synthetic face-recognition datasets of identities that do not exist.",
+    )
+    init_db(settings.database_url)
+    app.state.settings = settings
+    app.state.sessions = session_factory(settings.database_url)
+    app.state.store = open_store(settings.storage_url, settings.s3_endpoint_url)
+    # embedded mode: the worker thread polls the database, nothing to send
+    app.state.enqueue = _enqueue_celery(settings) if settings.broker_url else (lambda job: None)
+
+    @app.exception_handler(JobError)
+    def _job_error(_: Request, exc: JobError) -> JSONResponse:
+        return JSONResponse({"detail": [{"field": exc.field, "message": exc.message}]}, exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, 422)
+
+    app.include_router(jobs.router)
+    app.include_router(misc.router)
+    return app

@@ -1,0 +1,45 @@
+"""Teams and API keys. Keys are random 32-byte tokens; only their SHA-256 is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import ApiKey, Team
+
+KEY_PREFIX = "vgf_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_team(db: Session, name: str, quota: int, is_admin: bool = False) -> Team:
+    if not name or len(name) > 100:
+        raise ValueError("team name must be 1-100 characters")
+    if db.scalar(select(Team).where(Team.name == name)):
+        raise ValueError(f"team {name!r} already exists")
+    team = Team(name=name, monthly_quota=quota, is_admin=is_admin)
+    db.add(team)
+    db.commit()
+    return team
+
+
+def create_key(db: Session, team_name: str) -> str:
+    team = db.scalar(select(Team).where(Team.name == team_name))
+    if team is None:
+        raise ValueError(f"no team named {team_name!r}")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    db.add(ApiKey(team_id=team.id, key_hash=hash_key(key), prefix=key[:12]))
+    db.commit()
+    return key
+
+
+def team_for_key(db: Session, key: str) -> Team | None:
+    row = db.scalar(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked.is_(False))
+    )
+    return row.team if row else None

@@ -1,0 +1,163 @@
+"""Submitting, listing and cancelling jobs.
+
+Submission is one transaction: validate, check the team's monthly quota, allocate the job's
+own virtual prototypes in the identity ledger (a unique (model, prototype) constraint makes a
+double sale impossible even under concurrent submissions), and create the shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.models import Job, LedgerEntry, Shard, Team, utcnow
+from app.settings import Settings
+from vigface.dataset.spec import DatasetSpec
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class JobError(ValueError):
+    """A request the service refuses; ``status`` is the HTTP code, ``field`` what is wrong."""
+
+    def __init__(self, status: int, field: str, message: str):
+        super().__init__(message)
+        self.status, self.field, self.message = status, field, message
+
+
+def request_hash(model: str, spec: DatasetSpec, extra: dict) -> str:
+    body = json.dumps({"model": model, "spec": spec.model_dump(), **extra}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def images_used_this_month(db: Session, team: Team) -> int:
+    q = select(func.coalesce(func.sum(Job.images_requested), 0)).where(
+        Job.team_id == team.id, Job.created_at >= month_start(utcnow()), Job.status != "failed"
+    )
+    return int(db.scalar(q))
+
+
+def free_prototypes(db: Session, model: str, total: int) -> int:
+    used = db.scalar(select(func.count()).where(LedgerEntry.model == model))
+    return total - int(used)
+
+
+def submit_job(
+    db: Session,
+    settings: Settings,
+    team: Team,
+    model: str,
+    spec: DatasetSpec,
+    total_prototypes: int,
+    priority: int = 5,
+    webhook_url: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Create a job (or return the one this idempotency key made). Returns (job, created)."""
+    if spec.identities > settings.max_identities_per_job:
+        raise JobError(422, "identities", f"at most {settings.max_identities_per_job} per job")
+    if spec.images_per_identity > settings.max_images_per_identity:
+        raise JobError(422, "images_per_identity", f"at most {settings.max_images_per_identity}")
+    if spec.mode != "virtual":
+        raise JobError(422, "mode", "the service sells virtual identities only")
+    digest = request_hash(model, spec, {"priority": priority, "webhook_url": webhook_url})
+    if idempotency_key:
+        prior = db.scalar(
+            select(Job).where(Job.team_id == team.id, Job.idempotency_key == idempotency_key)
+        )
+        if prior is not None:
+            if prior.request_hash != digest:
+                raise JobError(409, "Idempotency-Key", "this key was used with a different request")
+            return prior, False
+    images = spec.identities * spec.images_per_identity
+    # lock the team row so concurrent submissions of one team see each other's usage
+    db.scalar(select(Team).where(Team.id == team.id).with_for_update())
+    used = images_used_this_month(db, team)
+    if used + images > team.monthly_quota:
+        raise JobError(
+            429,
+            "images",
+            f"monthly quota exceeded: {used} of {team.monthly_quota} images used, "
+            f"this job needs {images}",
+        )
+    n_shards = math.ceil(spec.identities / settings.shard_identities)
+    spares_per_shard = max(1, math.ceil(settings.spare_fraction * settings.shard_identities))
+    need = spec.identities + n_shards * spares_per_shard
+    taken = set(db.scalars(select(LedgerEntry.prototype_id).where(LedgerEntry.model == model)))
+    free = [p for p in range(total_prototypes) if p not in taken]
+    if len(free) < spec.identities:
+        raise JobError(
+            409,
+            "identities",
+            f"model {model!r} has {len(free)} free virtual identities, "
+            f"the job needs {spec.identities}",
+        )
+    need = min(need, len(free))
+    alloc = free[:need]
+    job = Job(
+        team_id=team.id,
+        model=model,
+        spec=spec.model_dump(),
+        priority=priority,
+        webhook_url=webhook_url,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        images_requested=images,
+        progress={"sampled": 0, "identities_done": 0},
+    )
+    db.add(job)
+    db.flush()
+    db.add_all(LedgerEntry(model=model, prototype_id=p, job_id=job.id) for p in alloc)
+    slots, spares = alloc[: spec.identities], alloc[spec.identities :]
+    per = math.ceil(len(spares) / n_shards) if spares else 0
+    for i in range(n_shards):
+        a, b = (
+            i * settings.shard_identities,
+            min(spec.identities, (i + 1) * settings.shard_identities),
+        )
+        db.add(
+            Shard(
+                job_id=job.id,
+                index=i,
+                slot_start=a,
+                slot_end=b,
+                prototypes=slots[a:b] + spares[i * per : (i + 1) * per],
+            )
+        )
+    try:
+        db.commit()
+    except IntegrityError as exc:  # another submission took one of these prototypes first
+        db.rollback()
+        raise JobError(
+            409, "identities", "virtual identities were allocated concurrently; retry"
+        ) from exc
+    return job, True
+
+
+def visible_job(db: Session, team: Team, job_id: str) -> Job | None:
+    """The job if this team may see it (admins see all); None otherwise (a 404, not a 403)."""
+    job = db.get(Job, job_id)
+    if job is None or (job.team_id != team.id and not team.is_admin):
+        return None
+    return job
+
+
+def cancel_job(db: Session, job: Job) -> Job:
+    """Idempotent: a finished job stays as it is; a queued or running one is canceled
+    (running shards stop at their next sampling batch)."""
+    if job.status not in TERMINAL:
+        job.cancel_requested = True
+        job.status = "canceled"
+        job.finished_at = utcnow()
+        db.commit()
+    return job

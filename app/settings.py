@@ -1,0 +1,41 @@
+"""Service settings: environment variables ``VIGFACE_*`` (or a ``.env`` file), typed.
+
+The defaults are the embedded single-machine mode: SQLite, a local folder as object store,
+no broker (an in-process worker thread runs the shards), the bundled ``demo`` model.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGFACE_", env_file=".env", extra="ignore")
+
+    database_url: str = Field("sqlite:///var/vigface.db", description="SQLAlchemy URL")
+    broker_url: str | None = Field(None, description="Celery broker (redis://...); none: embedded")
+    storage_url: str = Field("file://var/storage", description="file://DIR or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
+    work_dir: Path = Field(Path("var/work"), description="local scratch space for shards")
+    default_model: str = "demo"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = Field("http://127.0.0.1:8000", description="base of plain artifact links")
+    sampler_batch_size: int = Field(32, ge=1, description="images per sampling forward")
+    shard_identities: int = Field(50, ge=1, description="identities per shard (one task)")
+    spare_fraction: float = Field(0.2, ge=0, description="extra prototypes reserved per job")
+    lease_seconds: int = Field(3600, ge=10, description="a running shard's lease")
+    max_identities_per_job: int = Field(10_000, ge=1)
+    max_images_per_identity: int = Field(200, ge=1)
+    default_monthly_quota: int = Field(1_000_000, ge=0, description="images per team per month")
+    session_secret: str = Field("dev-only-change-me", description="signs dashboard cookies")
+    webhook_secret: str = Field("dev-only-webhook-secret", description="HMAC key for webhooks")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

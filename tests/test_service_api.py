@@ -1,0 +1,178 @@
+"""The REST API with a real database (SQLite and PostgreSQL) and the embedded worker."""
+
+import os
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.services.auth import create_key, create_team
+from app.settings import Settings
+from model_store.loader import load_generator
+from workers.embedded import EmbeddedWorker
+
+PG_ADMIN = os.environ.get("VIGFACE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres_url() -> str:
+    from sqlalchemy import create_engine, text
+
+    try:
+        eng = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.execute(text("DROP DATABASE IF EXISTS vigface_test WITH (FORCE)"))
+            c.execute(text("CREATE DATABASE vigface_test"))
+        eng.dispose()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
+    return PG_ADMIN.rsplit("/", 1)[0] + "/vigface_test"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def service(request, tiny_generator, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
+    load_generator.cache_clear()
+    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else _postgres_url()
+    from app.db.session import get_engine
+
+    get_engine.cache_clear()
+    settings = Settings(database_url=url, storage_url=f"file://{tmp_path}/store",
+                        work_dir=tmp_path / "work", default_model=tiny_generator.name,
+                        shard_identities=2, sampler_batch_size=4, public_url="http://testserver")
+    api = create_app(settings)
+    with api.state.sessions() as db:
+        create_team(db, "alpha", quota=10_000)
+        create_team(db, "beta", quota=10_000)
+        create_team(db, "ops", quota=0, is_admin=True)
+        keys = {t: create_key(db, t) for t in ("alpha", "beta", "ops")}
+    client = TestClient(api)
+    worker = EmbeddedWorker(api.state.sessions, settings, poll_s=0.05)
+    yield client, keys, worker, api
+    worker.stop()
+    get_engine(url).dispose()
+
+
+def auth(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+ORDER = {"identities": 3, "images_per_identity": 2, "steps": 2, "seed": 7,
+         "formats": ["imagefolder", "recordio"], "tau_consistency": -1.0, "tau_leak": 1.0}
+
+
+def drain(worker):
+    while worker.run_once():
+        pass
+
+
+def test_job_runs_to_completion_with_exact_counts(service):
+    client, keys, worker, api = service
+    r = client.post("/v1/jobs", json=ORDER, headers=auth(keys["alpha"]))
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["images_requested"] == 6
+    assert job["shards"] == {"queued": 2} and job["identities_allocated"] >= 3
+    drain(worker)
+    job = client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alpha"])).json()
+    assert job["status"] == "succeeded", job
+    assert job["images_done"] == 6 and job["shards"] == {"succeeded": 2}
+    report = client.get(f"/v1/jobs/{job['id']}/report", headers=auth(keys["alpha"])).json()
+    assert report["dataset"]["num_classes"] == 3 and report["dataset"]["num_image"] == 6
+    files = client.get(f"/v1/jobs/{job['id']}/artifacts", headers=auth(keys["alpha"])).json()["files"]
+    assert "recordio/train.rec" in files and "manifest.csv" in files
+    assert sum(1 for f in files if f.startswith("imagefolder/")) == 6
+    dl = client.get(files["dataset_card.json"].replace("http://testserver", ""), headers=auth(keys["alpha"]))
+    assert dl.status_code == 200 and dl.json()["num_image"] == 6
+    # no virtual identity is sold twice
+    r2 = client.post("/v1/jobs", json=ORDER, headers=auth(keys["beta"])).json()
+    drain(worker)
+    import csv
+    import io
+
+    def protos(job_id, key):
+        f = client.get(f"/v1/jobs/{job_id}/artifacts", headers=auth(key)).json()["files"]["manifest.csv"]
+        rows = csv.DictReader(io.StringIO(client.get(f.replace("http://testserver", ""), headers=auth(key)).text))
+        return {r["prototype_id"] for r in rows}
+
+    assert not protos(job["id"], keys["alpha"]) & protos(r2["id"], keys["beta"])
+    models = client.get("/v1/models", headers=auth(keys["alpha"])).json()
+    assert models[0]["free_virtual_identities"] < models[0]["virtual_identities"]
+    assert "vigface_jobs" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("field,value", [
+    ("identities", 0), ("identities", 100_001), ("images_per_identity", 0),
+    ("images_per_identity", 1001), ("guidance", -1), ("guidance", 21), ("steps", 0),
+    ("steps", 201), ("seed", -1), ("priority", 10), ("tau_leak", 1.5), ("formats", ["tfrecord"]),
+    ("pose", {"frontal": 0.4}), ("pose", "sideways"), ("webhook_url", "ftp://x"), ("colour", "red"),
+])
+def test_every_bound_is_validated_before_queueing(service, field, value):
+    client, keys, worker, api = service
+    r = client.post("/v1/jobs", json={**ORDER, field: value}, headers=auth(keys["alpha"]))
+    assert r.status_code == 422, r.text
+    assert field in str(r.json()["detail"])
+    assert client.get("/v1/jobs", headers=auth(keys["alpha"])).json()["items"] == []
+
+
+def test_teams_do_not_see_each_other(service):
+    client, keys, worker, api = service
+    job = client.post("/v1/jobs", json=ORDER, headers=auth(keys["alpha"])).json()
+    for path in ("", "/report", "/artifacts"):
+        assert client.get(f"/v1/jobs/{job['id']}{path}", headers=auth(keys["beta"])).status_code == 404
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(keys["beta"])).status_code == 404
+    assert client.get("/v1/jobs", headers=auth(keys["beta"])).json()["items"] == []
+    assert len(client.get("/v1/jobs", headers=auth(keys["ops"])).json()["items"]) == 1
+    assert client.get("/v1/jobs", headers=auth("vgf_wrong")).status_code == 401
+
+
+def test_idempotency_key(service):
+    client, keys, worker, api = service
+    h = {**auth(keys["alpha"]), "Idempotency-Key": "order-1"}
+    a = client.post("/v1/jobs", json=ORDER, headers=h)
+    b = client.post("/v1/jobs", json=ORDER, headers=h)
+    assert a.status_code == 202 and b.status_code == 200 and a.json()["id"] == b.json()["id"]
+    c = client.post("/v1/jobs", json={**ORDER, "seed": 8}, headers=h)
+    assert c.status_code == 409 and "Idempotency-Key" in c.text
+    assert len(client.get("/v1/jobs", headers=auth(keys["alpha"])).json()["items"]) == 1
+
+
+def test_quota_is_checked_at_submission(service):
+    client, keys, worker, api = service
+    with api.state.sessions() as db:
+        create_team(db, "small", quota=10)
+        key = create_key(db, "small")
+    assert client.post("/v1/jobs", json=ORDER, headers=auth(key)).status_code == 202
+    r = client.post("/v1/jobs", json=ORDER, headers=auth(key))
+    assert r.status_code == 429 and "quota" in r.text
+
+
+def test_cancel_queued_and_running_jobs(service):
+    client, keys, worker, api = service
+    queued = client.post("/v1/jobs", json=ORDER, headers=auth(keys["alpha"])).json()
+    for _ in range(2):  # idempotent
+        r = client.post(f"/v1/jobs/{queued['id']}/cancel", headers=auth(keys["alpha"]))
+        assert r.status_code == 200 and r.json()["status"] == "canceled"
+    big = {**ORDER, "identities": 2, "images_per_identity": 40, "steps": 30}
+    job = client.post("/v1/jobs", json=big, headers=auth(keys["alpha"])).json()
+    worker.start()
+    deadline = time.time() + 60
+    while client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alpha"])).json()["images_done"] == 0:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(keys["alpha"])).json()["status"] == "canceled"
+    while True:
+        j = client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alpha"])).json()
+        if "running" not in j["shards"]:
+            break
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert j["status"] == "canceled" and j["images_done"] < 80 and "succeeded" not in j["shards"]
+
+
+def test_health_and_readiness(service):
+    client, keys, worker, api = service
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["database"] == "ok"
+    assert "/v1/jobs" in client.get("/openapi.json").json()["paths"]

@@ -1,0 +1,36 @@
+"""Celery for the GPU workers, configured the way Celery advises for long GPU tasks.
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a shard is acknowledged only when it
+  finished, and re-delivered if the worker process dies mid-shard;
+* ``worker_prefetch_multiplier = 1``: a worker holds one shard at a time;
+* ``visibility_timeout`` above the longest shard, so Redis does not re-deliver a shard that is
+  still running (the database lease guards against double work anyway);
+* one process per GPU (``--concurrency 1``, one worker per device) and the model loaded lazily
+  inside the task's process, never before fork (``model_store.loader`` caches it there).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.settings import Settings, get_settings
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("vigface", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="gpu",
+        task_routes={"vigface.run_shard": {"queue": "gpu"}},
+        broker_transport_options={"visibility_timeout": settings.lease_seconds * 2},
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+celery_app = make_celery()

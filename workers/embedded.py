@@ -1,0 +1,44 @@
+"""The embedded worker: a thread in the API process that runs queued shards one by one.
+
+It polls the database (the source of truth) instead of a broker, so the single-machine mode
+needs neither Redis nor Celery; a shard whose lease expired is picked up again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.orm import sessionmaker
+
+from app.settings import Settings
+from workers.runner import next_queued_shard, run_shard
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedWorker(threading.Thread):
+    def __init__(self, sessions: sessionmaker, settings: Settings, poll_s: float = 1.0):
+        super().__init__(name="vigface-embedded-worker", daemon=True)
+        self.sessions, self.settings, self.poll_s = sessions, settings, poll_s
+        self.stopping = threading.Event()
+
+    def run_once(self) -> bool:
+        with self.sessions() as db:
+            shard_id = next_queued_shard(db)
+        if shard_id is None:
+            return False
+        run_shard(self.sessions, self.settings, shard_id)
+        return True
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                if not self.run_once():
+                    self.stopping.wait(self.poll_s)
+            except Exception:  # keep serving; the shard/job rows say what failed
+                log.exception("embedded worker iteration failed")
+                self.stopping.wait(self.poll_s)
+
+    def stop(self) -> None:
+        self.stopping.set()

@@ -1,0 +1,186 @@
+"""Running a shard and finalizing a job: the work behind both the Celery tasks and the
+embedded worker thread. The database decides what runs; a task only names a shard.
+
+A shard is idempotent: its chunks are keyed by (job, shard, chunk) on the local work disk and
+written atomically, so a shard that runs twice (a worker killed mid-shard, a lease that
+expired) skips what is finished and writes the same bytes again for the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.models import Job, Shard, utcnow
+from app.settings import Settings
+from model_store.loader import load_generator
+from model_store.storage import open_store
+from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
+from vigface.dataset.spec import DatasetSpec
+
+log = logging.getLogger(__name__)
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetBuilder:
+    spec = DatasetSpec.model_validate(job.spec).model_copy(
+        update={
+            "identities": shard.slot_end - shard.slot_start,
+            "seed": job.spec["seed"] + shard.index,
+        }
+    )
+    out = Path(settings.work_dir) / job.id / f"shard_{shard.index:05d}"
+    return DatasetBuilder(
+        load_generator(job.model), spec, out, candidates=shard.prototypes, progress=False, **kw
+    )
+
+
+def claim_shard(db: Session, settings: Settings, shard_id: int) -> bool:
+    """Take the lease of a queued (or expired) shard; False if someone else holds it."""
+    now = utcnow()
+    res = db.execute(
+        update(Shard)
+        .where(
+            Shard.id == shard_id,
+            or_(
+                Shard.status == "queued",
+                (Shard.status == "running") & (Shard.lease_expires_at < now),
+            ),
+        )
+        .values(
+            status="running",
+            worker=WORKER_ID,
+            attempts=Shard.attempts + 1,
+            lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+        )
+    )
+    db.commit()
+    return res.rowcount == 1
+
+
+def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
+    """Generate one shard; finalize the job when it was the last. Returns the shard status."""
+    with sessions() as db:
+        shard = db.get(Shard, shard_id)
+        if shard is None:
+            return "missing"
+        job = shard.job
+        if job.status in ("canceled", "failed"):
+            shard.status = "canceled"
+            db.commit()
+            return shard.status
+        if not claim_shard(db, settings, shard_id):
+            return "busy"
+        db.refresh(shard)
+        if job.status == "queued":
+            job.status, job.started_at = "running", utcnow()
+            db.commit()
+
+        def canceled() -> bool:
+            with sessions() as check:
+                return bool(check.scalar(select(Job.cancel_requested).where(Job.id == job.id)))
+
+        def progress(stage: str, n: int) -> None:
+            with sessions() as upd:
+                j = upd.get(Job, job.id)
+                j.progress = {**(j.progress or {}), stage: (j.progress or {}).get(stage, 0) + n}
+                if stage == "sampled":
+                    j.images_done = min(j.images_requested, j.images_done + n)
+                s = upd.get(Shard, shard_id)
+                s.lease_expires_at = utcnow() + timedelta(seconds=settings.lease_seconds)
+                upd.commit()
+
+        try:
+            t0 = time.perf_counter()
+            _shard_builder(
+                settings, job, shard, cancel_check=canceled, on_progress=progress
+            ).generate()
+            shard.status = "succeeded"
+            shard.images_done = (shard.slot_end - shard.slot_start) * job.spec[
+                "images_per_identity"
+            ]
+            job.progress = {
+                **(job.progress or {}),
+                "shard_seconds": round(time.perf_counter() - t0, 2),
+            }
+            db.commit()
+        except Canceled:
+            shard.status = "canceled"
+            db.commit()
+            return shard.status
+        except Exception as exc:  # the job records why; the worker lives on
+            log.exception("shard %s failed", shard_id)
+            shard.status = "failed"
+            job.status, job.error, job.finished_at = (
+                "failed",
+                f"shard {shard.index}: {exc}",
+                utcnow(),
+            )
+            db.commit()
+            return shard.status
+        pending = db.scalar(
+            select(Shard.id).where(Shard.job_id == job.id, Shard.status != "succeeded")
+        )
+        job_id = job.id
+    if pending is None:
+        finalize_job(sessions, settings, job_id)
+    return "succeeded"
+
+
+def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> None:
+    """Merge the shards into one dataset, upload it, record the report: once per job."""
+    with sessions() as db:
+        claimed = db.execute(
+            update(Job).where(Job.id == job_id, Job.status == "running").values(status="finalizing")
+        ).rowcount
+        db.commit()
+        if not claimed:
+            return
+        job = db.get(Job, job_id)
+        try:
+            parts = []
+            for shard in job.shards:
+                b = _shard_builder(settings, job, shard)
+                b.generate()  # every chunk is on disk: this only loads them
+                parts.append(b)
+            out = Path(settings.work_dir) / job.id / "dataset"
+            report = write_dataset(parts, out)
+            store = open_store(settings.storage_url, settings.s3_endpoint_url)
+            keys = store.put_dir(f"jobs/{job.id}", out)
+            job.report = report
+            job.artifacts = {"keys": keys}
+            job.images_done = report["dataset"]["num_image"]
+            job.status, job.finished_at = "succeeded", utcnow()
+        except Exception as exc:
+            log.exception("finalize of %s failed", job_id)
+            job.status, job.error, job.finished_at = "failed", f"finalize: {exc}", utcnow()
+        db.commit()
+    from workers.webhooks import notify
+
+    notify(sessions, settings, job_id)
+
+
+def next_queued_shard(db: Session) -> int | None:
+    """Highest-priority queued shard of a live job, or a running one whose lease expired."""
+    now = utcnow()
+    q = (
+        select(Shard.id)
+        .join(Job)
+        .where(
+            Job.status.in_(("queued", "running")),
+            or_(
+                Shard.status == "queued",
+                (Shard.status == "running") & (Shard.lease_expires_at < now),
+            ),
+        )
+        .order_by(Job.priority.desc(), Job.created_at, Shard.index)
+        .limit(1)
+    )
+    return db.scalar(q)

@@ -1,0 +1,20 @@
+"""Celery tasks: thin wrappers over :mod:`workers.runner`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from app.db.session import session_factory
+from app.settings import get_settings
+from workers.celery_app import celery_app
+from workers.runner import run_shard
+
+
+@lru_cache
+def _sessions():
+    return session_factory(get_settings().database_url)
+
+
+@celery_app.task(name="vigface.run_shard", acks_late=True, reject_on_worker_lost=True)
+def run_shard_task(shard_id: int) -> str:
+    return run_shard(_sessions(), get_settings(), shard_id)
