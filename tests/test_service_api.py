@@ -1,7 +1,6 @@
 """The REST API with a real database (SQLite and PostgreSQL) and the embedded worker."""
 
 import os
-import threading
 import time
 
 import pytest
@@ -13,7 +12,9 @@ from app.settings import Settings
 from model_store.loader import load_generator
 from workers.embedded import EmbeddedWorker
 
-PG_ADMIN = os.environ.get("VIGFACE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN = os.environ.get(
+    "VIGFACE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def _postgres_url() -> str:
@@ -38,9 +39,15 @@ def service(request, tiny_generator, tmp_path, monkeypatch):
     from app.db.session import get_engine
 
     get_engine.cache_clear()
-    settings = Settings(database_url=url, storage_url=f"file://{tmp_path}/store",
-                        work_dir=tmp_path / "work", default_model=tiny_generator.name,
-                        shard_identities=2, sampler_batch_size=4, public_url="http://testserver")
+    settings = Settings(
+        database_url=url,
+        storage_url=f"file://{tmp_path}/store",
+        work_dir=tmp_path / "work",
+        default_model=tiny_generator.name,
+        shard_identities=2,
+        sampler_batch_size=4,
+        public_url="http://testserver",
+    )
     api = create_app(settings)
     with api.state.sessions() as db:
         create_team(db, "alpha", quota=10_000)
@@ -58,8 +65,15 @@ def auth(key):
     return {"Authorization": f"Bearer {key}"}
 
 
-ORDER = {"identities": 3, "images_per_identity": 2, "steps": 2, "seed": 7,
-         "formats": ["imagefolder", "recordio"], "tau_consistency": -1.0, "tau_leak": 1.0}
+ORDER = {
+    "identities": 3,
+    "images_per_identity": 2,
+    "steps": 2,
+    "seed": 7,
+    "formats": ["imagefolder", "recordio"],
+    "tau_consistency": -1.0,
+    "tau_leak": 1.0,
+}
 
 
 def drain(worker):
@@ -80,10 +94,14 @@ def test_job_runs_to_completion_with_exact_counts(service):
     assert job["images_done"] == 6 and job["shards"] == {"succeeded": 2}
     report = client.get(f"/v1/jobs/{job['id']}/report", headers=auth(keys["alpha"])).json()
     assert report["dataset"]["num_classes"] == 3 and report["dataset"]["num_image"] == 6
-    files = client.get(f"/v1/jobs/{job['id']}/artifacts", headers=auth(keys["alpha"])).json()["files"]
+    files = client.get(f"/v1/jobs/{job['id']}/artifacts", headers=auth(keys["alpha"])).json()[
+        "files"
+    ]
     assert "recordio/train.rec" in files and "manifest.csv" in files
     assert sum(1 for f in files if f.startswith("imagefolder/")) == 6
-    dl = client.get(files["dataset_card.json"].replace("http://testserver", ""), headers=auth(keys["alpha"]))
+    dl = client.get(
+        files["dataset_card.json"].replace("http://testserver", ""), headers=auth(keys["alpha"])
+    )
     assert dl.status_code == 200 and dl.json()["num_image"] == 6
     # no virtual identity is sold twice
     r2 = client.post("/v1/jobs", json=ORDER, headers=auth(keys["beta"])).json()
@@ -92,8 +110,12 @@ def test_job_runs_to_completion_with_exact_counts(service):
     import io
 
     def protos(job_id, key):
-        f = client.get(f"/v1/jobs/{job_id}/artifacts", headers=auth(key)).json()["files"]["manifest.csv"]
-        rows = csv.DictReader(io.StringIO(client.get(f.replace("http://testserver", ""), headers=auth(key)).text))
+        f = client.get(f"/v1/jobs/{job_id}/artifacts", headers=auth(key)).json()["files"][
+            "manifest.csv"
+        ]
+        rows = csv.DictReader(
+            io.StringIO(client.get(f.replace("http://testserver", ""), headers=auth(key)).text)
+        )
         return {r["prototype_id"] for r in rows}
 
     assert not protos(job["id"], keys["alpha"]) & protos(r2["id"], keys["beta"])
@@ -102,12 +124,27 @@ def test_job_runs_to_completion_with_exact_counts(service):
     assert "vigface_jobs" in client.get("/metrics").text
 
 
-@pytest.mark.parametrize("field,value", [
-    ("identities", 0), ("identities", 100_001), ("images_per_identity", 0),
-    ("images_per_identity", 1001), ("guidance", -1), ("guidance", 21), ("steps", 0),
-    ("steps", 201), ("seed", -1), ("priority", 10), ("tau_leak", 1.5), ("formats", ["tfrecord"]),
-    ("pose", {"frontal": 0.4}), ("pose", "sideways"), ("webhook_url", "ftp://x"), ("colour", "red"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("identities", 0),
+        ("identities", 100_001),
+        ("images_per_identity", 0),
+        ("images_per_identity", 1001),
+        ("guidance", -1),
+        ("guidance", 21),
+        ("steps", 0),
+        ("steps", 201),
+        ("seed", -1),
+        ("priority", 10),
+        ("tau_leak", 1.5),
+        ("formats", ["tfrecord"]),
+        ("pose", {"frontal": 0.4}),
+        ("pose", "sideways"),
+        ("webhook_url", "ftp://x"),
+        ("colour", "red"),
+    ],
+)
 def test_every_bound_is_validated_before_queueing(service, field, value):
     client, keys, worker, api = service
     r = client.post("/v1/jobs", json={**ORDER, field: value}, headers=auth(keys["alpha"]))
@@ -120,8 +157,12 @@ def test_teams_do_not_see_each_other(service):
     client, keys, worker, api = service
     job = client.post("/v1/jobs", json=ORDER, headers=auth(keys["alpha"])).json()
     for path in ("", "/report", "/artifacts"):
-        assert client.get(f"/v1/jobs/{job['id']}{path}", headers=auth(keys["beta"])).status_code == 404
-    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(keys["beta"])).status_code == 404
+        assert (
+            client.get(f"/v1/jobs/{job['id']}{path}", headers=auth(keys["beta"])).status_code == 404
+        )
+    assert (
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(keys["beta"])).status_code == 404
+    )
     assert client.get("/v1/jobs", headers=auth(keys["beta"])).json()["items"] == []
     assert len(client.get("/v1/jobs", headers=auth(keys["ops"])).json()["items"]) == 1
     assert client.get("/v1/jobs", headers=auth("vgf_wrong")).status_code == 401
@@ -158,10 +199,15 @@ def test_cancel_queued_and_running_jobs(service):
     job = client.post("/v1/jobs", json=big, headers=auth(keys["alpha"])).json()
     worker.start()
     deadline = time.time() + 60
-    while client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alpha"])).json()["images_done"] == 0:
+    while (
+        client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alpha"])).json()["images_done"] == 0
+    ):
         assert time.time() < deadline
         time.sleep(0.05)
-    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(keys["alpha"])).json()["status"] == "canceled"
+    assert (
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(keys["alpha"])).json()["status"]
+        == "canceled"
+    )
     while True:
         j = client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alpha"])).json()
         if "running" not in j["shards"]:

@@ -1,0 +1,90 @@
+"""S3 (and S3-compatible: MinIO, moto) object storage through boto3.
+
+Uploads go through boto3's managed transfer (multipart above 8 MB) with a SHA-256 checksum
+that S3 verifies; the client retries throttling and transient errors (``adaptive`` mode).
+Downloads for users are presigned GET links.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+
+class S3Store:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        link_seconds: int = 3600,
+    ):
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.link_seconds = link_seconds
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(
+                signature_version="s3v4",
+                retries={"max_attempts": 8, "mode": "adaptive"},
+                request_checksum_calculation="when_supported",
+            ),
+        )
+        self.transfer = TransferConfig(multipart_threshold=8 * 2**20, multipart_chunksize=8 * 2**20)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_file(self, key: str, src: str | Path) -> None:
+        self.client.upload_file(
+            str(src),
+            self.bucket,
+            self._key(key),
+            Config=self.transfer,
+            ExtraArgs={"ChecksumAlgorithm": "SHA256"},
+        )
+
+    def put_dir(self, prefix: str, src: str | Path) -> list[str]:
+        keys = []
+        for f in sorted(Path(src).rglob("*")):
+            if f.is_file():
+                key = f"{prefix.rstrip('/')}/{f.relative_to(src).as_posix()}"
+                self.put_file(key, f)
+                keys.append(key)
+        return keys
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except self.client.exceptions.ClientError:
+            return False
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def download(self, key: str, dest: str | Path) -> None:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        self.client.download_file(self.bucket, self._key(key), str(dest))
+
+    def list(self, prefix: str) -> list[str]:
+        out, strip = [], len(self.prefix) + 1 if self.prefix else 0
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix)
+        )
+        for page in pages:
+            out += [o["Key"][strip:] for o in page.get("Contents", [])]
+        return sorted(out)
+
+    def url(self, key: str, settings=None) -> str:
+        return self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(key)},
+            ExpiresIn=self.link_seconds,
+        )
+
+    def ping(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
