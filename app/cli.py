@@ -448,6 +448,10 @@ def serve_cmd(
 
         worker = EmbeddedWorker(api.state.sessions, settings)
         worker.start()
+    if settings.broker_url:
+        from workers.reaper import Reaper
+
+        Reaper(api.state.sessions, api.state.enqueue_shard, settings.lease_seconds / 4).start()
     uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
 
 

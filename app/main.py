@@ -13,18 +13,20 @@ from app.settings import Settings, get_settings
 from model_store.storage import open_store
 
 
-def _enqueue_celery(settings: Settings):
+def celery_dispatch(settings: Settings):
+    """(enqueue a job's shards, enqueue one shard) through the Celery broker."""
     from workers.celery_app import make_celery
 
     celery = make_celery(settings)
 
+    def enqueue_shard(shard_id: int, priority: int = 5) -> None:
+        celery.send_task("vigface.run_shard", args=[shard_id], queue="gpu", priority=priority)
+
     def enqueue(job) -> None:
         for shard in job.shards:
-            celery.send_task(
-                "vigface.run_shard", args=[shard.id], queue="gpu", priority=job.priority
-            )
+            enqueue_shard(shard.id, job.priority)
 
-    return enqueue
+    return enqueue, enqueue_shard
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,7 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = session_factory(settings.database_url)
     app.state.store = open_store(settings.storage_url, settings.s3_endpoint_url)
     # embedded mode: the worker thread polls the database, nothing to send
-    app.state.enqueue = _enqueue_celery(settings) if settings.broker_url else (lambda job: None)
+    if settings.broker_url:
+        app.state.enqueue, app.state.enqueue_shard = celery_dispatch(settings)
+    else:
+        app.state.enqueue, app.state.enqueue_shard = (lambda job: None), (lambda *a: None)
 
     @app.exception_handler(JobError)
     def _job_error(_: Request, exc: JobError) -> JSONResponse:

@@ -67,8 +67,11 @@ class S3Store:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
     def download(self, key: str, dest: str | Path) -> None:
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        self.client.download_file(self.bucket, self._key(key), str(dest))
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        self.client.download_file(self.bucket, self._key(key), str(tmp))
+        tmp.replace(dest)
 
     def list(self, prefix: str) -> list[str]:
         out, strip = [], len(self.prefix) + 1 if self.prefix else 0

@@ -46,6 +46,13 @@ class LocalStore:
     def read_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
 
+    def download(self, key: str, dest: str | Path) -> None:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        shutil.copyfile(self.path(key), tmp)
+        os.replace(tmp, dest)
+
     def list(self, prefix: str) -> list[str]:
         base = self.path(prefix)
         if not base.is_dir():

@@ -3,7 +3,9 @@ embedded worker thread. The database decides what runs; a task only names a shar
 
 A shard is idempotent: its chunks are keyed by (job, shard, chunk) on the local work disk and
 written atomically, so a shard that runs twice (a worker killed mid-shard, a lease that
-expired) skips what is finished and writes the same bytes again for the rest.
+expired) skips what is finished and writes the same bytes again for the rest. A finished
+shard's chunks are copied to the object store (``work/<job>/shard_NNNNN/``) so that the
+finalize step can run on any machine.
 """
 
 from __future__ import annotations
@@ -40,6 +42,40 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
     return DatasetBuilder(
         load_generator(job.model), spec, out, candidates=shard.prototypes, progress=False, **kw
     )
+
+
+def _shard_key(job_id: str, index: int) -> str:
+    return f"work/{job_id}/shard_{index:05d}"
+
+
+def requeue_expired(sessions: sessionmaker, enqueue_shard) -> list[int]:
+    """The reaper: running shards whose lease expired (their worker died or hangs) go back to
+    the queue. The lease claim in :func:`claim_shard` keeps a late original from double work."""
+    now = utcnow()
+    with sessions() as db:
+        ids = list(
+            db.scalars(
+                select(Shard.id)
+                .join(Job)
+                .where(
+                    Job.status.in_(("queued", "running")),
+                    Shard.status == "running",
+                    Shard.lease_expires_at < now,
+                )
+            )
+        )
+        for shard_id in ids:
+            db.execute(
+                update(Shard)
+                .where(
+                    Shard.id == shard_id, Shard.status == "running", Shard.lease_expires_at < now
+                )
+                .values(status="queued")
+            )
+        db.commit()
+    for shard_id in ids:
+        enqueue_shard(shard_id)
+    return ids
 
 
 def claim_shard(db: Session, settings: Settings, shard_id: int) -> bool:
@@ -146,13 +182,17 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
         job = db.get(Job, job_id)
         try:
             parts = []
+            store = open_store(settings.storage_url, settings.s3_endpoint_url)
             for shard in job.shards:
                 b = _shard_builder(settings, job, shard)
-                b.generate()  # every chunk is on disk: this only loads them
+                for key in store.list(_shard_key(job.id, shard.index)):  # shards run elsewhere
+                    local = b.work / key.rsplit("/", 1)[1]
+                    if not local.is_file():
+                        store.download(key, local)
+                b.generate()  # every chunk is present: this only loads them
                 parts.append(b)
             out = Path(settings.work_dir) / job.id / "dataset"
             report = write_dataset(parts, out)
-            store = open_store(settings.storage_url, settings.s3_endpoint_url)
             keys = store.put_dir(f"jobs/{job.id}", out)
             job.report = report
             job.artifacts = {"keys": keys}

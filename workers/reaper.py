@@ -1,0 +1,31 @@
+"""A thread that periodically puts shards with expired leases back on the queue."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.orm import sessionmaker
+
+from workers.runner import requeue_expired
+
+log = logging.getLogger(__name__)
+
+
+class Reaper(threading.Thread):
+    def __init__(self, sessions: sessionmaker, enqueue_shard, every_s: float):
+        super().__init__(name="vigface-reaper", daemon=True)
+        self.sessions, self.enqueue_shard, self.every_s = sessions, enqueue_shard, every_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.every_s):
+            try:
+                ids = requeue_expired(self.sessions, self.enqueue_shard)
+                if ids:
+                    log.warning("re-queued shards with expired leases: %s", ids)
+            except Exception:
+                log.exception("reaper iteration failed")
+
+    def stop(self) -> None:
+        self.stopping.set()
