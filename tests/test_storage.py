@@ -1,56 +1,14 @@
 """Object stores: the local folder and S3 against moto's server over real HTTP."""
 
-import socket
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 
 from model_store.storage import LocalStore, open_store
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def moto_server():
-    """moto's standalone S3 server on 127.0.0.1 (not an in-process mock)."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(url, timeout=0.5)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture
-def s3_env(moto_server, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    import boto3
-
-    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="datasets")
-    return moto_server
-
-
 def test_s3_round_trip_multipart_and_presigned(s3_env, tmp_path):
-    store = open_store("s3://datasets/prod", endpoint_url=s3_env)
+    endpoint, bucket = s3_env
+    store = open_store(f"s3://{bucket}/prod", endpoint_url=endpoint)
     big = tmp_path / "d" / "big.bin"
     big.parent.mkdir()
     payload = bytes(range(256)) * (40 * 2**12)  # 10 MiB: crosses the multipart threshold
