@@ -12,6 +12,8 @@ import typer
 BUNDLED_STORE = Path(__file__).resolve().parents[1] / "model_store" / "models"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+jobs_app = typer.Typer(no_args_is_help=True, help="Order datasets from a running service.")
+app.add_typer(jobs_app, name="jobs")
 admin_app = typer.Typer(no_args_is_help=True, help="Teams and API keys (same settings as serve).")
 app.add_typer(admin_app, name="admin")
 models_app = typer.Typer(no_args_is_help=False, help="List and inspect model-store entries.")
@@ -381,6 +383,95 @@ def models_show(name: str) -> None:
         typer.echo(json.dumps(read_card(name), indent=2))
     except ModelNotFound as exc:
         _fail(str(exc))
+
+
+def _client(url: str, key: str | None):
+    import os
+
+    from app.client import VIGFaceClient
+
+    key = key or os.environ.get("VIGFACE_API_KEY")
+    if not key:
+        _fail("give --api-key or set VIGFACE_API_KEY")
+    return VIGFaceClient(url, key)
+
+
+URL_OPT = typer.Option("http://127.0.0.1:8000", "--url", envvar="VIGFACE_URL", help="service URL")
+KEY_OPT = typer.Option(None, "--api-key", help="team API key (or VIGFACE_API_KEY)")
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    identities: int = typer.Option(...),
+    images_per_identity: int = typer.Option(...),
+    pose: str = typer.Option("match_training", help="preset or JSON {bin: weight}"),
+    guidance: float = 4.0,
+    steps: int = 25,
+    seed: int = 0,
+    format_: str = typer.Option("imagefolder", "--format", help="comma list"),
+    model: str | None = None,
+    priority: int = 5,
+    webhook_url: str | None = None,
+    idempotency_key: str | None = None,
+    wait: bool = typer.Option(False, help="wait for the job with a progress bar"),
+    url: str = URL_OPT,
+    api_key: str | None = KEY_OPT,
+) -> None:
+    """Submit an order; prints the job as JSON (its id on the last line)."""
+    from app.client import APIError
+
+    order = {
+        "identities": identities,
+        "images_per_identity": images_per_identity,
+        "pose": json.loads(pose) if pose.strip().startswith("{") else pose,
+        "guidance": guidance,
+        "steps": steps,
+        "seed": seed,
+        "priority": priority,
+        "formats": [f.strip() for f in format_.split(",") if f.strip()],
+    }
+    if model:
+        order["model"] = model
+    if webhook_url:
+        order["webhook_url"] = webhook_url
+    c = _client(url, api_key)
+    try:
+        job = c.submit(idempotency_key=idempotency_key, **order)
+        if wait:
+            job = c.wait(job["id"])
+    except APIError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(job, indent=2, default=str))
+    typer.echo(job["id"])
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str, url: str = URL_OPT, api_key: str | None = KEY_OPT) -> None:
+    """Print a job as JSON."""
+    from app.client import APIError
+
+    try:
+        typer.echo(json.dumps(_client(url, api_key).job(job_id), indent=2, default=str))
+    except APIError as exc:
+        _fail(str(exc))
+
+
+@jobs_app.command("download")
+def jobs_download(
+    job_id: str,
+    format_: str = typer.Option("imagefolder", "--format"),
+    out: Path = typer.Option(..., help="destination folder"),
+    url: str = URL_OPT,
+    api_key: str | None = KEY_OPT,
+) -> None:
+    """Download one output format with the manifest, card and report."""
+    from app.client import APIError
+
+    try:
+        files = _client(url, api_key).download(job_id, format_, out)
+    except APIError as exc:
+        _fail(str(exc))
+    typer.echo(f"{len(files)} files in {out}")
 
 
 def _sessions():

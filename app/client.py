@@ -1,0 +1,112 @@
+"""A small Python client for ML teams: submit an order, wait for it, download a format.
+
+from app.client import VIGFaceClient
+c = VIGFaceClient("http://127.0.0.1:8000", api_key="vgf_...")
+job = c.submit(identities=100, images_per_identity=10, formats=["recordio"])
+c.wait(job["id"])
+c.download(job["id"], "recordio", "data/synthetic")
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+from tqdm import tqdm
+
+
+class APIError(RuntimeError):
+    def __init__(self, status: int, detail):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class VIGFaceClient:
+    def __init__(self, base_url: str, api_key: str, timeout: float = 30.0, transport=None):
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+
+    def _check(self, r: httpx.Response):
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise APIError(r.status_code, detail)
+        return r.json()
+
+    def submit(self, idempotency_key: str | None = None, **order) -> dict:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._check(self.http.post("/v1/jobs", json=order, headers=headers))
+
+    def job(self, job_id: str) -> dict:
+        return self._check(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def jobs(self, status: str | None = None) -> list[dict]:
+        params = {"status": status} if status else {}
+        return self._check(self.http.get("/v1/jobs", params=params))["items"]
+
+    def cancel(self, job_id: str) -> dict:
+        return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def report(self, job_id: str) -> dict:
+        return self._check(self.http.get(f"/v1/jobs/{job_id}/report"))
+
+    def wait(
+        self,
+        job_id: str,
+        poll_s: float = 2.0,
+        timeout_s: float | None = None,
+        progress: bool = True,
+    ) -> dict:
+        """Poll until the job ends, with a progress bar of images done."""
+        start = time.time()
+        job = self.job(job_id)
+        with tqdm(
+            total=job["images_requested"],
+            unit="img",
+            disable=not progress,
+            desc=f"job {job_id[:8]}",
+        ) as bar:
+            while True:
+                bar.n = job["images_done"]
+                bar.set_postfix(status=job["status"])
+                bar.refresh()
+                if job["status"] in ("succeeded", "failed", "canceled"):
+                    return job
+                if timeout_s is not None and time.time() - start > timeout_s:
+                    raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
+                time.sleep(poll_s)
+                job = self.job(job_id)
+
+    def download(self, job_id: str, fmt: str, dest: str | Path) -> list[Path]:
+        """Download one format (``imagefolder``, ``recordio``, ``webdataset``) plus the
+        manifest, card and report into ``dest``."""
+        files = self._check(self.http.get(f"/v1/jobs/{job_id}/artifacts"))["files"]
+        wanted = {k: v for k, v in files.items() if k.startswith(f"{fmt}/") or "/" not in k}
+        if not any(k.startswith(f"{fmt}/") for k in wanted):
+            raise APIError(
+                404,
+                f"the job has no {fmt!r} output (has: "
+                f"{sorted({k.split('/')[0] for k in files if '/' in k})})",
+            )
+        out = []
+        for rel, url in tqdm(sorted(wanted.items()), desc="download", unit="file"):
+            path = Path(dest) / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            client = self.http if url.startswith(str(self.http.base_url)) else httpx
+            with client.stream("GET", url) as r:
+                if r.status_code >= 400:
+                    raise APIError(r.status_code, f"download of {rel} failed")
+                tmp = path.with_name(path.name + ".part")
+                with tmp.open("wb") as f:
+                    for chunk in r.iter_bytes():
+                        f.write(chunk)
+                tmp.replace(path)
+            out.append(path)
+        return out

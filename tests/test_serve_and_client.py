@@ -1,0 +1,118 @@
+"""`vigface serve` as a user runs it (embedded worker, SQLite, local store), the admin CLI,
+the Python client and `vigface jobs` against it over real HTTP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from app.client import APIError, VIGFaceClient
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def server(tiny_generator, tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "VIGFACE_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite",
+        "VIGFACE_STORAGE_URL": f"file://{tmp_path}/store",
+        "VIGFACE_WORK_DIR": str(tmp_path / "w"),
+        "VIGFACE_MODEL_STORE": str(tiny_generator.parent),
+        "VIGFACE_DEFAULT_MODEL": tiny_generator.name,
+        "VIGFACE_PORT": str(port),
+        "VIGFACE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "VIGFACE_SAMPLER_BATCH_SIZE": "4",
+        "OMP_NUM_THREADS": "1",
+    }
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert cli("admin", "create-team", "alpha").returncode == 0
+    r = cli("admin", "create-key", "alpha")
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip().splitlines()[-1]
+    assert key.startswith("vgf_")
+    bad = cli("admin", "create-key", "nobody")
+    assert bad.returncode == 2 and "nobody" in bad.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield url, key, cli
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(20)
+
+
+def test_client_submits_waits_and_downloads(server, tmp_path):
+    url, key, cli = server
+    c = VIGFaceClient(url, key)
+    job = c.submit(
+        identities=2,
+        images_per_identity=2,
+        steps=2,
+        tau_consistency=-1.0,
+        tau_leak=1.0,
+        formats=["imagefolder", "webdataset"],
+    )
+    job = c.wait(job["id"], poll_s=0.2, timeout_s=120, progress=False)
+    assert job["status"] == "succeeded" and job["images_done"] == 4
+    files = c.download(job["id"], "imagefolder", tmp_path / "dl")
+    assert len([f for f in files if f.suffix == ".jpg"]) == 4
+    assert json.loads((tmp_path / "dl" / "dataset_card.json").read_text())["num_image"] == 4
+    with pytest.raises(APIError, match="recordio"):
+        c.download(job["id"], "recordio", tmp_path / "x")
+    r = cli("jobs", "status", job["id"], "--url", url, "--api-key", key)
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "succeeded"
+    r = cli(
+        "jobs",
+        "download",
+        job["id"],
+        "--format",
+        "webdataset",
+        "--out",
+        str(tmp_path / "wds"),
+        "--url",
+        url,
+        "--api-key",
+        key,
+    )
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "wds" / "webdataset").glob("*.tar"))
+    r = cli(
+        "jobs",
+        "submit",
+        "--identities",
+        "0",
+        "--images-per-identity",
+        "1",
+        "--url",
+        url,
+        "--api-key",
+        key,
+    )
+    assert r.returncode == 2 and "identities" in r.stderr
