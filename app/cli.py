@@ -374,6 +374,26 @@ def models_add(
     typer.echo(str(dest))
 
 
+@models_app.command("push")
+def models_push(
+    folder: Path = typer.Argument(..., help="a model folder (store entry)"),
+    name: str | None = typer.Option(None, help="entry name (default: the folder name)"),
+) -> None:
+    """Upload a model to the configured object store (VIGFACE_STORAGE_URL) by content hash."""
+    from model_store.remote import push
+    from model_store.storage import open_store
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    try:
+        digest = push(
+            open_store(settings.storage_url, settings.s3_endpoint_url), folder, name or folder.name
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"{name or folder.name}@{digest}")
+
+
 @models_app.command("show")
 def models_show(name: str) -> None:
     """Print a model card as JSON."""
@@ -475,8 +495,8 @@ def jobs_download(
 
 
 def _sessions():
-    from app.db.session import init_db, session_factory
-    from app.settings import get_settings
+    from workers.db.session import init_db, session_factory
+    from workers.settings import get_settings
 
     settings = get_settings()
     init_db(settings.database_url)
@@ -530,7 +550,7 @@ def serve_cmd(
     import uvicorn
 
     from app.main import create_app
-    from app.settings import get_settings
+    from workers.settings import get_settings
 
     settings = get_settings()
     api = create_app(settings)
@@ -552,7 +572,7 @@ def worker_cmd(
     concurrency: int = typer.Option(1, help="processes: one per GPU"),
 ) -> None:
     """Start a Celery GPU worker (needs VIGFACE_BROKER_URL)."""
-    from app.settings import get_settings
+    from workers.settings import get_settings
 
     if not get_settings().broker_url:
         _fail("VIGFACE_BROKER_URL is not set: the worker needs a broker (or use `vigface serve`)")

@@ -7,10 +7,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.api import jobs, misc
-from app.db.session import init_db, session_factory
 from app.services.jobs import JobError
-from app.settings import Settings, get_settings
 from model_store.storage import open_store
+from workers.db.session import init_db, session_factory
+from workers.settings import Settings, get_settings
 
 
 def celery_dispatch(settings: Settings):

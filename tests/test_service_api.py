@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
-from app.settings import Settings
 from model_store.loader import load_generator
 from workers.embedded import EmbeddedWorker
+from workers.settings import Settings
 
 PG_ADMIN = os.environ.get(
     "VIGFACE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -36,7 +36,7 @@ def service(request, tiny_generator, tmp_path, monkeypatch):
     monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
     load_generator.cache_clear()
     url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else _postgres_url()
-    from app.db.session import get_engine
+    from workers.db.session import get_engine
 
     get_engine.cache_clear()
     settings = Settings(

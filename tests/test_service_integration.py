@@ -17,9 +17,9 @@ from test_service_api import _postgres_url
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
-from app.settings import Settings
 from model_store.loader import load_generator
 from workers.runner import requeue_expired
+from workers.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BROKER = os.environ.get("VIGFACE_TEST_REDIS", "redis://127.0.0.1:6379/15")
@@ -47,7 +47,7 @@ def deployment(tiny_generator, s3_env, tmp_path, monkeypatch):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     load_generator.cache_clear()
-    from app.db.session import get_engine
+    from workers.db.session import get_engine
 
     get_engine.cache_clear()
     settings = Settings()

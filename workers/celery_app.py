@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.settings import Settings, get_settings
+from workers.settings import Settings, get_settings
 
 
 def make_celery(settings: Settings | None = None) -> Celery:

@@ -11,8 +11,8 @@ import threading
 
 from sqlalchemy.orm import sessionmaker
 
-from app.settings import Settings
 from workers.runner import next_queued_shard, run_shard
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

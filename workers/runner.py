@@ -20,15 +20,19 @@ from pathlib import Path
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import Job, Shard, utcnow
-from app.settings import Settings
 from model_store.loader import load_generator
 from model_store.storage import open_store
 from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
 from vigface.dataset.spec import DatasetSpec
+from workers.db.models import Job, Shard, utcnow
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _remote(settings: Settings) -> tuple:
+    return settings.storage_url, settings.s3_endpoint_url, str(settings.model_cache)
 
 
 def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetBuilder:
@@ -40,7 +44,12 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
     )
     out = Path(settings.work_dir) / job.id / f"shard_{shard.index:05d}"
     return DatasetBuilder(
-        load_generator(job.model), spec, out, candidates=shard.prototypes, progress=False, **kw
+        load_generator(job.model, *_remote(settings)),
+        spec,
+        out,
+        candidates=shard.prototypes,
+        progress=False,
+        **kw,
     )
 
 

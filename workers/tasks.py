@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from app.db.session import session_factory
-from app.settings import get_settings
 from workers.celery_app import celery_app
+from workers.db.session import session_factory
 from workers.runner import run_shard
+from workers.settings import get_settings
 
 
 @lru_cache

@@ -18,8 +18,8 @@ import time
 import httpx
 from sqlalchemy.orm import sessionmaker
 
-from app.db.models import Job
-from app.settings import Settings
+from workers.db.models import Job
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

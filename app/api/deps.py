@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from fastapi import Depends, Header, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from app.db.models import Team
 from app.services.auth import team_for_key
-from app.settings import Settings
+from workers.db.models import Team
+from workers.settings import Settings
 
 
 def get_settings_dep(request: Request) -> Settings:

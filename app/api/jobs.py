@@ -11,12 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import current_team, get_db, get_settings_dep
-from app.db.models import Job, Team, utcnow
 from app.schemas import JobCreate, JobOut, JobPage
 from app.services.jobs import JobError, cancel_job, submit_job, visible_job
-from app.settings import Settings
 from model_store import ModelNotFound
 from vigface.dataset.spec import DatasetSpec
+from workers.db.models import Job, Team, utcnow
+from workers.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -73,7 +73,9 @@ def create_job(
             422, ".".join(map(str, exc.errors()[0]["loc"])), exc.errors()[0]["msg"]
         ) from exc
     try:
-        gen = load_generator(model)
+        gen = load_generator(
+            model, settings.storage_url, settings.s3_endpoint_url, str(settings.model_cache)
+        )
     except ModelNotFound as exc:
         raise JobError(422, "model", str(exc)) from exc
     from vigface.dataset.pose import PoseBank, PoseSpecError

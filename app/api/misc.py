@@ -9,11 +9,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app.api.deps import current_team, get_db, get_settings_dep
-from app.db.models import Job, LedgerEntry, Shard, Team
 from app.schemas import ModelOut
 from app.services.jobs import visible_job
-from app.settings import Settings
 from model_store import list_models
+from workers.db.models import Job, LedgerEntry, Shard, Team
+from workers.settings import Settings
 
 router = APIRouter()
 

@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import ApiKey, Team
+from workers.db.models import ApiKey, Team
 
 KEY_PREFIX = "vgf_"
 

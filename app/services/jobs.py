@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Job, LedgerEntry, Shard, Team, utcnow
-from app.settings import Settings
 from vigface.dataset.spec import DatasetSpec
+from workers.db.models import Job, LedgerEntry, Shard, Team, utcnow
+from workers.settings import Settings
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
     work_dir: Path = Field(Path("var/work"), description="local scratch space for shards")
     default_model: str = "demo"
+    model_cache: Path = Field(Path("var/models"), description="cache of models pulled from storage")
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str = Field("http://127.0.0.1:8000", description="base of plain artifact links")

@@ -31,6 +31,6 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 def init_db(url: str) -> None:
     """Bring the schema to the latest migration (Alembic)."""
-    from app.db.migrate import upgrade
+    from workers.db.migrate import upgrade
 
     upgrade(url)
