@@ -566,6 +566,34 @@ def serve_cmd(
     uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
 
 
+@app.command("quickstart")
+def quickstart_cmd(
+    team: str = typer.Option("demo", help="team created on first start"),
+    host: str | None = None,
+    port: int | None = None,
+) -> None:
+    """The embedded service for a first try: creates a team and prints its API key the first
+    time, then serves the API with an in-process worker (SQLite, local store, demo model)."""
+    from sqlalchemy import select
+
+    from app.services.auth import create_key, create_team
+    from workers.db.models import Team
+
+    sessions, settings = _sessions()
+    with sessions() as db:
+        if db.scalar(select(Team).where(Team.name == team)) is None:
+            create_team(db, team, settings.default_monthly_quota)
+            key = create_key(db, team)
+            typer.secho(
+                f"Team {team!r} created. Its API key (shown once, only its hash is kept):",
+                fg=typer.colors.GREEN,
+            )
+            typer.echo(key)
+        else:
+            typer.echo(f"Team {team!r} exists; a new key: vigface admin create-key {team}")
+    serve_cmd(host=host, port=port, embedded_worker=True)
+
+
 @app.command("worker")
 def worker_cmd(
     queues: str = typer.Option("gpu", help="Celery queues to consume"),
