@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from app.api import jobs, misc
 from app.services.jobs import JobError
@@ -58,6 +58,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         return JSONResponse({"detail": errors}, 422)
 
+    from fastapi.staticfiles import StaticFiles
+    from starlette.middleware.sessions import SessionMiddleware
+
+    from app.ui import routes as ui
+
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.session_secret,
+        session_cookie="vigface_session",
+        same_site="lax",
+        max_age=8 * 3600,
+        https_only=settings.public_url.startswith("https://"),
+    )
+
+    @app.exception_handler(ui.LoginRequired)
+    def _login(_: Request, __: ui.LoginRequired) -> RedirectResponse:
+        return RedirectResponse("/ui/login", status_code=303)
+
+    @app.get("/", include_in_schema=False)
+    def _root() -> RedirectResponse:
+        return RedirectResponse("/ui/jobs")
+
     app.include_router(jobs.router)
     app.include_router(misc.router)
+    app.include_router(ui.router)
+    app.mount(
+        "/ui/static", StaticFiles(directory=ui.Path(ui.__file__).parent / "static"), name="static"
+    )
     return app

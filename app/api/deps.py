@@ -30,9 +30,12 @@ def current_team(
     key = x_api_key
     if authorization and authorization.lower().startswith("bearer "):
         key = authorization[7:].strip()
-    if not key:
-        key = request.session.get("api_key") if "session" in request.scope else None
     team = team_for_key(db, key) if key else None
+    if team is None and not key and "session" in request.scope:  # the dashboard's cookie
+        from workers.db.models import ApiKey
+
+        row = db.get(ApiKey, request.session.get("key_id") or -1)
+        team = row.team if row is not None and not row.revoked else None
     if team is None:
         raise HTTPException(
             401, detail=[{"field": "Authorization", "message": "missing or unknown API key"}]

@@ -458,6 +458,7 @@ def write_dataset(parts: list[DatasetBuilder], out_dir: str | Path) -> dict:
             "acceptance_rate": round(len(records) / generated, 4),
             "regeneration_rate": round(counts.get("regenerated", 0) / generated, 4),
         },
+        "histograms": similarity_histograms(records + rejected),
         "pose": {
             "bins": YAW_BINS,
             "requested": first.pose_weights.round(4).tolist(),
@@ -475,6 +476,16 @@ def write_dataset(parts: list[DatasetBuilder], out_dir: str | Path) -> dict:
     )
     write_json(out / "report.json", report)
     return report
+
+
+def similarity_histograms(records: list[ImageRecord], bins: int = 24) -> dict:
+    """Counts of own-prototype and nearest-real cosines over every draw, on shared edges."""
+    edges = np.linspace(-0.2, 1.0, bins + 1)
+    return {
+        "edges": edges.round(3).tolist(),
+        "cos_own": np.histogram([r.cos_own for r in records], edges)[0].tolist(),
+        "nearest_real": np.histogram([r.nearest_real_cos for r in records], edges)[0].tolist(),
+    }
 
 
 def real_augment_plan(gen: Generator, real_data: str | Path, target: int):

@@ -1,0 +1,1 @@
+"""The job dashboard and ordering pages: server-rendered, a little JavaScript, no CDN."""

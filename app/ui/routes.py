@@ -1,0 +1,277 @@
+"""Dashboard pages. They read through app.services and create jobs through the same
+``create_job`` as ``POST /v1/jobs``; the session cookie holds only the API key's row id."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.api.deps import get_db, get_settings_dep
+from app.api.jobs import create_job, job_out
+from app.api.misc import model_entries
+from app.schemas import JobCreate
+from app.services.auth import hash_key
+from app.services.jobs import JobError, cancel_job, images_used_this_month, visible_job
+from model_store import resolve
+from vigface.dataset.pose import YAW_BINS
+from vigface.dataset.spec import LIMITS
+from vigface.dataset.writers import FORMATS
+from workers.db.models import ApiKey, Job, Team
+from workers.settings import Settings
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+class LoginRequired(Exception):
+    pass
+
+
+def session_team(request: Request, db: Session = Depends(get_db)) -> Team:
+    key_id = request.session.get("key_id")
+    key = db.get(ApiKey, key_id) if key_id else None
+    if key is None or key.revoked:
+        raise LoginRequired()
+    return key.team
+
+
+def csrf_token(request: Request) -> str:
+    if "csrf" not in request.session:
+        request.session["csrf"] = secrets.token_urlsafe(24)
+    return request.session["csrf"]
+
+
+def check_csrf(request: Request, token: str) -> None:
+    if not token or token != request.session.get("csrf"):
+        raise HTTPException(
+            403, detail=[{"field": "csrf", "message": "stale form; reload the page"}]
+        )
+
+
+def page(request: Request, name: str, team: Team | None, **ctx) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request, name, {"team": team, "csrf": csrf_token(request), **ctx}
+    )
+
+
+@router.get("/login")
+def login_form(request: Request) -> HTMLResponse:
+    return page(request, "login.html", None, error=None)
+
+
+@router.post("/login")
+def login(request: Request, api_key: str = Form(""), db: Session = Depends(get_db)):
+    key = db.scalar(
+        select(ApiKey).where(
+            ApiKey.key_hash == hash_key(api_key.strip()), ApiKey.revoked.is_(False)
+        )
+    )
+    if key is None:
+        return templates.TemplateResponse(
+            request, "login.html", {"team": None, "error": "Unknown API key."}, status_code=401
+        )
+    request.session.clear()
+    request.session["key_id"] = key.id
+    return RedirectResponse("/ui/jobs", status_code=303)
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: str = Form("")):
+    check_csrf(request, csrf)
+    request.session.clear()
+    return RedirectResponse("/ui/login", status_code=303)
+
+
+@router.get("/jobs")
+def jobs_page(
+    request: Request,
+    status: str | None = None,
+    team: Team = Depends(session_team),
+    db: Session = Depends(get_db),
+) -> HTMLResponse:
+    q = select(Job)
+    if not team.is_admin:
+        q = q.where(Job.team_id == team.id)
+    if status:
+        q = q.where(Job.status == status)
+    jobs = [job_out(j) for j in db.scalars(q.order_by(Job.created_at.desc()).limit(100))]
+    return page(request, "jobs.html", team, jobs=jobs, status=status, nav="jobs")
+
+
+@router.get("/jobs/{job_id}")
+def job_page(
+    job_id: str,
+    request: Request,
+    team: Team = Depends(session_team),
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+) -> HTMLResponse:
+    job = visible_job(db, team, job_id)
+    if job is None:
+        raise HTTPException(404, detail=[{"field": "job_id", "message": "no such job"}])
+    downloads, samples = {}, []
+    if job.artifacts:
+        store = request.app.state.store
+        keys = job.artifacts["keys"]
+        for name in (
+            "dataset_card.json",
+            "manifest.csv",
+            "report.json",
+            "report.html",
+            "recordio/train.rec",
+            "recordio/train.idx",
+        ):
+            key = f"jobs/{job.id}/{name}"
+            if key in keys:
+                downloads[name] = store.url(key, settings)
+        shards = [k for k in keys if "/webdataset/" in k]
+        for k in shards[:3]:
+            downloads[k.split(f"jobs/{job.id}/", 1)[1]] = store.url(k, settings)
+        samples = [store.url(k, settings) for k in keys if "/imagefolder/" in k][:24]
+    return page(
+        request,
+        "job.html",
+        team,
+        job=job_out(job),
+        report=job.report,
+        downloads=downloads,
+        samples=samples,
+        nav="jobs",
+    )
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_page(
+    job_id: str,
+    request: Request,
+    csrf: str = Form(""),
+    team: Team = Depends(session_team),
+    db: Session = Depends(get_db),
+):
+    check_csrf(request, csrf)
+    job = visible_job(db, team, job_id)
+    if job is None:
+        raise HTTPException(404, detail=[{"field": "job_id", "message": "no such job"}])
+    cancel_job(db, job)
+    return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+
+def _order_page(request, team, db, settings, form, errors, status=200):
+    models = [m for m in model_entries(db) if m.name == settings.default_model]
+    used = images_used_this_month(db, team)
+    resp = page(
+        request,
+        "new_order.html",
+        team,
+        form=form,
+        errors=errors,
+        pose_bins=YAW_BINS,
+        formats=FORMATS,
+        limits={k: v[1] for k, v in LIMITS.items()},
+        quota_left=max(0, team.monthly_quota - used),
+        model=models[0] if models else None,
+        nav="order",
+    )
+    resp.status_code = status
+    return resp
+
+
+DEFAULT_FORM = {
+    "identities": 10,
+    "images_per_identity": 10,
+    "seed": 0,
+    "guidance": 4.0,
+    "steps": 25,
+    "priority": 5,
+    "pose_preset": "match_training",
+    "formats": ["imagefolder"],
+    "webhook_url": "",
+}
+
+
+@router.get("/orders/new")
+def order_form(
+    request: Request,
+    team: Team = Depends(session_team),
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+) -> HTMLResponse:
+    return _order_page(request, team, db, settings, DEFAULT_FORM, {})
+
+
+@router.post("/orders")
+async def order_submit(
+    request: Request,
+    team: Team = Depends(session_team),
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+):
+    raw = await request.form()
+    check_csrf(request, raw.get("csrf", ""))
+    form = {k: raw.get(k) for k in DEFAULT_FORM if k != "formats"} | {
+        "formats": raw.getlist("formats")
+    }
+    form |= {f"bin_{b}": raw.get(f"bin_{b}", "0") for b in YAW_BINS}
+    errors: dict[str, str] = {}
+    pose: str | dict = form["pose_preset"]
+    if pose == "custom":
+        try:
+            pose = {
+                b: float(form[f"bin_{b}"]) / 100 for b in YAW_BINS if float(form[f"bin_{b}"]) > 0
+            }
+        except ValueError:
+            errors["pose"] = "bin weights must be numbers"
+    body = {
+        k: form[k]
+        for k in ("identities", "images_per_identity", "seed", "guidance", "steps", "priority")
+        if form[k] not in (None, "")
+    }
+    body |= {"pose": pose, "formats": form["formats"] or []}
+    if form.get("webhook_url"):
+        body["webhook_url"] = form["webhook_url"]
+    try:
+        order = JobCreate(**body)
+    except ValidationError as exc:
+        for e in exc.errors():
+            errors.setdefault(str(e["loc"][0]), e["msg"])
+        for required in ("identities", "images_per_identity"):
+            if required not in body:
+                errors[required] = "required"
+    if errors:
+        return _order_page(request, team, db, settings, form, errors, status=422)
+    try:
+        job, _ = create_job(db, settings, team, order, None, request.app.state.enqueue)
+    except JobError as exc:
+        field = exc.field.split(".")[0]
+        errors[field if field in form or field == "pose" else "_"] = exc.message
+        return _order_page(request, team, db, settings, form, errors, status=exc.status)
+    return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
+
+
+@router.get("/models")
+def models_page(
+    request: Request, team: Team = Depends(session_team), db: Session = Depends(get_db)
+) -> HTMLResponse:
+    models = []
+    for m in model_entries(db):
+        grids_dir = resolve(m.name) / "grids"
+        grids = {
+            p.stem: f"/ui/models/{m.name}/grids/{p.name}" for p in sorted(grids_dir.glob("*.png"))
+        }
+        models.append({**m.model_dump(), "grids": grids})
+    return page(request, "models.html", team, models=models, nav="models")
+
+
+@router.get("/models/{name}/grids/{file}")
+def model_grid(name: str, file: str, team: Team = Depends(session_team)) -> FileResponse:
+    path = resolve(name) / "grids" / Path(file).name
+    if not path.is_file() or path.suffix != ".png":
+        raise HTTPException(404, detail=[{"field": "file", "message": "no such grid"}])
+    return FileResponse(path)

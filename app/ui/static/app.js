@@ -1,0 +1,67 @@
+// Live updates: poll the JSON API (the session cookie authenticates) and patch the page.
+function pct(job) { return job.images_requested ? Math.min(100, Math.round(100 * job.images_done / job.images_requested)) : 0; }
+function fmtEta(s) { if (s == null) return "–"; if (s < 90) return Math.round(s) + " s"; return Math.round(s / 60) + " min"; }
+
+async function refreshJobs() {
+  const table = document.getElementById("jobs-table");
+  if (!table) return;
+  const status = table.dataset.status;
+  const r = await fetch("/v1/jobs?limit=100" + (status ? "&status=" + status : ""), { credentials: "same-origin" });
+  if (!r.ok) return;
+  const page = await r.json();
+  for (const job of page.items) {
+    const row = document.getElementById("job-" + job.id);
+    if (!row) { if (!status || status === job.status) { location.reload(); return; } continue; }
+    row.querySelector(".badge").textContent = job.status;
+    row.querySelector(".badge").className = "badge " + job.status;
+    row.querySelector(".bar > span").style.width = pct(job) + "%";
+    row.querySelector(".done").textContent = job.images_done + " / " + job.images_requested;
+    row.querySelector(".eta").textContent = fmtEta(job.eta_seconds);
+  }
+}
+
+async function refreshJob() {
+  const el = document.getElementById("job-live");
+  if (!el) return;
+  const r = await fetch("/v1/jobs/" + el.dataset.id, { credentials: "same-origin" });
+  if (!r.ok) return;
+  const job = await r.json();
+  el.querySelector(".badge").textContent = job.status;
+  el.querySelector(".badge").className = "badge " + job.status;
+  el.querySelector(".bar > span").style.width = pct(job) + "%";
+  el.querySelector(".pct").textContent = pct(job) + " %";
+  el.querySelector(".done").textContent = job.images_done + " / " + job.images_requested;
+  el.querySelector(".eta").textContent = fmtEta(job.eta_seconds);
+  const started = job.started_at ? new Date(job.started_at + "Z") : null;
+  if (started && job.images_done) {
+    const secs = Math.max(1, (Date.now() - started.getTime()) / 1000);
+    el.querySelector(".rate").textContent = (job.images_done / secs).toFixed(2) + " img/s";
+  }
+  if (el.dataset.status !== job.status && ["succeeded", "failed", "canceled"].includes(job.status)) location.reload();
+}
+
+function poseMode() {
+  const preset = document.getElementById("pose_preset");
+  const sliders = document.getElementById("pose-sliders");
+  if (!preset || !sliders) return;
+  sliders.style.display = preset.value === "custom" ? "block" : "none";
+}
+
+function sliderSum() {
+  const inputs = document.querySelectorAll("#pose-sliders input[type=range]");
+  let sum = 0;
+  inputs.forEach(i => { sum += Number(i.value); document.getElementById("v-" + i.name).textContent = i.value + "%"; });
+  const out = document.getElementById("pose-sum");
+  if (out) { out.textContent = sum + " %"; out.style.color = sum === 100 ? "" : "var(--bad)"; }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  refreshJobs(); refreshJob(); poseMode(); sliderSum();
+  setInterval(() => { refreshJobs(); refreshJob(); }, 1500);
+  const preset = document.getElementById("pose_preset");
+  if (preset) preset.addEventListener("change", poseMode);
+  document.querySelectorAll("#pose-sliders input[type=range]").forEach(i => i.addEventListener("input", sliderSum));
+  document.querySelectorAll("form[data-confirm]").forEach(f => f.addEventListener("submit", e => {
+    if (!confirm(f.dataset.confirm)) e.preventDefault();
+  }));
+});
