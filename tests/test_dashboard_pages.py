@@ -1,0 +1,121 @@
+"""Dashboard pages through the ASGI app (no browser): rendering, auth, validation, isolation."""
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.services.auth import create_key, create_team
+from model_store.loader import load_generator
+from workers.embedded import EmbeddedWorker
+from workers.settings import Settings
+
+
+@pytest.fixture
+def ui(tiny_generator, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
+    load_generator.cache_clear()
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/db.sqlite",
+        storage_url=f"file://{tmp_path}/store",
+        work_dir=tmp_path / "w",
+        default_model=tiny_generator.name,
+        sampler_batch_size=4,
+        public_url="http://testserver",
+    )
+    api = create_app(settings)
+    with api.state.sessions() as db:
+        create_team(db, "alpha", quota=500)
+        create_team(db, "beta", quota=500)
+        keys = {t: create_key(db, t) for t in ("alpha", "beta")}
+    return api, keys, EmbeddedWorker(api.state.sessions, settings)
+
+
+def login(client, key):
+    r = client.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    assert r.status_code == 303
+    return client
+
+
+def csrf(client, path="/ui/orders/new"):
+    return re.search(r'name="csrf" value="([^"]+)"', client.get(path).text).group(1)
+
+
+def test_pages_render_and_orders_go_through_the_api_path(ui):
+    api, keys, worker = ui
+    c = login(TestClient(api), keys["alpha"])
+    assert "No jobs" in c.get("/ui/jobs").text
+    page = c.get("/ui/orders/new").text
+    assert 'id="free">40<' in page and 'id="quota">500<' in page
+    token = csrf(c)
+    r = c.post(
+        "/ui/orders",
+        data={
+            "csrf": token,
+            "identities": "0",
+            "images_per_identity": "2",
+            "pose_preset": "match_training",
+            "formats": "imagefolder",
+        },
+    )
+    assert r.status_code == 422 and 'data-field="identities"' in r.text
+    r = c.post(
+        "/ui/orders",
+        data={
+            "csrf": token,
+            "identities": "2",
+            "images_per_identity": "2",
+            "steps": "2",
+            "pose_preset": "custom",
+            "bin_frontal": "60",
+            "formats": "imagefolder",
+        },
+    )
+    assert r.status_code == 422 and "sum to 1" in r.text
+    r = c.post(
+        "/ui/orders",
+        data={
+            "csrf": token,
+            "identities": "300",
+            "images_per_identity": "2",
+            "pose_preset": "frontal",
+            "formats": "imagefolder",
+        },
+    )
+    assert r.status_code == 429 and "quota" in r.text
+    r = c.post(
+        "/ui/orders",
+        data={
+            "csrf": token,
+            "identities": "2",
+            "images_per_identity": "2",
+            "steps": "2",
+            "pose_preset": "frontal",
+            "formats": "imagefolder",
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    while worker.run_once():
+        pass
+    detail = c.get(f"/ui/jobs/{job_id}").text
+    assert "succeeded" in detail and "<svg" in detail and detail.count('alt="sample"') == 4
+    assert (
+        c.get("/v1/jobs", headers={}).json()["items"][0]["id"] == job_id
+    )  # cookie works on the API
+    assert "Orthogonality" in c.get("/ui/models").text
+    assert (
+        c.post(
+            "/ui/orders", data={"csrf": "forged", "identities": "1", "images_per_identity": "1"}
+        ).status_code
+        == 403
+    )
+
+    other = login(TestClient(api), keys["beta"])
+    assert job_id not in other.get("/ui/jobs").text
+    assert other.get(f"/ui/jobs/{job_id}").status_code == 404
+    assert (
+        TestClient(api).get("/ui/jobs", follow_redirects=False).headers["location"] == "/ui/login"
+    )
