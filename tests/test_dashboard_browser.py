@@ -124,7 +124,7 @@ def test_order_watch_report_download_cancel_and_isolation(browser, site, tmp_pat
     page.goto(url + "/ui/orders/new")
     assert page.locator("#free").inner_text() == "40" and page.locator("#quota").inner_text() != ""
     page.fill("#identities", "0")
-    page.click("button[type=submit]")
+    page.click("text=Place order")
     assert (
         "greater than or equal to 1"
         in page.locator(".field-error[data-field=identities]").inner_text()
@@ -134,7 +134,7 @@ def test_order_watch_report_download_cancel_and_isolation(browser, site, tmp_pat
     page.fill("#steps", "3")
     page.check("input[value=recordio]")
     page.screenshot(path=SHOTS / "2_new_order.png", full_page=True)
-    page.click("button[type=submit]")
+    page.click("text=Place order")
     page.wait_for_url("**/ui/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
     page.wait_for_function(
@@ -162,7 +162,7 @@ def test_order_watch_report_download_cancel_and_isolation(browser, site, tmp_pat
     page.fill("#identities", "4")
     page.fill("#images_per_identity", "60")
     page.fill("#steps", "40")
-    page.click("button[type=submit]")
+    page.click("text=Place order")
     page.wait_for_url("**/ui/jobs/*")
     big = page.url.rsplit("/", 1)[1]
     page.on("dialog", lambda d: d.accept())

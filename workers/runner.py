@@ -151,10 +151,9 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
             shard.images_done = (shard.slot_end - shard.slot_start) * job.spec[
                 "images_per_identity"
             ]
-            job.progress = {
-                **(job.progress or {}),
-                "shard_seconds": round(time.perf_counter() - t0, 2),
-            }
+            db.refresh(job)  # progress was updated by other sessions meanwhile
+            seconds = (job.progress or {}).get("shard_seconds", 0) + time.perf_counter() - t0
+            job.progress = {**(job.progress or {}), "shard_seconds": round(seconds, 2)}
             db.commit()
         except Canceled:
             shard.status = "canceled"
