@@ -13,8 +13,10 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from model_store.storage import ObjectStore
 
-class S3Store:
+
+class S3Store(ObjectStore):
     def __init__(
         self,
         bucket: str,
@@ -46,15 +48,6 @@ class S3Store:
             Config=self.transfer,
             ExtraArgs={"ChecksumAlgorithm": "SHA256"},
         )
-
-    def put_dir(self, prefix: str, src: str | Path) -> list[str]:
-        keys = []
-        for f in sorted(Path(src).rglob("*")):
-            if f.is_file():
-                key = f"{prefix.rstrip('/')}/{f.relative_to(src).as_posix()}"
-                self.put_file(key, f)
-                keys.append(key)
-        return keys
 
     def exists(self, key: str) -> bool:
         try:

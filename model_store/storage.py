@@ -11,7 +11,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 
-class LocalStore:
+class ObjectStore:
+    """What both stores share; subclasses provide put_file, list, download, read_bytes, url."""
+
+
+class LocalStore(ObjectStore):
     """A folder on this machine; writes go to a temporary name and are renamed into place."""
 
     def __init__(self, root: str | Path):

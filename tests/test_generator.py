@@ -8,6 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import app
+from conftest import TINY_DIT
 from vigface.config import TrainDiTConfig
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import (
@@ -168,19 +169,6 @@ def test_dit_save_pretrained_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(back(x, t, w, heat), dit(x, t, w, heat))
     assert back.config.hidden_size == 32
-
-
-TINY_DIT = """
-model: {sample_size: 16, patch_size: 4, hidden_size: 32, depth: 2, num_heads: 2}
-diffusion: {num_train_timesteps: 100}
-identity_loss_weight: 0.1
-warmup_steps: 2
-epochs: 2
-batch_size: 8
-log_every: 2
-checkpoint_every_steps: 4
-threads: 1
-"""
 
 
 @pytest.mark.slow

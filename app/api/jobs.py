@@ -7,12 +7,11 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import current_team, get_db, get_settings_dep
 from app.schemas import JobCreate, JobOut, JobPage
-from app.services.jobs import JobError, cancel_job, submit_job, visible_job
+from app.services.jobs import JobError, cancel_job, submit_job, visible_job, visible_jobs
 from model_store import ModelNotFound
 from vigface.dataset.spec import DatasetSpec
 from workers.db.models import Job, Team, utcnow
@@ -126,11 +125,7 @@ def list_jobs(
     limit: int = Query(20, ge=1, le=200),
     cursor: str | None = None,
 ) -> JobPage:
-    q = select(Job)
-    if not team.is_admin:
-        q = q.where(Job.team_id == team.id)
-    if status:
-        q = q.where(Job.status == status)
+    q = visible_jobs(team, status)
     if cursor:
         try:
             ts, jid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
@@ -142,7 +137,7 @@ def list_jobs(
             raise HTTPException(
                 422, detail=[{"field": "cursor", "message": "malformed cursor"}]
             ) from exc
-    jobs = list(db.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    jobs = list(db.scalars(q.limit(limit + 1)))
     nxt = None
     if len(jobs) > limit:
         last = jobs[limit - 1]

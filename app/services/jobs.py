@@ -152,6 +152,16 @@ def visible_job(db: Session, team: Team, job_id: str) -> Job | None:
     return job
 
 
+def visible_jobs(team: Team, status: str | None = None):
+    """Query of the jobs this team may list (admins: all), newest first."""
+    q = select(Job)
+    if not team.is_admin:
+        q = q.where(Job.team_id == team.id)
+    if status:
+        q = q.where(Job.status == status)
+    return q.order_by(Job.created_at.desc(), Job.id.desc())
+
+
 def cancel_job(db: Session, job: Job) -> Job:
     """Idempotent: a finished job stays as it is; a queued or running one is canceled
     (running shards stop at their next sampling batch)."""

@@ -18,12 +18,18 @@ from app.api.jobs import create_job, job_out
 from app.api.misc import model_entries
 from app.schemas import JobCreate
 from app.services.auth import hash_key
-from app.services.jobs import JobError, cancel_job, images_used_this_month, visible_job
+from app.services.jobs import (
+    JobError,
+    cancel_job,
+    images_used_this_month,
+    visible_job,
+    visible_jobs,
+)
 from model_store import resolve
 from vigface.dataset.pose import YAW_BINS
 from vigface.dataset.spec import LIMITS
 from vigface.dataset.writers import FORMATS
-from workers.db.models import ApiKey, Job, Team
+from workers.db.models import ApiKey, Team
 from workers.settings import Settings
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -96,12 +102,7 @@ def jobs_page(
     team: Team = Depends(session_team),
     db: Session = Depends(get_db),
 ) -> HTMLResponse:
-    q = select(Job)
-    if not team.is_admin:
-        q = q.where(Job.team_id == team.id)
-    if status:
-        q = q.where(Job.status == status)
-    jobs = [job_out(j) for j in db.scalars(q.order_by(Job.created_at.desc()).limit(100))]
+    jobs = [job_out(j) for j in db.scalars(visible_jobs(team, status).limit(100))]
     return page(request, "jobs.html", team, jobs=jobs, status=status, nav="jobs")
 
 

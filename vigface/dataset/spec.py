@@ -1,4 +1,4 @@
-"""What a dataset order asks for: the one validated description the CLI and the service share."""
+"""What a dataset order asks for: the validated description the CLI and the service share."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ LIMITS = {
 }
 
 
-class DatasetSpec(BaseModel):
-    """A dataset order. Unknown fields are errors; every bound is checked here."""
+class DatasetOrder(BaseModel):
+    """What a customer orders. Unknown fields are errors; every bound is checked here."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -31,9 +31,24 @@ class DatasetSpec(BaseModel):
     scheduler: Literal["dpmsolver", "ddim"] = "dpmsolver"
     seed: int = Field(0, ge=0, lt=2**62)
     formats: list[str] = ["imagefolder"]
-    mode: Literal["virtual", "real_augment"] = "virtual"
     tau_consistency: float | None = Field(None, ge=-1, le=1)
     tau_leak: float | None = Field(None, ge=-1, le=1)
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        bad = sorted(set(v) - set(FORMATS))
+        if bad or not v:
+            raise ValueError(
+                f"formats must be a non-empty subset of {list(FORMATS)}; got {bad or v}"
+            )
+        return list(dict.fromkeys(v))
+
+
+class DatasetSpec(DatasetOrder):
+    """An order plus how this run executes it (the pipeline's full input)."""
+
+    mode: Literal["virtual", "real_augment"] = "virtual"
     max_attempts: int = Field(3, ge=1, le=20, description="draws per image before giving up")
     batch_size: int = Field(32, ge=1, le=1024)
     gallery: str | None = Field(None, description=".npy of real embeddings to check against")
@@ -47,13 +62,3 @@ class DatasetSpec(BaseModel):
         if any(g is not None for g in given) and not all(g is not None for g in given):
             raise ValueError("judge_onnx, judge_gallery and judge_threshold go together")
         return self
-
-    @field_validator("formats")
-    @classmethod
-    def _formats(cls, v: list[str]) -> list[str]:
-        bad = sorted(set(v) - set(FORMATS))
-        if bad or not v:
-            raise ValueError(
-                f"formats must be a non-empty subset of {list(FORMATS)}; got {bad or v}"
-            )
-        return list(dict.fromkeys(v))

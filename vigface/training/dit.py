@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import predict_x0, signal_fraction, training_scheduler, v_target
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import CROP_SIZE, render_heatmaps
+from vigface.training.checkpoint import save_checkpoint
 from vigface.training.distributed import autocast, barrier, cleanup, init_distributed
 
 log = logging.getLogger(__name__)
@@ -183,10 +183,9 @@ def train_dit(
         out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "train_log.jsonl"
 
-    def save_checkpoint():
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(
+    def checkpoint():
+        save_checkpoint(
+            ckpt,
             {
                 "dit": dit.state_dict(),
                 "ema": ema.state_dict(),
@@ -195,9 +194,7 @@ def train_dit(
                 "step": step,
                 "elapsed_s": elapsed,
             },
-            tmp,
         )
-        os.replace(tmp, ckpt)
         _plot_losses(log_path, out_dir / "loss_curve.png")
 
     bar = tqdm(total=total, initial=step, desc="train-dit", disable=not (progress and ctx.is_main))
@@ -250,14 +247,14 @@ def train_dit(
                 with log_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
             if ctx.is_main and (step % cfg.checkpoint_every_steps == 0 or step == total):
-                save_checkpoint()
+                checkpoint()
             out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
             if ctx.enabled and cfg.max_minutes is not None:  # all ranks stop at the same step
                 flag = torch.tensor(float(out_of_time), device=ctx.device)
                 torch.distributed.all_reduce(flag)
                 out_of_time = bool(flag > 0)
             if out_of_time and ctx.is_main:
-                save_checkpoint()
+                checkpoint()
             if out_of_time:
                 stopped = True
                 log.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from vigface.data.augment import augment_batch, to_model_input
 from vigface.evaluation.orthogonality import orthogonality
 from vigface.fr_model import FRModel
 from vigface.losses import PrototypeHead, VirtualEmbeddingSampler, num_virtual_per_batch
+from vigface.training.checkpoint import save_checkpoint
 from vigface.training.distributed import autocast, barrier, cleanup, init_distributed
 from vigface.training.schedule import warmup_cosine
 
@@ -75,13 +75,6 @@ def _load_dataset(data_dir: Path, cfg: TrainFRConfig, progress: bool):
         images, labels = images[mask], remap[labels[mask]]
         classes = [classes[i] for i in keep]
     return images, labels, classes, len(ds.skipped)
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def train_fr(
@@ -203,7 +196,7 @@ def train_fr(
             log_file.flush()
             log.info("epoch %d/%d done in %.0fs", epoch + 1, cfg.epochs, rec["epoch_s"])
             if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == cfg.epochs:
-                _save_checkpoint(
+                save_checkpoint(
                     ckpt_path,
                     {
                         "module": module.state_dict(),
