@@ -14,6 +14,16 @@ from urllib.parse import urlparse
 class ObjectStore:
     """What both stores share; subclasses provide put_file, list, download, read_bytes, url."""
 
+    def put_dir(self, prefix: str, src: str | Path) -> list[str]:
+        """Upload every file under ``src`` to ``prefix/<relative path>``; returns the keys."""
+        keys = []
+        for f in sorted(Path(src).rglob("*")):
+            if f.is_file():
+                key = f"{prefix.rstrip('/')}/{f.relative_to(src).as_posix()}"
+                self.put_file(key, f)
+                keys.append(key)
+        return keys
+
 
 class LocalStore(ObjectStore):
     """A folder on this machine; writes go to a temporary name and are renamed into place."""
@@ -34,15 +44,6 @@ class LocalStore(ObjectStore):
         tmp = dest.with_name(dest.name + ".part")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
-
-    def put_dir(self, prefix: str, src: str | Path) -> list[str]:
-        keys = []
-        for f in sorted(Path(src).rglob("*")):
-            if f.is_file():
-                key = f"{prefix.rstrip('/')}/{f.relative_to(src).as_posix()}"
-                self.put_file(key, f)
-                keys.append(key)
-        return keys
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
