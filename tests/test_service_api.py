@@ -122,6 +122,9 @@ def test_job_runs_to_completion_with_exact_counts(service):
     models = client.get("/v1/models", headers=auth(keys["alpha"])).json()
     assert models[0]["free_virtual_identities"] < models[0]["virtual_identities"]
     assert "vigface_jobs" in client.get("/metrics").text
+    job_record = client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alpha"])).json()
+    workers = job_record["progress"]["workers"]
+    assert workers and all(w["img_per_s"] > 0 for w in workers.values())
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,17 @@ log = logging.getLogger(__name__)
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
+def worker_stats(img_per_s: float) -> dict:
+    """Throughput and accelerator memory of this worker process, for the job record."""
+    import torch
+
+    stats = {"img_per_s": round(img_per_s, 3), "device": "cpu", "gpu_mem_mb": 0.0}
+    if torch.cuda.is_available():
+        stats["device"] = torch.cuda.get_device_name()
+        stats["gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return stats
+
+
 def _remote(settings: Settings) -> tuple:
     return settings.storage_url, settings.s3_endpoint_url, str(settings.model_cache)
 
@@ -132,12 +143,24 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
             with sessions() as check:
                 return bool(check.scalar(select(Job.cancel_requested).where(Job.id == job.id)))
 
+        started = time.perf_counter()
+        sampled_here = 0
+
         def progress(stage: str, n: int) -> None:
+            nonlocal sampled_here
             with sessions() as upd:
                 j = upd.get(Job, job.id)
-                j.progress = {**(j.progress or {}), stage: (j.progress or {}).get(stage, 0) + n}
+                prog = {**(j.progress or {}), stage: (j.progress or {}).get(stage, 0) + n}
                 if stage == "sampled":
                     j.images_done = min(j.images_requested, j.images_done + n)
+                    sampled_here += n
+                    prog["workers"] = {
+                        **prog.get("workers", {}),
+                        WORKER_ID: worker_stats(
+                            sampled_here / max(time.perf_counter() - started, 1e-6)
+                        ),
+                    }
+                j.progress = prog
                 s = upd.get(Shard, shard_id)
                 s.lease_expires_at = utcnow() + timedelta(seconds=settings.lease_seconds)
                 upd.commit()

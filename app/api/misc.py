@@ -95,6 +95,22 @@ def metrics(db: Session = Depends(get_db)) -> PlainTextResponse:
     sold = Gauge("vigface_identities_allocated", "ledger entries", ["model"], registry=reg)
     for model, n in db.execute(select(LedgerEntry.model, func.count()).group_by(LedgerEntry.model)):
         sold.labels(model).set(n)
+    rate = Gauge(
+        "vigface_worker_img_per_s",
+        "sampling throughput of running jobs' workers",
+        ["worker", "job"],
+        registry=reg,
+    )
+    mem = Gauge(
+        "vigface_worker_gpu_memory_mb",
+        "peak accelerator memory of running jobs' workers",
+        ["worker", "job"],
+        registry=reg,
+    )
+    for job_id, progress in db.execute(select(Job.id, Job.progress).where(Job.status == "running")):
+        for worker, st in (progress or {}).get("workers", {}).items():
+            rate.labels(worker, job_id).set(st["img_per_s"])
+            mem.labels(worker, job_id).set(st["gpu_mem_mb"])
     return PlainTextResponse(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
 
 
