@@ -232,6 +232,28 @@ def test_train_dit_cli_end_to_end(face_folder, tiny_config, tmp_path):
     steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 18
 
+    # bundling: float16 weights and prototypes, loaded back as float32 that behave the same
+    r = runner.invoke(
+        app, ["models", "add", str(out), "--name", "tiny", "--store", str(tmp_path / "st")]
+    )
+    assert r.exit_code == 0, r.output
+    small = Generator.load(tmp_path / "st" / "tiny")
+    assert not (tmp_path / "st" / "tiny" / "checkpoints").exists()
+    assert small.dit.dtype == torch.float32
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 50])
+    w, heat = torch.randn(2, 32), torch.randn(2, 5, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            small.dit(x, t, w, heat), gen.dit(x, t, w, heat), atol=2e-2, rtol=0
+        )
+    torch.testing.assert_close(
+        small.fr.virtual_prototypes, gen.fr.virtual_prototypes, atol=1e-3, rtol=1e-3
+    )
+    r = runner.invoke(
+        app, ["models", "add", str(out), "--name", "tiny", "--store", str(tmp_path / "st")]
+    )
+    assert r.exit_code == 2 and "exists" in r.output
+
     grid = tmp_path / "grid.png"
     r = runner.invoke(
         app,

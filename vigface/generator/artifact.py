@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
+from safetensors.torch import save_file
 
 from vigface.fr_model import CARD_FILE, FRModel, ModelFormatError
 from vigface.generator.dit import FaceDiT
@@ -38,8 +39,13 @@ class Generator:
         """Write the entry; ``dtype=torch.float16`` stores the DiT and the prototypes in half
         precision (bundled models), loading always returns float32."""
         out = Path(out)
-        self.dit.to(dtype).save_pretrained(out / "dit")
-        self.dit.to(torch.float32)
+        if dtype == torch.float32:
+            self.dit.save_pretrained(out / "dit")
+        else:  # same files as save_pretrained, weights cast on the way out
+            (out / "dit").mkdir(parents=True, exist_ok=True)
+            self.dit.save_config(out / "dit")
+            state = {k: v.detach().to(dtype).contiguous() for k, v in self.dit.state_dict().items()}
+            save_file(state, out / "dit" / "diffusion_pytorch_model.safetensors")
         self.scheduler.save_pretrained(out / "scheduler")
         self.fr.save(out / "fr", prototype_dtype=dtype)
         if self.pose_landmarks is not None:
