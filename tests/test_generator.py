@@ -244,7 +244,7 @@ def test_train_dit_cli_end_to_end(face_folder, tiny_config, tmp_path):
     w, heat = torch.randn(2, 32), torch.randn(2, 5, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(
-            small.dit(x, t, w, heat), gen.dit(x, t, w, heat), atol=2e-2, rtol=0
+            small.dit(x, t, w, heat), gen.dit(x, t, w, heat), atol=5e-2, rtol=0
         )
     torch.testing.assert_close(
         small.fr.virtual_prototypes, gen.fr.virtual_prototypes, atol=1e-3, rtol=1e-3
