@@ -26,7 +26,7 @@ def test_dev_pairs_bin(lfw112):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("entry", [e.name for e in list_models() if e.kind == "fr"])
+@pytest.mark.parametrize("entry", [e.name for e in list_models()])
 def test_bundled_fr_model_reproduces_its_card(lfw112, entry):
     card = json.loads((resolve(entry, part="fr") / "model_card.json").read_text())
     r = CliRunner().invoke(

@@ -17,6 +17,7 @@ from test_service_api import _postgres_url
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
+from model_store import BUNDLED
 from model_store.loader import load_generator
 from workers.runner import requeue_expired
 from workers.settings import Settings
@@ -32,13 +33,15 @@ def deployment(tiny_generator, s3_env, tmp_path, monkeypatch):
     except redis.RedisError as exc:
         pytest.skip(f"Redis not reachable at {BROKER}: {exc}")
     endpoint, bucket = s3_env
+    # the bundled demo generator when it is there (what production serves), else the tiny one
+    model = "demo" if (BUNDLED / "demo" / "dit").is_dir() else tiny_generator.name
     env = {
         "VIGFACE_DATABASE_URL": _postgres_url(),
         "VIGFACE_BROKER_URL": BROKER,
         "VIGFACE_STORAGE_URL": f"s3://{bucket}/vigface",
         "VIGFACE_S3_ENDPOINT_URL": endpoint,
         "VIGFACE_WORK_DIR": str(tmp_path / "work"),
-        "VIGFACE_DEFAULT_MODEL": tiny_generator.name,
+        "VIGFACE_DEFAULT_MODEL": model,
         "VIGFACE_SHARD_IDENTITIES": "2",
         "VIGFACE_SAMPLER_BATCH_SIZE": "4",
         "VIGFACE_LEASE_SECONDS": "12",
