@@ -10,10 +10,16 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 
+def ensure_sqlite_dir(url: str) -> None:
+    """SQLite creates the file but not its folder (``var/`` on a fresh clone)."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
 @lru_cache
 def get_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_dir(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -33,4 +39,5 @@ def init_db(url: str) -> None:
     """Bring the schema to the latest migration (Alembic)."""
     from workers.db.migrate import upgrade
 
+    ensure_sqlite_dir(url)
     upgrade(url)
