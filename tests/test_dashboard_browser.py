@@ -170,7 +170,7 @@ def test_order_watch_report_download_cancel_and_isolation(browser, site, tmp_pat
     page.wait_for_selector("#job-live .badge.canceled")
 
     page.goto(url + "/ui/models")
-    assert page.locator("h2", has_text="Orthogonality").count() == 1
+    assert page.locator("h2", has_text="Orthogonality").count() >= 1
     page.screenshot(path=SHOTS / "4_models.png", full_page=True)
 
     # another team sees none of it
