@@ -4,16 +4,13 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import free_port
+from conftest import free_port, running_service
 
 CHROMIUM = os.environ.get("VIGFACE_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
@@ -77,26 +74,11 @@ def site(tiny_generator, tmp_path_factory):
     for team in ("alpha", "beta"):
         cli("admin", "create-team", team)
         keys[team] = cli("admin", "create-key", team)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
     if SHOTS.exists():
         shutil.rmtree(SHOTS)
     SHOTS.mkdir(parents=True)
-    yield url, keys
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(20)
+    with running_service(env, port) as url:
+        yield url, keys
 
 
 def sign_in(page, url, key):

@@ -3,16 +3,13 @@ the Python client and `vigface jobs` against it over real HTTP."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 
 from app.client import APIError, VIGFaceClient
-from conftest import free_port
+from conftest import free_port, running_service
 
 pytestmark = pytest.mark.slow
 
@@ -49,23 +46,8 @@ def server(tiny_generator, tmp_path):
     assert key.startswith("vgf_")
     bad = cli("admin", "create-key", "nobody")
     assert bad.returncode == 2 and "nobody" in bad.stderr
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url, key, cli
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(20)
+    with running_service(env, port) as url:
+        yield url, key, cli
 
 
 def test_client_submits_waits_and_downloads(server, tmp_path):
