@@ -42,8 +42,12 @@ def worker_stats(img_per_s: float) -> dict:
     return stats
 
 
-def _remote(settings: Settings) -> tuple:
-    return settings.storage_url, settings.s3_endpoint_url, str(settings.model_cache)
+def load_model(settings: Settings, name: str):
+    """The process-wide cached generator ``name``, pulled from storage if not local. Every
+    caller passes the same arguments, so the API and the worker share one cached copy."""
+    return load_generator(
+        name, settings.storage_url, settings.s3_endpoint_url, str(settings.model_cache)
+    )
 
 
 def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetBuilder:
@@ -55,7 +59,7 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
     )
     out = Path(settings.work_dir) / job.id / f"shard_{shard.index:05d}"
     return DatasetBuilder(
-        load_generator(job.model, *_remote(settings)),
+        load_model(settings, job.model),
         spec,
         out,
         candidates=shard.prototypes,

@@ -61,7 +61,7 @@ def create_job(
     enqueue,
 ) -> tuple[Job, bool]:
     """The one code path that creates jobs (REST API and dashboard form)."""
-    from model_store.loader import load_generator
+    from workers.runner import load_model
 
     model = body.model or settings.default_model
     fields = body.model_dump(exclude={"model", "priority", "webhook_url"})
@@ -72,9 +72,7 @@ def create_job(
             422, ".".join(map(str, exc.errors()[0]["loc"])), exc.errors()[0]["msg"]
         ) from exc
     try:
-        gen = load_generator(
-            model, settings.storage_url, settings.s3_endpoint_url, str(settings.model_cache)
-        )
+        gen = load_model(settings, model)
     except ModelNotFound as exc:
         raise JobError(422, "model", str(exc)) from exc
     from vigface.dataset.pose import PoseBank, PoseSpecError

@@ -18,16 +18,17 @@ from workers.settings import Settings
 router = APIRouter()
 
 
-def model_entries(db: Session) -> list[ModelOut]:
-    from model_store.loader import load_generator
+def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
+    from workers.runner import load_model
 
     out = []
     for entry in list_models():
         if entry.kind != "generator":
             continue
-        total = load_generator(entry.name).fr.virtual_prototypes.shape[0]
+        gen = load_model(settings, entry.name)
+        total = gen.fr.virtual_prototypes.shape[0]
         used = db.scalar(select(func.count()).where(LedgerEntry.model == entry.name))
-        card = load_generator(entry.name).card
+        card = gen.card
         out.append(
             ModelOut(
                 name=entry.name,
@@ -41,8 +42,12 @@ def model_entries(db: Session) -> list[ModelOut]:
 
 
 @router.get("/v1/models", response_model=list[ModelOut], tags=["models"])
-def models(team: Team = Depends(current_team), db: Session = Depends(get_db)) -> list[ModelOut]:
-    return model_entries(db)
+def models(
+    team: Team = Depends(current_team),
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+) -> list[ModelOut]:
+    return model_entries(db, settings)
 
 
 @router.get("/healthz", tags=["ops"])

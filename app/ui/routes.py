@@ -165,7 +165,7 @@ def cancel_page(
 
 
 def _order_page(request, team, db, settings, form, errors, status=200):
-    models = [m for m in model_entries(db) if m.name == settings.default_model]
+    models = [m for m in model_entries(db, settings) if m.name == settings.default_model]
     used = images_used_this_month(db, team)
     resp = page(
         request,
@@ -258,10 +258,13 @@ async def order_submit(
 
 @router.get("/models")
 def models_page(
-    request: Request, team: Team = Depends(session_team), db: Session = Depends(get_db)
+    request: Request,
+    team: Team = Depends(session_team),
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
 ) -> HTMLResponse:
     models = []
-    for m in model_entries(db):
+    for m in model_entries(db, settings):
         grids_dir = resolve(m.name) / "grids"
         grids = {
             p.stem: f"/ui/models/{m.name}/grids/{p.name}" for p in sorted(grids_dir.glob("*.png"))
