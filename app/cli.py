@@ -133,6 +133,8 @@ def train_dit_cmd(
     _setup_logging(verbose)
     try:
         cfg = load_config(config, TrainDiTConfig, parse_overrides(set_))
+        if cfg.init_from:  # a store name or a folder; the core only takes folders
+            cfg = cfg.model_copy(update={"init_from": str(resolve(cfg.init_from))})
         train_dit(cfg, data, resolve(fr, part="fr"), out, resume=resume, device=device)
     except (ConfigError, DatasetError, ModelNotFound, ModelFormatError) as exc:
         _fail(str(exc))
@@ -243,6 +245,9 @@ def generate_cmd(
     tau_leak: float | None = typer.Option(None, help="default: the model card's"),
     max_attempts: int = typer.Option(3),
     batch_size: int = typer.Option(32),
+    compile_: bool = typer.Option(
+        False, "--compile", help="torch.compile the DiT (faster; bytes reproduce only with it)"
+    ),
     gallery: str | None = typer.Option(None, help=".npy of real embeddings (any size)"),
     start: int = typer.Option(0, help="first prototype row to use"),
     real_data: Path | None = typer.Option(
@@ -295,7 +300,9 @@ def generate_cmd(
             _fail(f"no class in {real_data} has fewer than {images_per_identity} images")
         spec = spec.model_copy(update={"identities": len(candidates)})
     try:
-        builder = DatasetBuilder(gen, spec, out, candidates=candidates, slot_images=slot_images)
+        builder = DatasetBuilder(
+            gen, spec, out, candidates=candidates, slot_images=slot_images, compile=compile_
+        )
         report = builder.run()
     except (NotEnoughPrototypes, PoseSpecError, ValueError) as exc:
         _fail(str(exc))

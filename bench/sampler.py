@@ -1,10 +1,14 @@
 """Sampler throughput: batched CFG (one 2B forward per step) against a naive loop.
 
 The naive loop draws one image at a time with two separate forward passes per step in fp32,
-at the same model, scheduler, steps and guidance. Both run in this one process; the last
-line printed is a JSON object with ``sampler_img_per_s``, ``naive_img_per_s`` and
-``speedup``. On CUDA the sampler runs in bf16 and the script also prints achieved TFLOP/s
-(FLOPs counted by ``torch.utils.flop_counter``) against the card's dense bf16 peak.
+at the same model, scheduler, steps and guidance. The sampler is timed twice, eager and with
+``compile_for_inference`` (the default ``--compile``; compilation happens in the warm-up and
+is reported, not counted); ``speedup`` is the compiled one unless ``--no-compile``.
+All run in this one process; the last line printed is a JSON object with
+``sampler_img_per_s``, ``naive_img_per_s`` and ``speedup``. On CUDA the sampler runs in bf16
+and the script also prints achieved TFLOP/s (FLOPs counted by ``torch.utils.flop_counter``)
+against the card's dense bf16 peak; on CPU it prints the fp32 TFLOP/s of a large matmul for
+scale.
 
     python bench/sampler.py --model demo                   # the bundled generator
     python bench/sampler.py --dit-config vigface/configs/dit_lfw_demo.yaml   # random weights
@@ -112,6 +116,15 @@ def forward_flops(dit, batch: int, device) -> float:
     return float(counter.get_total_flops())
 
 
+def matmul_tflops(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo", help="generator entry (name or folder)")
@@ -122,7 +135,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--scheduler", default="dpmsolver")
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the sampler with compile_for_inference (default); the eager sampler is timed too",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -160,23 +178,39 @@ def main() -> None:
         f"{dit.config.sample_size}px, device {device}, threads {torch.get_num_threads()}"
     )
 
-    sampler = Sampler(
-        dit,
-        train_sched,
-        args.scheduler,
-        args.steps,
-        args.guidance,
-        args.batch_size,
-        compile=args.compile,
-    )
-    next(sampler.stream(reqs[: args.batch_size]))  # warm-up (and compile)
-    reset_peak(device)
-    t0 = time.perf_counter()
-    n = sum(len(batch) for batch, _ in sampler.stream(reqs))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t_sampler = time.perf_counter() - t0
-    peak_sampler = current_peak_mb(device)
+    def time_sampler(compile: bool) -> tuple[float, float, float]:
+        """(images/s, peak memory MB, warm-up seconds incl. compilation) of one configuration."""
+        sampler = Sampler(
+            dit,
+            train_sched,
+            args.scheduler,
+            args.steps,
+            args.guidance,
+            args.batch_size,
+            compile=compile,
+        )
+        t0 = time.perf_counter()
+        for _ in sampler.stream(reqs[: args.batch_size]):  # warm-up (and compile)
+            pass
+        # the last batch may be smaller: compile that shape too before timing
+        tail = len(reqs) % args.batch_size
+        if compile and tail:
+            for _ in sampler.stream(reqs[:tail]):
+                pass
+        warm = time.perf_counter() - t0
+        reset_peak(device)
+        t0 = time.perf_counter()
+        n = sum(len(batch) for batch, _ in sampler.stream(reqs))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return n / (time.perf_counter() - t0), current_peak_mb(device), warm
+
+    eager_ips, peak_eager, _ = time_sampler(compile=False)
+    if args.compile:
+        sampler_ips, peak_sampler, compile_s = time_sampler(compile=True)
+    else:
+        sampler_ips, peak_sampler, compile_s = eager_ips, peak_eager, 0.0
+    n = len(reqs)
 
     naive_sample(dit, train_sched, reqs[0], 2, args.guidance, args.scheduler)  # warm-up
     reset_peak(device)
@@ -188,11 +222,17 @@ def main() -> None:
     t_naive = time.perf_counter() - t0
     peak_naive = current_peak_mb(device)
 
+    naive_ips = args.naive_images / t_naive
     result = {
-        "sampler_img_per_s": round(n / t_sampler, 3),
-        "naive_img_per_s": round(args.naive_images / t_naive, 3),
-        "speedup": round((n / t_sampler) / (args.naive_images / t_naive), 2),
+        "sampler_img_per_s": round(sampler_ips, 3),
+        "naive_img_per_s": round(naive_ips, 3),
+        "speedup": round(sampler_ips / naive_ips, 2),
+        "sampler_compiled": args.compile,
+        "compile_warmup_s": round(compile_s, 1),
+        "eager_sampler_img_per_s": round(eager_ips, 3),
+        "eager_speedup": round(eager_ips / naive_ips, 2),
         "peak_mem_mb_sampler": round(peak_sampler, 1),
+        "peak_mem_mb_eager_sampler": round(peak_eager, 1),
         "peak_mem_mb_naive": round(peak_naive, 1),
         "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss_peak",
         "images": n,
@@ -203,7 +243,10 @@ def main() -> None:
         "device": str(device),
     }
     flops_per_image = forward_flops(dit, 2, device) / 2 * 2 * args.steps  # 2 branches per step
-    result["sampler_tflops"] = round(flops_per_image * n / t_sampler / 1e12, 4)
+    result["sampler_tflops"] = round(flops_per_image * sampler_ips / 1e12, 4)
+    result["naive_tflops"] = round(flops_per_image * naive_ips / 1e12, 4)
+    if device.type == "cpu":  # what this CPU's fp32 GEMM reaches, for scale
+        result["cpu_fp32_matmul_tflops"] = round(matmul_tflops(), 4)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = card_peak(name)

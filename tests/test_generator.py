@@ -21,7 +21,7 @@ from vigface.generator.diffusion import (
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import render_heatmaps
 from vigface.sampling import ImageRequest, Sampler, image_seed
-from vigface.training.dit import DiTLoss
+from vigface.training.dit import DiTLoss, trainable_virtual_prototypes, warm_start
 
 runner = CliRunner()
 
@@ -341,11 +341,97 @@ def test_identity_loss_trains_the_dit_through_a_frozen_fr_model():
     loss_mod = DiTLoss(dit, fr, training_scheduler(), cfg).train()
     assert not loss_mod.fr.training  # stays in eval mode
     w = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
-    total, v_loss, id_loss = loss_mod(
+    total, v_loss, id_loss, vid_loss = loss_mod(
         torch.rand(4, 3, 16, 16) * 2 - 1, torch.zeros(4, 5, 16, 16), w
     )
-    assert float(id_loss) > 0
+    assert float(id_loss) > 0 and float(vid_loss) == 0  # no virtual term unless asked for
     torch.testing.assert_close(total.detach(), v_loss + id_loss)
     total.backward()
     assert all(p.grad is None for p in backbone.parameters())
     assert dit.identity_embed[0].weight.grad.abs().sum() > 0
+
+
+def _tiny_fr(num_real=3, num_virtual=2, dim=8):
+    from vigface.backbones import IResNet
+    from vigface.config import TrainFRConfig
+    from vigface.fr_model import FRModel
+
+    torch.manual_seed(0)
+    backbone = IResNet((1, 1, 1, 1), (4, 4, 8, 8), input_size=16, num_features=dim).eval()
+    names = [f"id{i}" for i in range(num_real)]
+    return FRModel(
+        TrainFRConfig(),
+        backbone,
+        torch.randn(num_real, dim),
+        torch.randn(num_virtual, dim),
+        torch.ones(dim),
+        names,
+    )
+
+
+def test_virtual_identity_term_renders_virtual_prototypes_and_trains_only_the_dit():
+    fr = _tiny_fr()
+    dit = tiny_dit().train()
+    cfg = TrainDiTConfig(
+        identity_loss_weight=0.0,
+        virtual_identity_fraction=0.5,
+        virtual_identity_weight=2.0,
+        virtual_identity_steps=2,
+        virtual_identity_guidance=3.0,
+        virtual_identity_holdout=1,
+    )
+    virtual = trainable_virtual_prototypes(fr, cfg)
+    assert virtual.shape == (1, 8)  # the held-out last row is never rendered in training
+    torch.testing.assert_close(
+        virtual[0], torch.nn.functional.normalize(fr.virtual_prototypes[0], dim=0)
+    )
+    loss_mod = DiTLoss(dit, fr, training_scheduler(), cfg).train()
+    w = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    x0, heat = torch.rand(4, 3, 16, 16) * 2 - 1, torch.rand(4, 5, 16, 16)
+    total, v_loss, id_loss, vid_loss = loss_mod(x0, heat, w, virtual)
+    assert 0 < float(vid_loss) <= 4 and float(id_loss) == 0
+    torch.testing.assert_close(total.detach(), v_loss + 2.0 * vid_loss)
+    total.backward()
+    assert all(p.grad is None for p in fr.embedder.parameters())
+    assert dit.identity_embed[0].weight.grad.abs().sum() > 0
+
+    with pytest.raises(Exception, match="virtual_identity_holdout"):
+        trainable_virtual_prototypes(fr, cfg.model_copy(update={"virtual_identity_holdout": 2}))
+    assert trainable_virtual_prototypes(fr, TrainDiTConfig()) is None
+
+
+def test_warm_start_copies_weights_and_rejects_another_architecture(tmp_path):
+    from vigface.data import DatasetError
+
+    src = tiny_dit(seed=3)
+    src.save_pretrained(tmp_path / "gen" / "dit")
+    dst = tiny_dit(seed=4)
+    warm_start(dst, tmp_path / "gen")
+    for (k, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)
+    other = FaceDiT(
+        sample_size=16, patch_size=2, hidden_size=32, depth=3, num_heads=2, identity_dim=8
+    )
+    with pytest.raises(DatasetError, match="depth"):
+        warm_start(other, tmp_path / "gen")
+    with pytest.raises(DatasetError, match="not a generator"):
+        warm_start(dst, tmp_path)
+
+
+def test_compiled_sampler_draws_the_same_images():
+    dit, sched = tiny_dit(), training_scheduler()
+    rng = np.random.default_rng(2)
+    reqs = [
+        ImageRequest(
+            rng.normal(size=8).astype(np.float32),
+            rng.uniform(30, 80, (5, 2)).astype(np.float32),
+            image_seed(1, i, 0),
+        )
+        for i in range(4)
+    ]
+    eager = np.concatenate(
+        [im for _, im in Sampler(dit, sched, steps=4, batch_size=4).stream(reqs)]
+    )
+    compiled = Sampler(dit, sched, steps=4, batch_size=4, compile=True)
+    fast = np.concatenate([im for _, im in compiled.stream(reqs)])
+    assert np.abs(eager.astype(int) - fast.astype(int)).max() <= 1  # float rounding only

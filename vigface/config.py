@@ -155,6 +155,30 @@ class TrainDiTConfig(_Strict):
     identity_loss_min_alpha_bar: float = Field(
         0.5, ge=0, le=1, description="identity loss only where alpha_bar_t >= this (low noise)"
     )
+    identity_loss_weighting: Literal["alpha_bar", "uniform"] = Field(
+        "alpha_bar", description="per-sample weight of the identity term: alpha_bar_t or 1"
+    )
+    virtual_identity_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="virtual prototypes rendered per batch, as a share of the batch size",
+    )
+    virtual_identity_weight: float = Field(
+        1.0, ge=0, description="lambda_v of the virtual-prototype identity term"
+    )
+    virtual_identity_steps: int = Field(
+        3, ge=1, le=50, description="DDIM steps of the differentiable virtual-prototype render"
+    )
+    virtual_identity_guidance: float = Field(
+        4.0, ge=1, description="CFG weight inside the virtual-prototype render"
+    )
+    virtual_identity_holdout: int = Field(
+        0, ge=0, description="the last N virtual prototypes are never trained on (for evaluation)"
+    )
+    init_from: str | None = Field(
+        None, description="generator folder or store name whose DiT weights start training"
+    )
     flip: bool = True
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -64,6 +64,7 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
         out,
         candidates=shard.prototypes,
         progress=False,
+        compile=settings.sampler_compile,
         **kw,
     )
 

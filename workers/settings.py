@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     port: int = 8000
     public_url: str = Field("http://127.0.0.1:8000", description="base of plain artifact links")
     sampler_batch_size: int = Field(32, ge=1, description="images per sampling forward")
+    sampler_compile: bool = Field(False, description="torch.compile the DiT in the workers")
     shard_identities: int = Field(50, ge=1, description="identities per shard (one task)")
     spare_fraction: float = Field(0.2, ge=0, description="extra prototypes reserved per job")
     lease_seconds: int = Field(3600, ge=10, description="a running shard's lease")

@@ -85,6 +85,7 @@ class DatasetBuilder:
         progress: bool = True,
         cancel_check=None,
         on_progress=None,
+        compile: bool = False,
     ):
         self.gen, self.spec, self.out = gen, spec, Path(out_dir)
         self.work = self.out / "work"
@@ -117,7 +118,13 @@ class DatasetBuilder:
             spec.pose, int(self.offsets[-1]), spec.seed
         )
         self.sampler = Sampler(
-            gen.dit, gen.scheduler, spec.scheduler, spec.steps, spec.guidance, spec.batch_size
+            gen.dit,
+            gen.scheduler,
+            spec.scheduler,
+            spec.steps,
+            spec.guidance,
+            spec.batch_size,
+            compile=compile,
         )
         self.chunk = max(1, math.ceil(4 * spec.batch_size / m))
         self.counts: Counter = Counter()

@@ -25,13 +25,18 @@ def identity_fidelity(
     seed: int = 0,
     batch_size: int = 64,
     scheduler: str = "dpmsolver",
+    rows: tuple[int, int] | None = None,
 ) -> dict:
-    """``poses`` is (P, 5, 2): each identity gets one image per pose."""
+    """``poses`` is (P, 5, 2): each identity gets one image per pose. The identities are
+    spread evenly over the prototype rows ``rows = (first, end)`` (default: all of them)."""
     fr = gen.fr
     protos = fr.virtual_prototypes if group == "virtual" else fr.real_prototypes
-    if identities > protos.shape[0]:
-        raise ValueError(f"the model has only {protos.shape[0]} {group} prototypes")
-    chosen = torch.linspace(0, protos.shape[0] - 1, identities).round().long()
+    first, end = rows or (0, protos.shape[0])
+    if not 0 <= first < end <= protos.shape[0]:
+        raise ValueError(f"rows {first}:{end} outside the {protos.shape[0]} {group} prototypes")
+    if identities > end - first:
+        raise ValueError(f"only {end - first} {group} prototypes in rows {first}:{end}")
+    chosen = torch.linspace(first, end - 1, identities).round().long()
     reqs = [
         ImageRequest(protos[int(j)].cpu().numpy(), poses[p], image_seed(seed, int(j), p))
         for j in chosen
@@ -50,6 +55,7 @@ def identity_fidelity(
     nearest_real = sims.max(1).values
     return {
         "group": group,
+        "rows": [first, end],
         "identities": identities,
         "images": len(reqs),
         "guidance": guidance,

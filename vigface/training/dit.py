@@ -2,19 +2,31 @@
 
 Loss per sample (v-prediction, DDPMScheduler noising):
 
-    L = |v_hat - v|^2  +  lambda * alpha_bar_t * 1[alpha_bar_t >= a_min] * |f(x0_hat)/|f| - w/|w||^2
+    L = |v_hat - v|^2  +  lambda * omega_t * 1[alpha_bar_t >= a_min] * |f(x0_hat)/|f| - w/|w||^2
 
 * ``w`` is the FR prototype of the image's identity (a row of W_R), replaced by zeros with
   probability ``cond_drop_prob`` (0.1) to learn the unconditional branch for CFG;
 * ``x0_hat = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v_hat`` goes through the frozen FR
   backbone (gradients flow to the DiT only);
-* ``lambda`` is ``identity_loss_weight`` (default 0.1: the squared distance of unit vectors is
-  at most 4, so the identity term stays below the v loss early and steers once v is learnt);
-  the ``alpha_bar_t`` weight fades the term out towards high noise, where ``x0_hat`` is a
-  blurry mean no FR model can recognise, and below ``a_min = identity_loss_min_alpha_bar``
-  (0.5: the lower-noise half of the cosine schedule) it is not computed at all; dropped
+* ``lambda`` is ``identity_loss_weight``; ``omega_t`` is ``alpha_bar_t``
+  (``identity_loss_weighting: alpha_bar``, the paper-like default: it fades the term out
+  towards high noise, where ``x0_hat`` is a blurry mean) or 1 (``uniform``: the identity must
+  already be decided in the one-step estimate at high noise, which is where sampling fixes
+  it); below ``a_min = identity_loss_min_alpha_bar`` it is not computed at all; dropped
   samples (w = 0) get no identity term. The sum is divided by the number of conditioned
   samples in the batch.
+
+Virtual-prototype term (``virtual_identity_fraction`` > 0; an extension, off in the GPU
+configs): besides the batch, ``fraction * B`` random rows of W_V are rendered from pure noise
+with a short DDIM unroll (``virtual_identity_steps`` trailing steps,
+poses taken from the batch), gradients through every step as in DRaFT (Clark et al., 2023),
+with classifier-free guidance ``virtual_identity_guidance`` as the sampler uses it (the
+unconditional branch without gradients), and add ``lambda_v * |f(x0) - w_v|^2``
+(``virtual_identity_weight``, mean over them). The paper's DiT learns the map prototype ->
+face from 10k+ identities; a small dataset (LFW: 4,024 identities, 2.4 images each) does not
+cover the sphere well enough for prototypes it never saw, and this term trains
+the map on exactly the prototypes the service renders. ``virtual_identity_holdout`` keeps
+the last rows of W_V out of it so that generalisation can still be measured.
 
 EMA weights (diffusers ``EMAModel``) are what the artifact stores and the sampler uses.
 """
@@ -29,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -39,7 +52,13 @@ from vigface.data import AlignedFaceFolder, DatasetError
 from vigface.data.augment import to_model_input
 from vigface.fr_model import FRModel
 from vigface.generator.artifact import Generator
-from vigface.generator.diffusion import predict_x0, signal_fraction, training_scheduler, v_target
+from vigface.generator.diffusion import (
+    cfg_combine,
+    predict_x0,
+    signal_fraction,
+    training_scheduler,
+    v_target,
+)
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import CROP_SIZE, render_heatmaps
 from vigface.training.checkpoint import save_checkpoint
@@ -76,6 +95,34 @@ def load_face_data(data_dir: Path, size: int, fr: FRModel, progress: bool):
     return images, landmarks, rows
 
 
+def trainable_virtual_prototypes(fr: FRModel, cfg: TrainDiTConfig) -> torch.Tensor | None:
+    """Unit rows of W_V that the virtual-identity term may use (all but the held-out tail)."""
+    if cfg.virtual_identity_fraction == 0:
+        return None
+    count = fr.virtual_prototypes.shape[0] - cfg.virtual_identity_holdout
+    if count <= 0:
+        raise DatasetError(
+            f"virtual_identity_fraction > 0 needs virtual prototypes: the FR model has "
+            f"{fr.virtual_prototypes.shape[0]}, virtual_identity_holdout is "
+            f"{cfg.virtual_identity_holdout}"
+        )
+    return F.normalize(fr.virtual_prototypes[:count].float(), dim=1)
+
+
+def warm_start(dit: FaceDiT, generator_dir: Path) -> None:
+    """Copy the DiT weights of a saved generator (same architecture) into ``dit``."""
+    if not (generator_dir / "dit").is_dir():
+        raise DatasetError(f"init_from: {generator_dir} has no dit/ folder (not a generator)")
+    src = FaceDiT.from_pretrained(generator_dir / "dit")
+    mine = {k: v for k, v in dit.config.items() if not k.startswith("_")}
+    theirs = {k: v for k, v in src.config.items() if not k.startswith("_")}
+    if mine != theirs:
+        diff = sorted(k for k in mine if mine.get(k) != theirs.get(k))
+        raise DatasetError(f"init_from: {generator_dir} has a different DiT ({', '.join(diff)})")
+    dit.load_state_dict({k: v.float() for k, v in src.state_dict().items()})
+    log.info("initialised the DiT from %s", generator_dir)
+
+
 class DiTLoss(nn.Module):
     """The stage-2 objective for one batch; holds the DiT (trained) and the FR model (frozen)."""
 
@@ -91,26 +138,60 @@ class DiTLoss(nn.Module):
         self.fr.eval()  # frozen: BatchNorm statistics and dropout stay in inference mode
         return self
 
-    def forward(self, x0, heat, identity):
-        b = x0.shape[0]
+    def forward(self, x0, heat, identity, virtual=None):
+        """``identity``: (B, D) unit prototypes of the images; ``virtual``: (V, D) unit rows
+        of W_V for the virtual-prototype term (or None)."""
+        cfg, b, device = self.cfg, x0.shape[0], x0.device
         noise = torch.randn_like(x0)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), device=x0.device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), device=device)
         x_t = self.scheduler.add_noise(x0, noise, t)
-        keep = (torch.rand(b, device=x0.device) >= self.cfg.cond_drop_prob).float()
+        keep = (torch.rand(b, device=device) >= cfg.cond_drop_prob).float()
         w = identity * keep[:, None]
         v_hat = self.dit(x_t, t, w, heat)
         v_loss = F.mse_loss(v_hat.float(), v_target(self.scheduler, x0, noise, t).float())
-        id_loss = torch.zeros((), device=x0.device)
+        id_loss = vid_loss = torch.zeros((), device=device)
         abar = signal_fraction(self.scheduler, t)
-        use = (keep > 0) & (abar >= self.cfg.identity_loss_min_alpha_bar)
-        if self.cfg.identity_loss_weight > 0 and use.any():
-            # only low-noise, conditioned samples go through the FR model: that is where
-            # x0_hat is sharp enough to carry identity, and it halves the FR cost
+        omega = abar if cfg.identity_loss_weighting == "alpha_bar" else torch.ones_like(abar)
+        use = (keep > 0) & (abar >= cfg.identity_loss_min_alpha_bar)
+        if cfg.identity_loss_weight > 0 and use.any():
             x0_hat = predict_x0(self.scheduler, x_t[use], v_hat[use].float(), t[use]).clamp(-1, 1)
             f = F.normalize(self.fr(x0_hat).float(), dim=1)
             dist = (f - identity[use]).pow(2).sum(1)
-            id_loss = (abar[use] * dist).sum() / keep.sum()
-        return v_loss + self.cfg.identity_loss_weight * id_loss, v_loss.detach(), id_loss.detach()
+            id_loss = (omega[use] * dist).sum() / keep.sum()
+        n_virtual = round(b * cfg.virtual_identity_fraction) if virtual is not None else 0
+        if n_virtual:
+            w_v = virtual[torch.randint(0, len(virtual), (n_virtual,), device=device)]
+            pose = heat[torch.randint(0, b, (n_virtual,), device=device)]
+            x0_v = self.render(w_v, pose, cfg.virtual_identity_steps, cfg.virtual_identity_guidance)
+            f = F.normalize(self.fr(x0_v.clamp(-1, 1)).float(), dim=1)
+            vid_loss = (f - w_v).pow(2).sum(1).mean()
+        total = v_loss + cfg.identity_loss_weight * id_loss + cfg.virtual_identity_weight * vid_loss
+        return total, v_loss.detach(), id_loss.detach(), vid_loss.detach()
+
+    def render(self, w, heat, steps: int, guidance: float = 1.0) -> torch.Tensor:
+        """Differentiable DDIM (eta 0) from pure noise; returns the last x0 estimate.
+
+        With ``guidance`` > 1 the step uses CFG as the sampler does; the unconditional branch
+        runs without gradients (it serves every identity, so there is nothing to learn there).
+        """
+        sched = DDIMScheduler.from_config(
+            self.scheduler.config, prediction_type="v_prediction", timestep_spacing="trailing"
+        )
+        sched.set_timesteps(steps, device=w.device)
+        s = self.dit.config.sample_size
+        x = torch.randn(len(w), 3, s, s, device=w.device)
+        for i, t in enumerate(sched.timesteps):
+            tt = t.expand(len(w))
+            v = self.dit(x, tt, w, heat).float()
+            if guidance != 1.0:
+                with torch.no_grad():
+                    v_u = self.dit(x, tt, torch.zeros_like(w), heat).float()
+                v = cfg_combine(v, v_u, guidance)
+            out = sched.step(v, t, x)
+            if i == len(sched.timesteps) - 1:
+                return out.pred_original_sample
+            x = out.prev_sample
+        raise ValueError("steps must be >= 1")
 
 
 def _plot_losses(log_path: Path, out_png: Path) -> None:
@@ -126,7 +207,10 @@ def _plot_losses(log_path: Path, out_png: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(steps, [r["v_loss"] for r in recs])
     ax[0].set(title="v-prediction MSE", xlabel="step", yscale="log")
-    ax[1].plot(steps, [r["id_loss"] for r in recs], color="tab:orange")
+    ax[1].plot(steps, [r["id_loss"] for r in recs], color="tab:orange", label="real")
+    if any(r.get("virtual_id_loss") for r in recs):
+        ax[1].plot(steps, [r.get("virtual_id_loss", 0) for r in recs], label="virtual")
+        ax[1].legend()
     ax[1].set(title="identity loss (weighted)", xlabel="step")
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
@@ -153,8 +237,12 @@ def train_dit(
     images_t, lms_t = torch.from_numpy(images), torch.from_numpy(landmarks)
     protos = F.normalize(fr.real_prototypes.float(), dim=1).to(ctx.device)
     rows_t = torch.from_numpy(rows)
+    virtual = trainable_virtual_prototypes(fr, cfg)
+    virtual = virtual.to(ctx.device) if virtual is not None else None
 
     dit = FaceDiT(identity_dim=protos.shape[1], **cfg.model.model_dump()).to(ctx.device)
+    if cfg.init_from:
+        warm_start(dit, Path(cfg.init_from))
     scheduler = training_scheduler(cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule)
     loss_module = DiTLoss(dit, fr, scheduler, cfg).to(ctx.device)
     ema = EMAModel(dit.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
@@ -198,7 +286,7 @@ def train_dit(
         _plot_losses(log_path, out_dir / "loss_curve.png")
 
     bar = tqdm(total=total, initial=step, desc="train-dit", disable=not (progress and ctx.is_main))
-    run_v = run_id = 0.0
+    run_v = run_id = run_vid = 0.0
     stopped = False
     t_last = time.time()
     while step < total:
@@ -218,7 +306,7 @@ def train_dit(
             heat = render_heatmaps(lms.to(ctx.device), size)
             w = protos[rows_t[idx].to(ctx.device)]
             with autocast(ctx.device):
-                loss, v_loss, id_loss = model(x0, heat, w)
+                loss, v_loss, id_loss, vid_loss = model(x0, heat, w, virtual)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -230,6 +318,7 @@ def train_dit(
             bar.update(1)
             run_v += float(v_loss)
             run_id += float(id_loss)
+            run_vid += float(vid_loss)
             now = time.time()
             elapsed += now - t_last
             t_last = now
@@ -239,10 +328,11 @@ def train_dit(
                     "epoch": epoch + 1,
                     "v_loss": round(run_v / cfg.log_every, 5),
                     "id_loss": round(run_id / cfg.log_every, 5),
+                    "virtual_id_loss": round(run_vid / cfg.log_every, 5),
                     "lr": sched.get_last_lr()[0],
                     "elapsed_s": round(elapsed, 1),
                 }
-                run_v = run_id = 0.0
+                run_v = run_id = run_vid = 0.0
                 bar.set_postfix(v=rec["v_loss"], id=rec["id_loss"])
                 with log_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
@@ -279,6 +369,9 @@ def train_dit(
                 "fr_model": str(fr_dir),
                 "num_real": int(fr.real_prototypes.shape[0]),
                 "num_virtual": int(fr.virtual_prototypes.shape[0]),
+                "virtual_identity_fraction": cfg.virtual_identity_fraction,
+                "virtual_identity_holdout": cfg.virtual_identity_holdout,
+                "init_from": cfg.init_from,
                 "sample_size": size,
                 "dit_parameters": int(sum(p.numel() for p in dit.parameters())),
                 "steps": step,
