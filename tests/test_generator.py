@@ -41,6 +41,19 @@ def tiny_dit(identity_dim=8, seed=0):
     return m.eval()
 
 
+def _requests(n, rng_seed, job_seed, image_index, dim=8):
+    """``n`` image requests with random prototypes and landmarks, one identity each."""
+    rng = np.random.default_rng(rng_seed)
+    return [
+        ImageRequest(
+            rng.normal(size=dim).astype(np.float32),
+            rng.uniform(30, 80, (5, 2)).astype(np.float32),
+            image_seed(job_seed, i, image_index),
+        )
+        for i in range(n)
+    ]
+
+
 def test_v_target_matches_scheduler_velocity():
     sched = training_scheduler()
     x0, noise = torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8)
@@ -121,15 +134,7 @@ def test_condition_dropout_rate():
 
 def test_each_image_is_the_same_whatever_its_batch():
     dit, sched = tiny_dit(), training_scheduler()
-    rng = np.random.default_rng(1)
-    reqs = [
-        ImageRequest(
-            rng.normal(size=8).astype(np.float32),
-            rng.uniform(30, 80, (5, 2)).astype(np.float32),
-            image_seed(7, i, 3),
-        )
-        for i in range(7)
-    ]
+    reqs = _requests(7, rng_seed=1, job_seed=7, image_index=3)
     seven = Sampler(dit, sched, steps=5, batch_size=7)
     one = Sampler(dit, sched, steps=5, batch_size=1)
     a = np.concatenate([im for _, im in seven.stream(reqs)])
@@ -320,20 +325,8 @@ def test_train_dit_rejects_unknown_identities(face_folder, tiny_config, tmp_path
 
 
 def test_identity_loss_trains_the_dit_through_a_frozen_fr_model():
-    from vigface.backbones import IResNet
-    from vigface.config import TrainFRConfig
-    from vigface.fr_model import FRModel
-
-    torch.manual_seed(0)
-    backbone = IResNet((1, 1, 1, 1), (4, 4, 8, 8), input_size=16, num_features=8).eval()
-    fr = FRModel(
-        TrainFRConfig(),
-        backbone,
-        torch.randn(3, 8),
-        torch.randn(2, 8),
-        torch.ones(8),
-        ["a", "b", "c"],
-    )
+    fr = _tiny_fr()
+    backbone = fr.embedder
     dit = tiny_dit().train()
     cfg = TrainDiTConfig(
         identity_loss_weight=1.0, identity_loss_min_alpha_bar=0.0, cond_drop_prob=0.0
@@ -420,15 +413,7 @@ def test_warm_start_copies_weights_and_rejects_another_architecture(tmp_path):
 
 def test_compiled_sampler_draws_the_same_images():
     dit, sched = tiny_dit(), training_scheduler()
-    rng = np.random.default_rng(2)
-    reqs = [
-        ImageRequest(
-            rng.normal(size=8).astype(np.float32),
-            rng.uniform(30, 80, (5, 2)).astype(np.float32),
-            image_seed(1, i, 0),
-        )
-        for i in range(4)
-    ]
+    reqs = _requests(4, rng_seed=2, job_seed=1, image_index=0)
     eager = np.concatenate(
         [im for _, im in Sampler(dit, sched, steps=4, batch_size=4).stream(reqs)]
     )
