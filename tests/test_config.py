@@ -41,3 +41,19 @@ def test_overrides_parse_and_validate(tmp_path):
     p.write_text("epochs: 3\n")
     with pytest.raises(ConfigError, match="head.num_virtual"):
         load_config(p, overrides={"head.num_virtual": -4})
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["dit_lfw_demo.yaml", "dit_lfw_demo_finetune.yaml", "dit_s.yaml", "dit_b.yaml", "dit_l.yaml"],
+)
+def test_bundled_dit_configs_load(name):
+    from pathlib import Path
+
+    import vigface
+    from vigface.config import TrainDiTConfig
+
+    cfg = load_config(Path(vigface.__file__).parent / "configs" / name, TrainDiTConfig)
+    assert cfg.model.sample_size % cfg.model.patch_size == 0
+    # the virtual-prototype term is an extension: only the CPU demo's second run uses it
+    assert (cfg.virtual_identity_fraction > 0) == (name == "dit_lfw_demo_finetune.yaml")
