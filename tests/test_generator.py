@@ -13,6 +13,7 @@ from vigface.config import TrainDiTConfig
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import (
     cfg_combine,
+    ddim_step,
     predict_x0,
     sampling_scheduler,
     training_scheduler,
@@ -420,3 +421,17 @@ def test_compiled_sampler_draws_the_same_images():
     compiled = Sampler(dit, sched, steps=4, batch_size=4, compile=True)
     fast = np.concatenate([im for _, im in compiled.stream(reqs)])
     assert np.abs(eager.astype(int) - fast.astype(int)).max() <= 1  # float rounding only
+
+
+def test_ddim_step_matches_the_scheduler_on_its_grid():
+    from diffusers import DDIMScheduler
+
+    train = training_scheduler()
+    ddim = DDIMScheduler.from_config(
+        train.config, prediction_type="v_prediction", timestep_spacing="trailing"
+    )
+    ddim.set_timesteps(4)
+    x, v = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    t, t_prev = int(ddim.timesteps[1]), int(ddim.timesteps[2])
+    expected = ddim.step(v, t, x).prev_sample
+    torch.testing.assert_close(ddim_step(train, x, v, t, t_prev), expected, atol=1e-5, rtol=1e-5)

@@ -51,6 +51,17 @@ def predict_x0(scheduler, x_t: torch.Tensor, v: torch.Tensor, timesteps: torch.T
     return a * x_t - b * v
 
 
+def ddim_step(scheduler, x_t: torch.Tensor, v: torch.Tensor, t: int, t_prev: int):
+    """Deterministic DDIM (eta = 0) from ``t`` to ``t_prev`` for any pair of timesteps, with the
+    noise estimate ``eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t``; equals
+    ``DDIMScheduler.step`` on its own grid (tested) but also serves random grids."""
+    x0 = predict_x0(scheduler, x_t, v, torch.tensor([t], device=x_t.device))
+    a, b = _coefficients(scheduler, torch.tensor([t], device=x_t.device), x_t)
+    eps = a * v + b * x_t
+    a_prev, b_prev = _coefficients(scheduler, torch.tensor([t_prev], device=x_t.device), x_t)
+    return a_prev * x0 + b_prev * eps
+
+
 def signal_fraction(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     """``alpha_bar_t``: identity-loss weight (x_0 estimates at high noise are blurry means)."""
     return scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()

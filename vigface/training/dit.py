@@ -18,7 +18,7 @@ Loss per sample (v-prediction, DDPMScheduler noising):
 
 Virtual-prototype term (``virtual_identity_fraction`` > 0; an extension, off in the GPU
 configs): besides the batch, ``fraction * B`` random rows of W_V are rendered from pure noise
-with a short DDIM unroll (``virtual_identity_steps`` trailing steps,
+with a short DDIM unroll (``virtual_identity_steps`` steps on a random grid,
 poses taken from the batch), gradients through every step as in DRaFT (Clark et al., 2023),
 with classifier-free guidance ``virtual_identity_guidance`` as the sampler uses it (the
 unconditional branch without gradients), and add ``lambda_v * |f(x0) - w_v|^2``
@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
 from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -54,6 +53,7 @@ from vigface.fr_model import FRModel
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import (
     cfg_combine,
+    ddim_step,
     predict_x0,
     signal_fraction,
     training_scheduler,
@@ -171,26 +171,27 @@ class DiTLoss(nn.Module):
     def render(self, w, heat, steps: int, guidance: float = 1.0) -> torch.Tensor:
         """Differentiable DDIM (eta 0) from pure noise; returns the last x0 estimate.
 
-        With ``guidance`` > 1 the step uses CFG as the sampler does; the unconditional branch
-        runs without gradients (it serves every identity, so there is nothing to learn there).
+        The grid is drawn afresh on every call (the first step at t = T - 1, the others at
+        random timesteps): a fixed grid lets the DiT learn identity only at those few
+        timesteps, which does not carry over to the sampler's 25-step trajectories. With
+        ``guidance`` > 1 each step uses CFG as the sampler does; the unconditional branch runs
+        without gradients (it serves every identity, so there is nothing to learn there).
         """
-        sched = DDIMScheduler.from_config(
-            self.scheduler.config, prediction_type="v_prediction", timestep_spacing="trailing"
-        )
-        sched.set_timesteps(steps, device=w.device)
+        n = self.scheduler.config.num_train_timesteps
+        rest = torch.randperm(n - 2)[: steps - 1] + 1
+        grid = [n - 1, *sorted(rest.tolist(), reverse=True)]
         s = self.dit.config.sample_size
         x = torch.randn(len(w), 3, s, s, device=w.device)
-        for i, t in enumerate(sched.timesteps):
-            tt = t.expand(len(w))
+        for i, t in enumerate(grid):
+            tt = torch.full((len(w),), t, device=w.device)
             v = self.dit(x, tt, w, heat).float()
             if guidance != 1.0:
                 with torch.no_grad():
                     v_u = self.dit(x, tt, torch.zeros_like(w), heat).float()
                 v = cfg_combine(v, v_u, guidance)
-            out = sched.step(v, t, x)
-            if i == len(sched.timesteps) - 1:
-                return out.pred_original_sample
-            x = out.prev_sample
+            if i == len(grid) - 1:
+                return predict_x0(self.scheduler, x, v, tt)
+            x = ddim_step(self.scheduler, x, v, t, grid[i + 1])
         raise ValueError("steps must be >= 1")
 
 
