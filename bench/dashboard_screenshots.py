@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 from playwright.sync_api import sync_playwright
+
+from app.local_service import running_service
 
 
 def main() -> None:
@@ -53,21 +52,7 @@ def main() -> None:
 
     cli("admin", "create-team", "face-research")
     key = cli("admin", "create-key", "face-research")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with running_service(env, args.port) as url:
         args.out.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
             browser = p.chromium.launch(
@@ -99,9 +84,6 @@ def main() -> None:
             page.screenshot(path=args.out / "models.png", full_page=True)
             browser.close()
         print(f"screenshots in {args.out}")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
 
 
 if __name__ == "__main__":

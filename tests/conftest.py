@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 from pathlib import Path
@@ -186,34 +185,3 @@ def s3_env(moto_server, monkeypatch):
     bucket = f"datasets-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=bucket)
     return moto_server, bucket
-
-
-@contextlib.contextmanager
-def running_service(env: dict, port: int):
-    """`vigface serve` in its own process group on 127.0.0.1:port until the block ends."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, running_service
+from app.local_service import running_service
+from conftest import free_port
 
 CHROMIUM = os.environ.get("VIGFACE_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"

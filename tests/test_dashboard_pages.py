@@ -49,53 +49,18 @@ def test_pages_render_and_orders_go_through_the_api_path(ui):
     page = c.get("/ui/orders/new").text
     assert 'id="free">40<' in page and 'id="quota">500<' in page
     token = csrf(c)
-    r = c.post(
-        "/ui/orders",
-        data={
-            "csrf": token,
-            "identities": "0",
-            "images_per_identity": "2",
-            "pose_preset": "match_training",
-            "formats": "imagefolder",
-        },
-    )
+
+    def order(**fields):
+        form = {"csrf": token, "images_per_identity": "2", "formats": "imagefolder"} | fields
+        return c.post("/ui/orders", data=form, follow_redirects=False)
+
+    r = order(identities="0", pose_preset="match_training")
     assert r.status_code == 422 and 'data-field="identities"' in r.text
-    r = c.post(
-        "/ui/orders",
-        data={
-            "csrf": token,
-            "identities": "2",
-            "images_per_identity": "2",
-            "steps": "2",
-            "pose_preset": "custom",
-            "bin_frontal": "60",
-            "formats": "imagefolder",
-        },
-    )
+    r = order(identities="2", steps="2", pose_preset="custom", bin_frontal="60")
     assert r.status_code == 422 and "sum to 1" in r.text
-    r = c.post(
-        "/ui/orders",
-        data={
-            "csrf": token,
-            "identities": "300",
-            "images_per_identity": "2",
-            "pose_preset": "frontal",
-            "formats": "imagefolder",
-        },
-    )
+    r = order(identities="300", pose_preset="frontal")
     assert r.status_code == 429 and "quota" in r.text
-    r = c.post(
-        "/ui/orders",
-        data={
-            "csrf": token,
-            "identities": "2",
-            "images_per_identity": "2",
-            "steps": "2",
-            "pose_preset": "frontal",
-            "formats": "imagefolder",
-        },
-        follow_redirects=False,
-    )
+    r = order(identities="2", steps="2", pose_preset="frontal")
     assert r.status_code == 303
     job_id = r.headers["location"].rsplit("/", 1)[1]
     while worker.run_once():

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from app.client import APIError, VIGFaceClient
-from conftest import free_port, running_service
+from app.local_service import running_service
+from conftest import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,12 @@ from workers.settings import Settings
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def not_found() -> HTTPException:
-    return HTTPException(404, detail=[{"field": "job_id", "message": "no such job"}])
+def job_or_404(db: Session, team: Team, job_id: str) -> Job:
+    """The job if this team may see it; otherwise 404 (never 403: ids of others stay hidden)."""
+    job = visible_job(db, team, job_id)
+    if job is None:
+        raise HTTPException(404, detail=[{"field": "job_id", "message": "no such job"}])
+    return job
 
 
 def job_out(job: Job) -> JobOut:
@@ -148,9 +152,7 @@ def list_jobs(
 def get_job(
     job_id: str, team: Team = Depends(current_team), db: Session = Depends(get_db)
 ) -> JobOut:
-    job = visible_job(db, team, job_id)
-    if job is None:
-        raise not_found()
+    job = job_or_404(db, team, job_id)
     return job_out(job)
 
 
@@ -158,17 +160,13 @@ def get_job(
 def cancel(
     job_id: str, team: Team = Depends(current_team), db: Session = Depends(get_db)
 ) -> JobOut:
-    job = visible_job(db, team, job_id)
-    if job is None:
-        raise not_found()
+    job = job_or_404(db, team, job_id)
     return job_out(cancel_job(db, job))
 
 
 @router.get("/{job_id}/report")
 def report(job_id: str, team: Team = Depends(current_team), db: Session = Depends(get_db)) -> dict:
-    job = visible_job(db, team, job_id)
-    if job is None:
-        raise not_found()
+    job = job_or_404(db, team, job_id)
     if job.report is None:
         raise HTTPException(
             409, detail=[{"field": "status", "message": f"job is {job.status}; no report yet"}]
@@ -184,9 +182,7 @@ def artifacts(
     db: Session = Depends(get_db),
     settings: Settings = Depends(get_settings_dep),
 ) -> dict:
-    job = visible_job(db, team, job_id)
-    if job is None:
-        raise not_found()
+    job = job_or_404(db, team, job_id)
     if not job.artifacts:
         raise HTTPException(
             409, detail=[{"field": "status", "message": f"job is {job.status}; no artifacts yet"}]

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import get_db, get_settings_dep
-from app.api.jobs import create_job, job_out
+from app.api.jobs import create_job, job_or_404, job_out
 from app.api.misc import model_entries
 from app.schemas import JobCreate
 from app.services.auth import hash_key
@@ -22,7 +22,6 @@ from app.services.jobs import (
     JobError,
     cancel_job,
     images_used_this_month,
-    visible_job,
     visible_jobs,
 )
 from model_store import resolve
@@ -114,9 +113,7 @@ def job_page(
     db: Session = Depends(get_db),
     settings: Settings = Depends(get_settings_dep),
 ) -> HTMLResponse:
-    job = visible_job(db, team, job_id)
-    if job is None:
-        raise HTTPException(404, detail=[{"field": "job_id", "message": "no such job"}])
+    job = job_or_404(db, team, job_id)
     downloads, samples = {}, []
     if job.artifacts:
         store = request.app.state.store
@@ -157,9 +154,7 @@ def cancel_page(
     db: Session = Depends(get_db),
 ):
     check_csrf(request, csrf)
-    job = visible_job(db, team, job_id)
-    if job is None:
-        raise HTTPException(404, detail=[{"field": "job_id", "message": "no such job"}])
+    job = job_or_404(db, team, job_id)
     cancel_job(db, job)
     return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
 
