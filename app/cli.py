@@ -248,6 +248,9 @@ def generate_cmd(
     compile_: bool = typer.Option(
         False, "--compile", help="torch.compile the DiT (faster; bytes reproduce only with it)"
     ),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 on CUDA and CPUs with native bf16, else fp32), fp32 or bf16"
+    ),
     gallery: str | None = typer.Option(None, help=".npy of real embeddings (any size)"),
     start: int = typer.Option(0, help="first prototype row to use"),
     real_data: Path | None = typer.Option(
@@ -262,7 +265,10 @@ def generate_cmd(
     from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes, real_augment_plan
     from vigface.dataset.pose import PoseSpecError
     from vigface.dataset.spec import DatasetSpec
+    from vigface.precision import PRECISIONS
 
+    if precision not in PRECISIONS:
+        _fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     pose_spec = pose
     if pose.strip().startswith("{"):
         try:
@@ -301,7 +307,13 @@ def generate_cmd(
         spec = spec.model_copy(update={"identities": len(candidates)})
     try:
         builder = DatasetBuilder(
-            gen, spec, out, candidates=candidates, slot_images=slot_images, compile=compile_
+            gen,
+            spec,
+            out,
+            candidates=candidates,
+            slot_images=slot_images,
+            compile=compile_,
+            precision=precision,
         )
         report = builder.run()
     except (NotEnoughPrototypes, PoseSpecError, ValueError) as exc:

@@ -1,14 +1,16 @@
 """Sampler throughput: batched CFG (one 2B forward per step) against a naive loop.
 
 The naive loop draws one image at a time with two separate forward passes per step in fp32,
-at the same model, scheduler, steps and guidance. The sampler is timed twice, eager and with
-``compile_for_inference`` (the default ``--compile``; compilation happens in the warm-up and
-is reported, not counted); ``speedup`` is the compiled one unless ``--no-compile``.
-All run in this one process; the last line printed is a JSON object with
-``sampler_img_per_s``, ``naive_img_per_s`` and ``speedup``. On CUDA the sampler runs in bf16
-and the script also prints achieved TFLOP/s (FLOPs counted by ``torch.utils.flop_counter``)
-against the card's dense bf16 peak; on CPU it prints the fp32 TFLOP/s of a large matmul for
-scale.
+at the same model, scheduler, steps and guidance. The sampler runs at ``--precision`` (default
+``auto``: bf16 on CUDA and on CPUs with native bf16, see ``vigface.precision``) and is timed
+eager and with ``compile_for_inference`` (the default ``--compile``; compilation happens in the
+warm-up and is reported, not counted); ``speedup`` is the compiled one unless
+``--no-compile``. When the precision resolves to bf16, the fp32 sampler is timed as well and
+the mean / max difference of its 8-bit images from the bf16 ones is printed. All run in this
+one process; the last line printed is a JSON object with ``sampler_img_per_s``,
+``naive_img_per_s`` and ``speedup``. On CUDA the script also prints achieved TFLOP/s (FLOPs
+counted by ``torch.utils.flop_counter``) against the card's dense bf16 peak; on CPU it prints
+the fp32 TFLOP/s of a large matmul for scale and the CPU model.
 
     python bench/sampler.py --model demo                   # the bundled generator
     python bench/sampler.py --dit-config vigface/configs/dit_lfw_demo.yaml   # random weights
@@ -28,6 +30,7 @@ import torch
 from vigface.generator.diffusion import cfg_combine, sampling_scheduler, training_scheduler
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import render_heatmaps
+from vigface.precision import PRECISIONS, describe_cpu
 from vigface.sampling import ImageRequest, Sampler, image_seed, initial_noise, to_uint8
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets.
@@ -141,6 +144,13 @@ def main() -> None:
         default=True,
         help="the sampler with compile_for_inference (default); the eager sampler is timed too",
     )
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="the sampler's precision (auto: bf16 on CUDA and CPUs with native bf16); when it "
+        "resolves to bf16 the fp32 sampler is timed too and the image difference reported",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -178,8 +188,9 @@ def main() -> None:
         f"{dit.config.sample_size}px, device {device}, threads {torch.get_num_threads()}"
     )
 
-    def time_sampler(compile: bool) -> tuple[float, float, float]:
-        """(images/s, peak memory MB, warm-up seconds incl. compilation) of one configuration."""
+    def time_sampler(compile: bool, precision: str) -> dict:
+        """Images/s, peak memory (MB), warm-up seconds (incl. compilation) and the images of
+        one sampler configuration."""
         sampler = Sampler(
             dit,
             train_sched,
@@ -188,6 +199,7 @@ def main() -> None:
             args.guidance,
             args.batch_size,
             compile=compile,
+            precision=precision,
         )
         t0 = time.perf_counter()
         for _ in sampler.stream(reqs[: args.batch_size]):  # warm-up (and compile)
@@ -200,16 +212,24 @@ def main() -> None:
         warm = time.perf_counter() - t0
         reset_peak(device)
         t0 = time.perf_counter()
-        n = sum(len(batch) for batch, _ in sampler.stream(reqs))
+        images = np.concatenate([im for _, im in sampler.stream(reqs)])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return n / (time.perf_counter() - t0), current_peak_mb(device), warm
+        ips = len(images) / (time.perf_counter() - t0)
+        dtype = str(sampler.dtype).removeprefix("torch.")
+        return {
+            "ips": ips,
+            "peak": current_peak_mb(device),
+            "warm": warm,
+            "images": images,
+            "dtype": dtype,
+        }
 
-    eager_ips, peak_eager, _ = time_sampler(compile=False)
-    if args.compile:
-        sampler_ips, peak_sampler, compile_s = time_sampler(compile=True)
-    else:
-        sampler_ips, peak_sampler, compile_s = eager_ips, peak_eager, 0.0
+    eager = time_sampler(False, args.precision)
+    best = time_sampler(True, args.precision) if args.compile else eager
+    fp32 = None
+    if best["dtype"] != "float32":  # the same sampler in fp32, for speed and image difference
+        fp32 = time_sampler(args.compile, "fp32")
     n = len(reqs)
 
     naive_sample(dit, train_sched, reqs[0], 2, args.guidance, args.scheduler)  # warm-up
@@ -223,16 +243,18 @@ def main() -> None:
     peak_naive = current_peak_mb(device)
 
     naive_ips = args.naive_images / t_naive
+    sampler_ips = best["ips"]
     result = {
         "sampler_img_per_s": round(sampler_ips, 3),
         "naive_img_per_s": round(naive_ips, 3),
         "speedup": round(sampler_ips / naive_ips, 2),
         "sampler_compiled": args.compile,
-        "compile_warmup_s": round(compile_s, 1),
-        "eager_sampler_img_per_s": round(eager_ips, 3),
-        "eager_speedup": round(eager_ips / naive_ips, 2),
-        "peak_mem_mb_sampler": round(peak_sampler, 1),
-        "peak_mem_mb_eager_sampler": round(peak_eager, 1),
+        "sampler_precision": best["dtype"],
+        "compile_warmup_s": round(best["warm"], 1) if args.compile else 0.0,
+        "eager_sampler_img_per_s": round(eager["ips"], 3),
+        "eager_speedup": round(eager["ips"] / naive_ips, 2),
+        "peak_mem_mb_sampler": round(best["peak"], 1),
+        "peak_mem_mb_eager_sampler": round(eager["peak"], 1),
         "peak_mem_mb_naive": round(peak_naive, 1),
         "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss_peak",
         "images": n,
@@ -242,6 +264,14 @@ def main() -> None:
         "scheduler": args.scheduler,
         "device": str(device),
     }
+    if fp32 is not None:
+        diff = np.abs(best["images"].astype(int) - fp32["images"].astype(int))
+        result["fp32_sampler_img_per_s"] = round(fp32["ips"], 3)
+        result["fp32_speedup"] = round(fp32["ips"] / naive_ips, 2)
+        result["vs_fp32_mean_abs_level"] = round(float(diff.mean()), 3)
+        result["vs_fp32_max_abs_level"] = int(diff.max())
+    if device.type == "cpu":
+        result["cpu"] = describe_cpu()
     flops_per_image = forward_flops(dit, 2, device) / 2 * 2 * args.steps  # 2 branches per step
     result["sampler_tflops"] = round(flops_per_image * sampler_ips / 1e12, 4)
     result["naive_tflops"] = round(flops_per_image * naive_ips / 1e12, 4)

@@ -54,6 +54,7 @@ def test_generate_writes_every_format_and_resumes_byte_identically(tiny_generato
     assert r.exit_code == 0, r.output
     card = json.loads((out / "dataset_card.json").read_text())
     assert card["num_classes"] == 5 and card["num_image"] == 15
+    assert card["sampler"]["precision"] in ("float32", "bfloat16")
     assert len(list((out / "imagefolder").glob("*/*.jpg"))) == 15
     assert (out / "recordio" / "property").read_text() == "5,112,112"
     assert list((out / "webdataset").glob("shard-*.tar"))
@@ -142,6 +143,7 @@ def test_running_out_of_prototypes_is_a_clear_error(tiny_generator, tmp_path):
         (["--format", "tfrecord"], "formats"),
         (["--guidance", "99"], "guidance"),
         (["--steps", "0"], "steps"),
+        (["--precision", "fp16"], "--precision must be one of"),
     ],
 )
 def test_bad_orders_name_the_field(tiny_generator, tmp_path, args, msg):

@@ -133,11 +133,12 @@ def test_condition_dropout_rate():
     assert abs(rate - 0.1) < 0.015  # 10,000 draws: std 0.003
 
 
-def test_each_image_is_the_same_whatever_its_batch():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_each_image_is_the_same_whatever_its_batch(precision):
     dit, sched = tiny_dit(), training_scheduler()
     reqs = _requests(7, rng_seed=1, job_seed=7, image_index=3)
-    seven = Sampler(dit, sched, steps=5, batch_size=7)
-    one = Sampler(dit, sched, steps=5, batch_size=1)
+    seven = Sampler(dit, sched, steps=5, batch_size=7, precision=precision)
+    one = Sampler(dit, sched, steps=5, batch_size=1, precision=precision)
     a = np.concatenate([im for _, im in seven.stream(reqs)])
     b = np.concatenate([im for _, im in one.stream(reqs)])
     assert a.shape == (7, 16, 16, 3) and a.dtype == np.uint8
@@ -416,9 +417,9 @@ def test_compiled_sampler_draws_the_same_images():
     dit, sched = tiny_dit(), training_scheduler()
     reqs = _requests(4, rng_seed=2, job_seed=1, image_index=0)
     eager = np.concatenate(
-        [im for _, im in Sampler(dit, sched, steps=4, batch_size=4).stream(reqs)]
+        [im for _, im in Sampler(dit, sched, steps=4, batch_size=4, precision="fp32").stream(reqs)]
     )
-    compiled = Sampler(dit, sched, steps=4, batch_size=4, compile=True)
+    compiled = Sampler(dit, sched, steps=4, batch_size=4, compile=True, precision="fp32")
     fast = np.concatenate([im for _, im in compiled.stream(reqs)])
     assert np.abs(eager.astype(int) - fast.astype(int)).max() <= 1  # float rounding only
 
@@ -435,3 +436,33 @@ def test_ddim_step_matches_the_scheduler_on_its_grid():
     t, t_prev = int(ddim.timesteps[1]), int(ddim.timesteps[2])
     expected = ddim.step(v, t, x).prev_sample
     torch.testing.assert_close(ddim_step(train, x, v, t, t_prev), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_precision_resolution_and_bf16_images_stay_close_to_fp32(monkeypatch):
+    from vigface import precision as prec
+
+    cpu = torch.device("cpu")
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n"
+    assert prec.cpuinfo_has_bf16(x86)
+    assert not prec.cpuinfo_has_bf16("flags\t\t: fpu sse2 avx2 avx512f\n")
+    assert prec.cpuinfo_has_bf16("Features\t: fp asimd bf16 i8mm\n")
+    assert prec.autocast_dtype("fp32", torch.device("cuda")) == torch.float32
+    assert prec.autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: False)
+    assert prec.autocast_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: True)
+    assert prec.autocast_dtype("auto", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        prec.autocast_dtype("fp16", cpu)
+    with pytest.raises(ValueError, match="precision"):
+        Sampler(tiny_dit(), training_scheduler(), precision="half")
+
+    dit, sched = tiny_dit(), training_scheduler()
+    reqs = _requests(4, rng_seed=3, job_seed=2, image_index=0)
+    full = Sampler(dit, sched, steps=4, batch_size=4, precision="fp32")
+    half = Sampler(dit, sched, steps=4, batch_size=4, precision="bf16")
+    assert (full.dtype, half.dtype) == (torch.float32, torch.bfloat16)
+    a = np.concatenate([im for _, im in full.stream(reqs)]).astype(int)
+    b = np.concatenate([im for _, im in half.stream(reqs)]).astype(int)
+    assert not np.array_equal(a, b)  # bf16 really ran
+    assert np.abs(a - b).mean() < 3  # ... and changes pixels by rounding only

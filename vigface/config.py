@@ -84,6 +84,9 @@ class TrainFRConfig(_Strict):
     checkpoint_every_epochs: int = Field(1, ge=1)
     eval_pairs: str | None = Field(None, description="optional .bin evaluated after training")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast: bf16 on CUDA and CPUs with native bf16 (auto), or forced"
+    )
 
 
 def load_config(path: str | Path, model: type[BaseModel] = TrainFRConfig, overrides=None):
@@ -192,3 +195,6 @@ class TrainDiTConfig(_Strict):
     log_every: int = Field(20, ge=1)
     checkpoint_every_steps: int = Field(500, ge=1)
     threads: int | None = Field(None, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast: bf16 on CUDA and CPUs with native bf16 (auto), or forced"
+    )

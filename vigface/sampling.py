@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from vigface.generator.diffusion import cfg_combine, sampling_scheduler
 from vigface.generator.landmarks import render_heatmaps
+from vigface.precision import autocast, autocast_dtype
 
 
 def image_seed(job_seed: int, identity_index: int, image_index: int, attempt: int = 0) -> int:
@@ -71,6 +72,8 @@ class Sampler:
         batch_size: images per forward (the forward itself is 2x that).
         compile: run the DiT through :func:`compile_for_inference` (same images up to float
             rounding; a shard is only byte-reproducible under the same setting).
+        precision: ``"auto"`` (bf16 autocast on CUDA and on CPUs with native bf16, fp32
+            elsewhere), ``"fp32"`` or ``"bf16"``; see :mod:`vigface.precision`.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class Sampler:
         guidance: float = 4.0,
         batch_size: int = 32,
         compile: bool = False,
+        precision: str = "auto",
     ):
         self.dit = dit.eval()
         self.device = next(dit.parameters()).device
@@ -89,13 +93,10 @@ class Sampler:
         self.scheduler_name, self.steps, self.guidance = scheduler, steps, guidance
         self.batch_size = batch_size
         self.size = dit.config.sample_size
+        self.precision = precision
+        self.dtype = autocast_dtype(precision, self.device)
         self.forward = compile_for_inference(dit) if compile else dit
         sampling_scheduler(train_scheduler, scheduler)  # validate the name early
-
-    def _autocast(self):
-        return torch.autocast(
-            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
-        )
 
     @torch.inference_mode()
     def sample(
@@ -114,7 +115,7 @@ class Sampler:
         for t in sched.timesteps:
             x_in = sched.scale_model_input(torch.cat([x, x]), t)
             t_batch = t.expand(2 * b).to(self.device)
-            with self._autocast():
+            with autocast(self.device, self.precision):
                 v = self.forward(x_in, t_batch, cond, heat2).float()
             v_cond, v_uncond = v[:b], v[b:]
             x = sched.step(cfg_combine(v_cond, v_uncond, self.guidance), t, x).prev_sample

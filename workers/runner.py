@@ -65,6 +65,7 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
         candidates=shard.prototypes,
         progress=False,
         compile=settings.sampler_compile,
+        precision=settings.sampler_precision,
         **kw,
     )
 

@@ -86,6 +86,7 @@ class DatasetBuilder:
         cancel_check=None,
         on_progress=None,
         compile: bool = False,
+        precision: str = "auto",
     ):
         self.gen, self.spec, self.out = gen, spec, Path(out_dir)
         self.work = self.out / "work"
@@ -125,6 +126,7 @@ class DatasetBuilder:
             spec.guidance,
             spec.batch_size,
             compile=compile,
+            precision=precision,
         )
         self.chunk = max(1, math.ceil(4 * spec.batch_size / m))
         self.counts: Counter = Counter()
@@ -433,6 +435,10 @@ def write_dataset(parts: list[DatasetBuilder], out_dir: str | Path) -> dict:
         "kind": first.kind,
         "model": first.gen.card.get("name", ""),
         "spec": spec.model_dump(),
+        "sampler": {
+            "precision": str(first.sampler.dtype).removeprefix("torch."),
+            "compiled": first.sampler.forward is not first.sampler.dit,
+        },
     }
     write_json(out / "dataset_card.json", card)
     # identity means: the identity-level leakage distribution

@@ -61,8 +61,9 @@ from vigface.generator.diffusion import (
 )
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import CROP_SIZE, render_heatmaps
+from vigface.precision import autocast
 from vigface.training.checkpoint import save_checkpoint
-from vigface.training.distributed import autocast, barrier, cleanup, init_distributed
+from vigface.training.distributed import barrier, cleanup, init_distributed
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ def train_dit(
                 lms = torch.where(flip[:, None, None], mirrored, lms)
             heat = render_heatmaps(lms.to(ctx.device), size)
             w = protos[rows_t[idx].to(ctx.device)]
-            with autocast(ctx.device):
+            with autocast(ctx.device, cfg.precision):
                 loss, v_loss, id_loss, vid_loss = model(x0, heat, w, virtual)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -26,8 +26,9 @@ from vigface.data.augment import augment_batch, to_model_input
 from vigface.evaluation.orthogonality import orthogonality
 from vigface.fr_model import FRModel
 from vigface.losses import PrototypeHead, VirtualEmbeddingSampler, num_virtual_per_batch
+from vigface.precision import autocast
 from vigface.training.checkpoint import save_checkpoint
-from vigface.training.distributed import autocast, barrier, cleanup, init_distributed
+from vigface.training.distributed import barrier, cleanup, init_distributed
 from vigface.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def train_fr(
             x = to_model_input(images_t[idx].to(ctx.device, non_blocking=True))
             x = augment_batch(x, cfg.augment, aug_gen).contiguous(memory_format=mem_fmt)
             y = labels_t[idx].to(ctx.device)
-            with autocast(ctx.device):
+            with autocast(ctx.device, cfg.precision):
                 loss = model(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
