@@ -26,7 +26,10 @@ from vigface.generator.artifact import Generator
 from vigface.sampling import ImageRequest, Sampler, image_seed
 
 
-def flag_rates(gen, protos, rows, bank, images, tau, args) -> dict:
+def flag_rates(gen, protos, rows, bank, images, tau, args, own_rows=None) -> dict:
+    """Flag rates of one group; with ``own_rows`` (real prototypes) also how often an
+    identity's own prototype is its nearest real one, i.e. whether the generator reproduced
+    the person at all (a filter cannot flag a leak that the images do not carry)."""
     reqs, pose_idx = [], bank.draw("match_training", len(rows) * images, seed=5)[0]
     for n, r in enumerate(rows):
         for j in range(images):
@@ -46,7 +49,16 @@ def flag_rates(gen, protos, rows, bank, images, tau, args) -> dict:
     img_near = (emb @ real.T).max(1)
     ident = emb.reshape(len(rows), images, -1).mean(1)
     ident /= np.linalg.norm(ident, axis=1, keepdims=True)
-    id_near = (ident @ real.T).max(1)
+    id_sims = ident @ real.T
+    id_near = id_sims.max(1)
+    extra = {}
+    if own_rows is not None:
+        extra["own_prototype_is_nearest_rate"] = round(
+            float((id_sims.argmax(1) == own_rows).mean()), 4
+        )
+        extra["identity_cos_own_mean"] = round(
+            float(id_sims[np.arange(len(rows)), own_rows].mean()), 4
+        )
     return {
         "identities": len(rows),
         "images": len(reqs),
@@ -54,6 +66,7 @@ def flag_rates(gen, protos, rows, bank, images, tau, args) -> dict:
         "identity_flag_rate": round(float((id_near > tau).mean()), 4),
         "image_nearest_real_mean": round(float(img_near.mean()), 4),
         "identity_nearest_real_mean": round(float(id_near.mean()), 4),
+        **extra,
     }
 
 
@@ -76,7 +89,9 @@ def main() -> None:
     fr = gen.fr
     real_rows = np.linspace(0, fr.real_prototypes.shape[0] - 1, args.real).round().astype(int)
     virt_rows = np.arange(args.virtual)
-    real = flag_rates(gen, fr.real_prototypes, real_rows, bank, args.images, tau, args)
+    real = flag_rates(
+        gen, fr.real_prototypes, real_rows, bank, args.images, tau, args, own_rows=real_rows
+    )
     virt = flag_rates(gen, fr.virtual_prototypes, virt_rows, bank, args.images, tau, args)
     pose = {}
     for preset in ("match_training", "frontal", "uniform_yaw"):

@@ -55,9 +55,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 def compile_for_inference(dit):
     """``torch.compile`` with inductor's ``freezing``: weights become graph constants, which
     lets inductor prepack them for oneDNN on CPU and fuse the adaLN/GELU/residual elementwise
-    chains around the GEMMs (demo DiT on this repo's 2-core CPU: 1.47x over the eager sampler
-    with two threads, 1.25x with one; ``bench/sampler.py``). Only valid under
-    ``inference_mode``, which the sampler uses."""
+    chains around the GEMMs (``bench/sampler.py`` times eager against compiled in one run).
+    Only valid under ``inference_mode``, which the sampler uses."""
     return torch.compile(dit, options={"freezing": True})
 
 
