@@ -30,7 +30,7 @@ import torch
 from vigface.generator.diffusion import cfg_combine, sampling_scheduler, training_scheduler
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import render_heatmaps
-from vigface.precision import PRECISIONS, describe_cpu
+from vigface.precision import PRECISIONS, describe_cpu, dtype_name
 from vigface.sampling import ImageRequest, Sampler, image_seed, initial_noise, to_uint8
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets.
@@ -216,13 +216,12 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         ips = len(images) / (time.perf_counter() - t0)
-        dtype = str(sampler.dtype).removeprefix("torch.")
         return {
             "ips": ips,
             "peak": current_peak_mb(device),
             "warm": warm,
             "images": images,
-            "dtype": dtype,
+            "dtype": dtype_name(sampler.dtype),
         }
 
     eager = time_sampler(False, args.precision)

@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vigface.precision import Precision
+
 
 class ConfigError(ValueError):
     """A config file is missing, not YAML, or fails validation; the message names the key."""
@@ -84,7 +86,7 @@ class TrainFRConfig(_Strict):
     checkpoint_every_epochs: int = Field(1, ge=1)
     eval_pairs: str | None = Field(None, description="optional .bin evaluated after training")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all)")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "auto", description="autocast: bf16 on CUDA and CPUs with native bf16 (auto), or forced"
     )
 
@@ -195,6 +197,6 @@ class TrainDiTConfig(_Strict):
     log_every: int = Field(20, ge=1)
     checkpoint_every_steps: int = Field(500, ge=1)
     threads: int | None = Field(None, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "auto", description="autocast: bf16 on CUDA and CPUs with native bf16 (auto), or forced"
     )

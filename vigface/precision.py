@@ -2,10 +2,11 @@
 
 ``auto`` takes bf16 autocast where the hardware has bf16 arithmetic: every CUDA card this
 project targets, and CPUs with native bf16 instructions (x86 ``avx512_bf16`` / ``amx_bf16``,
-Arm ``bf16``), where oneDNN's bf16 GEMMs run the demo DiT's forward about 1.7x faster than
-fp32. Elsewhere bf16 would be emulated and slower, so ``auto`` stays in fp32. Sampled images
-from bf16 and fp32 differ by under one 8-bit level on average (``bench/sampler.py`` prints
-it); a shard is byte-reproducible under the same precision on the same kind of machine.
+Arm ``bf16``), where oneDNN's bf16 GEMMs make the compiled demo sampler 1.4-1.7x faster than
+in fp32 (``bench/sampler.py``: ``sampler_img_per_s`` against ``fp32_sampler_img_per_s``).
+Elsewhere bf16 would be emulated and slower, so ``auto`` stays in fp32. Sampled images from
+bf16 and fp32 differ by under one 8-bit level on average (``bench/sampler.py`` prints it); a
+shard is byte-reproducible under the same precision on the same kind of machine.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import platform
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 _NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 
 
@@ -50,6 +53,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
         return torch.bfloat16
     return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``, for cards and reports."""
+    return str(dtype).removeprefix("torch.")
 
 
 def autocast(device: torch.device, precision: str = "auto"):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vigface.precision import Precision
 
 
 class Settings(BaseSettings):
@@ -29,7 +30,7 @@ class Settings(BaseSettings):
     public_url: str = Field("http://127.0.0.1:8000", description="base of plain artifact links")
     sampler_batch_size: int = Field(32, ge=1, description="images per sampling forward")
     sampler_compile: bool = Field(False, description="torch.compile the DiT in the workers")
-    sampler_precision: Literal["auto", "fp32", "bf16"] = Field(
+    sampler_precision: Precision = Field(
         "auto", description="auto: bf16 on CUDA and CPUs with native bf16, else fp32"
     )
     shard_identities: int = Field(50, ge=1, description="identities per shard (one task)")

@@ -41,6 +41,7 @@ from vigface.dataset.writers import (
     write_webdataset,
 )
 from vigface.generator.artifact import Generator
+from vigface.precision import dtype_name
 from vigface.sampling import ImageRequest, Sampler, image_seed
 
 log = logging.getLogger(__name__)
@@ -436,7 +437,7 @@ def write_dataset(parts: list[DatasetBuilder], out_dir: str | Path) -> dict:
         "model": first.gen.card.get("name", ""),
         "spec": spec.model_dump(),
         "sampler": {
-            "precision": str(first.sampler.dtype).removeprefix("torch."),
+            "precision": dtype_name(first.sampler.dtype),
             "compiled": first.sampler.forward is not first.sampler.dit,
         },
     }

@@ -61,7 +61,7 @@ from vigface.generator.diffusion import (
 )
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import CROP_SIZE, render_heatmaps
-from vigface.precision import autocast, autocast_dtype
+from vigface.precision import autocast, autocast_dtype, dtype_name
 from vigface.training.checkpoint import save_checkpoint
 from vigface.training.distributed import barrier, cleanup, init_distributed
 
@@ -380,7 +380,7 @@ def train_dit(
                 "batch_size": cfg.batch_size * ctx.world_size,
                 "train_minutes": round(elapsed / 60, 1),
                 "device": str(ctx.device),
-                "precision": str(autocast_dtype(cfg.precision, ctx.device)).removeprefix("torch."),
+                "precision": dtype_name(autocast_dtype(cfg.precision, ctx.device)),
                 "fr_card": fr.card,
             },
             pose_landmarks=landmarks,

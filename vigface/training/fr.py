@@ -26,7 +26,7 @@ from vigface.data.augment import augment_batch, to_model_input
 from vigface.evaluation.orthogonality import orthogonality
 from vigface.fr_model import FRModel
 from vigface.losses import PrototypeHead, VirtualEmbeddingSampler, num_virtual_per_batch
-from vigface.precision import autocast, autocast_dtype
+from vigface.precision import autocast, autocast_dtype, dtype_name
 from vigface.training.checkpoint import save_checkpoint
 from vigface.training.distributed import barrier, cleanup, init_distributed
 from vigface.training.schedule import warmup_cosine
@@ -231,7 +231,7 @@ def train_fr(
                 "epochs": cfg.epochs,
                 "world_size": ctx.world_size,
                 "device": str(ctx.device),
-                "precision": str(autocast_dtype(cfg.precision, ctx.device)).removeprefix("torch."),
+                "precision": dtype_name(autocast_dtype(cfg.precision, ctx.device)),
                 "train_minutes": round(elapsed / 60, 1),
                 "orthogonality": orthogonality(head.real.detach(), head.virtual.detach()),
             },
