@@ -112,6 +112,59 @@ def eval_fr_cmd(
     typer.echo(json.dumps(metrics))
 
 
+@app.command("refit-virtual")
+def refit_virtual_cmd(
+    model: str = typer.Option(..., help="FR model folder or store name (its fr/ part is used)"),
+    data: Path = typer.Option(..., help="the real training ImageFolder of that FR model"),
+    out: Path = typer.Option(..., help="new FR model folder to write (must not exist)"),
+    energy: float = typer.Option(0.9, help="share of W_R's energy the face subspace holds"),
+    steps: int = typer.Option(1500, min=1),
+    batch_size: int = typer.Option(512, min=2, help="real embeddings per step"),
+    lr: float = typer.Option(0.1, min=0, help="SGD (momentum 0.9) learning rate for W_V"),
+    seed: int = 0,
+    half: bool = typer.Option(False, help="store prototypes in fp16 (bundled models)"),
+) -> None:
+    """Re-fit W_V inside the face subspace with the backbone and W_R frozen
+    (vigface/training/virtual_refit.py); prints the new prototype statistics."""
+    import shutil
+
+    import torch
+
+    from model_store import resolve
+    from vigface.data import DatasetError
+    from vigface.training.virtual_refit import real_embeddings, refit_virtual
+
+    if not 0 < energy <= 1:
+        _fail(f"--energy must be in (0, 1], got {energy}")
+    if out.exists():
+        _fail(f"--out {out} already exists; refit writes a new model folder")
+    fr = _load_fr(model)
+    try:
+        emb, labels = real_embeddings(fr, data)
+        refit = refit_virtual(fr, emb, labels, energy, steps, batch_size, lr, seed)
+    except (DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    refit.card["virtual_refit"]["source"] = str(model)
+    refit.save(out, prototype_dtype=torch.float16 if half else torch.float32)
+    log_file = resolve(model, part="fr") / "train_log.jsonl"
+    if log_file.is_file():
+        shutil.copy2(log_file, out / "train_log.jsonl")
+    r = refit.card["virtual_refit"]
+    typer.echo(
+        json.dumps(
+            {
+                "subspace_dims": r["subspace_dims"],
+                "virtual_energy_in_span": [
+                    r["virtual_energy_in_span_before"],
+                    r["virtual_energy_in_span_after"],
+                ],
+                "orthogonality": refit.card["orthogonality"],
+                "seconds": r["seconds"],
+            }
+        )
+    )
+
+
 @app.command("train-dit")
 def train_dit_cmd(
     config: Path = typer.Option(..., help="YAML stage-2 config (see vigface/configs/)"),

@@ -43,6 +43,14 @@ class HeadConfig(_Strict):
     margin: float = Field(0.5, ge=0, lt=1.5)
     num_virtual: int = Field(0, ge=0, description="k virtual prototypes W_V")
     sigma_ema: float = Field(0.9, ge=0, le=1, description="EMA coefficient alpha for sigma^2")
+    virtual_subspace_energy: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="after every step, project W_V onto the span of W_R's leading principal "
+        "directions holding this share of their energy (vigface/losses/subspace.py); "
+        "None = unconstrained, as in the paper",
+    )
 
 
 class DataConfig(_Strict):

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vigface.losses.subspace import face_subspace, project_rows
+
 
 def arcface_logits(
     cosine: torch.Tensor, labels: torch.Tensor, scale: float, margin: float
@@ -52,6 +54,14 @@ class PrototypeHead(nn.Module):
         self.scale, self.margin = scale, margin
         self.real = nn.Parameter(torch.normal(0, 0.01, (num_real, embedding_dim)))
         self.virtual = nn.Parameter(torch.normal(0, 0.01, (num_virtual, embedding_dim)))
+
+    @torch.no_grad()
+    def constrain_virtual(self, energy: float) -> int:
+        """Project W_V onto the face subspace of W_R (:mod:`vigface.losses.subspace`);
+        returns the subspace dimension."""
+        basis = face_subspace(self.real, energy)
+        self.virtual.copy_(project_rows(self.virtual, basis))
+        return basis.shape[0]
 
     def forward(
         self,

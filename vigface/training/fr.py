@@ -59,7 +59,9 @@ class FRTrainingModule(nn.Module):
         return self.head(feats, labels, v_emb, v_lab)
 
 
-def _load_dataset(data_dir: Path, cfg: TrainFRConfig, progress: bool):
+def load_training_set(data_dir: Path, cfg: TrainFRConfig, progress: bool):
+    """Images at the backbone's input size, labels and class names, after the config's
+    identity filter; the same set stage 1 and the virtual refit see."""
     ds = AlignedFaceFolder.scan(data_dir, cfg.data.landmarks)
     images, labels = ds.load_array(cfg.backbone.input_size, progress=progress)
     classes = ds.classes
@@ -92,7 +94,7 @@ def train_fr(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + ctx.rank)
-    images, labels, classes, skipped = _load_dataset(data_dir, cfg, progress and ctx.is_main)
+    images, labels, classes, skipped = load_training_set(data_dir, cfg, progress and ctx.is_main)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
     n, k = len(classes), cfg.head.num_virtual
 
@@ -165,6 +167,8 @@ def train_fr(
             if o.grad_clip:
                 nn.utils.clip_grad_norm_(module.parameters(), o.grad_clip)
             opt.step()
+            if cfg.head.virtual_subspace_energy and module.head.num_virtual:
+                module.head.constrain_virtual(cfg.head.virtual_subspace_energy)
             sched.step()
             step += 1
             running += float(loss.detach())
