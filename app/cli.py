@@ -122,6 +122,10 @@ def refit_virtual_cmd(
     batch_size: int = typer.Option(512, min=2, help="real embeddings per step"),
     lr: float = typer.Option(0.1, min=0, help="SGD (momentum 0.9) learning rate for W_V"),
     seed: int = 0,
+    max_real_cos: float | None = typer.Option(
+        None, help="hinge: pull virtual prototypes closer than this to a real one away from it"
+    ),
+    real_margin_weight: float = typer.Option(50.0, min=0, help="weight of that hinge"),
     half: bool = typer.Option(False, help="store prototypes in fp16 (bundled models)"),
 ) -> None:
     """Re-fit W_V inside the face subspace with the backbone and W_R frozen
@@ -136,12 +140,16 @@ def refit_virtual_cmd(
 
     if not 0 < energy <= 1:
         _fail(f"--energy must be in (0, 1], got {energy}")
+    if max_real_cos is not None and not -1 < max_real_cos < 1:
+        _fail(f"--max-real-cos must be a cosine in (-1, 1), got {max_real_cos}")
     if out.exists():
         _fail(f"--out {out} already exists; refit writes a new model folder")
     fr = _load_fr(model)
     try:
         emb, labels = real_embeddings(fr, data)
-        refit = refit_virtual(fr, emb, labels, energy, steps, batch_size, lr, seed)
+        refit = refit_virtual(
+            fr, emb, labels, energy, steps, batch_size, lr, seed, max_real_cos, real_margin_weight
+        )
     except (DatasetError, ValueError) as exc:
         _fail(str(exc))
     refit.card["virtual_refit"]["source"] = str(model)

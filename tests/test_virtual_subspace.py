@@ -102,6 +102,8 @@ def test_cli_refit_writes_a_new_model_and_refuses_to_overwrite(face_folder, tiny
     assert again.exit_code == 2 and "--out" in again.output
     bad = runner.invoke(app, [*args, "--out", str(tmp_path / "x"), "--energy", "1.5"])
     assert bad.exit_code == 2 and "--energy" in bad.output
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "x"), "--max-real-cos", "2"])
+    assert bad.exit_code == 2 and "--max-real-cos" in bad.output
     other = make_face_folder(tmp_path / "other", identities=4)  # not the model's identities
     wrong = runner.invoke(
         app,
@@ -118,3 +120,19 @@ def test_cli_refit_writes_a_new_model_and_refuses_to_overwrite(face_folder, tiny
     assert wrong.exit_code == 2 and "identities" in wrong.output
     assert (tmp_path / "fr" / "prototypes.safetensors").read_bytes() == before
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_refit_hinge_lowers_the_closest_virtual_to_real_cosines(face_folder, tiny_config, tmp_path):
+    fr = train_fr(
+        load_config(tiny_config, overrides={"epochs": 1}),
+        face_folder,
+        tmp_path / "fr",
+        progress=False,
+    )
+    emb, labels = real_embeddings(fr, face_folder, progress=False)
+    kw = dict(energy=0.9, steps=60, batch_size=16, progress=False)
+    plain = refit_virtual(fr, emb, labels, **kw)
+    near = plain.card["orthogonality"]["v_to_r"]["max"]
+    hinged = refit_virtual(fr, emb, labels, max_real_cos=near - 0.2, **kw)
+    assert hinged.card["orthogonality"]["v_to_r"]["max"] < near - 0.1
+    assert hinged.card["virtual_refit"]["max_real_cos"] == pytest.approx(near - 0.2)
