@@ -136,3 +136,6 @@ def test_refit_hinge_lowers_the_closest_virtual_to_real_cosines(face_folder, tin
     hinged = refit_virtual(fr, emb, labels, max_real_cos=near - 0.2, **kw)
     assert hinged.card["orthogonality"]["v_to_r"]["max"] < near - 0.1
     assert hinged.card["virtual_refit"]["max_real_cos"] == pytest.approx(near - 0.2)
+    again = refit_virtual(hinged, emb, labels, **kw)  # a refit of a refit keeps the first record
+    assert again.card["virtual_refit_history"] == [hinged.card["virtual_refit"]]
+    assert plain.card["virtual_refit_history"] == []

@@ -64,9 +64,9 @@ def refit_virtual(
     """A copy of ``fr`` with W_V re-fitted under the subspace constraint; the card records
     the settings and the prototype statistics before and after.
 
-    ``max_real_cos`` adds ``real_margin_weight * mean_v relu(max_r cos(w_v, w_r) - bound)``
-    over all of W_V: a hinge that pulls the few virtual prototypes still closer to some real
-    identity than ``bound`` away from it. Inside a 60-D subspace ArcFace alone leaves W_V as
+    ``max_real_cos`` adds ``real_margin_weight * mean_v relu(max_r cos(w_v, w_r) - max_real_cos)``
+    over all of W_V: a hinge that pulls the virtual prototypes still closer to some real
+    identity than ``max_real_cos`` away from it. Inside a 60-D subspace ArcFace alone leaves W_V as
     close to W_R as real identities are to each other (demo: nearest-real mean 0.40, p99
     0.48); the images of a prototype sit a little closer still to real people, and the tail
     of that is what the leakage filter drops.
@@ -107,8 +107,12 @@ def refit_virtual(
     out.virtual_prototypes = head.virtual.detach().clone()
     out.config = fr.config.model_copy(deep=True)
     out.config.head.virtual_subspace_energy = energy
+    earlier = fr.card.get("virtual_refit_history", [])
+    if "virtual_refit" in fr.card:  # a refit of a refit keeps the record of the first
+        earlier = [*earlier, fr.card["virtual_refit"]]
     out.card = {
         **fr.card,
+        "virtual_refit_history": earlier,
         "virtual_refit": {
             "energy": energy,
             "subspace_dims": int(basis.shape[0]),
