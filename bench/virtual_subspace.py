@@ -1,7 +1,9 @@
 """Can any face match a virtual prototype? Where W_V sits relative to face embeddings.
 
 Embeds ``--images`` training images with the entry's FR model and prints: how many principal
-directions hold 90 / 95 / 99 % of the unit real prototypes' energy, the share of W_V's
+directions hold 90 / 95 / 99 % of the unit real prototypes' energy, the median cosine of a
+real prototype to its nearest other one (the bound the demo used for ``refit-virtual
+--max-real-cos``), the share of W_V's
 energy inside the 90 % span, and for real images the mean cosine to their own prototype, to
 the nearest other real prototype and to the nearest virtual prototype (with its maximum over
 all images). When no image comes near any virtual prototype, no generator can draw a face
@@ -48,13 +50,14 @@ def main() -> None:
     arange = torch.arange(len(pick))
     own = sim_r[arange, own_rows].clone()
     sim_r[arange, own_rows] = -2
-    _, s, _ = torch.linalg.svd(real, full_matrices=False)
-    cum = (s**2).cumsum(0) / (s**2).sum()
+    rr = real @ real.T
+    rr.fill_diagonal_(-2)
     out = {
         "images": len(pick),
         "real_dims_for_energy": {
-            str(e): int((cum < e - 1e-9).sum()) + 1 for e in (0.9, 0.95, 0.99)
+            str(e): face_subspace(real, e).shape[0] for e in (0.9, 0.95, 0.99)
         },
+        "real_prototype_nearest_other_median": round(float(rr.max(1).values.median()), 4),
         "virtual_energy_in_90pct_span": round(energy_in_span(virt, face_subspace(real, 0.9)), 4),
         "image_cos_own_mean": round(float(own.mean()), 4),
         "image_nearest_other_real_mean": round(float(sim_r.max(1).values.mean()), 4),

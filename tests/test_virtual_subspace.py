@@ -35,35 +35,32 @@ def test_subspace_finds_the_span_of_the_real_prototypes_and_projection_keeps_nor
 
 
 @pytest.fixture
+def plain_fr(face_folder, tiny_config, tmp_path):
+    """A tiny stage-1 model trained without the constraint, in ``tmp_path / "fr"``."""
+    cfg = load_config(tiny_config, overrides={"epochs": 1})
+    return train_fr(cfg, face_folder, tmp_path / "fr", progress=False)
+
+
+@pytest.fixture
 def constrained_fr(face_folder, tiny_config, tmp_path):
     cfg = load_config(tiny_config, overrides={"epochs": 1, "head.virtual_subspace_energy": 0.9})
     return train_fr(cfg, face_folder, tmp_path / "fr_c", progress=False)
 
 
 def test_stage1_with_the_constraint_keeps_w_v_in_the_face_subspace(
-    constrained_fr, face_folder, tiny_config, tmp_path
+    constrained_fr, plain_fr, tmp_path
 ):
     basis = face_subspace(constrained_fr.real_prototypes, 0.9)
     assert basis.shape[0] <= 6  # six real identities span at most six directions of 32
     assert energy_in_span(constrained_fr.virtual_prototypes, basis) > 0.999
-    free = train_fr(
-        load_config(tiny_config, overrides={"epochs": 1}),
-        face_folder,
-        tmp_path / "fr_free",
-        progress=False,
-    )
+    free = plain_fr
     assert energy_in_span(free.virtual_prototypes, face_subspace(free.real_prototypes, 0.9)) < 0.9
     loaded = FRModel.load(tmp_path / "fr_c")
     assert loaded.config.head.virtual_subspace_energy == 0.9
 
 
-def test_refit_moves_only_w_v_into_the_subspace(face_folder, tiny_config, tmp_path):
-    fr = train_fr(
-        load_config(tiny_config, overrides={"epochs": 1}),
-        face_folder,
-        tmp_path / "fr",
-        progress=False,
-    )
+def test_refit_moves_only_w_v_into_the_subspace(plain_fr, face_folder):
+    fr = plain_fr
     emb, labels = real_embeddings(fr, face_folder, progress=False)
     assert emb.shape == (2 * 6 * 8, 32) and labels.bincount().tolist() == [16] * 6
     out = refit_virtual(fr, emb, labels, energy=0.9, steps=40, batch_size=16, progress=False)
@@ -80,13 +77,7 @@ def test_refit_moves_only_w_v_into_the_subspace(face_folder, tiny_config, tmp_pa
     assert out.config.head.virtual_subspace_energy == 0.9
 
 
-def test_cli_refit_writes_a_new_model_and_refuses_to_overwrite(face_folder, tiny_config, tmp_path):
-    train_fr(
-        load_config(tiny_config, overrides={"epochs": 1}),
-        face_folder,
-        tmp_path / "fr",
-        progress=False,
-    )
+def test_cli_refit_writes_a_new_model_and_refuses_to_overwrite(plain_fr, face_folder, tmp_path):
     before = (tmp_path / "fr" / "prototypes.safetensors").read_bytes()
     out = tmp_path / "fr_refit"
     args = ["refit-virtual", "--model", str(tmp_path / "fr"), "--data", str(face_folder)]
@@ -105,30 +96,15 @@ def test_cli_refit_writes_a_new_model_and_refuses_to_overwrite(face_folder, tiny
     bad = runner.invoke(app, [*args, "--out", str(tmp_path / "x"), "--max-real-cos", "2"])
     assert bad.exit_code == 2 and "--max-real-cos" in bad.output
     other = make_face_folder(tmp_path / "other", identities=4)  # not the model's identities
-    wrong = runner.invoke(
-        app,
-        [
-            "refit-virtual",
-            "--model",
-            str(tmp_path / "fr"),
-            "--data",
-            str(other),
-            "--out",
-            str(tmp_path / "y"),
-        ],
-    )
+    wrong_args = ["refit-virtual", "--model", str(tmp_path / "fr"), "--data", str(other)]
+    wrong = runner.invoke(app, [*wrong_args, "--out", str(tmp_path / "y")])
     assert wrong.exit_code == 2 and "identities" in wrong.output
     assert (tmp_path / "fr" / "prototypes.safetensors").read_bytes() == before
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_refit_hinge_lowers_the_closest_virtual_to_real_cosines(face_folder, tiny_config, tmp_path):
-    fr = train_fr(
-        load_config(tiny_config, overrides={"epochs": 1}),
-        face_folder,
-        tmp_path / "fr",
-        progress=False,
-    )
+def test_refit_hinge_lowers_the_closest_virtual_to_real_cosines(plain_fr, face_folder):
+    fr = plain_fr
     emb, labels = real_embeddings(fr, face_folder, progress=False)
     kw = dict(energy=0.9, steps=60, batch_size=16, progress=False)
     plain = refit_virtual(fr, emb, labels, **kw)

@@ -56,12 +56,9 @@ class PrototypeHead(nn.Module):
         self.virtual = nn.Parameter(torch.normal(0, 0.01, (num_virtual, embedding_dim)))
 
     @torch.no_grad()
-    def constrain_virtual(self, energy: float) -> int:
-        """Project W_V onto the face subspace of W_R (:mod:`vigface.losses.subspace`);
-        returns the subspace dimension."""
-        basis = face_subspace(self.real, energy)
-        self.virtual.copy_(project_rows(self.virtual, basis))
-        return basis.shape[0]
+    def constrain_virtual(self, energy: float) -> None:
+        """Project W_V onto the face subspace of W_R (:mod:`vigface.losses.subspace`)."""
+        self.virtual.copy_(project_rows(self.virtual, face_subspace(self.real, energy)))
 
     def forward(
         self,
