@@ -7,16 +7,19 @@ Downloads for users are presigned GET links.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from model_store.storage import ObjectStore
+from vigface.atomic import atomic_path
 
 
-class S3Store(ObjectStore):
+class S3Store:
+    """A bucket and key prefix; user downloads are presigned links valid ``link_seconds``."""
+
     def __init__(
         self,
         bucket: str,
@@ -59,12 +62,16 @@ class S3Store(ObjectStore):
     def read_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
+    def size(self, key: str) -> int:
+        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+
+    def iter_bytes(self, key: str, chunk_size: int = 2**20) -> Iterator[bytes]:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        yield from body.iter_chunks(chunk_size)
+
     def download(self, key: str, dest: str | Path) -> None:
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        self.client.download_file(self.bucket, self._key(key), str(tmp))
-        tmp.replace(dest)
+        with atomic_path(dest) as tmp:
+            self.client.download_file(self.bucket, self._key(key), str(tmp))
 
     def list(self, prefix: str) -> list[str]:
         out, strip = [], len(self.prefix) + 1 if self.prefix else 0
@@ -75,7 +82,7 @@ class S3Store(ObjectStore):
             out += [o["Key"][strip:] for o in page.get("Contents", [])]
         return sorted(out)
 
-    def url(self, key: str, settings=None) -> str:
+    def link(self, key: str, plain_link: Callable[[str], str] | None = None) -> str:
         return self.client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._key(key)},

@@ -1,83 +1,107 @@
 """Object storage behind one interface: a local folder (``file://``) or S3 (``s3://``).
 
-Datasets and pushed models go here. Keys are ``/``-separated paths under the store's root.
+Datasets, shard outputs and pushed models go here. Keys are ``/``-separated paths under the
+store's root. Every store fulfils :class:`ObjectStore`; callers never ask which one they hold.
+Download links are the one thing that differs: S3 presigns its own, while a local folder has no
+URL of its own, so callers pass ``plain_link`` (key -> URL of the API route that serves it).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlparse
 
-
-class ObjectStore:
-    """What both stores share; subclasses provide put_file, list, download, read_bytes, url."""
-
-    def put_dir(self, prefix: str, src: str | Path) -> list[str]:
-        """Upload every file under ``src`` to ``prefix/<relative path>``; returns the keys."""
-        keys = []
-        for f in sorted(Path(src).rglob("*")):
-            if f.is_file():
-                key = f"{prefix.rstrip('/')}/{f.relative_to(src).as_posix()}"
-                self.put_file(key, f)
-                keys.append(key)
-        return keys
+from vigface.atomic import atomic_path
 
 
-class LocalStore(ObjectStore):
+class ObjectStore(Protocol):
+    def put_file(self, key: str, src: str | Path) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
+
+    def read_bytes(self, key: str) -> bytes: ...
+
+    def iter_bytes(self, key: str, chunk_size: int = 2**20) -> Iterator[bytes]: ...
+
+    def download(self, key: str, dest: str | Path) -> None: ...
+
+    def list(self, prefix: str) -> list[str]: ...
+
+    def link(self, key: str, plain_link: Callable[[str], str]) -> str: ...
+
+    def ping(self) -> None: ...
+
+
+def put_dir(store: ObjectStore, prefix: str, src: str | Path) -> list[str]:
+    """Upload every file under ``src`` to ``prefix/<relative path>``; returns the keys."""
+    keys = []
+    for f in sorted(Path(src).rglob("*")):
+        if f.is_file():
+            key = f"{prefix.rstrip('/')}/{f.relative_to(src).as_posix()}"
+            store.put_file(key, f)
+            keys.append(key)
+    return keys
+
+
+class LocalStore:
     """A folder on this machine; writes go to a temporary name and are renamed into place."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def path(self, key: str) -> Path:
+    def _path(self, key: str) -> Path:
         p = (self.root / key).resolve()
-        if self.root not in p.parents and p != self.root:
+        if self.root not in p.parents:
             raise ValueError(f"key escapes the store: {key!r}")
         return p
 
     def put_file(self, key: str, src: str | Path) -> None:
-        dest = self.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        with atomic_path(self._path(key)) as tmp:
+            shutil.copyfile(src, tmp)
 
     def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
 
     def read_bytes(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
+        return self._path(key).read_bytes()
+
+    def iter_bytes(self, key: str, chunk_size: int = 2**20) -> Iterator[bytes]:
+        with self._path(key).open("rb") as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
 
     def download(self, key: str, dest: str | Path) -> None:
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.copyfile(self.path(key), tmp)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(self._path(key), tmp)
 
     def list(self, prefix: str) -> list[str]:
-        base = self.path(prefix)
+        base = self._path(prefix)
         if not base.is_dir():
             return []
         return [
             f"{prefix.rstrip('/')}/{p.relative_to(base).as_posix()}"
             for p in sorted(base.rglob("*"))
-            if p.is_file()
+            if p.is_file() and not p.name.endswith(".tmp")
         ]
 
-    def url(self, key: str, settings) -> str:
-        """A plain link served by the API's ``/files`` route (which checks the caller)."""
-        return f"{settings.public_url.rstrip('/')}/files/{key}"
+    def link(self, key: str, plain_link: Callable[[str], str]) -> str:
+        return plain_link(key)
 
     def ping(self) -> None:
         if not self.root.is_dir():
             raise OSError(f"store folder missing: {self.root}")
 
 
-def open_store(url: str, endpoint_url: str | None = None):
+def open_store(url: str, endpoint_url: str | None = None) -> ObjectStore:
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return LocalStore(parsed.netloc + parsed.path if parsed.scheme == "file" else url)

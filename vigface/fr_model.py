@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from vigface.backbones import AlignedCropEmbedder, IResNet, build_backbone
 from vigface.config import TrainFRConfig
+from vigface.prototype_set import prototype_set_digest
 
 BACKBONE_FILE = "backbone.safetensors"
 PROTOTYPES_FILE = "prototypes.safetensors"
@@ -66,6 +67,8 @@ class FRModel:
             out / PROTOTYPES_FILE,
         )
         (out / CLASSES_FILE).write_text(json.dumps(self.classes))
+        stored = self.virtual_prototypes.detach().cpu().to(prototype_dtype).float().numpy()
+        self.card["prototype_set"] = prototype_set_digest(stored)
         (out / CONFIG_FILE).write_text(yaml.safe_dump(self.config.model_dump(), sort_keys=False))
         self.save_card(out)
         return out

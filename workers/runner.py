@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.loader import load_generator
 from model_store.storage import open_store
+from model_store.storage import put_dir
 from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
 from vigface.dataset.spec import DatasetSpec
-from workers.db.models import Job, Shard, utcnow
+from workers.db.models import LIVE, Job, JobStatus, Shard, ShardStatus, utcnow
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,8 @@ def requeue_expired(sessions: sessionmaker, enqueue_shard) -> list[int]:
                 select(Shard.id)
                 .join(Job)
                 .where(
-                    Job.status.in_(("queued", "running")),
-                    Shard.status == "running",
+                    Job.status.in_(LIVE),
+                    Shard.status == ShardStatus.RUNNING,
                     Shard.lease_expires_at < now,
                 )
             )
@@ -94,9 +95,11 @@ def requeue_expired(sessions: sessionmaker, enqueue_shard) -> list[int]:
             db.execute(
                 update(Shard)
                 .where(
-                    Shard.id == shard_id, Shard.status == "running", Shard.lease_expires_at < now
+                    Shard.id == shard_id,
+                    Shard.status == ShardStatus.RUNNING,
+                    Shard.lease_expires_at < now,
                 )
-                .values(status="queued")
+                .values(status=ShardStatus.QUEUED)
             )
         db.commit()
     for shard_id in ids:
@@ -112,12 +115,12 @@ def claim_shard(db: Session, settings: Settings, shard_id: int) -> bool:
         .where(
             Shard.id == shard_id,
             or_(
-                Shard.status == "queued",
-                (Shard.status == "running") & (Shard.lease_expires_at < now),
+                Shard.status == ShardStatus.QUEUED,
+                (Shard.status == ShardStatus.RUNNING) & (Shard.lease_expires_at < now),
             ),
         )
         .values(
-            status="running",
+            status=ShardStatus.RUNNING,
             worker=WORKER_ID,
             attempts=Shard.attempts + 1,
             lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
@@ -134,15 +137,15 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
         if shard is None:
             return "missing"
         job = shard.job
-        if job.status in ("canceled", "failed"):
-            shard.status = "canceled"
+        if job.status in (JobStatus.CANCELED, JobStatus.FAILED):
+            shard.status = ShardStatus.CANCELED
             db.commit()
             return shard.status
         if not claim_shard(db, settings, shard_id):
             return "busy"
         db.refresh(shard)
-        if job.status == "queued":
-            job.status, job.started_at = "running", utcnow()
+        if job.status == JobStatus.QUEUED:
+            job.status, job.started_at = JobStatus.RUNNING, utcnow()
             db.commit()
 
         def canceled() -> bool:
@@ -173,10 +176,14 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
 
         try:
             t0 = time.perf_counter()
-            _shard_builder(
+            builder = _shard_builder(
                 settings, job, shard, cancel_check=canceled, on_progress=progress
-            ).generate()
-            shard.status = "succeeded"
+            )
+            builder.generate()
+            # finalize may run on another machine: it reads the chunks from the store
+            store = open_store(settings.storage_url, settings.s3_endpoint_url)
+            put_dir(store, _shard_key(job.id, shard.index), builder.work)
+            shard.status = ShardStatus.SUCCEEDED
             shard.images_done = (shard.slot_end - shard.slot_start) * job.spec[
                 "images_per_identity"
             ]
@@ -185,33 +192,35 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
             job.progress = {**(job.progress or {}), "shard_seconds": round(seconds, 2)}
             db.commit()
         except Canceled:
-            shard.status = "canceled"
+            shard.status = ShardStatus.CANCELED
             db.commit()
             return shard.status
         except Exception as exc:  # the job records why; the worker lives on
             log.exception("shard %s failed", shard_id)
-            shard.status = "failed"
+            shard.status = ShardStatus.FAILED
             job.status, job.error, job.finished_at = (
-                "failed",
+                JobStatus.FAILED,
                 f"shard {shard.index}: {exc}",
                 utcnow(),
             )
             db.commit()
             return shard.status
         pending = db.scalar(
-            select(Shard.id).where(Shard.job_id == job.id, Shard.status != "succeeded")
+            select(Shard.id).where(Shard.job_id == job.id, Shard.status != ShardStatus.SUCCEEDED)
         )
         job_id = job.id
     if pending is None:
         finalize_job(sessions, settings, job_id)
-    return "succeeded"
+    return ShardStatus.SUCCEEDED
 
 
 def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> None:
     """Merge the shards into one dataset, upload it, record the report: once per job."""
     with sessions() as db:
         claimed = db.execute(
-            update(Job).where(Job.id == job_id, Job.status == "running").values(status="finalizing")
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.FINALIZING)
         ).rowcount
         db.commit()
         if not claimed:
@@ -230,14 +239,14 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
                 parts.append(b)
             out = Path(settings.work_dir) / job.id / "dataset"
             report = write_dataset(parts, out)
-            keys = store.put_dir(f"jobs/{job.id}", out)
+            keys = put_dir(store, f"jobs/{job.id}", out)
             job.report = report
             job.artifacts = {"keys": keys}
             job.images_done = report["dataset"]["num_image"]
-            job.status, job.finished_at = "succeeded", utcnow()
+            job.status, job.finished_at = JobStatus.SUCCEEDED, utcnow()
         except Exception as exc:
             log.exception("finalize of %s failed", job_id)
-            job.status, job.error, job.finished_at = "failed", f"finalize: {exc}", utcnow()
+            job.status, job.error, job.finished_at = JobStatus.FAILED, f"finalize: {exc}", utcnow()
         db.commit()
     from workers.webhooks import notify
 
@@ -251,10 +260,10 @@ def next_queued_shard(db: Session) -> int | None:
         select(Shard.id)
         .join(Job)
         .where(
-            Job.status.in_(("queued", "running")),
+            Job.status.in_(LIVE),
             or_(
-                Shard.status == "queued",
-                (Shard.status == "running") & (Shard.lease_expires_at < now),
+                Shard.status == ShardStatus.QUEUED,
+                (Shard.status == ShardStatus.RUNNING) & (Shard.lease_expires_at < now),
             ),
         )
         .order_by(Job.priority.desc(), Job.created_at, Shard.index)

@@ -6,15 +6,13 @@ import base64
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.api.deps import current_team, get_db, get_settings_dep
 from app.schemas import JobCreate, JobOut, JobPage
-from app.services.jobs import JobError, cancel_job, submit_job, visible_job, visible_jobs
-from model_store import ModelNotFound
-from vigface.dataset.spec import DatasetSpec
-from workers.db.models import Job, Team, utcnow
+from app.services.jobs import cancel_job, create_job, job_out, visible_job, visible_jobs
+from app.services.links import download_link
+from workers.db.models import Job, JobStatus, Team
 from workers.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -26,79 +24,6 @@ def job_or_404(db: Session, team: Team, job_id: str) -> Job:
     if job is None:
         raise HTTPException(404, detail=[{"field": "job_id", "message": "no such job"}])
     return job
-
-
-def job_out(job: Job) -> JobOut:
-    shards: dict[str, int] = {}
-    for s in job.shards:
-        shards[s.status] = shards.get(s.status, 0) + 1
-    eta = None
-    if job.status == "running" and job.started_at and job.images_done:
-        rate = job.images_done / max((utcnow() - job.started_at).total_seconds(), 1e-3)
-        eta = round((job.images_requested - job.images_done) / rate, 1)
-    return JobOut(
-        id=job.id,
-        status=job.status,
-        model=job.model,
-        team=job.team.name,
-        spec=job.spec,
-        priority=job.priority,
-        images_requested=job.images_requested,
-        images_done=job.images_done,
-        progress=job.progress or {},
-        shards=shards,
-        identities_allocated=sum(len(s.prototypes) for s in job.shards),
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        eta_seconds=eta,
-        error=job.error,
-    )
-
-
-def create_job(
-    db: Session,
-    settings: Settings,
-    team: Team,
-    body: JobCreate,
-    idempotency_key: str | None,
-    enqueue,
-) -> tuple[Job, bool]:
-    """The one code path that creates jobs (REST API and dashboard form)."""
-    from workers.runner import load_model
-
-    model = body.model or settings.default_model
-    fields = body.model_dump(exclude={"model", "priority", "webhook_url"})
-    try:
-        spec = DatasetSpec(**fields, batch_size=settings.sampler_batch_size)
-    except ValidationError as exc:
-        raise JobError(
-            422, ".".join(map(str, exc.errors()[0]["loc"])), exc.errors()[0]["msg"]
-        ) from exc
-    try:
-        gen = load_model(settings, model)
-    except ModelNotFound as exc:
-        raise JobError(422, "model", str(exc)) from exc
-    from vigface.dataset.pose import PoseBank, PoseSpecError
-
-    try:
-        PoseBank.from_landmarks(gen.pose_landmarks).weights(spec.pose)
-    except PoseSpecError as exc:
-        raise JobError(422, "pose", str(exc)) from exc
-    job, created = submit_job(
-        db,
-        settings,
-        team,
-        model,
-        spec,
-        gen.fr.virtual_prototypes.shape[0],
-        body.priority,
-        body.webhook_url,
-        idempotency_key,
-    )
-    if created:
-        enqueue(job)
-    return job, created
 
 
 @router.post("", status_code=202, response_model=JobOut)
@@ -121,9 +46,7 @@ def post_job(
 def list_jobs(
     team: Team = Depends(current_team),
     db: Session = Depends(get_db),
-    status: str | None = Query(
-        None, pattern="^(queued|running|finalizing|succeeded|failed|canceled)$"
-    ),
+    status: JobStatus | None = Query(None),
     limit: int = Query(20, ge=1, le=200),
     cursor: str | None = None,
 ) -> JobPage:
@@ -189,7 +112,7 @@ def artifacts(
         )
     store = request.app.state.store
     links = {
-        key.split(f"jobs/{job.id}/", 1)[1]: store.url(key, settings)
+        key.split(f"jobs/{job.id}/", 1)[1]: download_link(store, settings, key)
         for key in job.artifacts["keys"]
     }
     return {"job_id": job.id, "files": links}

@@ -2,40 +2,40 @@
 
 from __future__ import annotations
 
+import mimetypes
+
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app.api.deps import current_team, get_db, get_settings_dep
 from app.schemas import ModelOut
-from app.services.jobs import visible_job
+from app.services.jobs import describe_model, free_prototypes, visible_job
 from model_store import list_models
-from workers.db.models import Job, LedgerEntry, Shard, Team
+from workers.db.models import Job, JobStatus, LedgerEntry, Shard, Team
 from workers.settings import Settings
 
 router = APIRouter()
 
 
 def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
-    from workers.runner import load_model
-
+    """Generators in the store with their free virtual identities (from descriptions: the API
+    never loads a generator)."""
     out = []
     for entry in list_models():
         if entry.kind != "generator":
             continue
-        gen = load_model(settings, entry.name)
-        total = gen.fr.virtual_prototypes.shape[0]
-        used = db.scalar(select(func.count()).where(LedgerEntry.model == entry.name))
-        card = gen.card
+        desc = describe_model(settings, entry.name)
+        total = desc.virtual_prototypes
         out.append(
             ModelOut(
                 name=entry.name,
                 kind=entry.kind,
                 virtual_identities=total,
-                free_virtual_identities=total - int(used),
-                card=card,
+                free_virtual_identities=free_prototypes(db, entry.name, total),
+                card=desc.card,
             )
         )
     return out
@@ -112,7 +112,8 @@ def metrics(db: Session = Depends(get_db)) -> PlainTextResponse:
         ["worker", "job"],
         registry=reg,
     )
-    for job_id, progress in db.execute(select(Job.id, Job.progress).where(Job.status == "running")):
+    running = select(Job.id, Job.progress).where(Job.status == JobStatus.RUNNING)
+    for job_id, progress in db.execute(running):
         for worker, st in (progress or {}).get("workers", {}).items():
             rate.labels(worker, job_id).set(st["img_per_s"])
             mem.labels(worker, job_id).set(st["gpu_mem_mb"])
@@ -126,8 +127,13 @@ def download(
     request: Request,
     team: Team = Depends(current_team),
     db: Session = Depends(get_db),
-) -> FileResponse:
+) -> StreamingResponse:
     job = visible_job(db, team, job_id)
     if job is None or not job.artifacts or f"jobs/{job_id}/{path}" not in job.artifacts["keys"]:
         raise HTTPException(404, detail=[{"field": "path", "message": "no such file"}])
-    return FileResponse(request.app.state.store.path(f"jobs/{job_id}/{path}"))
+    key = f"jobs/{job_id}/{path}"
+    store = request.app.state.store
+    media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    return StreamingResponse(
+        store.iter_bytes(key), media_type=media, headers={"Content-Length": str(store.size(key))}
+    )

@@ -10,17 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from datetime import datetime
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.schemas import JobCreate, JobOut
+from model_store import ModelNotFound, list_models
+from model_store.description import ModelDescription, describe
+from vigface.dataset.pose import PoseSpecError
 from vigface.dataset.spec import DatasetSpec
-from workers.db.models import Job, LedgerEntry, Shard, Team, utcnow
+from workers.db.models import TERMINAL, Job, JobStatus, LedgerEntry, Shard, Team, utcnow
 from workers.settings import Settings
-
-TERMINAL = {"succeeded", "failed", "canceled"}
 
 
 class JobError(ValueError):
@@ -42,14 +46,37 @@ def month_start(now: datetime) -> datetime:
 
 def images_used_this_month(db: Session, team: Team) -> int:
     q = select(func.coalesce(func.sum(Job.images_requested), 0)).where(
-        Job.team_id == team.id, Job.created_at >= month_start(utcnow()), Job.status != "failed"
+        Job.team_id == team.id,
+        Job.created_at >= month_start(utcnow()),
+        Job.status != JobStatus.FAILED,
     )
     return int(db.scalar(q))
 
 
 def free_prototypes(db: Session, model: str, total: int) -> int:
+    """How many of a model's ``total`` virtual prototypes no job holds."""
     used = db.scalar(select(func.count()).where(LedgerEntry.model == model))
     return total - int(used)
+
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def describe_model(settings: Settings, name: str) -> ModelDescription:
+    """The light description of a store entry named in a request (never a path)."""
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise JobError(
+            422, "model", "a model is named by its store name: letters, digits, '.', '_', '-'"
+        )
+    try:
+        return describe(
+            name, settings.storage_url, settings.s3_endpoint_url, str(settings.model_cache)
+        )
+    except ModelNotFound as exc:
+        available = ", ".join(e.name for e in list_models() if e.kind == "generator")
+        raise JobError(
+            422, "model", f"no model named {name!r} (available: {available or 'none'})"
+        ) from exc
 
 
 def submit_job(
@@ -167,7 +194,75 @@ def cancel_job(db: Session, job: Job) -> Job:
     (running shards stop at their next sampling batch)."""
     if job.status not in TERMINAL:
         job.cancel_requested = True
-        job.status = "canceled"
+        job.status = JobStatus.CANCELED
         job.finished_at = utcnow()
         db.commit()
     return job
+
+
+def job_out(job: Job) -> JobOut:
+    shards: dict[str, int] = {}
+    for s in job.shards:
+        shards[s.status] = shards.get(s.status, 0) + 1
+    eta = None
+    if job.status == "running" and job.started_at and job.images_done:
+        rate = job.images_done / max((utcnow() - job.started_at).total_seconds(), 1e-3)
+        eta = round((job.images_requested - job.images_done) / rate, 1)
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        model=job.model,
+        team=job.team.name,
+        spec=job.spec,
+        priority=job.priority,
+        images_requested=job.images_requested,
+        images_done=job.images_done,
+        progress=job.progress or {},
+        shards=shards,
+        identities_allocated=sum(len(s.prototypes) for s in job.shards),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        eta_seconds=eta,
+        error=job.error,
+    )
+
+
+def create_job(
+    db: Session,
+    settings: Settings,
+    team: Team,
+    body: JobCreate,
+    idempotency_key: str | None,
+    enqueue,
+) -> tuple[Job, bool]:
+    """The one code path that creates jobs (REST API and dashboard form)."""
+    model = body.model or settings.default_model
+    fields = body.model_dump(exclude={"model", "priority", "webhook_url"})
+    try:
+        spec = DatasetSpec(**fields, batch_size=settings.sampler_batch_size)
+    except ValidationError as exc:
+        raise JobError(
+            422, ".".join(map(str, exc.errors()[0]["loc"])), exc.errors()[0]["msg"]
+        ) from exc
+    desc = describe_model(settings, model)
+    if desc.pose_bank is None:
+        raise JobError(422, "model", f"model {model!r} is not a generator")
+    try:
+        desc.pose_bank.weights(spec.pose)
+    except PoseSpecError as exc:
+        raise JobError(422, "pose", str(exc)) from exc
+    job, created = submit_job(
+        db,
+        settings,
+        team,
+        model,
+        spec,
+        desc.virtual_prototypes,
+        body.priority,
+        body.webhook_url,
+        idempotency_key,
+    )
+    if created:
+        enqueue(job)
+    return job, created

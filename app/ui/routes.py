@@ -14,16 +14,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import get_db, get_settings_dep
-from app.api.jobs import create_job, job_or_404, job_out
+from app.api.jobs import job_or_404
 from app.api.misc import model_entries
 from app.schemas import JobCreate
 from app.services.auth import hash_key
 from app.services.jobs import (
     JobError,
     cancel_job,
+    create_job,
     images_used_this_month,
+    job_out,
     visible_jobs,
 )
+from app.services.links import download_link
 from model_store import resolve
 from vigface.dataset.pose import YAW_BINS
 from vigface.dataset.spec import LIMITS
@@ -128,11 +131,11 @@ def job_page(
         ):
             key = f"jobs/{job.id}/{name}"
             if key in keys:
-                downloads[name] = store.url(key, settings)
+                downloads[name] = download_link(store, settings, key)
         shards = [k for k in keys if "/webdataset/" in k]
         for k in shards[:3]:
-            downloads[k.split(f"jobs/{job.id}/", 1)[1]] = store.url(k, settings)
-        samples = [store.url(k, settings) for k in keys if "/imagefolder/" in k][:24]
+            downloads[k.split(f"jobs/{job.id}/", 1)[1]] = download_link(store, settings, k)
+        samples = [download_link(store, settings, k) for k in keys if "/imagefolder/" in k][:24]
     return page(
         request,
         "job.html",

@@ -21,18 +21,40 @@ class DatasetOrder(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    identities: int = Field(ge=LIMITS["identities"][0], le=LIMITS["identities"][1])
-    images_per_identity: int = Field(
-        ge=LIMITS["images_per_identity"][0], le=LIMITS["images_per_identity"][1]
+    identities: int = Field(
+        ge=LIMITS["identities"][0],
+        le=LIMITS["identities"][1],
+        description="number of identities (classes)",
     )
-    pose: str | dict[str, float] = "match_training"
-    guidance: float = Field(4.0, ge=LIMITS["guidance"][0], le=LIMITS["guidance"][1])
-    steps: int = Field(25, ge=LIMITS["steps"][0], le=LIMITS["steps"][1])
-    scheduler: Literal["dpmsolver", "ddim"] = "dpmsolver"
-    seed: int = Field(0, ge=0, lt=2**62)
-    formats: list[str] = ["imagefolder"]
-    tau_consistency: float | None = Field(None, ge=-1, le=1)
-    tau_leak: float | None = Field(None, ge=-1, le=1)
+    images_per_identity: int = Field(
+        ge=LIMITS["images_per_identity"][0],
+        le=LIMITS["images_per_identity"][1],
+        description="images per identity",
+    )
+    pose: str | dict[str, float] = Field(
+        "match_training",
+        description="preset (match_training, frontal, uniform_yaw) or {yaw bin: weight}",
+    )
+    guidance: float = Field(
+        4.0,
+        ge=LIMITS["guidance"][0],
+        le=LIMITS["guidance"][1],
+        description="classifier-free guidance weight g",
+    )
+    steps: int = Field(
+        25, ge=LIMITS["steps"][0], le=LIMITS["steps"][1], description="sampler steps"
+    )
+    scheduler: Literal["dpmsolver", "ddim"] = Field("dpmsolver", description="sampler")
+    seed: int = Field(0, ge=0, lt=2**62, description="seed of every image's noise")
+    formats: list[str] = Field(
+        ["imagefolder"], description="output formats: imagefolder, recordio, webdataset"
+    )
+    tau_consistency: float | None = Field(
+        None, ge=-1, le=1, description="min cosine to the own prototype (default: the card's)"
+    )
+    tau_leak: float | None = Field(
+        None, ge=-1, le=1, description="max cosine to a real identity (default: the card's)"
+    )
 
     @field_validator("formats")
     @classmethod

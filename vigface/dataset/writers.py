@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vigface.atomic import atomic_path, atomic_write_bytes
+from vigface.constants import CROP_SIZE
 from vigface.data.recordio import write_face_recordio
 
 FORMATS = ("imagefolder", "recordio", "webdataset")
@@ -52,7 +54,7 @@ class ImageRecord:
     file: str = ""
 
 
-def encode_jpeg(img: np.ndarray, size: int = 112, quality: int = 95) -> bytes:
+def encode_jpeg(img: np.ndarray, size: int = CROP_SIZE, quality: int = 95) -> bytes:
     """uint8 RGB image -> JPEG bytes of the ``size`` x ``size`` aligned crop."""
     im = Image.fromarray(img)
     if im.size != (size, size):
@@ -62,28 +64,23 @@ def encode_jpeg(img: np.ndarray, size: int = 112, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_imagefolder(root: Path, items: Iterable[tuple[ImageRecord, bytes]]) -> int:
     n = 0
     for rec, jpg in items:
-        _atomic_write(root / rec.identity / f"{rec.index}.jpg", jpg)
+        atomic_write_bytes(root / rec.identity / f"{rec.index}.jpg", jpg)
         n += 1
     return n
 
 
-def write_recordio(root: Path, items: list[tuple[ImageRecord, bytes]], size: int = 112) -> None:
+def write_recordio(
+    root: Path, items: list[tuple[ImageRecord, bytes]], size: int = CROP_SIZE
+) -> None:
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / ".recordio.tmp"
     tmp.mkdir(exist_ok=True)
     _, num_classes = write_face_recordio(tmp, [(jpg, rec.label) for rec, jpg in items])
     (tmp / "property").write_text(f"{num_classes},{size},{size}")
-    for name in ("train.rec", "train.idx", "property"):
+    for name in ("train.rec", "train.idx", "property"):  # the three renamed one by one
         os.replace(tmp / name, root / name)
     tmp.rmdir()
 
@@ -95,8 +92,7 @@ def write_webdataset(
     shards = []
     for s, start in enumerate(range(0, len(items), shard_size)):
         name = f"shard-{s:06d}.tar"
-        tmp = root / (name + ".tmp")
-        with tarfile.open(tmp, "w") as tar:
+        with atomic_path(root / name) as tmp, tarfile.open(tmp, "w") as tar:
             for rec, jpg in items[start : start + shard_size]:
                 key = f"{rec.identity}_{rec.index:05d}"
                 meta = json.dumps(
@@ -111,7 +107,6 @@ def write_webdataset(
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size, info.mtime, info.mode = len(data), 0, 0o644
                     tar.addfile(info, io.BytesIO(data))
-        os.replace(tmp, root / name)
         shards.append(name)
     return shards
 
@@ -122,8 +117,7 @@ MANIFEST_FIELDS = [f for f in ImageRecord.__dataclass_fields__ if f != "landmark
 
 
 def write_manifest(path: Path, records: Iterable[ImageRecord]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
         w.writeheader()
         for rec in records:
@@ -135,11 +129,10 @@ def write_manifest(path: Path, records: Iterable[ImageRecord]) -> None:
                 else {}
             )
             w.writerow(row)
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, obj: dict) -> None:
-    _atomic_write(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 
 
 def _json_default(o):

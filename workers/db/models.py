@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -11,6 +12,29 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+class JobStatus(StrEnum):
+    """A job's life: queued -> running -> finalizing -> succeeded, or failed / canceled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINALIZING = "finalizing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+LIVE = (JobStatus.QUEUED, JobStatus.RUNNING)  # jobs whose shards may still run
+
+
+class ShardStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
 
 
 class Base(DeclarativeBase):
@@ -44,7 +68,7 @@ class Job(Base):
     __table_args__ = (UniqueConstraint("team_id", "idempotency_key"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     model: Mapped[str] = mapped_column(String(200))
     spec: Mapped[dict] = mapped_column(JSON)
     priority: Mapped[int] = mapped_column(default=5)
@@ -76,7 +100,7 @@ class Shard(Base):
     slot_start: Mapped[int] = mapped_column(Integer)
     slot_end: Mapped[int] = mapped_column(Integer)
     prototypes: Mapped[list] = mapped_column(JSON)  # slots first, then this shard's spares
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=ShardStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(default=0)
     images_done: Mapped[int] = mapped_column(default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)

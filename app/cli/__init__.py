@@ -1,0 +1,26 @@
+"""``vigface`` command line, one module per audience:
+
+* ``train``: stage 1 and 2 training, evaluation, W_V refit, ONNX export;
+* ``data``: sample grids, filter calibration, dataset generation;
+* ``models``: the model store;
+* ``jobs``: a client of a running service;
+* ``service``: serve, quickstart, worker, and the admin commands.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli import data, jobs, models, service, train
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+train.register(app)
+data.register(app)
+service.register(app)
+app.add_typer(models.app, name="models")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(service.admin_app, name="admin")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="vigface")

@@ -1,0 +1,103 @@
+"""What every command group shares: errors, logging, model loading, order options."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+from vigface.dataset.spec import DatasetOrder
+
+
+def fail(msg: str, code: int = 2) -> None:
+    """One red line on stderr and a non-zero exit: the CLI's only way to report bad input."""
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def order_option(field: str, *param_decls: str, default=None, **kw):
+    """A typer option for a :class:`DatasetOrder` field: its help and default come from the
+    spec, so the CLI and the API describe an order the same way."""
+    info = DatasetOrder.model_fields[field]
+    if default is None:
+        default = ... if info.is_required() else info.default
+    if isinstance(default, list):
+        default = ",".join(default)
+    return typer.Option(default, *param_decls, help=info.description, **kw)
+
+
+def parse_pose(text: str):
+    """A preset name, or a JSON object of yaw-bin weights."""
+    if not text.strip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"--pose is not valid JSON: {exc}")
+
+
+def parse_formats(text: str) -> list[str]:
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def validation_message(exc) -> str:
+    """A pydantic ValidationError as one line naming each field."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
+def load_fr(model: str):
+    from model_store import ModelNotFound, resolve
+    from vigface.fr_model import FRModel, ModelFormatError
+
+    try:
+        return FRModel.load(resolve(model, part="fr"))
+    except (ModelNotFound, ModelFormatError) as exc:
+        fail(str(exc))
+
+
+def load_generator(model: str, device: str | None = None):
+    import torch
+
+    from model_store import ModelNotFound, resolve
+    from vigface.fr_model import ModelFormatError
+    from vigface.generator.artifact import Generator
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return Generator.load(resolve(model), device=dev)
+    except (ModelNotFound, ModelFormatError) as exc:
+        fail(str(exc))
+
+
+def evaluate_pairs_file(model, pairs: Path) -> dict:
+    """10-fold verification metrics of an FR model on an insightface ``.bin`` file."""
+    from vigface.data import DatasetError, load_bin
+    from vigface.evaluation.verification import evaluate_pairs
+
+    try:
+        images, issame = load_bin(pairs)
+    except DatasetError as exc:
+        fail(str(exc))
+    return evaluate_pairs(model, images, issame)
+
+
+def record_evaluation(model, metrics: dict, pairs: Path, folder: Path) -> None:
+    """Write verification metrics into an FR model's card."""
+    model.card.update(
+        {
+            "dev_accuracy": metrics["accuracy"],
+            "dev_accuracy_std": metrics["accuracy_std"],
+            "dev_tar_at_far_1e-3": metrics["tar_at_far_1e-3"],
+            "dev_pairs": str(pairs),
+        }
+    )
+    model.save_card(folder)

@@ -1,0 +1,216 @@
+"""Dataset commands: sample grids (``sample``), filter calibration (``calibrate``) and
+dataset generation (``generate``), all on local model-store entries."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+
+from app.cli.common import (
+    fail,
+    load_generator,
+    order_option,
+    parse_formats,
+    parse_pose,
+    validation_message,
+)
+
+
+def _grid_poses(gen, count: int, landmarks_csv: Path | None):
+    """Pose columns from a landmarks CSV or, by default, the entry's own pose landmarks."""
+    import numpy as np
+
+    from vigface.data import read_landmarks_csv
+    from vigface.generator.grid import pose_columns
+
+    if landmarks_csv is not None:
+        if not landmarks_csv.is_file():
+            fail(f"landmarks CSV not found: {landmarks_csv}")
+        table = np.stack(list(read_landmarks_csv(landmarks_csv).values()))
+    elif gen.pose_landmarks is not None:
+        table = gen.pose_landmarks
+    else:
+        fail("the model has no pose landmarks; pass --landmarks <csv>")
+    return pose_columns(table, count)
+
+
+def sample_cmd(
+    model: str = typer.Option("demo", help="generator folder or store name"),
+    group: str = typer.Option("virtual", help="virtual or real prototypes"),
+    identities: int = typer.Option(8, min=1),
+    poses: int = typer.Option(6, min=1),
+    guidance: float = typer.Option(4.0, min=0.0),
+    steps: int = typer.Option(25, min=1, max=1000),
+    scheduler: str = typer.Option("dpmsolver", help="dpmsolver or ddim"),
+    seed: int = 0,
+    landmarks: Path | None = typer.Option(None, help="CSV to take pose columns from"),
+    out: Path = typer.Option(..., help="output PNG grid (rows = identities, columns = poses)"),
+) -> None:
+    """Draw a sample grid and print identity cosines as one JSON line."""
+    from vigface.evaluation.identity import identity_fidelity
+    from vigface.generator.grid import save_grid
+
+    if group not in ("virtual", "real"):
+        fail("--group must be 'virtual' or 'real'")
+    gen = load_generator(model)
+    cols = _grid_poses(gen, poses, landmarks)
+    try:
+        res = identity_fidelity(
+            gen, group, identities, cols, guidance, steps, seed, scheduler=scheduler
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    save_grid(res.pop("images_array"), identities, poses, out)
+    res.pop("cos_own_all")
+    typer.echo(json.dumps(res))
+
+
+def calibrate_cmd(
+    model: str = typer.Option(..., help="generator folder or store name"),
+    data: Path = typer.Option(..., help="the real training ImageFolder of its FR model"),
+    identities: int = typer.Option(50, min=2, help="virtual prototypes drawn for tau_consistency"),
+) -> None:
+    """Derive the filter defaults (tau_leak, tau_consistency) and store them in the card."""
+    from model_store import resolve
+    from vigface.data import DatasetError
+    from vigface.dataset.calibrate import calibrate
+    from vigface.dataset.writers import write_json
+
+    gen = load_generator(model)
+    try:
+        filters = calibrate(gen, data, calib_identities=identities)
+    except DatasetError as exc:
+        fail(str(exc))
+    card_path = resolve(model) / "model_card.json"
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card["filters"] = filters
+    write_json(card_path, card)
+    typer.echo(json.dumps({k: filters[k] for k in ("tau_leak", "tau_consistency")}))
+
+
+def generate_cmd(
+    model: str = typer.Option("demo", help="generator folder or store name"),
+    identities: int = order_option("identities", default=1),
+    images_per_identity: int = order_option("images_per_identity"),
+    pose: str = order_option("pose"),
+    guidance: float = order_option("guidance"),
+    steps: int = order_option("steps"),
+    scheduler: str = order_option("scheduler"),
+    seed: int = order_option("seed"),
+    format_: str = order_option("formats", "--format"),
+    mode: str = typer.Option("virtual", help="virtual, or real_augment (fill real classes)"),
+    tau_consistency: float | None = order_option("tau_consistency"),
+    tau_leak: float | None = order_option("tau_leak"),
+    max_attempts: int = typer.Option(3, help="draws per image before its identity is dropped"),
+    spares: int | None = typer.Option(
+        None,
+        min=0,
+        help="most identities replaced after the filters drop them (default: 20 %% of "
+        "--identities, at least 2); the run stops with a per-filter count when they run out",
+    ),
+    batch_size: int = typer.Option(32),
+    compile_: bool = typer.Option(
+        False, "--compile", help="torch.compile the DiT (faster; bytes reproduce only with it)"
+    ),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 on CUDA and CPUs with native bf16, else fp32), fp32 or bf16"
+    ),
+    gallery: str | None = typer.Option(None, help=".npy of real embeddings (any size)"),
+    judge_onnx: str | None = typer.Option(
+        None, help="independent FR model (insightface ONNX) as a second leakage test"
+    ),
+    judge_gallery: str | None = typer.Option(
+        None, help=".npy of real embeddings by the judge model"
+    ),
+    judge_threshold: float | None = typer.Option(
+        None, help="the judge's own cosine threshold for leakage"
+    ),
+    start: int = typer.Option(0, help="first prototype row to use"),
+    real_data: Path | None = typer.Option(
+        None, help="real_augment: the real ImageFolder whose small classes are filled up"
+    ),
+    out: Path = typer.Option(..., help="output folder (rerun to resume)"),
+) -> None:
+    """Generate a dataset: sample, filter, write the formats, report.json and report.html."""
+    from pydantic import ValidationError
+
+    from vigface.data import DatasetError
+    from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes
+    from vigface.dataset.planning import real_augment_plan
+    from vigface.dataset.pose import PoseSpecError
+    from vigface.dataset.spec import DatasetSpec
+    from vigface.precision import PRECISIONS
+
+    if precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    try:
+        spec = DatasetSpec(
+            identities=identities,
+            images_per_identity=images_per_identity,
+            pose=parse_pose(pose),
+            guidance=guidance,
+            steps=steps,
+            scheduler=scheduler,
+            seed=seed,
+            formats=parse_formats(format_),
+            mode=mode,
+            tau_consistency=tau_consistency,
+            tau_leak=tau_leak,
+            max_attempts=max_attempts,
+            batch_size=batch_size,
+            gallery=gallery,
+            judge_onnx=judge_onnx,
+            judge_gallery=judge_gallery,
+            judge_threshold=judge_threshold,
+        )
+    except ValidationError as exc:
+        fail(validation_message(exc))
+    gen = load_generator(model)
+    spare_count = max(2, math.ceil(0.2 * identities)) if spares is None else spares
+    total = gen.fr.virtual_prototypes.shape[0]
+    candidates = list(range(start, min(total, start + identities + spare_count)))
+    slot_images = None
+    if mode == "real_augment":
+        if real_data is None:
+            fail("--real-data is required with --mode real_augment")
+        try:
+            candidates, slot_images = real_augment_plan(
+                gen.fr.classes, real_data, images_per_identity
+            )
+        except DatasetError as exc:
+            fail(str(exc))
+        if not candidates:
+            fail(f"no class in {real_data} has fewer than {images_per_identity} images")
+        spec = spec.model_copy(update={"identities": len(candidates)})
+    try:
+        builder = DatasetBuilder(
+            gen,
+            spec,
+            out,
+            candidates=candidates,
+            slot_images=slot_images,
+            compile=compile_,
+            precision=precision,
+        )
+        report = builder.run()
+    except (NotEnoughPrototypes, PoseSpecError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(
+        json.dumps(
+            {
+                "out": str(out),
+                "counts": report["counts"],
+                "timing": report["timing"],
+                "attributes": report["attributes"],
+            }
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sample")(sample_cmd)
+    app.command("calibrate")(calibrate_cmd)
+    app.command("generate")(generate_cmd)

@@ -1,0 +1,94 @@
+"""``vigface models``: list, inspect, add and push model-store entries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from app.cli.common import fail
+from model_store import BUNDLED
+
+app = typer.Typer(no_args_is_help=False, help="List and inspect model-store entries.")
+
+
+@app.callback(invoke_without_command=True)
+def models_list(ctx: typer.Context) -> None:
+    """List model-store entries (name, kind, path)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from model_store import list_models
+
+    for entry in list_models():
+        typer.echo(f"{entry.name}\t{entry.kind}\t{entry.path}")
+
+
+@app.command("add")
+def models_add(
+    run_dir: Path = typer.Argument(..., help="a finished train-fr or train-dit output folder"),
+    name: str = typer.Option(..., help="entry name"),
+    store: Path = typer.Option(BUNDLED, help="store folder"),
+    half: bool = typer.Option(True, help="store DiT weights and prototypes in float16"),
+) -> None:
+    """Copy a trained model into a store folder, without checkpoints."""
+    import shutil
+
+    import torch
+
+    from vigface.fr_model import FRModel, ModelFormatError
+    from vigface.generator.artifact import Generator
+
+    dest = store / name
+    if dest.exists():
+        fail(f"{dest} exists; remove it first or pick another --name")
+    dtype = torch.float16 if half else torch.float32
+    tmp = store / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if (run_dir / "dit").is_dir():
+            Generator.load(run_dir).save(tmp, dtype=dtype)
+        else:
+            FRModel.load(run_dir).save(tmp, prototype_dtype=dtype)
+    except ModelFormatError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        fail(str(exc))
+    for extra in ("train_log.jsonl", "loss_curve.png", "grids"):
+        src = run_dir / extra
+        if src.is_file():
+            shutil.copy2(src, tmp / extra)
+        elif src.is_dir():
+            shutil.copytree(src, tmp / extra)
+    tmp.rename(dest)
+    typer.echo(str(dest))
+
+
+@app.command("push")
+def models_push(
+    folder: Path = typer.Argument(..., help="a model folder (store entry)"),
+    name: str | None = typer.Option(None, help="entry name (default: the folder name)"),
+) -> None:
+    """Upload a model to the configured object store (VIGFACE_STORAGE_URL) by content hash."""
+    from model_store.remote import push
+    from model_store.storage import open_store
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    try:
+        digest = push(
+            open_store(settings.storage_url, settings.s3_endpoint_url), folder, name or folder.name
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"{name or folder.name}@{digest}")
+
+
+@app.command("show")
+def models_show(name: str) -> None:
+    """Print a model card as JSON."""
+    from model_store import ModelNotFound, read_card
+
+    try:
+        typer.echo(json.dumps(read_card(name), indent=2))
+    except ModelNotFound as exc:
+        fail(str(exc))

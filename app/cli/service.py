@@ -1,0 +1,131 @@
+"""Running the service: ``serve``, ``quickstart``, ``worker``, and ``vigface admin`` for
+teams and keys (same settings as the service: ``VIGFACE_*``)."""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli.common import fail
+
+admin_app = typer.Typer(no_args_is_help=True, help="Teams and API keys (same settings as serve).")
+
+
+def _sessions():
+    from workers.db.session import init_db, session_factory
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    init_db(settings.database_url)
+    return session_factory(settings.database_url), settings
+
+
+@admin_app.command("create-team")
+def create_team_cmd(
+    name: str,
+    quota: int | None = typer.Option(None, min=0, help="images per month (default: settings)"),
+    admin: bool = typer.Option(False, help="admin role: sees every team's jobs"),
+) -> None:
+    """Create a team."""
+    from app.services.auth import create_team
+
+    sessions, settings = _sessions()
+    with sessions() as db:
+        try:
+            team = create_team(
+                db, name, settings.default_monthly_quota if quota is None else quota, admin
+            )
+        except ValueError as exc:
+            fail(str(exc))
+        typer.echo(f"created team {team.name} (id {team.id})")
+
+
+@admin_app.command("create-key")
+def create_key_cmd(team: str) -> None:
+    """Create an API key for a team; the key is the last line printed (shown only once)."""
+    from app.services.auth import create_key
+
+    sessions, _ = _sessions()
+    with sessions() as db:
+        try:
+            key = create_key(db, team)
+        except ValueError as exc:
+            fail(str(exc))
+    typer.echo(f"API key for {team} (store it now; only its hash is kept):")
+    typer.echo(key)
+
+
+def serve_cmd(
+    host: str | None = typer.Option(None, help="default: VIGFACE_HOST (127.0.0.1)"),
+    port: int | None = typer.Option(None, help="default: VIGFACE_PORT (8000)"),
+    embedded_worker: bool | None = typer.Option(
+        None, help="run shards in this process (default: when no broker is configured)"
+    ),
+) -> None:
+    """Start the API (and, without a broker, an in-process worker)."""
+    import uvicorn
+
+    from app.main import create_app
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    api = create_app(settings)
+    if embedded_worker if embedded_worker is not None else not settings.broker_url:
+        from workers.embedded import EmbeddedWorker
+
+        worker = EmbeddedWorker(api.state.sessions, settings)
+        worker.start()
+    if settings.broker_url:
+        from workers.reaper import Reaper
+
+        Reaper(api.state.sessions, api.state.enqueue_shard, settings.lease_seconds / 4).start()
+    uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
+
+
+def quickstart_cmd(
+    team: str = typer.Option("demo", help="team created on first start"),
+    host: str | None = None,
+    port: int | None = None,
+) -> None:
+    """The embedded service for a first try: creates a team and prints its API key the first
+    time, then serves the API with an in-process worker (SQLite, local store, demo model)."""
+    from sqlalchemy import select
+
+    from app.services.auth import create_key, create_team
+    from workers.db.models import Team
+
+    sessions, settings = _sessions()
+    with sessions() as db:
+        if db.scalar(select(Team).where(Team.name == team)) is None:
+            create_team(db, team, settings.default_monthly_quota)
+            key = create_key(db, team)
+            typer.secho(
+                f"Team {team!r} created. Its API key (shown once, only its hash is kept):",
+                fg=typer.colors.GREEN,
+            )
+            typer.echo(key)
+        else:
+            typer.echo(f"Team {team!r} exists; a new key: vigface admin create-key {team}")
+    serve_cmd(host=host, port=port, embedded_worker=True)
+
+
+def worker_cmd(
+    queues: str = typer.Option("gpu", help="Celery queues to consume"),
+    concurrency: int = typer.Option(1, help="processes: one per GPU"),
+) -> None:
+    """Start a Celery GPU worker (needs VIGFACE_BROKER_URL)."""
+    from workers.settings import get_settings
+
+    if not get_settings().broker_url:
+        fail("VIGFACE_BROKER_URL is not set: the worker needs a broker (or use `vigface serve`)")
+    _sessions()
+    from workers.celery_app import celery_app
+
+    celery_app.worker_main(
+        ["worker", "-Q", queues, "-c", str(concurrency), "--loglevel", "INFO", "-n", "vigface@%h"]
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_cmd)
+    app.command("quickstart")(quickstart_cmd)
+    app.command("worker")(worker_cmd)

@@ -1,0 +1,169 @@
+"""Training and evaluation commands: stage 1 (``train-fr``, ``refit-virtual``), stage 2
+(``train-dit``), verification (``eval-fr``) and ONNX export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from app.cli.common import (
+    evaluate_pairs_file,
+    fail,
+    load_fr,
+    record_evaluation,
+    setup_logging,
+)
+
+
+def train_fr_cmd(
+    config: Path = typer.Option(..., help="YAML training config (see vigface/configs/)"),
+    data: Path = typer.Option(..., help="aligned-face ImageFolder: <data>/<identity>/*.jpg"),
+    out: Path = typer.Option(..., help="output model folder (a model-store FR artifact)"),
+    resume: bool = typer.Option(True, help="continue from <out>/checkpoints/last.pt if present"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if any)"),
+    eval_pairs: Path | None = typer.Option(None, help=".bin pairs evaluated into the card"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="override a config key, e.g. --set head.num_virtual=0 (repeatable)"
+    ),
+    verbose: bool = False,
+) -> None:
+    """Stage 1: train ArcFace with virtual prototypes (DDP when run under torchrun)."""
+    from vigface.config import ConfigError, load_config, parse_overrides
+    from vigface.data import DatasetError
+    from vigface.training.fr import train_fr
+
+    setup_logging(verbose)
+    try:
+        cfg = load_config(config, overrides=parse_overrides(set_))
+        model = train_fr(cfg, data, out, resume=resume, device=device)
+    except (ConfigError, DatasetError) as exc:
+        fail(str(exc))
+    pairs = eval_pairs or (Path(cfg.eval_pairs) if cfg.eval_pairs else None)
+    if model is not None and pairs is not None:
+        metrics = evaluate_pairs_file(model, pairs)
+        record_evaluation(model, metrics, pairs, out)
+        typer.echo(json.dumps(metrics))
+
+
+def eval_fr_cmd(
+    model: str = typer.Option(..., help="model folder or model-store name"),
+    pairs: Path = typer.Option(..., help="insightface .bin verification file"),
+    update_card: bool = typer.Option(False, help="write dev_accuracy into the model card"),
+) -> None:
+    """Verification accuracy (10-fold, insightface protocol); prints one JSON line."""
+    fr = load_fr(model)
+    metrics = evaluate_pairs_file(fr, pairs)
+    if update_card:
+        from model_store import resolve
+
+        record_evaluation(fr, metrics, pairs, resolve(model, part="fr"))
+    typer.echo(json.dumps(metrics))
+
+
+def refit_virtual_cmd(
+    model: str = typer.Option(..., help="FR model folder or store name (its fr/ part is used)"),
+    data: Path = typer.Option(..., help="the real training ImageFolder of that FR model"),
+    out: Path = typer.Option(..., help="new FR model folder to write (must not exist)"),
+    energy: float = typer.Option(0.9, help="share of W_R's energy the face subspace holds"),
+    steps: int = typer.Option(1500, min=1),
+    batch_size: int = typer.Option(512, min=2, help="real embeddings per step"),
+    lr: float = typer.Option(0.1, min=0, help="SGD (momentum 0.9) learning rate for W_V"),
+    seed: int = 0,
+    max_real_cos: float | None = typer.Option(
+        None, help="hinge: pull virtual prototypes closer than this to a real one away from it"
+    ),
+    real_margin_weight: float = typer.Option(50.0, min=0, help="weight of that hinge"),
+    half: bool = typer.Option(False, help="store prototypes in fp16 (bundled models)"),
+) -> None:
+    """Re-fit W_V inside the face subspace with the backbone and W_R frozen
+    (vigface/training/virtual_refit.py); prints the new prototype statistics."""
+    import shutil
+
+    import torch
+
+    from model_store import resolve
+    from vigface.data import DatasetError
+    from vigface.training.virtual_refit import real_embeddings, refit_virtual
+
+    if not 0 < energy <= 1:
+        fail(f"--energy must be in (0, 1], got {energy}")
+    if max_real_cos is not None and not -1 < max_real_cos < 1:
+        fail(f"--max-real-cos must be a cosine in (-1, 1), got {max_real_cos}")
+    if out.exists():
+        fail(f"--out {out} already exists; refit writes a new model folder")
+    fr = load_fr(model)
+    try:
+        emb, labels = real_embeddings(fr, data)
+        refit = refit_virtual(
+            fr, emb, labels, energy, steps, batch_size, lr, seed, max_real_cos, real_margin_weight
+        )
+    except (DatasetError, ValueError) as exc:
+        fail(str(exc))
+    refit.card["virtual_refit"]["source"] = str(model)
+    refit.save(out, prototype_dtype=torch.float16 if half else torch.float32)
+    log_file = resolve(model, part="fr") / "train_log.jsonl"
+    if log_file.is_file():
+        shutil.copy2(log_file, out / "train_log.jsonl")
+    r = refit.card["virtual_refit"]
+    typer.echo(
+        json.dumps(
+            {
+                "subspace_dims": r["subspace_dims"],
+                "virtual_energy_in_span": [
+                    r["virtual_energy_in_span_before"],
+                    r["virtual_energy_in_span_after"],
+                ],
+                "orthogonality": refit.card["orthogonality"],
+                "seconds": r["seconds"],
+            }
+        )
+    )
+
+
+def train_dit_cmd(
+    config: Path = typer.Option(..., help="YAML stage-2 config (see vigface/configs/)"),
+    data: Path = typer.Option(..., help="aligned-face ImageFolder with <data>_landmarks.csv"),
+    fr: str = typer.Option(..., help="stage-1 FR model folder or store name"),
+    out: Path = typer.Option(..., help="output generator folder (a model-store entry)"),
+    resume: bool = typer.Option(True, help="continue from <out>/checkpoints/last.pt if present"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if any)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key (repeatable)"),
+    verbose: bool = False,
+) -> None:
+    """Stage 2: train the landmark-conditioned DiT (DDP when run under torchrun)."""
+    from model_store import ModelNotFound, resolve
+    from vigface.config import ConfigError, TrainDiTConfig, load_config, parse_overrides
+    from vigface.data import DatasetError
+    from vigface.fr_model import ModelFormatError
+    from vigface.training.dit import train_dit
+
+    setup_logging(verbose)
+    try:
+        cfg = load_config(config, TrainDiTConfig, parse_overrides(set_))
+        if cfg.init_from:  # a store name or a folder; the core only takes folders
+            cfg = cfg.model_copy(update={"init_from": str(resolve(cfg.init_from))})
+        train_dit(cfg, data, resolve(fr, part="fr"), out, resume=resume, device=device)
+    except (ConfigError, DatasetError, ModelNotFound, ModelFormatError) as exc:
+        fail(str(exc))
+
+
+def export_onnx_cmd(
+    model: str = typer.Option(..., help="model folder or model-store name"),
+    out: Path = typer.Option(..., help="output .onnx file"),
+) -> None:
+    """Export the backbone (112x112 input, dynamic batch) for insightface.model_zoo."""
+    from vigface.export.onnx import export_backbone
+
+    fr = load_fr(model)
+    export_backbone(fr, out)
+    typer.echo(str(out))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-fr")(train_fr_cmd)
+    app.command("eval-fr")(eval_fr_cmd)
+    app.command("refit-virtual")(refit_virtual_cmd)
+    app.command("train-dit")(train_dit_cmd)
+    app.command("export-onnx")(export_onnx_cmd)

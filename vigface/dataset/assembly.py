@@ -1,0 +1,147 @@
+"""One dataset from one or more built parts: formats, manifest, card and report.
+
+A part is a :class:`vigface.dataset.pipeline.DatasetBuilder` whose chunks are all finished
+(the shards of a service job, in order; class labels continue from part to part). The report
+holds the paper's attributes (C_k, S_k, D_k), the leakage statistics of images and identity
+means against the real set's own nearest-negative distribution, the filters' counts and the
+drawn pose histogram.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from vigface.constants import CROP_SIZE
+from vigface.dataset.metrics import dataset_attributes, summary
+from vigface.dataset.pose import YAW_BINS, total_variation
+from vigface.dataset.writers import (
+    ImageRecord,
+    encode_jpeg,
+    write_imagefolder,
+    write_json,
+    write_manifest,
+    write_recordio,
+    write_webdataset,
+)
+from vigface.precision import dtype_name
+
+
+def write_dataset(parts: list, out_dir: str | Path) -> dict:
+    """Write the formats, manifest, card and report of the dataset made of ``parts``."""
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    first, spec = parts[0], parts[0].spec
+    records, images, embs, rejected = [], [], [], []
+    for part in parts:
+        r, im, em, rej = part.records(first_label=len({x.label for x in records}))
+        records += r
+        images.append(im)
+        embs.append(em)
+        rejected += rej
+    images, embs = np.concatenate(images), np.concatenate(embs)
+    items = list(zip(records, [encode_jpeg(img) for img in images], strict=True))
+    if "imagefolder" in spec.formats:
+        write_imagefolder(out / "imagefolder", items)
+    if "recordio" in spec.formats:
+        write_recordio(out / "recordio", items)
+    if "webdataset" in spec.formats:
+        write_webdataset(out / "webdataset", items)
+    write_manifest(out / "manifest.csv", records + rejected)
+    labels = np.array([r.label for r in records])
+    num_classes = len(set(labels.tolist()))
+    card = {
+        "num_classes": num_classes,
+        "num_image": len(records),
+        "image_size": [CROP_SIZE, CROP_SIZE],
+        "formats": spec.formats,
+        "kind": first.kind,
+        "model": first.gen.card.get("name", ""),
+        "spec": spec.model_dump(),
+        "sampler": {
+            "precision": dtype_name(first.sampler.dtype),
+            "compiled": first.sampler.forward is not first.sampler.dit,
+        },
+    }
+    write_json(out / "dataset_card.json", card)
+    counts, seconds = Counter(), Counter()
+    for p in parts:
+        counts.update(p.counts)
+        seconds.update(p.seconds)
+    generated = max(counts.get("generated", 0), 1)
+    report = {
+        "dataset": card,
+        "thresholds": {"tau_consistency": first.tau_c, "tau_leak": first.tau_leak},
+        "attributes": dataset_attributes(embs, labels),
+        "cos_own": summary([r.cos_own for r in records]),
+        "leakage": {
+            "image_nearest_real": summary([r.nearest_real_cos for r in records]),
+            "identity_nearest_real": summary(
+                identity_nearest_real(embs, labels, records, first.real, first.kind == "real")
+            ),
+            "real_nearest_negative": first.gen.card.get("filters", {}).get("real_nearest_negative"),
+        },
+        "counts": {
+            **counts,
+            "accepted": len(records),
+            "acceptance_rate": round(len(records) / generated, 4),
+            "regeneration_rate": round(counts.get("regenerated", 0) / generated, 4),
+        },
+        "histograms": similarity_histograms(records + rejected),
+        "pose": pose_report(parts),
+    }
+    from vigface.dataset.report import write_html_report
+
+    write_html_report(out / "report.html", report, out)
+    seconds["writing"] += time.perf_counter() - t0
+    report["timing"] = {k: round(v, 2) for k, v in seconds.items()}
+    report["timing"]["share_outside_sampling"] = round(
+        1 - seconds["sampling"] / max(sum(seconds.values()), 1e-9), 4
+    )
+    write_json(out / "report.json", report)
+    return report
+
+
+def identity_nearest_real(
+    embs: np.ndarray,
+    labels: np.ndarray,
+    records: list[ImageRecord],
+    real: np.ndarray,
+    augmentation: bool,
+) -> np.ndarray:
+    """Each class's largest cosine between its normalised mean embedding and a real prototype
+    (another one than its own when augmenting a real class)."""
+    num_classes = len(set(labels.tolist()))
+    ident = np.stack([embs[labels == c].mean(0) for c in range(num_classes)])
+    ident /= np.linalg.norm(ident, axis=1, keepdims=True)
+    sims = ident @ real.T
+    if augmentation:
+        own = {r.label: r.prototype_id for r in records}
+        sims[np.arange(num_classes), [own[c] for c in range(num_classes)]] = -2
+    return sims.max(1)
+
+
+def pose_report(parts: list) -> dict:
+    """Requested and drawn yaw-bin shares over all parts, and their total variation."""
+    first = parts[0]
+    drawn_bins = np.concatenate([p.bank.bins[p.plan.pose_idx] for p in parts])
+    drawn = np.bincount(drawn_bins, minlength=len(YAW_BINS)) / len(drawn_bins)
+    return {
+        "bins": YAW_BINS,
+        "requested": first.plan.pose_weights.round(4).tolist(),
+        "drawn": drawn.round(4).tolist(),
+        "total_variation": round(total_variation(drawn, first.plan.pose_weights), 4),
+    }
+
+
+def similarity_histograms(records: list[ImageRecord], bins: int = 24) -> dict:
+    """Counts of own-prototype and nearest-real cosines over every draw, on shared edges."""
+    edges = np.linspace(-0.2, 1.0, bins + 1)
+    return {
+        "edges": edges.round(3).tolist(),
+        "cos_own": np.histogram([r.cos_own for r in records], edges)[0].tolist(),
+        "nearest_real": np.histogram([r.nearest_real_cos for r in records], edges)[0].tolist(),
+    }

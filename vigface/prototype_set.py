@@ -1,0 +1,23 @@
+"""The identity of a set of virtual prototypes, independent of where and how it is stored.
+
+The service sells rows of W_V. Two model folders (a store name, a copy under another path, a
+re-push, an fp16 bundle of fp32 weights) that hold the same W_V must share one ledger, so the
+ledger is keyed by this digest rather than by a name: SHA-256 over the shape and the
+L2-normalised rows rounded to float16 (ArcFace only sees directions; float16 is the storage
+precision of bundled models, whose cosines differ from float32 by < 1e-3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+
+def prototype_set_digest(virtual: np.ndarray) -> str:
+    w = np.asarray(virtual, np.float32)
+    w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+    h = hashlib.sha256(b"vigface-wv-v1")
+    h.update(np.asarray(w.shape, "<i8").tobytes())
+    h.update(w.astype("<f2").tobytes())
+    return h.hexdigest()
