@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -77,47 +78,69 @@ def test_generate_writes_every_format_and_resumes_byte_identically(tiny_generato
     assert _files(out) == first
 
 
-def test_rejected_identities_are_replaced_and_counted(tiny_generator, tmp_path, monkeypatch):
+def _spec(**kw):
+    base = dict(identities=3, images_per_identity=2, steps=2, batch_size=4, max_attempts=2)
+    return DatasetSpec(**{**base, **kw})
+
+
+def test_the_real_filters_reject_on_both_sides_and_replace_identities(tiny_generator, tmp_path):
+    """No stub: a first run with the filters open gives every first draw's cosines; a second
+    run with thresholds between those values must reject exactly the draws beyond them."""
     gen = Generator.load(tiny_generator)
-    spec = DatasetSpec(
-        identities=3,
-        images_per_identity=2,
-        steps=2,
-        batch_size=4,
-        max_attempts=2,
-        tau_consistency=-1.0,
-        tau_leak=1.0,
-    )
-    builder = DatasetBuilder(
-        gen, spec, tmp_path / "ds", candidates=[7, 8, 9, 10, 11], progress=False
-    )
-    real = builder._judge_images
-
-    def judge(images, slots, protos):  # prototype 8 never passes consistency
-        emb, cos_own, near, near_id, ok_c, ok_l = real(images, slots, protos)
-        return emb, cos_own, near, near_id, ok_c & (protos != 8), ok_l
-
-    monkeypatch.setattr(builder, "_judge_images", judge)
-    report = builder.run()
-    rows = list(csv.DictReader((tmp_path / "ds" / "manifest.csv").open()))
-    accepted = [r for r in rows if r["accepted"] == "True"]
-    assert sorted({int(r["prototype_id"]) for r in accepted}) == [7, 9, 10]
-    refused = [r for r in rows if r["accepted"] == "False"]
-    assert len(refused) == 4 and {r["prototype_id"] for r in refused} == {"8"}
-    assert all(r["passed_consistency"] == "False" and r["file"] == "" for r in refused)
-    assert sorted(int(r["attempt"]) for r in refused) == [0, 0, 1, 1]
+    cands = list(range(7, 40))
+    open_run = DatasetBuilder(
+        gen, _spec(tau_consistency=-1.0, tau_leak=1.0), tmp_path / "a", cands, progress=False
+    ).run()
+    assert open_run["counts"]["accepted"] == 6
+    rows = list(csv.DictReader((tmp_path / "a" / "manifest.csv").open()))
+    own = sorted(float(r["cos_own"]) for r in rows)
+    near = sorted(float(r["nearest_real_cos"]) for r in rows)
+    tau_c = (own[1] + own[2]) / 2  # the two lowest first draws fail consistency
+    tau_l = (near[-2] + near[-1]) / 2  # the highest first draw leaks
+    report = DatasetBuilder(
+        gen, _spec(tau_consistency=tau_c, tau_leak=tau_l), tmp_path / "b", cands, progress=False
+    ).run()
+    rows = list(csv.DictReader((tmp_path / "b" / "manifest.csv").open()))
+    for r in rows:
+        own_ok, leak_ok = float(r["cos_own"]) >= tau_c, float(r["nearest_real_cos"]) <= tau_l
+        if r["accepted"] == "True":
+            assert own_ok and leak_ok
+        elif r["passed_consistency"] == "True" and r["passed_leakage"] == "True":
+            pass  # passed alone, discarded with its dropped identity
+        else:
+            assert r["passed_consistency"] == str(own_ok) and r["passed_leakage"] == str(leak_ok)
+    first = [r for r in rows if r["attempt"] == "0" and int(r["prototype_id"]) in (7, 8, 9)]
+    assert sum(r["passed_consistency"] == "False" for r in first) == 2
+    assert sum(r["passed_leakage"] == "False" for r in first) >= 1
     c = report["counts"]
-    assert c["identities_dropped"] == 1 and c["identities_replaced"] == 1
-    assert c["rejected_consistency"] == 4  # 2 images x 2 attempts of prototype 8
-    assert c["regenerated"] == 2 and c["accepted"] == 6
-    assert report["dataset"]["num_image"] == 6
+    assert c["accepted"] == 6 and report["dataset"]["num_classes"] == 3
+    refused = [r for r in rows if r["accepted"] == "False"]
+    assert c["generated"] == 6 + len(refused)
+    assert c["rejected_consistency"] == sum(r["passed_consistency"] == "False" for r in refused)
+    assert c["rejected_leakage_prototypes"] == sum(r["passed_leakage"] == "False" for r in refused)
+    assert c["identities_replaced"] == c["identities_dropped"]
+    assert c["identities_replaced"] == len({r["prototype_id"] for r in rows}) - 3
 
 
 def test_running_out_of_prototypes_is_a_clear_error(tiny_generator, tmp_path):
     r = _generate(
         tiny_generator, tmp_path / "x", "--tau-consistency", "0.9999", "--max-attempts", "1"
     )
-    assert r.exit_code == 2 and "ran out of free virtual prototypes" in r.output
+    assert r.exit_code == 2 and "ran out of spare virtual prototypes" in r.output
+    assert "failed consistency" in r.output and "cos_own >= 0.9999" in r.output
+
+
+def test_a_filter_that_rejects_everything_ends_soon_naming_it(tiny_generator, tmp_path):
+    r = _generate(tiny_generator, tmp_path / "x", "--tau-leak", "-1", "--spares", "2")
+    assert r.exit_code == 2, r.output
+    assert "3 identities dropped with 2 spares" in r.output
+    assert "nearest real prototype <= -1" in r.output
+    drawn = re.search(
+        r"Of (\d+) images drawn, 0 failed consistency and (\d+) leakage "
+        r"\(prototypes (\d+), gallery 0, judge 0\)",
+        r.output,
+    )
+    assert drawn and drawn[1] == drawn[2] == drawn[3], r.output
     r = runner.invoke(
         app,
         [
@@ -177,8 +200,8 @@ def test_pose_draws_only_bins_the_bank_has(tiny_generator, tmp_path):
         pose="uniform_yaw",
     )
     b = DatasetBuilder(gen, spec, tmp_path, progress=False)
-    drawn = np.bincount(b.bank.bins[b.pose_idx], minlength=7) / 4
-    assert np.abs(drawn - b.pose_weights).sum() / 2 == 0  # the bank has frontal faces only
+    drawn = np.bincount(b.bank.bins[b.plan.pose_idx], minlength=7) / 4
+    assert np.abs(drawn - b.plan.pose_weights).sum() / 2 == 0  # the bank has frontal faces only
 
 
 def test_real_augment_fills_small_classes_from_their_own_prototypes(tiny_generator, tmp_path):
