@@ -34,6 +34,9 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     eta_seconds: float | None
     error: str | None
+    webhook: dict | None = Field(
+        None, description="the completion webhook's delivery: status, attempts, last_error"
+    )
 
 
 class JobPage(BaseModel):

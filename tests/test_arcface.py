@@ -31,8 +31,12 @@ def test_head_loss_is_cross_entropy_over_real_and_virtual_rows():
     f, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
     fv, yv = torch.randn(2, 4), torch.tensor([0, 1])
     W = F.normalize(torch.cat([head.real, head.virtual]).detach(), dim=1)
-    logits = arcface_logits(
-        F.normalize(torch.cat([f, fv]), dim=1) @ W.T, torch.cat([y, yv + 3]), 10.0, 0.2
-    )
-    expected = F.cross_entropy(logits, torch.cat([y, yv + 3]))
+    cos = F.normalize(torch.cat([f, fv]), dim=1) @ W.T
+    target = torch.cat([y, yv + 3])
+    # the ArcFace formula written out: s * cos(theta_y + m) on the target, s * cos elsewhere
+    # (theta_y + m < pi for these draws, checked below)
+    theta = torch.acos(cos.gather(1, target[:, None]).clamp(-1, 1))
+    assert float((theta + 0.2).max()) < math.pi
+    logits = 10.0 * cos.scatter(1, target[:, None], torch.cos(theta + 0.2))
+    expected = F.cross_entropy(logits, target)
     torch.testing.assert_close(head(f, y, fv, yv), expected)

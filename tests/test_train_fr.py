@@ -75,7 +75,8 @@ def test_cli_train_eval_models_and_onnx(face_folder, tiny_config, tmp_path, monk
     )
     assert r.exit_code == 0, r.output
     card = json.loads((out / "model_card.json").read_text())
-    assert 0.0 <= card["dev_accuracy"] <= 1.0
+    # the six synthetic people it trained on, in held-out pairs: far above chance (0.98 seen)
+    assert card["dev_accuracy"] >= 0.8
 
     monkeypatch.setenv("VIGFACE_MODEL_STORE", str(store))
     r = runner.invoke(app, ["eval-fr", "--model", "tiny-fr", "--pairs", str(pairs)])

@@ -5,11 +5,12 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from workers.webhooks import deliver, sign
+from workers.webhooks import attempt_delivery, deliver_due, notify, sign
 
 
 @pytest.fixture
@@ -43,25 +44,74 @@ def test_signature_is_standard_webhooks():
     assert sig == "v1," + base64.b64encode(expected).decode()
 
 
-def test_delivery_retries_until_accepted(receiver):
+def _outbox(tmp_path, url, **kw):
+    """A database with one job whose webhook is ``url``, its outbox row, and the settings."""
+    from app.services.auth import create_team
+    from workers.db.models import Job, JobStatus
+    from workers.db.session import init_db, session_factory
+    from workers.settings import Settings
+
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/db.sqlite",
+        webhook_secret="s3cret",
+        webhook_backoff_seconds=0.01,
+        **kw,
+    )
+    init_db(settings.database_url)
+    sessions = session_factory(settings.database_url)
+    with sessions() as db:
+        team = create_team(db, "alpha", quota=10)
+        job = Job(team_id=team.id, model="m", spec={}, images_requested=1, webhook_url=url)
+        job.status = JobStatus.SUCCEEDED
+        db.add(job)
+        db.commit()
+        job_id = job.id
+    return sessions, settings, job_id, notify(sessions, settings, job_id)
+
+
+def _deliver_until_settled(sessions, settings, delivery_id):
+    from workers.db.models import WebhookDelivery
+
+    for _ in range(200):
+        status = attempt_delivery(sessions, settings, delivery_id)
+        if status != "pending":
+            break
+        time.sleep(0.02)
+    with sessions() as db:
+        return db.get(WebhookDelivery, delivery_id)
+
+
+def test_delivery_retries_until_accepted_and_logs_attempts(receiver, tmp_path):
     url, state = receiver
     state["fail_first"] = 2
-    assert deliver(
-        url, "s3cret", "job-1:succeeded", {"job_id": "job-1"}, attempts=4, base_delay=0.01
-    )
+    sessions, settings, job_id, delivery = _outbox(tmp_path, url)
+    assert notify(sessions, settings, job_id) is None  # one event per job state
+    row = _deliver_until_settled(sessions, settings, delivery)
+    assert row.status == "delivered" and row.attempts == 3 and row.last_error is None
     assert len(state["calls"]) == 3
     headers, body = state["calls"][-1]
     ts = int(headers["webhook-timestamp"])
-    assert headers["webhook-id"] == "job-1:succeeded"
-    assert headers["webhook-signature"] == sign("s3cret", "job-1:succeeded", ts, body)
-    assert json.loads(body) == {"job_id": "job-1"}
+    assert headers["webhook-id"] == f"{job_id}:succeeded"
+    assert headers["webhook-signature"] == sign("s3cret", f"{job_id}:succeeded", ts, body)
+    assert json.loads(body)["job_id"] == job_id and json.loads(body)["type"] == "job.succeeded"
 
 
-def test_delivery_gives_up_after_its_attempts(receiver):
+def test_delivery_gives_up_after_its_attempts_and_says_why(receiver, tmp_path):
     url, state = receiver
     state["fail_first"] = 99
-    assert not deliver(url, "s", "x", {}, attempts=3, base_delay=0.01)
+    sessions, settings, _, delivery = _outbox(tmp_path, url, webhook_max_attempts=3)
+    row = _deliver_until_settled(sessions, settings, delivery)
+    assert row.status == "failed" and row.attempts == 3 and row.last_error == "HTTP 503"
     assert len(state["calls"]) == 3
+
+
+def test_a_pending_delivery_waits_for_its_backoff(receiver, tmp_path):
+    url, state = receiver
+    state["fail_first"] = 1
+    sessions, settings, _, delivery = _outbox(tmp_path, url)
+    settings = settings.model_copy(update={"webhook_backoff_seconds": 3600})
+    assert deliver_due(sessions, settings) == 1  # first attempt fails: next in an hour
+    assert deliver_due(sessions, settings) == 0 and len(state["calls"]) == 1
 
 
 def test_job_completion_sends_a_signed_webhook(receiver, tiny_generator, tmp_path, monkeypatch):
@@ -111,3 +161,5 @@ def test_job_completion_sends_a_signed_webhook(receiver, tiny_generator, tmp_pat
     assert json.loads(body)["type"] == "job.succeeded" and json.loads(body)["job_id"] == job["id"]
     ts = int(headers["webhook-timestamp"])
     assert headers["webhook-signature"] == sign("hook-secret", headers["webhook-id"], ts, body)
+    shown = TestClient(api).get(f"/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {key}"})
+    assert shown.json()["webhook"] == {"status": "delivered", "attempts": 1, "last_error": None}

@@ -24,7 +24,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue="gpu",
-        task_routes={"vigface.run_shard": {"queue": "gpu"}},
+        task_routes={
+            "vigface.run_shard": {"queue": "gpu"},
+            "vigface.deliver_webhook": {"queue": "webhooks"},
+        },
         broker_transport_options={"visibility_timeout": settings.lease_seconds * 2},
         task_serializer="json",
         accept_content=["json"],

@@ -13,6 +13,7 @@ from sqlalchemy.orm import sessionmaker
 
 from workers.runner import next_queued_shard, run_shard
 from workers.settings import Settings
+from workers.webhooks import deliver_due
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ class EmbeddedWorker(threading.Thread):
         self.stopping = threading.Event()
 
     def run_once(self) -> bool:
+        """Deliver due webhooks, then run one queued shard; False when there was none."""
+        deliver_due(self.sessions, self.settings)
         with self.sessions() as db:
             shard_id = next_queued_shard(db)
         if shard_id is None:

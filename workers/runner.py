@@ -21,12 +21,12 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.loader import load_generator
-from model_store.storage import open_store
-from model_store.storage import put_dir
+from model_store.storage import open_store, put_dir
 from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
 from vigface.dataset.spec import DatasetSpec
 from workers.db.models import LIVE, Job, JobStatus, Shard, ShardStatus, utcnow
 from workers.settings import Settings
+from workers.webhooks import notify
 
 log = logging.getLogger(__name__)
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -204,6 +204,7 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
                 utcnow(),
             )
             db.commit()
+            notify(sessions, settings, job.id)
             return shard.status
         pending = db.scalar(
             select(Shard.id).where(Shard.job_id == job.id, Shard.status != ShardStatus.SUCCEEDED)
@@ -248,8 +249,6 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
             log.exception("finalize of %s failed", job_id)
             job.status, job.error, job.finished_at = JobStatus.FAILED, f"finalize: {exc}", utcnow()
         db.commit()
-    from workers.webhooks import notify
-
     notify(sessions, settings, job_id)
 
 

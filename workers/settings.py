@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     default_monthly_quota: int = Field(1_000_000, ge=0, description="images per team per month")
     session_secret: str = Field("dev-only-change-me", description="signs dashboard cookies")
     webhook_secret: str = Field("dev-only-webhook-secret", description="HMAC key for webhooks")
+    webhook_max_attempts: int = Field(8, ge=1, description="webhook POSTs before giving up")
+    webhook_backoff_seconds: float = Field(
+        2.0, gt=0, description="wait before the 2nd attempt; doubles after each failure"
+    )
 
 
 @lru_cache

@@ -18,3 +18,18 @@ def _sessions():
 @celery_app.task(name="vigface.run_shard", acks_late=True, reject_on_worker_lost=True)
 def run_shard_task(shard_id: int) -> str:
     return run_shard(_sessions(), get_settings(), shard_id)
+
+
+@celery_app.task(name="vigface.deliver_webhook", bind=True, max_retries=None)
+def deliver_webhook_task(self, delivery_id: int) -> str:
+    """One attempt; a pending delivery is retried after the outbox's back-off."""
+    from workers.db.models import DeliveryStatus, WebhookDelivery
+    from workers.webhooks import attempt_delivery, backoff
+
+    settings = get_settings()
+    status = attempt_delivery(_sessions(), settings, delivery_id)
+    if status == DeliveryStatus.PENDING:
+        with _sessions()() as db:
+            attempts = db.get(WebhookDelivery, delivery_id).attempts
+        raise self.retry(countdown=backoff(settings, attempts))
+    return status

@@ -1,8 +1,19 @@
-"""Completion and failure webhooks, signed the Standard Webhooks way.
+"""Completion and failure webhooks through a database outbox, signed the Standard Webhooks way.
 
 Headers ``webhook-id`` (the job id + status), ``webhook-timestamp`` (unix seconds) and
-``webhook-signature: v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>``. Delivery
-is retried with exponential back-off in a background thread; attempts are logged on the job.
+``webhook-signature: v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>``.
+
+When a job reaches a final state, :func:`notify` writes one row to ``webhook_deliveries``
+(unique per ``webhook-id``, so a finalize that runs twice sends one event). Each attempt is one
+POST recorded on that row (``attempts``, ``last_error``, ``next_attempt_at`` with exponential
+back-off); after ``webhook_max_attempts`` the row is ``failed``. Who makes the attempts:
+
+* with a broker, the Celery task ``vigface.deliver_webhook`` (retried by Celery with the same
+  back-off); the reaper also sweeps due rows, so a lost task message delays, never loses, an
+  event;
+* embedded, the in-process worker sweeps due rows between shards.
+
+The job's API record shows the delivery's state (``webhook``).
 """
 
 from __future__ import annotations
@@ -12,13 +23,15 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
+from datetime import timedelta
 
 import httpx
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from workers.db.models import Job
+from workers.db.models import DeliveryStatus, Job, WebhookDelivery, utcnow
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,44 +47,92 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(mac).decode()
 
 
-def deliver(
-    url: str, secret: str, msg_id: str, payload: dict, attempts: int = 5, base_delay: float = 1.0
-) -> bool:
+def post_once(url: str, secret: str, msg_id: str, payload: dict, timeout: float = 10) -> str | None:
+    """One signed POST; None when the receiver accepted it (2xx), else why not."""
     body = json.dumps(payload, sort_keys=True).encode()
-    for n in range(attempts):
-        ts = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(ts),
-            "webhook-signature": sign(secret, msg_id, ts, body),
-        }
-        try:
-            r = httpx.post(url, content=body, headers=headers, timeout=10)
-            if r.status_code < 300:
-                return True
-            log.warning("webhook %s: HTTP %s", url, r.status_code)
-        except httpx.HTTPError as exc:
-            log.warning("webhook %s: %s", url, exc)
-        time.sleep(base_delay * 2**n)
-    return False
+    ts = int(time.time())
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(secret, msg_id, ts, body),
+    }
+    try:
+        r = httpx.post(url, content=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if r.status_code < 300 else f"HTTP {r.status_code}"
 
 
-def notify(sessions: sessionmaker, settings: Settings, job_id: str) -> threading.Thread | None:
+def notify(sessions: sessionmaker, settings: Settings, job_id: str) -> int | None:
+    """Write the outbox row for a job's final state (once) and hand it to a worker."""
     with sessions() as db:
         job = db.get(Job, job_id)
         if job is None or not job.webhook_url:
             return None
-        payload = {
-            "type": f"job.{job.status}",
-            "job_id": job.id,
-            "status": job.status,
-            "images_done": job.images_done,
-            "error": job.error,
-        }
-        url, msg_id = job.webhook_url, f"{job.id}:{job.status}"
-    t = threading.Thread(
-        target=deliver, args=(url, settings.webhook_secret, msg_id, payload), daemon=True
-    )
-    t.start()
-    return t
+        row = WebhookDelivery(
+            job_id=job.id,
+            msg_id=f"{job.id}:{job.status}",
+            url=job.webhook_url,
+            payload={
+                "type": f"job.{job.status}",
+                "job_id": job.id,
+                "status": str(job.status),
+                "images_done": job.images_done,
+                "error": job.error,
+            },
+        )
+        db.add(row)
+        try:
+            db.commit()
+        except IntegrityError:  # this event is in the outbox already
+            db.rollback()
+            return None
+        delivery_id = row.id
+    if settings.broker_url:
+        from workers.tasks import deliver_webhook_task
+
+        deliver_webhook_task.delay(delivery_id)
+    return delivery_id
+
+
+def attempt_delivery(sessions: sessionmaker, settings: Settings, delivery_id: int) -> str:
+    """One attempt at a pending delivery; returns its status afterwards."""
+    with sessions() as db:
+        row = db.get(WebhookDelivery, delivery_id)
+        if row is None or row.status != DeliveryStatus.PENDING:
+            return row.status if row is not None else "missing"
+        error = post_once(row.url, settings.webhook_secret, row.msg_id, row.payload)
+        row.attempts += 1
+        if error is None:
+            row.status, row.delivered_at, row.last_error = DeliveryStatus.DELIVERED, utcnow(), None
+        else:
+            log.warning("webhook %s attempt %d: %s", row.msg_id, row.attempts, error)
+            row.last_error = error
+            if row.attempts >= settings.webhook_max_attempts:
+                row.status = DeliveryStatus.FAILED
+            else:
+                row.next_attempt_at = utcnow() + timedelta(seconds=backoff(settings, row.attempts))
+        db.commit()
+        return row.status
+
+
+def backoff(settings: Settings, attempts: int) -> float:
+    """Seconds before the next attempt after ``attempts`` failed ones."""
+    return settings.webhook_backoff_seconds * 2 ** (attempts - 1)
+
+
+def deliver_due(sessions: sessionmaker, settings: Settings) -> int:
+    """One attempt for every pending delivery whose time has come; returns how many."""
+    with sessions() as db:
+        due = list(
+            db.scalars(
+                select(WebhookDelivery.id).where(
+                    WebhookDelivery.status == DeliveryStatus.PENDING,
+                    WebhookDelivery.next_attempt_at <= utcnow(),
+                )
+            )
+        )
+    for delivery_id in due:
+        attempt_delivery(sessions, settings, delivery_id)
+    return len(due)

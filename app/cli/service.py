@@ -77,7 +77,9 @@ def serve_cmd(
     if settings.broker_url:
         from workers.reaper import Reaper
 
-        Reaper(api.state.sessions, api.state.enqueue_shard, settings.lease_seconds / 4).start()
+        Reaper(
+            api.state.sessions, settings, api.state.enqueue_shard, settings.lease_seconds / 4
+        ).start()
     uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
 
 
@@ -109,7 +111,9 @@ def quickstart_cmd(
 
 
 def worker_cmd(
-    queues: str = typer.Option("gpu", help="Celery queues to consume"),
+    queues: str = typer.Option(
+        "gpu,webhooks", help="Celery queues to consume (shards, webhook deliveries)"
+    ),
     concurrency: int = typer.Option(1, help="processes: one per GPU"),
 ) -> None:
     """Start a Celery GPU worker (needs VIGFACE_BROKER_URL)."""

@@ -225,7 +225,16 @@ def job_out(job: Job) -> JobOut:
         finished_at=job.finished_at,
         eta_seconds=eta,
         error=job.error,
+        webhook=webhook_state(job),
     )
+
+
+def webhook_state(job: Job) -> dict | None:
+    """The latest outbox row of this job, as the job record shows it."""
+    if not job.webhook_deliveries:
+        return None
+    d = job.webhook_deliveries[-1]
+    return {"status": d.status, "attempts": d.attempts, "last_error": d.last_error}
 
 
 def create_job(

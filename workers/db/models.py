@@ -87,6 +87,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     team: Mapped[Team] = relationship()
     shards: Mapped[list[Shard]] = relationship(back_populates="job", order_by="Shard.index")
+    webhook_deliveries: Mapped[list[WebhookDelivery]] = relationship(
+        order_by="WebhookDelivery.id", viewonly=True
+    )
 
 
 class Shard(Base):
@@ -119,3 +122,28 @@ class LedgerEntry(Base):
     prototype_id: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """The webhook outbox: one row per event, written when the job reaches a final state.
+    Deliveries survive worker restarts; every attempt is counted here (``attempts``,
+    ``last_error``), and ``msg_id`` (the ``webhook-id`` header) makes the event unique."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    msg_id: Mapped[str] = mapped_column(String(100), unique=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    payload: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -1,0 +1,226 @@
+"""What an outsider sees: identity distances by an FR model that took no part in training.
+
+The generator's identity loss, the filters and C_k/S_k all use our stage-1 FR model, so they
+reward what that one model responds to. The judge here is dlib's ResNet face descriptor
+(128-D, trained by Davis King on about 3 million faces; 98.9 % on LFW-112 dev pairs with the
+fixed box below): it installs from PyPI (``dlib-bin`` and ``face-recognition-models``, which
+ships the weights) and is never used by training or by the filters.
+
+Distances are Euclidean between unit descriptors (dlib's own same-person threshold is 0.6 on
+raw descriptors, which are close to unit length):
+
+* ``within``: mean over identities of the mean pairwise distance of its images;
+* ``between``: mean over identities of the distance from its centre (normalised mean
+  descriptor) to the nearest other identity centre of the same set;
+* ``centre_to_real``: mean over identities of the distance from its centre to the nearest
+  image of a real person (for real people: of another real person).
+
+``between`` depends on how many identities a set holds (more identities, nearer neighbours), so
+real people are always measured with as many identities as the synthetic set, sampled from
+held-out people, at the generator's resolution (:func:`degrade`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vigface.constants import CROP_SIZE
+
+JUDGE_NAME = "dlib_face_recognition_resnet_model_v1"
+# dlib's 5-point shape predictor needs a detector-like box; on the insightface 112-px crop this
+# fixed one covers brows to chin (LFW-112 dev pairs: 98.93 % with it, 98.77 % with dlib's
+# detector boxes as the data README reports)
+FACE_BOX = (18, 28, 94, 108)
+
+
+def _model_files() -> Path:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the independent judge needs the packages dlib-bin and face-recognition-models "
+            "(pip install -e . installs them)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+class DlibJudge:
+    """dlib's face descriptor on aligned crops of any square size (resized to 112 first)."""
+
+    name = JUDGE_NAME
+
+    def __init__(self):
+        import dlib
+
+        files = _model_files()
+        self._dlib = dlib
+        self.shape = dlib.shape_predictor(str(files / "shape_predictor_5_face_landmarks.dat"))
+        self.net = dlib.face_recognition_model_v1(
+            str(files / "dlib_face_recognition_resnet_model_v1.dat")
+        )
+        self.box = dlib.rectangle(*FACE_BOX)
+
+    def embed(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB -> (N, 128) unit descriptors."""
+        out = []
+        for start in range(0, len(images), batch):
+            chips = []
+            for im in images[start : start + batch]:
+                if im.shape[0] != CROP_SIZE:
+                    im = np.asarray(
+                        Image.fromarray(im).resize((CROP_SIZE, CROP_SIZE), Image.BICUBIC)
+                    )
+                im = np.ascontiguousarray(im)
+                chips.append(self._dlib.get_face_chip(im, self.shape(im, self.box)))
+            out.append(np.asarray(self.net.compute_face_descriptor(chips), np.float32))
+        emb = np.concatenate(out) if out else np.zeros((0, 128), np.float32)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def degrade(images: np.ndarray, resolution: int) -> np.ndarray:
+    """Real crops as the generator delivers its own: box-downsampled to ``resolution`` (as its
+    training data) and bicubic-upsampled back to 112 (as the dataset writer does)."""
+    out = []
+    for im in images:
+        small = Image.fromarray(im).resize((resolution, resolution), Image.BOX)
+        out.append(np.asarray(small.resize((CROP_SIZE, CROP_SIZE), Image.BICUBIC)))
+    return np.stack(out)
+
+
+def _centres(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    classes = np.unique(labels)
+    c = np.stack([emb[labels == k].mean(0) for k in classes])
+    return classes, c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+
+
+def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise Euclidean distances of unit vectors."""
+    return np.sqrt(np.maximum(2 - 2 * a @ b.T, 0))
+
+
+def identity_distances(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    real_emb: np.ndarray | None = None,
+    real_labels: np.ndarray | None = None,
+    exclude_same_name: list[str] | None = None,
+) -> dict:
+    """The three figures of a set of identities (see the module docstring). ``real_emb`` is
+    the gallery of real people's images; when the set *is* real people, pass their names in
+    ``exclude_same_name`` (one per class, sorted label order) and ``real_labels`` as names so a
+    person's own images in the gallery do not count."""
+    emb, labels = np.asarray(emb, np.float32), np.asarray(labels)
+    classes, centres = _centres(emb, labels)
+    within = []
+    for k in classes:
+        f = emb[labels == k]
+        if len(f) > 1:
+            d = _dist(f, f)
+            within.append(d[np.triu_indices(len(f), 1)].mean())
+    cc = _dist(centres, centres)
+    np.fill_diagonal(cc, np.inf)
+    out = {
+        "identities": int(len(classes)),
+        "images": int(len(emb)),
+        "within": float(np.mean(within)) if within else float("nan"),
+        "between": float(cc.min(1).mean()) if len(classes) > 1 else float("nan"),
+    }
+    if real_emb is not None:
+        d = _dist(centres, np.asarray(real_emb, np.float32))
+        if exclude_same_name is not None:
+            names = np.asarray(real_labels)
+            for i, name in enumerate(exclude_same_name):
+                d[i, names == name] = np.inf
+        out["centre_to_real"] = float(d.min(1).mean())
+    return out
+
+
+def real_reference(
+    judge: DlibJudge,
+    heldout: np.ndarray,
+    heldout_names: np.ndarray,
+    gallery_emb: np.ndarray,
+    gallery_names: np.ndarray,
+    identities: int,
+    resolution: int,
+    seed: int = 0,
+    repeats: int = 5,
+) -> dict:
+    """The same figures for ``identities`` held-out real people (random draws, averaged over
+    ``repeats``), their images degraded to ``resolution``. ``gallery_emb`` holds real images
+    (other people) at the same resolution."""
+    names = np.unique(heldout_names)
+    k = min(identities, len(names))
+    emb_all = judge.embed(degrade(heldout, resolution))
+    rng = np.random.default_rng(seed)
+    runs = []
+    for _ in range(repeats):
+        pick = np.sort(rng.choice(names, k, replace=False))
+        mask = np.isin(heldout_names, pick)
+        runs.append(
+            identity_distances(
+                emb_all[mask],
+                heldout_names[mask],
+                gallery_emb,
+                gallery_names,
+                exclude_same_name=list(pick),
+            )
+        )
+    ref = {key: float(np.mean([r[key] for r in runs])) for key in ("within", "between")}
+    ref["centre_to_real"] = float(np.mean([r["centre_to_real"] for r in runs]))
+    ref.update({"identities": int(k), "resolution": int(resolution), "repeats": repeats})
+    return ref
+
+
+def verdict(synthetic: dict, real: dict) -> dict:
+    """Compare a synthetic set with real people; a plain sentence says what the numbers mean."""
+    distinct = synthetic["within"] <= real["within"] and synthetic["between"] >= real["between"]
+    far = synthetic.get("centre_to_real", np.inf) >= real["centre_to_real"]
+    sentence = (
+        f"By an independent FR model ({JUDGE_NAME}), the identities are "
+        + ("as distinct as real people" if distinct else "less distinct than real people")
+        + f" (within {synthetic['within']:.3f} vs {real['within']:.3f}, between centres "
+        f"{synthetic['between']:.3f} vs {real['between']:.3f}) and "
+        + (
+            "as far from real people as real people are from each other"
+            if far
+            else "closer to real people than real people are to each other"
+        )
+        + f" (centre to nearest real {synthetic.get('centre_to_real', float('nan')):.3f} vs "
+        f"{real['centre_to_real']:.3f}), at {real['resolution']} px."
+    )
+    return {"as_distinct_as_real": bool(distinct), "as_far_as_real": bool(far), "text": sentence}
+
+
+def embed_folder(judge: DlibJudge, root: str | Path, resolution: int | None = None):
+    """Descriptors of every image of an ImageFolder (optionally degraded), and class names."""
+    from vigface.data import AlignedFaceFolder
+
+    ds = AlignedFaceFolder.scan(root)
+    images, labels = ds.load_array(CROP_SIZE)
+    if resolution is not None and resolution < CROP_SIZE:
+        images = degrade(images, resolution)
+    return judge.embed(images), np.asarray(ds.classes)[labels], images
+
+
+def cached_gallery(judge: DlibJudge, root: str | Path, resolution: int, cache: str | Path):
+    """Descriptors of a real ImageFolder at ``resolution``, computed once per folder (the
+    training set takes minutes) and kept as ``.npz`` under ``cache`` (descriptors and names
+    only, no pixels)."""
+    import hashlib
+
+    root = Path(root).resolve()
+    key = hashlib.sha256(f"{JUDGE_NAME}|{root}|{resolution}".encode()).hexdigest()[:16]
+    path = Path(cache) / f"judge_gallery_{key}.npz"
+    if path.is_file():
+        z = np.load(path)
+        return z["emb"], z["names"]
+    emb, names, _ = embed_folder(judge, root, resolution)
+    from vigface.atomic import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, emb=emb.astype(np.float16), names=names)
+    return emb.astype(np.float16).astype(np.float32), names
