@@ -55,6 +55,7 @@ def main() -> None:
             r["group"] = group
             images = r.pop("images_array")
             r.pop("cos_own_all")
+            r.pop("nearest_real_all")
             if args.grids:
                 rows = min(args.grid_rows, args.identities)
                 path = entry / "grids" / f"{group}_g{g:g}.png"

@@ -1,8 +1,11 @@
 """Batched classifier-free-guidance sampling: the one sampler the CLI, benchmarks and workers use.
 
 Per denoising step, the conditional and unconditional halves (``w`` and ``w = 0``) run in a
-single forward pass of ``2B`` and are combined as ``v_u + g (v_c - v_u)``. Requests are
-streamed in batches, so memory stays flat however many images are asked for.
+single forward pass of ``2B`` and are combined as ``v_u + g (v_c - v_u)``. With a guidance
+interval (Kynkaenniemi et al., NeurIPS 2024: guidance helps only in the middle of the noise
+range) the two halves run only for timesteps ``t / T`` inside ``[lo, hi]``; elsewhere the
+conditional branch runs alone, a forward of ``B`` (``g = 1``). Requests are streamed in
+batches, so memory stays flat however many images are asked for.
 
 Determinism: an image's starting noise comes from its own CPU generator seeded by
 :func:`image_seed` (job seed, identity index, image index), and the sampling schedulers are
@@ -68,6 +71,8 @@ class Sampler:
         train_scheduler: the DDPMScheduler it was trained with.
         scheduler: ``"dpmsolver"`` (DPMSolverMultistepScheduler, default) or ``"ddim"``.
         steps: denoising steps. guidance: CFG weight g (paper: 4.0).
+        guidance_interval: ``(lo, hi)`` in ``t / T`` (1 = pure noise): apply CFG only there,
+            the conditional branch alone elsewhere; ``None`` = CFG at every step.
         batch_size: images per forward (the forward itself is 2x that).
         compile: run the DiT through :func:`compile_for_inference` (same images up to float
             rounding; a shard is only byte-reproducible under the same setting).
@@ -85,7 +90,13 @@ class Sampler:
         batch_size: int = 32,
         compile: bool = False,
         precision: str = "auto",
+        guidance_interval: tuple[float, float] | None = None,
     ):
+        if guidance_interval is not None:
+            lo, hi = guidance_interval
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError(f"guidance_interval must be 0 <= lo <= hi <= 1, got {lo}, {hi}")
+        self.guidance_interval = guidance_interval
         self.dit = dit.eval()
         self.device = next(dit.parameters()).device
         self.train_scheduler = train_scheduler
@@ -111,14 +122,35 @@ class Sampler:
         cond = torch.cat([w, torch.zeros_like(w)])
         heat = render_heatmaps(landmarks.to(self.device), self.size)
         heat2 = torch.cat([heat, heat])
+        total = self.train_scheduler.config.num_train_timesteps
         for t in sched.timesteps:
-            x_in = sched.scale_model_input(torch.cat([x, x]), t)
-            t_batch = t.expand(2 * b).to(self.device)
-            with autocast(self.device, self.precision):
-                v = self.forward(x_in, t_batch, cond, heat2).float()
-            v_cond, v_uncond = v[:b], v[b:]
-            x = sched.step(cfg_combine(v_cond, v_uncond, self.guidance), t, x).prev_sample
+            if self.guided(float(t) / total):
+                x_in = sched.scale_model_input(torch.cat([x, x]), t)
+                with autocast(self.device, self.precision):
+                    v = self.forward(x_in, t.expand(2 * b).to(self.device), cond, heat2).float()
+                v = cfg_combine(v[:b], v[b:], self.guidance)
+            else:  # the conditional branch alone: half the work
+                x_in = sched.scale_model_input(x, t)
+                with autocast(self.device, self.precision):
+                    v = self.forward(x_in, t.expand(b).to(self.device), cond[:b], heat).float()
+            x = sched.step(v, t, x).prev_sample
         return to_uint8(x)
+
+    def guided(self, t_frac: float) -> bool:
+        """Does CFG apply at this point ``t / T`` of the noise range?"""
+        if self.guidance == 1.0:
+            return False  # v_u + 1 (v_c - v_u) = v_c: the unconditional half is wasted work
+        if self.guidance_interval is None:
+            return True
+        lo, hi = self.guidance_interval
+        return lo <= t_frac <= hi
+
+    def forwards_per_image(self) -> float:
+        """DiT evaluations per image (a guided step costs two): the sampler's work unit."""
+        sched = sampling_scheduler(self.train_scheduler, self.scheduler_name)
+        sched.set_timesteps(self.steps)
+        total = self.train_scheduler.config.num_train_timesteps
+        return float(sum(2 if self.guided(float(t) / total) else 1 for t in sched.timesteps))
 
     def stream(
         self, requests: Iterable[ImageRequest]

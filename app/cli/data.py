@@ -65,6 +65,7 @@ def sample_cmd(
         fail(str(exc))
     save_grid(res.pop("images_array"), identities, poses, out)
     res.pop("cos_own_all")
+    res.pop("nearest_real_all")
     typer.echo(json.dumps(res))
 
 
@@ -210,7 +211,93 @@ def generate_cmd(
     )
 
 
+def judge_cmd(
+    data: Path = typer.Option(
+        ..., help="a generated dataset folder (its imagefolder/) or any ImageFolder of faces"
+    ),
+    real_data: Path = typer.Option(
+        ..., help="real people to measure nearness to (the generator's training ImageFolder)"
+    ),
+    heldout: Path | None = typer.Option(
+        None, help="held-out real people (ImageFolder) for the reference figures"
+    ),
+    model: str | None = typer.Option(
+        None, help="generator whose card holds (or, with --update-card, gets) the reference"
+    ),
+    resolution: int | None = typer.Option(
+        None, min=8, max=112, help="the generator's resolution (default: the model's)"
+    ),
+    update_card: bool = typer.Option(False, help="store the real reference in the card"),
+    cache: Path | None = typer.Option(
+        None, help="where real galleries' descriptors are kept (default ~/.cache/vigface)"
+    ),
+) -> None:
+    """Identity distances by an independent FR model (dlib), beside real people's at the
+    same resolution; prints one JSON line with a plain-sentence verdict."""
+    import numpy as np
+
+    from model_store import ModelNotFound, read_card, resolve
+    from vigface.data import DatasetError
+    from vigface.dataset.writers import write_json
+    from vigface.evaluation.judge import (
+        DlibJudge,
+        cached_gallery,
+        embed_folder,
+        identity_distances,
+        real_reference,
+        verdict,
+    )
+
+    folder = data / "imagefolder" if (data / "imagefolder").is_dir() else data
+    card = {}
+    if model is not None:
+        try:
+            card = read_card(model)
+        except ModelNotFound as exc:
+            fail(str(exc))
+        if resolution is None:
+            cfg = resolve(model) / "dit" / "config.json"
+            resolution = json.loads(cfg.read_text())["sample_size"] if cfg.is_file() else None
+    if resolution is None:
+        fail("give --resolution or a --model with a dit/ folder")
+    if update_card and (model is None or heldout is None):
+        fail("--update-card needs --model and --heldout")
+    judge = DlibJudge()
+    try:
+        emb, names, _ = embed_folder(judge, folder)  # as delivered: no further degradation
+        cache = cache or Path.home() / ".cache" / "vigface"
+        gallery, gallery_names = cached_gallery(judge, real_data, resolution, cache)
+        ours = identity_distances(emb, names, gallery)
+        ref = card.get("judge", {}).get("real")
+        if heldout is not None:
+            from vigface.data import AlignedFaceFolder
+
+            ds = AlignedFaceFolder.scan(heldout)
+            images, labels = ds.load_array(112)
+            ref = real_reference(
+                judge,
+                images,
+                np.asarray(ds.classes)[labels],
+                gallery,
+                gallery_names,
+                ours["identities"],
+                resolution,
+            )
+    except DatasetError as exc:
+        fail(str(exc))
+    if ref is None:
+        fail("no real reference: pass --heldout (held-out real people) or a calibrated --model")
+    result = {"judge": judge.name, "synthetic": ours, "real": ref, **verdict(ours, ref)}
+    if update_card:
+        path = resolve(model) / "model_card.json"
+        full = json.loads(path.read_text())
+        full["judge"] = {"name": judge.name, "real": ref, "resolution": resolution}
+        write_json(path, full)
+    typer.echo(json.dumps(result))
+
+
 def register(app: typer.Typer) -> None:
     app.command("sample")(sample_cmd)
     app.command("calibrate")(calibrate_cmd)
     app.command("generate")(generate_cmd)
+    app.command("judge")(judge_cmd)

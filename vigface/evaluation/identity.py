@@ -7,6 +7,8 @@ image, its maximum cosine to any real prototype other than its own.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,8 @@ def identity_fidelity(
     batch_size: int = 64,
     scheduler: str = "dpmsolver",
     rows: tuple[int, int] | None = None,
+    guidance_interval: tuple[float, float] | None = None,
+    compile: bool = False,
 ) -> dict:
     """``poses`` is (P, 5, 2): each identity gets one image per pose. The identities are
     spread evenly over the prototype rows ``rows = (first, end)`` (default: all of them)."""
@@ -42,8 +46,19 @@ def identity_fidelity(
         for j in chosen
         for p in range(len(poses))
     ]
-    sampler = Sampler(gen.dit, gen.scheduler, scheduler, steps, guidance, batch_size)
+    sampler = Sampler(
+        gen.dit,
+        gen.scheduler,
+        scheduler,
+        steps,
+        guidance,
+        batch_size,
+        compile=compile,
+        guidance_interval=guidance_interval,
+    )
+    t0 = time.perf_counter()
     images = np.concatenate([imgs for _, imgs in sampler.stream(reqs)])
+    seconds = time.perf_counter() - t0
     emb = fr.embed(images, flip=False)
     own = F.normalize(protos[chosen].float().cpu(), dim=1).repeat_interleave(len(poses), 0)
     cos_own = (emb * own).sum(1)
@@ -60,10 +75,14 @@ def identity_fidelity(
         "images": len(reqs),
         "guidance": guidance,
         "steps": steps,
+        "scheduler": scheduler,
+        "guidance_interval": list(guidance_interval) if guidance_interval else None,
+        "sampling_seconds": round(seconds, 3),
         "cos_own_mean": round(float(cos_own.mean()), 4),
         "cos_own_std": round(float(cos_own.std()), 4),
         "cos_nearest_other_real_mean": round(float(nearest_real.mean()), 4),
         "own_beats_nearest_real": round(float((cos_own > nearest_real).float().mean()), 4),
         "cos_own_all": cos_own.tolist(),
+        "nearest_real_all": nearest_real.tolist(),
         "images_array": images,
     }

@@ -1,8 +1,9 @@
 """v-prediction arithmetic on top of diffusers' schedulers.
 
 Training noises with :class:`diffusers.DDPMScheduler` (``prediction_type="v_prediction"``);
-sampling uses ``DPMSolverMultistepScheduler`` (default) or ``DDIMScheduler`` built from the
-same config, so the noise schedule of training and sampling cannot drift apart.
+sampling uses ``DPMSolverMultistepScheduler`` (default), ``UniPCMultistepScheduler`` or
+``DDIMScheduler`` built from the same config, so the noise schedule of training and
+sampling cannot drift apart.
 
 With ``x_t = a x_0 + b eps`` (``a = sqrt(alpha_bar_t)``, ``b = sqrt(1 - alpha_bar_t)``):
 ``v = a eps - b x_0`` and ``x_0 = a x_t - b v``.
@@ -11,9 +12,18 @@ With ``x_t = a x_0 + b eps`` (``a = sqrt(alpha_bar_t)``, ``b = sqrt(1 - alpha_ba
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler,
+)
 
-SCHEDULERS = {"dpmsolver": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}
+SCHEDULERS = {
+    "dpmsolver": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "ddim": DDIMScheduler,
+}
 
 
 def training_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2"):

@@ -51,5 +51,8 @@ def barrier(ctx: DistContext) -> None:
 
 
 def cleanup(ctx: DistContext) -> None:
+    """Tear the group down on all ranks together: a rank that destroys it while another still
+    works (rank 0 saving the artifact) can abort gloo's threads under load."""
     if ctx.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
