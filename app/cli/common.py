@@ -24,7 +24,7 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def order_option(field: str, *param_decls: str, default=None, **kw):
+def order_option(field: str, *param_decls: str, default=None, help: str | None = None, **kw):
     """A typer option for a :class:`DatasetOrder` field: its help and default come from the
     spec, so the CLI and the API describe an order the same way."""
     info = DatasetOrder.model_fields[field]
@@ -32,7 +32,8 @@ def order_option(field: str, *param_decls: str, default=None, **kw):
         default = ... if info.is_required() else info.default
     if isinstance(default, list):
         default = ",".join(default)
-    return typer.Option(default, *param_decls, help=info.description, **kw)
+    text = info.description + (f" ({help})" if help else "")
+    return typer.Option(default, *param_decls, help=text, **kw)
 
 
 def parse_pose(text: str):
@@ -43,6 +44,17 @@ def parse_pose(text: str):
         return json.loads(text)
     except json.JSONDecodeError as exc:
         fail(f"--pose is not valid JSON: {exc}")
+
+
+def parse_interval(text: str | None):
+    """``lo,hi`` -> (lo, hi); the spec checks the bounds."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        fail(f"--guidance-interval must be two numbers 'lo,hi', not {text!r}")
+    return (lo, hi)
 
 
 def parse_formats(text: str) -> list[str]:

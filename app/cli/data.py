@@ -14,6 +14,7 @@ from app.cli.common import (
     load_generator,
     order_option,
     parse_formats,
+    parse_interval,
     parse_pose,
     validation_message,
 )
@@ -42,20 +43,25 @@ def sample_cmd(
     group: str = typer.Option("virtual", help="virtual or real prototypes"),
     identities: int = typer.Option(8, min=1),
     poses: int = typer.Option(6, min=1),
-    guidance: float = typer.Option(4.0, min=0.0),
-    steps: int = typer.Option(25, min=1, max=1000),
-    scheduler: str = typer.Option("dpmsolver", help="dpmsolver or ddim"),
+    guidance: float | None = typer.Option(None, min=0.0, help="default: the model card's"),
+    steps: int | None = typer.Option(None, min=1, max=1000, help="default: the model card's"),
+    scheduler: str | None = typer.Option(None, help="dpmsolver, unipc or ddim (card's)"),
     seed: int = 0,
     landmarks: Path | None = typer.Option(None, help="CSV to take pose columns from"),
     out: Path = typer.Option(..., help="output PNG grid (rows = identities, columns = poses)"),
 ) -> None:
     """Draw a sample grid and print identity cosines as one JSON line."""
+    from vigface.dataset.spec import sampler_defaults
     from vigface.evaluation.identity import identity_fidelity
     from vigface.generator.grid import save_grid
 
     if group not in ("virtual", "real"):
         fail("--group must be 'virtual' or 'real'")
     gen = load_generator(model)
+    defaults = sampler_defaults(gen.card)
+    guidance = defaults["guidance"] if guidance is None else guidance
+    steps = defaults["steps"] if steps is None else steps
+    scheduler = scheduler or defaults["scheduler"]
     cols = _grid_poses(gen, poses, landmarks)
     try:
         res = identity_fidelity(
@@ -97,9 +103,10 @@ def generate_cmd(
     identities: int = order_option("identities", default=1),
     images_per_identity: int = order_option("images_per_identity"),
     pose: str = order_option("pose"),
-    guidance: float = order_option("guidance"),
-    steps: int = order_option("steps"),
-    scheduler: str = order_option("scheduler"),
+    guidance: float | None = order_option("guidance"),
+    steps: int | None = order_option("steps"),
+    scheduler: str | None = order_option("scheduler"),
+    guidance_interval: str | None = order_option("guidance_interval", help="lo,hi"),
     seed: int = order_option("seed"),
     format_: str = order_option("formats", "--format"),
     mode: str = typer.Option("virtual", help="virtual, or real_augment (fill real classes)"),
@@ -155,6 +162,7 @@ def generate_cmd(
             guidance=guidance,
             steps=steps,
             scheduler=scheduler,
+            guidance_interval=parse_interval(guidance_interval),
             seed=seed,
             formats=parse_formats(format_),
             mode=mode,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from app.cli.common import fail, order_option, parse_formats, parse_pose
+from app.cli.common import fail, order_option, parse_formats, parse_interval, parse_pose
 
 app = typer.Typer(no_args_is_help=True, help="Order datasets from a running service.")
 
@@ -33,9 +33,10 @@ def jobs_submit(
     identities: int = order_option("identities"),
     images_per_identity: int = order_option("images_per_identity"),
     pose: str = order_option("pose"),
-    guidance: float = order_option("guidance"),
-    steps: int = order_option("steps"),
-    scheduler: str = order_option("scheduler"),
+    guidance: float | None = order_option("guidance"),
+    steps: int | None = order_option("steps"),
+    scheduler: str | None = order_option("scheduler"),
+    guidance_interval: str | None = order_option("guidance_interval", help="lo,hi"),
     seed: int = order_option("seed"),
     format_: str = order_option("formats", "--format"),
     model: str | None = None,
@@ -56,10 +57,12 @@ def jobs_submit(
         "guidance": guidance,
         "steps": steps,
         "scheduler": scheduler,
+        "guidance_interval": parse_interval(guidance_interval),
         "seed": seed,
         "priority": priority,
         "formats": parse_formats(format_),
     }
+    order = {k: v for k, v in order.items() if v is not None}  # the model card decides
     if model:
         order["model"] = model
     if webhook_url:

@@ -22,7 +22,7 @@ from app.schemas import JobCreate, JobOut
 from model_store import ModelNotFound, list_models
 from model_store.description import ModelDescription, describe
 from vigface.dataset.pose import PoseSpecError
-from vigface.dataset.spec import DatasetSpec
+from vigface.dataset.spec import DatasetSpec, with_model_defaults
 from workers.db.models import TERMINAL, Job, JobStatus, LedgerEntry, Shard, Team, utcnow
 from workers.settings import Settings
 
@@ -257,6 +257,7 @@ def create_job(
     desc = describe_model(settings, model)
     if desc.pose_bank is None:
         raise JobError(422, "model", f"model {model!r} is not a generator")
+    spec = with_model_defaults(spec, desc.card)  # the job records the values it runs with
     try:
         desc.pose_bank.weights(spec.pose)
     except PoseSpecError as exc:

@@ -29,7 +29,7 @@ from app.services.jobs import (
 from app.services.links import download_link
 from model_store import resolve
 from vigface.dataset.pose import YAW_BINS
-from vigface.dataset.spec import LIMITS
+from vigface.dataset.spec import LIMITS, sampler_defaults
 from vigface.dataset.writers import FORMATS
 from workers.db.models import ApiKey, Team
 from workers.settings import Settings
@@ -165,6 +165,8 @@ def cancel_page(
 def _order_page(request, team, db, settings, form, errors, status=200):
     models = [m for m in model_entries(db, settings) if m.name == settings.default_model]
     used = images_used_this_month(db, team)
+    recommended = sampler_defaults(models[0].card if models else {})
+    form = {k: recommended[k] if v is None and k in recommended else v for k, v in form.items()}
     resp = page(
         request,
         "new_order.html",
@@ -176,6 +178,7 @@ def _order_page(request, team, db, settings, form, errors, status=200):
         limits={k: v[1] for k, v in LIMITS.items()},
         quota_left=max(0, team.monthly_quota - used),
         model=models[0] if models else None,
+        recommended=recommended,
         nav="order",
     )
     resp.status_code = status
@@ -186,8 +189,8 @@ DEFAULT_FORM = {
     "identities": 10,
     "images_per_identity": 10,
     "seed": 0,
-    "guidance": 4.0,
-    "steps": 25,
+    "guidance": None,  # the model's recommendation
+    "steps": None,
     "priority": 5,
     "pose_preset": "match_training",
     "formats": ["imagefolder"],

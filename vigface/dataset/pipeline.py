@@ -38,7 +38,7 @@ from vigface.dataset.chunks import (
 from vigface.dataset.filters import DatasetFilter, OnnxJudge, thresholds_from_card
 from vigface.dataset.planning import NotEnoughPrototypes, plan_slots
 from vigface.dataset.pose import YAW_BINS, PoseBank
-from vigface.dataset.spec import DatasetSpec
+from vigface.dataset.spec import DatasetSpec, with_model_defaults
 from vigface.dataset.writers import ImageRecord
 from vigface.generator.artifact import Generator
 from vigface.sampling import ImageRequest, Sampler, image_seed
@@ -70,6 +70,7 @@ class DatasetBuilder:
         compile: bool = False,
         precision: str = "auto",
     ):
+        spec = with_model_defaults(spec, gen.card)
         self.gen, self.spec, self.out = gen, spec, Path(out_dir)
         self.work = self.out / "work"
         self.store = ChunkStore(self.work)
@@ -116,6 +117,7 @@ class DatasetBuilder:
             spec.batch_size,
             compile=compile,
             precision=precision,
+            guidance_interval=spec.guidance_interval,
         )
         self.chunk = max(1, math.ceil(4 * spec.batch_size / spec.images_per_identity))
         self.counts: Counter = Counter()

@@ -35,16 +35,26 @@ class DatasetOrder(BaseModel):
         "match_training",
         description="preset (match_training, frontal, uniform_yaw) or {yaw bin: weight}",
     )
-    guidance: float = Field(
-        4.0,
+    guidance: float | None = Field(
+        None,
         ge=LIMITS["guidance"][0],
         le=LIMITS["guidance"][1],
-        description="classifier-free guidance weight g",
+        description="classifier-free guidance weight g (default: the model card's)",
     )
-    steps: int = Field(
-        25, ge=LIMITS["steps"][0], le=LIMITS["steps"][1], description="sampler steps"
+    steps: int | None = Field(
+        None,
+        ge=LIMITS["steps"][0],
+        le=LIMITS["steps"][1],
+        description="sampler steps (default: the model card's)",
     )
-    scheduler: Literal["dpmsolver", "ddim"] = Field("dpmsolver", description="sampler")
+    scheduler: Literal["dpmsolver", "unipc", "ddim"] | None = Field(
+        None, description="sampler: dpmsolver, unipc or ddim (default: the model card's)"
+    )
+    guidance_interval: tuple[float, float] | None = Field(
+        None,
+        description="apply guidance only while t/T lies between lo and hi (1 = pure noise); "
+        "0 and 1 = every step (default: the model card's)",
+    )
     seed: int = Field(0, ge=0, lt=2**62, description="seed of every image's noise")
     formats: list[str] = Field(
         ["imagefolder"], description="output formats: imagefolder, recordio, webdataset"
@@ -56,6 +66,13 @@ class DatasetOrder(BaseModel):
         None, ge=-1, le=1, description="max cosine to a real identity (default: the card's)"
     )
 
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval(cls, v):
+        if v is not None and not 0 <= v[0] <= v[1] <= 1:
+            raise ValueError("guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1")
+        return v
+
     @field_validator("formats")
     @classmethod
     def _formats(cls, v: list[str]) -> list[str]:
@@ -65,6 +82,30 @@ class DatasetOrder(BaseModel):
                 f"formats must be a non-empty subset of {list(FORMATS)}; got {bad or v}"
             )
         return list(dict.fromkeys(v))
+
+
+# what an order gets when neither it nor the model card says otherwise (the paper's sampler)
+PAPER_SAMPLER = {"guidance": 4.0, "steps": 25, "scheduler": "dpmsolver", "guidance_interval": None}
+
+
+def sampler_defaults(card: dict) -> dict:
+    """The sampler settings a model recommends: the card's ``sampler_defaults`` (measured by
+    ``bench/sampler_settings.py``) and ``recommended_guidance``, over the paper's."""
+    out = dict(PAPER_SAMPLER)
+    if card.get("recommended_guidance") is not None:
+        out["guidance"] = float(card["recommended_guidance"])
+    out.update({k: v for k, v in card.get("sampler_defaults", {}).items() if k in PAPER_SAMPLER})
+    return out
+
+
+def with_model_defaults(order, card: dict):
+    """A copy of ``order`` (a DatasetOrder or DatasetSpec) with every sampler field it left
+    out taken from the model card: what the job record and the dataset card then show."""
+    defaults = sampler_defaults(card)
+    update = {k: v for k, v in defaults.items() if getattr(order, k) is None}
+    if "guidance_interval" in update:  # stored explicitly, so a later card change cannot alter it
+        update["guidance_interval"] = tuple(update["guidance_interval"] or (0.0, 1.0))
+    return order.model_copy(update=update)
 
 
 class DatasetSpec(DatasetOrder):

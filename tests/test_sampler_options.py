@@ -1,0 +1,114 @@
+"""Guidance on a limited interval, UniPC, and sampler defaults taken from the model card."""
+
+import numpy as np
+import pytest
+import torch
+
+from vigface.dataset.spec import DatasetOrder, sampler_defaults, with_model_defaults
+from vigface.generator.diffusion import cfg_combine, sampling_scheduler, training_scheduler
+from vigface.generator.dit import FaceDiT
+from vigface.generator.landmarks import render_heatmaps
+from vigface.sampling import Sampler, image_seed, initial_noise, to_uint8
+
+
+def tiny_dit():
+    """Random weights everywhere (adaLN-zero init would make the identity a no-op)."""
+    torch.manual_seed(0)
+    dit = FaceDiT(
+        sample_size=16, patch_size=4, hidden_size=32, depth=2, num_heads=2, identity_dim=8
+    ).eval()
+    with torch.no_grad():
+        for name, p in dit.named_parameters():
+            p.normal_(0, 1.0 if name.startswith("identity_embed") else 0.03)
+    return dit
+
+
+def _inputs(n=3):
+    rng = np.random.default_rng(0)
+    w = torch.from_numpy(rng.normal(size=(n, 8)).astype(np.float32))
+    lms = torch.from_numpy(rng.uniform(30, 80, (n, 5, 2)).astype(np.float32))
+    return w, lms, [image_seed(0, i, 0) for i in range(n)]
+
+
+def close(a, b) -> bool:
+    """Same images up to float rounding (a level, rarely)."""
+    d = np.abs(a.astype(int) - b.astype(int))
+    return d.max() <= 1 and d.mean() < 0.01
+
+
+def test_interval_guidance_guides_only_inside_and_runs_the_conditional_branch_outside():
+    """Reference loop written out: CFG for t/T in [0.3, 0.7], the conditional v elsewhere."""
+    dit, sched = tiny_dit(), training_scheduler()
+    w, lms, seeds = _inputs()
+    got = Sampler(
+        dit, sched, steps=6, guidance=3.0, guidance_interval=(0.3, 0.7), precision="fp32"
+    ).sample(w, lms, seeds)
+    calls = {"guided": 0, "plain": 0}
+    s = sampling_scheduler(sched)
+    s.set_timesteps(6)
+    x = torch.stack([initial_noise(sd, 16) for sd in seeds]) * s.init_noise_sigma
+    wn = torch.nn.functional.normalize(w, dim=1)
+    heat = render_heatmaps(lms, 16)
+    with torch.no_grad():
+        for t in s.timesteps:
+            if 0.3 <= float(t) / 1000 <= 0.7:  # both branches, as one batch of 2B
+                xx, ww = torch.cat([x, x]), torch.cat([wn, torch.zeros_like(wn)])
+                vv = dit(s.scale_model_input(xx, t), t.expand(6), ww, torch.cat([heat, heat]))
+                v, calls["guided"] = cfg_combine(vv[:3], vv[3:], 3.0), calls["guided"] + 1
+            else:
+                v = dit(s.scale_model_input(x, t), t.expand(3), wn, heat)
+                calls["plain"] += 1
+            x = s.step(v, t, x).prev_sample
+    assert calls["guided"] and calls["plain"]  # both kinds of step happen on this grid
+    assert close(to_uint8(x), got)
+    sampler = Sampler(dit, sched, steps=6, guidance=3.0, guidance_interval=(0.3, 0.7))
+    assert sampler.forwards_per_image() == 2 * calls["guided"] + calls["plain"]
+    assert Sampler(dit, sched, steps=6, guidance=3.0).forwards_per_image() == 12
+    assert Sampler(dit, sched, steps=6, guidance=1.0).forwards_per_image() == 6
+
+
+def test_the_full_interval_is_plain_cfg_and_an_empty_one_is_the_conditional_model():
+    dit, sched = tiny_dit(), training_scheduler()
+    w, lms, seeds = _inputs()
+    plain = Sampler(dit, sched, steps=4, guidance=3.0).sample(w, lms, seeds)
+    full = Sampler(dit, sched, steps=4, guidance=3.0, guidance_interval=(0, 1)).sample(
+        w, lms, seeds
+    )
+    assert np.array_equal(plain, full)
+    never = Sampler(dit, sched, steps=4, guidance=3.0, guidance_interval=(0, 0)).sample(
+        w, lms, seeds
+    )
+    g1 = Sampler(dit, sched, steps=4, guidance=1.0).sample(w, lms, seeds)
+    assert close(never, g1)
+    assert np.abs(never.astype(int) - plain.astype(int)).mean() > 1  # guidance did something
+
+
+def test_unipc_and_bad_intervals():
+    dit, sched = tiny_dit(), training_scheduler()
+    w, lms, seeds = _inputs(2)
+    img = Sampler(dit, sched, "unipc", steps=5, guidance=2.0).sample(w, lms, seeds)
+    assert img.shape == (2, 16, 16, 3) and img.dtype == np.uint8
+    with pytest.raises(ValueError, match="guidance_interval"):
+        Sampler(dit, sched, guidance_interval=(0.8, 0.2))
+    with pytest.raises(ValueError, match="guidance_interval"):
+        DatasetOrder(identities=1, images_per_identity=1, guidance_interval=(0.5, 1.5))
+
+
+def test_orders_take_the_model_cards_sampler_defaults_and_record_them():
+    order = DatasetOrder(identities=1, images_per_identity=1)
+    assert order.guidance is None and order.steps is None
+    paper = with_model_defaults(order, {})
+    assert (paper.guidance, paper.steps, paper.scheduler) == (4.0, 25, "dpmsolver")
+    assert paper.guidance_interval == (0.0, 1.0)  # stored explicitly: every step
+    card = {
+        "recommended_guidance": 2.0,
+        "sampler_defaults": {"steps": 15, "scheduler": "unipc", "guidance_interval": [0.1, 0.7]},
+    }
+    got = with_model_defaults(order, card)
+    assert (got.guidance, got.steps, got.scheduler) == (2.0, 15, "unipc")
+    assert got.guidance_interval == (0.1, 0.7)
+    mine = DatasetOrder(identities=1, images_per_identity=1, guidance=3.5, steps=9)
+    kept = with_model_defaults(mine, card)
+    assert (kept.guidance, kept.steps, kept.scheduler) == (3.5, 9, "unipc")
+    assert with_model_defaults(kept, {}) == kept  # a recorded order never changes again
+    assert sampler_defaults(card)["guidance"] == 2.0
