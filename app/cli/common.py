@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -36,6 +38,58 @@ def order_option(field: str, *param_decls: str, default=None, help: str | None =
     return typer.Option(default, *param_decls, help=text, **kw)
 
 
+# DatasetOrder fields as CLI options: (annotation, extra param decls, how the text is parsed)
+ORDER_OPTIONS = {
+    "identities": (int, (), None),
+    "images_per_identity": (int, (), None),
+    "pose": (str, (), "pose"),
+    "guidance": (float | None, (), None),
+    "steps": (int | None, (), None),
+    "scheduler": (str | None, (), None),
+    "guidance_interval": (str | None, (), "interval"),
+    "seed": (int, (), None),
+    "formats": (str, ("--format",), "formats"),
+    "tau_consistency": (float | None, (), None),
+    "tau_leak": (float | None, (), None),
+}
+
+
+def order_options(**defaults):
+    """Give a command every :data:`ORDER_OPTIONS` field as an option (help and defaults from
+    the spec, ``defaults`` overriding), parsed and collected into one ``order`` dict argument
+    (fields left at None are dropped: the model card decides them)."""
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        added = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=order_option(name, *decls, default=defaults.get(name)),
+                annotation=annotation,
+            )
+            for name, (annotation, decls, _) in ORDER_OPTIONS.items()
+        ]
+        own = [p for p in sig.parameters.values() if p.name != "order"]
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+
+        @functools.wraps(fn)
+        def wrapper(**kw):
+            order = {}
+            for name, (_, _, parser) in ORDER_OPTIONS.items():
+                value = kw.pop(name)
+                if value is not None and parser is not None:
+                    value = PARSERS[parser](value)
+                if value is not None:
+                    order[name] = value
+            return fn(order=order, **kw)
+
+        wrapper.__signature__ = sig.replace(parameters=own + added)
+        return wrapper
+
+    return decorate
+
+
 def parse_pose(text: str):
     """A preset name, or a JSON object of yaw-bin weights."""
     if not text.strip().startswith("{"):
@@ -59,6 +113,9 @@ def parse_interval(text: str | None):
 
 def parse_formats(text: str) -> list[str]:
     return [f.strip() for f in text.split(",") if f.strip()]
+
+
+PARSERS = {"pose": parse_pose, "interval": parse_interval, "formats": parse_formats}
 
 
 def validation_message(exc) -> str:

@@ -9,15 +9,7 @@ from pathlib import Path
 
 import typer
 
-from app.cli.common import (
-    fail,
-    load_generator,
-    order_option,
-    parse_formats,
-    parse_interval,
-    parse_pose,
-    validation_message,
-)
+from app.cli.common import fail, load_generator, order_options, validation_message
 
 
 def _grid_poses(gen, count: int, landmarks_csv: Path | None):
@@ -98,25 +90,16 @@ def calibrate_cmd(
     typer.echo(json.dumps({k: filters[k] for k in ("tau_leak", "tau_consistency")}))
 
 
+@order_options(identities=1)
 def generate_cmd(
+    order: dict,
     model: str = typer.Option("demo", help="generator folder or store name"),
-    identities: int = order_option("identities", default=1),
-    images_per_identity: int = order_option("images_per_identity"),
-    pose: str = order_option("pose"),
-    guidance: float | None = order_option("guidance"),
-    steps: int | None = order_option("steps"),
-    scheduler: str | None = order_option("scheduler"),
-    guidance_interval: str | None = order_option("guidance_interval", help="lo,hi"),
-    seed: int = order_option("seed"),
-    format_: str = order_option("formats", "--format"),
     mode: str = typer.Option("virtual", help="virtual, or real_augment (fill real classes)"),
-    tau_consistency: float | None = order_option("tau_consistency"),
-    tau_leak: float | None = order_option("tau_leak"),
     max_attempts: int = typer.Option(3, help="draws per image before its identity is dropped"),
     spares: int | None = typer.Option(
         None,
         min=0,
-        help="most identities replaced after the filters drop them (default: 20 %% of "
+        help="most identities replaced after the filters drop them (default: 20 percent of "
         "--identities, at least 2); the run stops with a per-filter count when they run out",
     ),
     batch_size: int = typer.Option(32),
@@ -156,18 +139,8 @@ def generate_cmd(
         fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     try:
         spec = DatasetSpec(
-            identities=identities,
-            images_per_identity=images_per_identity,
-            pose=parse_pose(pose),
-            guidance=guidance,
-            steps=steps,
-            scheduler=scheduler,
-            guidance_interval=parse_interval(guidance_interval),
-            seed=seed,
-            formats=parse_formats(format_),
+            **order,
             mode=mode,
-            tau_consistency=tau_consistency,
-            tau_leak=tau_leak,
             max_attempts=max_attempts,
             batch_size=batch_size,
             gallery=gallery,
@@ -178,21 +151,21 @@ def generate_cmd(
     except ValidationError as exc:
         fail(validation_message(exc))
     gen = load_generator(model)
-    spare_count = max(2, math.ceil(0.2 * identities)) if spares is None else spares
+    spare_count = max(2, math.ceil(0.2 * spec.identities)) if spares is None else spares
     total = gen.fr.virtual_prototypes.shape[0]
-    candidates = list(range(start, min(total, start + identities + spare_count)))
+    candidates = list(range(start, min(total, start + spec.identities + spare_count)))
     slot_images = None
     if mode == "real_augment":
         if real_data is None:
             fail("--real-data is required with --mode real_augment")
         try:
             candidates, slot_images = real_augment_plan(
-                gen.fr.classes, real_data, images_per_identity
+                gen.fr.classes, real_data, spec.images_per_identity
             )
         except DatasetError as exc:
             fail(str(exc))
         if not candidates:
-            fail(f"no class in {real_data} has fewer than {images_per_identity} images")
+            fail(f"no class in {real_data} has fewer than {spec.images_per_identity} images")
         spec = spec.model_copy(update={"identities": len(candidates)})
     try:
         builder = DatasetBuilder(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from app.cli.common import fail, order_option, parse_formats, parse_interval, parse_pose
+from app.cli.common import fail, order_options
 
 app = typer.Typer(no_args_is_help=True, help="Order datasets from a running service.")
 
@@ -29,16 +29,9 @@ KEY_OPT = typer.Option(None, "--api-key", help="team API key (or VIGFACE_API_KEY
 
 
 @app.command("submit")
+@order_options()
 def jobs_submit(
-    identities: int = order_option("identities"),
-    images_per_identity: int = order_option("images_per_identity"),
-    pose: str = order_option("pose"),
-    guidance: float | None = order_option("guidance"),
-    steps: int | None = order_option("steps"),
-    scheduler: str | None = order_option("scheduler"),
-    guidance_interval: str | None = order_option("guidance_interval", help="lo,hi"),
-    seed: int = order_option("seed"),
-    format_: str = order_option("formats", "--format"),
+    order: dict,
     model: str | None = None,
     priority: int = 5,
     webhook_url: str | None = None,
@@ -50,19 +43,7 @@ def jobs_submit(
     """Submit an order; prints the job as JSON (its id on the last line)."""
     from app.client import APIError
 
-    order = {
-        "identities": identities,
-        "images_per_identity": images_per_identity,
-        "pose": parse_pose(pose),
-        "guidance": guidance,
-        "steps": steps,
-        "scheduler": scheduler,
-        "guidance_interval": parse_interval(guidance_interval),
-        "seed": seed,
-        "priority": priority,
-        "formats": parse_formats(format_),
-    }
-    order = {k: v for k, v in order.items() if v is not None}  # the model card decides
+    order = {**order, "priority": priority}
     if model:
         order["model"] = model
     if webhook_url:
