@@ -420,6 +420,7 @@ def test_warm_start_copies_weights_and_rejects_another_architecture(tmp_path):
         warm_start(dst, tmp_path)
 
 
+@pytest.mark.slow  # inductor compilation: about 6 s
 def test_compiled_sampler_draws_the_same_images():
     dit, sched = tiny_dit(), training_scheduler()
     reqs = _requests(4, rng_seed=2, job_seed=1, image_index=0)
