@@ -46,3 +46,13 @@ def test_a_folder_without_prototypes_is_not_a_model(tiny_generator, tmp_path):
     (tmp_path / "broken" / "fr" / "prototypes.safetensors").unlink()
     with pytest.raises(ModelNotFound, match="no prototypes"):
         describe_folder("broken", tmp_path / "broken")
+
+
+def test_the_api_process_imports_neither_torch_nor_diffusers():
+    """Validating orders needs descriptions only; workers alone load the generator."""
+    import subprocess
+    import sys
+
+    code = "import sys, app.main; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

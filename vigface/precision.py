@@ -14,9 +14,10 @@ from __future__ import annotations
 import platform
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the API process reads only the names
+    import torch
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -44,6 +45,8 @@ def cpu_has_native_bf16() -> bool:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The autocast dtype for ``precision`` (one of :data:`PRECISIONS`) on ``device``."""
+    import torch
+
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "fp32":
@@ -62,6 +65,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def autocast(device: torch.device, precision: str = "auto"):
     """``torch.autocast`` in bf16 when ``precision`` resolves to it on ``device``, else off."""
+    import torch
+
     dtype = autocast_dtype(precision, device)
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype == torch.bfloat16)
 
