@@ -10,7 +10,14 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import current_team, get_db, get_settings_dep
 from app.schemas import JobCreate, JobOut, JobPage
-from app.services.jobs import cancel_job, create_job, job_out, visible_job, visible_jobs
+from app.services.jobs import (
+    cancel_job,
+    create_job,
+    job_out,
+    job_outs,
+    visible_job,
+    visible_jobs,
+)
 from app.services.links import download_link
 from workers.db.models import Job, JobStatus, Team
 from workers.settings import Settings
@@ -68,7 +75,7 @@ def list_jobs(
         last = jobs[limit - 1]
         nxt = base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode()
         jobs = jobs[:limit]
-    return JobPage(items=[job_out(j) for j in jobs], next_cursor=nxt)
+    return JobPage(items=job_outs(db, jobs), next_cursor=nxt)
 
 
 @router.get("/{job_id}", response_model=JobOut)

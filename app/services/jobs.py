@@ -16,14 +16,23 @@ from datetime import datetime
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from app.schemas import JobCreate, JobOut
 from model_store import ModelNotFound, list_models
 from model_store.description import ModelDescription, describe
 from vigface.dataset.pose import PoseSpecError
 from vigface.dataset.spec import DatasetSpec, with_model_defaults
-from workers.db.models import TERMINAL, Job, JobStatus, LedgerEntry, Shard, Team, utcnow
+from workers.db.models import (
+    TERMINAL,
+    Job,
+    JobStatus,
+    LedgerEntry,
+    Shard,
+    Team,
+    WebhookDelivery,
+    utcnow,
+)
 from workers.settings import Settings
 
 
@@ -140,6 +149,7 @@ def submit_job(
         idempotency_key=idempotency_key,
         request_hash=digest,
         images_requested=images,
+        identities_allocated=need,
         progress={"sampled": 0, "identities_done": 0},
     )
     db.add(job)
@@ -201,40 +211,76 @@ def cancel_job(db: Session, job: Job) -> Job:
 
 
 def job_out(job: Job) -> JobOut:
-    shards: dict[str, int] = {}
-    for s in job.shards:
-        shards[s.status] = shards.get(s.status, 0) + 1
-    eta = None
-    if job.status == "running" and job.started_at and job.images_done:
-        rate = job.images_done / max((utcnow() - job.started_at).total_seconds(), 1e-3)
-        eta = round((job.images_requested - job.images_done) / rate, 1)
-    return JobOut(
-        id=job.id,
-        status=job.status,
-        model=job.model,
-        team=job.team.name,
-        spec=job.spec,
-        priority=job.priority,
-        images_requested=job.images_requested,
-        images_done=job.images_done,
-        progress=job.progress or {},
-        shards=shards,
-        identities_allocated=sum(len(s.prototypes) for s in job.shards),
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        eta_seconds=eta,
-        error=job.error,
-        webhook=webhook_state(job),
+    """The API's record of one job."""
+    return job_outs(object_session(job), [job])[0]
+
+
+def job_outs(db: Session, jobs: list[Job]) -> list[JobOut]:
+    """API records of several jobs in a fixed number of queries, whatever the jobs' sizes:
+    shard states come as counts from one GROUP BY, never as loaded shard rows."""
+    ids = [j.id for j in jobs]
+    shards: dict[str, dict[str, int]] = {i: {} for i in ids}
+    if ids:
+        rows = db.execute(
+            select(Shard.job_id, Shard.status, func.count())
+            .where(Shard.job_id.in_(ids))
+            .group_by(Shard.job_id, Shard.status)
+        )
+        for job_id, status, n in rows:
+            shards[job_id][str(status)] = n
+    hooks = webhook_states(db, ids)
+    teams = (
+        dict(
+            db.execute(
+                select(Team.id, Team.name).where(Team.id.in_({j.team_id for j in jobs}))
+            ).all()
+        )
+        if jobs
+        else {}
     )
+    out = []
+    for job in jobs:
+        eta = None
+        if job.status == JobStatus.RUNNING and job.started_at and job.images_done:
+            rate = job.images_done / max((utcnow() - job.started_at).total_seconds(), 1e-3)
+            eta = round((job.images_requested - job.images_done) / rate, 1)
+        out.append(
+            JobOut(
+                id=job.id,
+                status=job.status,
+                model=job.model,
+                team=teams[job.team_id],
+                spec=job.spec,
+                priority=job.priority,
+                images_requested=job.images_requested,
+                images_done=job.images_done,
+                progress=job.progress or {},
+                shards=shards[job.id],
+                identities_allocated=job.identities_allocated,
+                created_at=job.created_at,
+                started_at=job.started_at,
+                finished_at=job.finished_at,
+                eta_seconds=eta,
+                error=job.error,
+                webhook=hooks.get(job.id),
+            )
+        )
+    return out
 
 
-def webhook_state(job: Job) -> dict | None:
-    """The latest outbox row of this job, as the job record shows it."""
-    if not job.webhook_deliveries:
-        return None
-    d = job.webhook_deliveries[-1]
-    return {"status": d.status, "attempts": d.attempts, "last_error": d.last_error}
+def webhook_states(db: Session, job_ids: list[str]) -> dict[str, dict]:
+    """The latest outbox row of each job, as the job record shows it."""
+    if not job_ids:
+        return {}
+    rows = db.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.job_id.in_(job_ids))
+        .order_by(WebhookDelivery.id)
+    )
+    return {
+        d.job_id: {"status": d.status, "attempts": d.attempts, "last_error": d.last_error}
+        for d in rows
+    }
 
 
 def create_job(

@@ -24,6 +24,7 @@ from app.services.jobs import (
     create_job,
     images_used_this_month,
     job_out,
+    job_outs,
     visible_jobs,
 )
 from app.services.links import download_link
@@ -104,7 +105,7 @@ def jobs_page(
     team: Team = Depends(session_team),
     db: Session = Depends(get_db),
 ) -> HTMLResponse:
-    jobs = [job_out(j) for j in db.scalars(visible_jobs(team, status).limit(100))]
+    jobs = job_outs(db, list(db.scalars(visible_jobs(team, status).limit(100))))
     return page(request, "jobs.html", team, jobs=jobs, status=status, nav="jobs")
 
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -65,7 +65,11 @@ class ApiKey(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("team_id", "idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("team_id", "idempotency_key"),
+        # GET /v1/jobs: a team's jobs, newest first
+        Index("ix_jobs_team_created", "team_id", "created_at"),
+    )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
@@ -77,8 +81,9 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     images_requested: Mapped[int] = mapped_column(Integer)
     images_done: Mapped[int] = mapped_column(Integer, default=0)
+    identities_allocated: Mapped[int] = mapped_column(Integer, default=0)  # slots + spares
     progress: Mapped[dict] = mapped_column(JSON, default=dict)
-    report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    report: Mapped[dict | None] = mapped_column(JSON, nullable=True, deferred=True)  # large
     artifacts: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
@@ -87,9 +92,6 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     team: Mapped[Team] = relationship()
     shards: Mapped[list[Shard]] = relationship(back_populates="job", order_by="Shard.index")
-    webhook_deliveries: Mapped[list[WebhookDelivery]] = relationship(
-        order_by="WebhookDelivery.id", viewonly=True
-    )
 
 
 class Shard(Base):

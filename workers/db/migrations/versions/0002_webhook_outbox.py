@@ -1,4 +1,4 @@
-"""webhook outbox
+"""webhook outbox, allocated-identities counter, index for listing a team's jobs
 
 Revision ID: 0002
 Revises: 0001
@@ -33,9 +33,23 @@ def upgrade() -> None:
     )
     op.create_index("ix_webhook_deliveries_job_id", "webhook_deliveries", ["job_id"])
     op.create_index("ix_webhook_deliveries_status", "webhook_deliveries", ["status"])
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(
+            sa.Column("identities_allocated", sa.Integer(), nullable=False, server_default="0")
+        )
+    # existing jobs: their shards' prototype lists (json_array_length: SQLite and PostgreSQL)
+    as_json = "JSON" if op.get_bind().dialect.name == "postgresql" else "TEXT"
+    op.execute(
+        "UPDATE jobs SET identities_allocated = (SELECT COALESCE(SUM(json_array_length("
+        f"CAST(shards.prototypes AS {as_json}))), 0) FROM shards WHERE shards.job_id = jobs.id)"
+    )
+    op.create_index("ix_jobs_team_created", "jobs", ["team_id", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_team_created", table_name="jobs")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("identities_allocated")
     op.drop_index("ix_webhook_deliveries_status", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_job_id", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
