@@ -17,8 +17,17 @@ from tqdm import tqdm
 
 
 class APIError(RuntimeError):
+    """A 4xx/5xx answer; ``str()`` is one line naming each field the service complained of."""
+
     def __init__(self, status: int, detail):
-        super().__init__(f"HTTP {status}: {detail}")
+        if isinstance(detail, list):
+            text = "; ".join(
+                f"{d.get('field')}: {d.get('message')}" if isinstance(d, dict) else str(d)
+                for d in detail
+            )
+        else:
+            text = str(detail)
+        super().__init__(f"HTTP {status}: {text}")
         self.status, self.detail = status, detail
 
 

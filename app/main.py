@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         session_cookie="vigface_session",
         same_site="lax",
         max_age=8 * 3600,
-        https_only=settings.public_url.startswith("https://"),
+        https_only=settings.base_url.startswith("https://"),
     )
 
     @app.exception_handler(ui.LoginRequired)
@@ -77,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return RedirectResponse("/ui/login", status_code=303)
 
     @app.get("/", include_in_schema=False)
+    @app.get("/ui", include_in_schema=False)
+    @app.get("/ui/", include_in_schema=False)
     def _root() -> RedirectResponse:
         return RedirectResponse("/ui/jobs")
 

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     model_cache: Path = Field(Path("var/models"), description="cache of models pulled from storage")
     host: str = "127.0.0.1"
     port: int = 8000
-    public_url: str = Field("http://127.0.0.1:8000", description="base of plain artifact links")
+    public_url: str | None = Field(
+        None, description="base of plain artifact links (default: http://HOST:PORT as served)"
+    )
     sampler_batch_size: int = Field(32, ge=1, description="images per sampling forward")
     sampler_compile: bool = Field(False, description="torch.compile the DiT in the workers")
     sampler_precision: Precision = Field(
@@ -45,6 +47,15 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(
         2.0, gt=0, description="wait before the 2nd attempt; doubles after each failure"
     )
+
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach this service: ``public_url``, else the address it serves on."""
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
 
 
 @lru_cache

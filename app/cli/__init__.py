@@ -13,7 +13,12 @@ import typer
 
 from app.cli import data, jobs, models, service, train
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__.split("\n")[0],
+    pretty_exceptions_enable=False,
+)
 train.register(app)
 data.register(app)
 service.register(app)
@@ -23,4 +28,17 @@ app.add_typer(service.admin_app, name="admin")
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    app(prog_name="vigface")
+    """Unexpected errors print one line and exit 1; ``VIGFACE_DEBUG=1`` shows the traceback."""
+    import os
+    import sys
+
+    try:
+        app(prog_name="vigface")
+    except Exception as exc:
+        if os.environ.get("VIGFACE_DEBUG"):
+            raise
+        print(
+            f"error: {type(exc).__name__}: {exc} (VIGFACE_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(1)

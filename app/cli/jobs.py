@@ -13,6 +13,23 @@ from app.cli.common import fail, order_options
 app = typer.Typer(no_args_is_help=True, help="Order datasets from a running service.")
 
 
+def _call(url: str, fn, *args, **kw):
+    """Run a client call; refused connections and API errors become one line and exit 2."""
+    import httpx
+
+    from app.client import APIError
+
+    try:
+        return fn(*args, **kw)
+    except APIError as exc:
+        fail(str(exc))
+    except httpx.HTTPError as exc:
+        fail(
+            f"cannot reach the service at {url} ({type(exc).__name__}: {exc}); is it running? "
+            "(--url or VIGFACE_URL)"
+        )
+
+
 def _client(url: str, key: str | None):
     import os
 
@@ -41,7 +58,6 @@ def jobs_submit(
     api_key: str | None = KEY_OPT,
 ) -> None:
     """Submit an order; prints the job as JSON (its id on the last line)."""
-    from app.client import APIError
 
     order = {**order, "priority": priority}
     if model:
@@ -49,12 +65,9 @@ def jobs_submit(
     if webhook_url:
         order["webhook_url"] = webhook_url
     c = _client(url, api_key)
-    try:
-        job = c.submit(idempotency_key=idempotency_key, **order)
-        if wait:
-            job = c.wait(job["id"])
-    except APIError as exc:
-        fail(str(exc))
+    job = _call(url, c.submit, idempotency_key=idempotency_key, **order)
+    if wait:
+        job = _call(url, c.wait, job["id"])
     typer.echo(json.dumps(job, indent=2, default=str))
     typer.echo(job["id"])
 
@@ -62,12 +75,28 @@ def jobs_submit(
 @app.command("status")
 def jobs_status(job_id: str, url: str = URL_OPT, api_key: str | None = KEY_OPT) -> None:
     """Print a job as JSON."""
-    from app.client import APIError
+    job = _call(url, _client(url, api_key).job, job_id)
+    typer.echo(json.dumps(job, indent=2, default=str))
 
-    try:
-        typer.echo(json.dumps(_client(url, api_key).job(job_id), indent=2, default=str))
-    except APIError as exc:
-        fail(str(exc))
+
+@app.command("list")
+def jobs_list(
+    status: str | None = typer.Option(None, help="queued, running, ..., canceled"),
+    url: str = URL_OPT,
+    api_key: str | None = KEY_OPT,
+) -> None:
+    """One line per job of this team, newest first: id, status, images done / requested."""
+    for job in _call(url, _client(url, api_key).jobs, status):
+        typer.echo(
+            f"{job['id']}  {job['status']:<10}  {job['images_done']}/{job['images_requested']}"
+            f"  {job['created_at']}"
+        )
+
+
+@app.command("cancel")
+def jobs_cancel(job_id: str, url: str = URL_OPT, api_key: str | None = KEY_OPT) -> None:
+    """Cancel a queued or running job (a finished one stays as it is); prints its status."""
+    typer.echo(_call(url, _client(url, api_key).cancel, job_id)["status"])
 
 
 @app.command("download")
@@ -79,10 +108,5 @@ def jobs_download(
     api_key: str | None = KEY_OPT,
 ) -> None:
     """Download one output format with the manifest, card and report."""
-    from app.client import APIError
-
-    try:
-        files = _client(url, api_key).download(job_id, format_, out)
-    except APIError as exc:
-        fail(str(exc))
+    files = _call(url, _client(url, api_key).download, job_id, format_, out)
     typer.echo(f"{len(files)} files in {out}")

@@ -67,8 +67,15 @@ def serve_cmd(
     from app.main import create_app
     from workers.settings import get_settings
 
-    settings = get_settings()
+    settings = get_settings().model_copy(
+        update={"host": host or get_settings().host, "port": port or get_settings().port}
+    )  # links and cookies follow the address actually served
     api = create_app(settings)
+    typer.echo(
+        f"VIGFACE service on {settings.base_url}  dashboard {settings.base_url}/ui  "
+        f"API docs {settings.base_url}/docs\n  database {settings.database_url}  "
+        f"storage {settings.storage_url}"
+    )
     if embedded_worker if embedded_worker is not None else not settings.broker_url:
         from workers.embedded import EmbeddedWorker
 
@@ -80,7 +87,7 @@ def serve_cmd(
         Reaper(
             api.state.sessions, settings, api.state.enqueue_shard, settings.lease_seconds / 4
         ).start()
-    uvicorn.run(api, host=host or settings.host, port=port or settings.port, log_level="info")
+    uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
 
 
 def quickstart_cmd(

@@ -13,7 +13,7 @@ from workers.settings import Settings
 
 
 def plain_link(settings: Settings) -> Callable[[str], str]:
-    base = settings.public_url.rstrip("/")
+    base = settings.base_url.rstrip("/")
     return lambda key: f"{base}/files/{key}"
 
 

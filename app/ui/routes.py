@@ -28,7 +28,7 @@ from app.services.jobs import (
     visible_jobs,
 )
 from app.services.links import download_link
-from model_store import resolve
+from model_store import list_models, resolve
 from vigface.dataset.pose import YAW_BINS
 from vigface.dataset.spec import LIMITS, sampler_defaults
 from vigface.dataset.writers import FORMATS
@@ -176,7 +176,13 @@ def _order_page(request, team, db, settings, form, errors, status=200):
         errors=errors,
         pose_bins=YAW_BINS,
         formats=FORMATS,
-        limits={k: v[1] for k, v in LIMITS.items()},
+        limits={  # what the server enforces: the spec's bounds, narrowed by the deployment
+            **{k: v[1] for k, v in LIMITS.items()},
+            "identities": min(LIMITS["identities"][1], settings.max_identities_per_job),
+            "images_per_identity": min(
+                LIMITS["images_per_identity"][1], settings.max_images_per_identity
+            ),
+        },
         quota_left=max(0, team.monthly_quota - used),
         model=models[0] if models else None,
         recommended=recommended,
@@ -277,7 +283,10 @@ def models_page(
 
 @router.get("/models/{name}/grids/{file}")
 def model_grid(name: str, file: str, team: Team = Depends(session_team)) -> FileResponse:
-    path = resolve(name) / "grids" / Path(file).name
-    if not path.is_file() or path.suffix != ".png":
+    if name not in {e.name for e in list_models()}:  # a store name, never a path
+        raise HTTPException(404, detail=[{"field": "name", "message": "no such model"}])
+    grids = (resolve(name) / "grids").resolve()
+    path = (grids / file).resolve()
+    if path.parent != grids or not path.is_file() or path.suffix != ".png":
         raise HTTPException(404, detail=[{"field": "file", "message": "no such grid"}])
     return FileResponse(path)

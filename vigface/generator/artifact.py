@@ -59,7 +59,12 @@ class Generator:
         for part in ("dit", "scheduler", "fr"):
             if not (entry / part).is_dir():
                 raise ModelFormatError(f"{entry} is not a generator entry: missing {part}/")
-        dit = FaceDiT.from_pretrained(entry / "dit", torch_dtype=torch.float32).to(device).eval()
+        # low_cpu_mem_usage=False: what diffusers falls back to without accelerate, said
+        # deliberately so that every load does not print the "install accelerate" warning
+        dit = FaceDiT.from_pretrained(
+            entry / "dit", torch_dtype=torch.float32, low_cpu_mem_usage=False
+        )
+        dit = dit.to(device).eval()
         scheduler = DDPMScheduler.from_pretrained(entry / "scheduler")
         fr = FRModel.load(entry / "fr", device=device)
         card = json.loads((entry / CARD_FILE).read_text()) if (entry / CARD_FILE).is_file() else {}

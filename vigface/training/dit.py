@@ -114,7 +114,7 @@ def warm_start(dit: FaceDiT, generator_dir: Path) -> None:
     """Copy the DiT weights of a saved generator (same architecture) into ``dit``."""
     if not (generator_dir / "dit").is_dir():
         raise DatasetError(f"init_from: {generator_dir} has no dit/ folder (not a generator)")
-    src = FaceDiT.from_pretrained(generator_dir / "dit")
+    src = FaceDiT.from_pretrained(generator_dir / "dit", low_cpu_mem_usage=False)
     mine = {k: v for k, v in dit.config.items() if not k.startswith("_")}
     theirs = {k: v for k, v in src.config.items() if not k.startswith("_")}
     if mine != theirs:
