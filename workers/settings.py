@@ -1,30 +1,42 @@
 """Service settings: environment variables ``VIGFACE_*`` (or a ``.env`` file), typed.
 
 The defaults are the embedded single-machine mode: SQLite, a local folder as object store,
-no broker (an in-process worker thread runs the shards), the bundled ``demo`` model.
+no broker (an in-process worker thread runs the shards), the bundled ``demo`` model. Every
+local path defaults to one data home (``VIGFACE_HOME``, else ``$XDG_DATA_HOME/vigface``, else
+``~/.local/share/vigface``), so every command finds the same database whatever folder it runs
+in.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vigface.precision import Precision
 
 
+def default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "vigface"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGFACE_", env_file=".env", extra="ignore")
 
-    database_url: str = Field("sqlite:///var/vigface.db", description="SQLAlchemy URL")
+    home: Path = Field(default_factory=default_home, description="data home of local paths")
+    database_url: str = Field("", description="SQLAlchemy URL (default: HOME/vigface.db)")
     broker_url: str | None = Field(None, description="Celery broker (redis://...); none: embedded")
-    storage_url: str = Field("file://var/storage", description="file://DIR or s3://bucket/prefix")
+    storage_url: str = Field(
+        "", description="file://DIR or s3://bucket/prefix (default: file://HOME/storage)"
+    )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
-    work_dir: Path = Field(Path("var/work"), description="local scratch space for shards")
+    work_dir: Path | None = Field(None, description="scratch space for shards (HOME/work)")
     default_model: str = "demo"
-    model_cache: Path = Field(Path("var/models"), description="cache of models pulled from storage")
+    model_cache: Path | None = Field(None, description="models pulled from storage (HOME/models)")
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = Field(
@@ -48,6 +60,17 @@ class Settings(BaseSettings):
         2.0, gt=0, description="wait before the 2nd attempt; doubles after each failure"
     )
 
+
+    @model_validator(mode="after")
+    def _under_home(self):
+        """Local paths left unset live under the data home (absolute, whatever the cwd)."""
+        home = self.home.expanduser().resolve()
+        self.home = home
+        self.database_url = self.database_url or f"sqlite:///{home / 'vigface.db'}"
+        self.storage_url = self.storage_url or f"file://{home / 'storage'}"
+        self.work_dir = self.work_dir or home / "work"
+        self.model_cache = self.model_cache or home / "models"
+        return self
 
     @property
     def base_url(self) -> str:

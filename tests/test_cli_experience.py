@@ -1,0 +1,59 @@
+"""What a new user meets first: one data home from any folder, one-line errors, links that
+follow the port actually served."""
+
+import os
+import socket
+import subprocess
+import sys
+
+from app.client import APIError
+from workers.settings import Settings
+
+
+def _vigface(args, cwd, env):
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def test_admin_commands_share_one_data_home_from_any_folder(tmp_path):
+    env = {**os.environ, "VIGFACE_HOME": str(tmp_path / "home"), "PYTHONPATH": os.getcwd()}
+    for k in ("VIGFACE_DATABASE_URL", "VIGFACE_STORAGE_URL"):
+        env.pop(k, None)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    r = _vigface(["admin", "create-team", "alpha"], tmp_path / "a", env)
+    assert r.returncode == 0, r.stderr
+    r = _vigface(["admin", "create-key", "alpha"], tmp_path / "b", env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("vgf_")
+    assert (tmp_path / "home" / "vigface.db").is_file()
+    assert not list((tmp_path / "a").iterdir()) and not list((tmp_path / "b").iterdir())
+
+
+def test_a_refused_connection_is_one_line_and_exit_2(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VIGFACE_API_KEY": "vgf_x", "PYTHONPATH": os.getcwd()}
+    r = _vigface(["jobs", "list", "--url", f"http://127.0.0.1:{port}"], tmp_path, env)
+    assert r.returncode == 2
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "cannot reach the service" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_api_errors_read_as_field_and_message():
+    err = APIError(404, [{"field": "job_id", "message": "no such job"}])
+    assert str(err) == "HTTP 404: job_id: no such job"
+    assert str(APIError(500, "boom")) == "HTTP 500: boom"
+
+
+def test_links_follow_the_served_address_unless_a_public_url_is_set(tmp_path):
+    s = Settings(home=tmp_path, port=18100)
+    assert s.base_url == "http://127.0.0.1:18100"
+    assert Settings(home=tmp_path, host="0.0.0.0", port=9).base_url == "http://127.0.0.1:9"
+    assert Settings(home=tmp_path, public_url="https://faces.example").base_url == (
+        "https://faces.example"
+    )
+    assert s.database_url == f"sqlite:///{tmp_path.resolve() / 'vigface.db'}"
