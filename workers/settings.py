@@ -60,7 +60,6 @@ class Settings(BaseSettings):
         2.0, gt=0, description="wait before the 2nd attempt; doubles after each failure"
     )
 
-
     @model_validator(mode="after")
     def _under_home(self):
         """Local paths left unset live under the data home (absolute, whatever the cwd)."""

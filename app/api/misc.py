@@ -28,13 +28,12 @@ def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
         if entry.kind != "generator":
             continue
         desc = describe_model(settings, entry.name)
-        total = desc.virtual_prototypes
         out.append(
             ModelOut(
                 name=entry.name,
                 kind=entry.kind,
-                virtual_identities=total,
-                free_virtual_identities=free_prototypes(db, entry.name, total),
+                virtual_identities=desc.virtual_prototypes,
+                free_virtual_identities=free_prototypes(db, desc),
                 card=desc.card,
             )
         )

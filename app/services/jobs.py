@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import re
+import uuid
 from datetime import datetime
 
 from pydantic import ValidationError
@@ -62,10 +63,19 @@ def images_used_this_month(db: Session, team: Team) -> int:
     return int(db.scalar(q))
 
 
-def free_prototypes(db: Session, model: str, total: int) -> int:
-    """How many of a model's ``total`` virtual prototypes no job holds."""
-    used = db.scalar(select(func.count()).where(LedgerEntry.model == model))
-    return total - int(used)
+def free_prototypes(db: Session, desc: ModelDescription) -> int:
+    """How many of a model's virtual prototypes no job holds. The ledger is keyed by the
+    prototype set's digest, so every name, copy or re-push of the same W_V counts together."""
+    used = db.scalar(
+        select(func.count()).where(LedgerEntry.prototype_set == desc.prototype_set)
+    )
+    return desc.virtual_prototypes - int(used)
+
+
+def spares_for(settings: Settings, shard_sizes: list[int]) -> list[int]:
+    """Spare prototypes per shard: ``spare_fraction`` of the shard's identities, at least one,
+    so a 4-identity job reserves 1 spare, not a full shard's worth."""
+    return [max(1, math.ceil(settings.spare_fraction * n)) for n in shard_sizes]
 
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -92,9 +102,8 @@ def submit_job(
     db: Session,
     settings: Settings,
     team: Team,
-    model: str,
+    desc: ModelDescription,
     spec: DatasetSpec,
-    total_prototypes: int,
     priority: int = 5,
     webhook_url: str | None = None,
     idempotency_key: str | None = None,
@@ -106,6 +115,7 @@ def submit_job(
         raise JobError(422, "images_per_identity", f"at most {settings.max_images_per_identity}")
     if spec.mode != "virtual":
         raise JobError(422, "mode", "the service sells virtual identities only")
+    model = desc.name
     digest = request_hash(model, spec, {"priority": priority, "webhook_url": webhook_url})
     if idempotency_key:
         prior = db.scalar(
@@ -127,22 +137,34 @@ def submit_job(
             f"this job needs {images}",
         )
     n_shards = math.ceil(spec.identities / settings.shard_identities)
-    spares_per_shard = max(1, math.ceil(settings.spare_fraction * settings.shard_identities))
-    need = spec.identities + n_shards * spares_per_shard
-    taken = set(db.scalars(select(LedgerEntry.prototype_id).where(LedgerEntry.model == model)))
-    free = [p for p in range(total_prototypes) if p not in taken]
-    if len(free) < spec.identities:
+    bounds = [
+        (i * settings.shard_identities, min(spec.identities, (i + 1) * settings.shard_identities))
+        for i in range(n_shards)
+    ]
+    spares = spares_for(settings, [b - a for a, b in bounds])
+    need = spec.identities + sum(spares)
+    taken = set(
+        db.scalars(
+            select(LedgerEntry.prototype_id).where(
+                LedgerEntry.prototype_set == desc.prototype_set
+            )
+        )
+    )
+    free = [p for p in range(desc.virtual_prototypes) if p not in taken]
+    if len(free) < need:
         raise JobError(
             409,
             "identities",
-            f"model {model!r} has {len(free)} free virtual identities, "
-            f"the job needs {spec.identities}",
+            f"model {model!r} has {len(free)} free virtual identities; the job needs {need} "
+            f"({spec.identities} identities + {sum(spares)} spares that replace identities the "
+            "privacy filter drops)",
         )
-    need = min(need, len(free))
     alloc = free[:need]
     job = Job(
+        id=str(uuid.uuid4()),  # known before the insert: ledger and shards refer to it
         team_id=team.id,
         model=model,
+        prototype_set=desc.prototype_set,
         spec=spec.model_dump(),
         priority=priority,
         webhook_url=webhook_url,
@@ -153,28 +175,37 @@ def submit_job(
         progress={"sampled": 0, "identities_done": 0},
     )
     db.add(job)
-    db.flush()
-    db.add_all(LedgerEntry(model=model, prototype_id=p, job_id=job.id) for p in alloc)
-    slots, spares = alloc[: spec.identities], alloc[spec.identities :]
-    per = math.ceil(len(spares) / n_shards) if spares else 0
-    for i in range(n_shards):
-        a, b = (
-            i * settings.shard_identities,
-            min(spec.identities, (i + 1) * settings.shard_identities),
-        )
+    db.add_all(
+        LedgerEntry(model=model, prototype_set=desc.prototype_set, prototype_id=p, job_id=job.id)
+        for p in alloc
+    )
+    slots, spare_rows = alloc[: spec.identities], iter(alloc[spec.identities :])
+    for i, ((a, b), k) in enumerate(zip(bounds, spares, strict=True)):
+        own_spares = [next(spare_rows) for _ in range(k)]
         db.add(
             Shard(
                 job_id=job.id,
                 index=i,
                 slot_start=a,
                 slot_end=b,
-                prototypes=slots[a:b] + spares[i * per : (i + 1) * per],
+                prototypes=slots[a:b] + own_spares,
             )
         )
     try:
         db.commit()
-    except IntegrityError as exc:  # another submission took one of these prototypes first
+    except IntegrityError as exc:
         db.rollback()
+        if idempotency_key:  # the same key won a race with this request: answer with its job
+            prior = db.scalar(
+                select(Job).where(Job.team_id == team.id, Job.idempotency_key == idempotency_key)
+            )
+            if prior is not None:
+                if prior.request_hash != digest:
+                    raise JobError(
+                        409, "Idempotency-Key", "this key was used with a different request"
+                    ) from exc
+                return prior, False
+        # another submission took one of these prototypes first
         raise JobError(
             409, "identities", "virtual identities were allocated concurrently; retry"
         ) from exc
@@ -312,9 +343,8 @@ def create_job(
         db,
         settings,
         team,
-        model,
+        desc,
         spec,
-        desc.virtual_prototypes,
         body.priority,
         body.webhook_url,
         idempotency_key,

@@ -74,6 +74,7 @@ class Job(Base):
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     model: Mapped[str] = mapped_column(String(200))
+    prototype_set: Mapped[str | None] = mapped_column(String(64), nullable=True)  # W_V digest
     spec: Mapped[dict] = mapped_column(JSON)
     priority: Mapped[int] = mapped_column(default=5)
     webhook_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
@@ -118,9 +119,11 @@ class LedgerEntry(Base):
     is what guarantees it, whatever the process or machine allocating)."""
 
     __tablename__ = "identity_ledger"
-    __table_args__ = (UniqueConstraint("model", "prototype_id"),)
+    __table_args__ = (UniqueConstraint("prototype_set", "prototype_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    model: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))  # the name it was sold under (display)
+    # digest of W_V (vigface/prototype_set.py): every alias or copy of a model shares it
+    prototype_set: Mapped[str] = mapped_column(String(64))
     prototype_id: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,98 @@
+"""The identity ledger: a virtual identity is sold once, whatever the model is called, and
+concurrent submissions of one idempotency key get one job and no server error (PostgreSQL)."""
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+from test_service_api import _postgres_url
+
+from app.main import create_app
+from app.services.auth import create_key, create_team
+from model_store.description import describe
+from model_store.loader import load_generator
+from workers.db.models import LedgerEntry
+from workers.settings import Settings
+
+
+@pytest.fixture
+def api(tiny_generator, tmp_path, monkeypatch):
+    """A store with the tiny generator under two names (a copy), on PostgreSQL."""
+    store = tmp_path / "models"
+    shutil.copytree(tiny_generator, store / "tiny")
+    shutil.copytree(tiny_generator, store / "tiny-copy")
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(store))
+    load_generator.cache_clear()
+    describe.cache_clear()
+    from workers.db.session import get_engine
+
+    get_engine.cache_clear()
+    settings = Settings(
+        home=tmp_path,
+        database_url=_postgres_url(),
+        default_model="tiny",
+        shard_identities=2,
+        public_url="http://testserver",
+    )
+    app = create_app(settings)
+    with app.state.sessions() as db:
+        create_team(db, "alpha", quota=10_000)
+        create_team(db, "beta", quota=10_000)
+        keys = {t: create_key(db, t) for t in ("alpha", "beta")}
+    yield app, keys
+    get_engine(settings.database_url).dispose()
+
+
+ORDER = {"identities": 3, "images_per_identity": 1, "steps": 1}
+
+
+def test_aliases_of_one_model_share_one_ledger(api):
+    app, keys = api
+    c = TestClient(app)
+    a = c.post("/v1/jobs", json={**ORDER, "model": "tiny"}, headers={"X-API-Key": keys["alpha"]})
+    b = c.post(
+        "/v1/jobs", json={**ORDER, "model": "tiny-copy"}, headers={"X-API-Key": keys["beta"]}
+    )
+    assert a.status_code == b.status_code == 202, (a.text, b.text)
+    with app.state.sessions() as db:
+        rows = db.query(LedgerEntry).all()
+    by_job = {}
+    for r in rows:
+        by_job.setdefault(r.job_id, set()).add(r.prototype_id)
+    first, second = by_job[a.json()["id"]], by_job[b.json()["id"]]
+    assert first and second and not first & second  # never the same prototype twice
+    assert len({r.prototype_set for r in rows}) == 1  # one ledger for both names
+    for bad in ("/tmp", "../../etc", "tiny/", "x" * 300):
+        r = c.post("/v1/jobs", json={**ORDER, "model": bad}, headers={"X-API-Key": keys["alpha"]})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "model", bad
+
+
+def test_free_identities_count_every_alias(api):
+    app, keys = api
+    c = TestClient(app)
+    models = {
+        m["name"]: m for m in c.get("/v1/models", headers={"X-API-Key": keys["alpha"]}).json()
+    }
+    total = models["tiny"]["virtual_identities"]
+    job = c.post("/v1/jobs", json=ORDER, headers={"X-API-Key": keys["alpha"]}).json()
+    models = {
+        m["name"]: m for m in c.get("/v1/models", headers={"X-API-Key": keys["alpha"]}).json()
+    }
+    used = total - models["tiny-copy"]["free_virtual_identities"]
+    assert used == job["identities_allocated"] == 3 + 2  # 2 shards, one spare each
+
+
+def test_ten_concurrent_submissions_of_one_key_make_one_job(api):
+    app, keys = api
+    c = TestClient(app)
+    headers = {"X-API-Key": keys["alpha"], "Idempotency-Key": "same-order"}
+
+    def post(_):
+        return c.post("/v1/jobs", json=ORDER, headers=headers)
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(post, range(10)))
+    assert all(r.status_code in (200, 202) for r in answers), [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert sum(r.status_code == 202 for r in answers) == 1
