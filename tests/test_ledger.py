@@ -96,3 +96,31 @@ def test_ten_concurrent_submissions_of_one_key_make_one_job(api):
     assert all(r.status_code in (200, 202) for r in answers), [r.text for r in answers]
     assert len({r.json()["id"] for r in answers}) == 1
     assert sum(r.status_code == 202 for r in answers) == 1
+
+
+def test_cancel_gives_back_quota_and_the_prototypes_of_shards_that_never_ran(api):
+    app, keys = api
+    c = TestClient(app)
+    h = {"X-API-Key": keys["alpha"]}
+    free = {m["name"]: m["free_virtual_identities"] for m in c.get("/v1/models", headers=h).json()}
+    job = c.post("/v1/jobs", json=ORDER, headers=h).json()
+    with app.state.sessions() as db:  # shard 0 ran (a worker claimed it), shard 1 never did
+        from workers.db.models import Shard
+
+        first = db.query(Shard).filter_by(job_id=job["id"], index=0).one()
+        first.attempts, first.status = 1, "running"
+        kept = set(first.prototypes)
+        db.commit()
+    canceled = c.post(f"/v1/jobs/{job['id']}/cancel", headers=h).json()
+    assert canceled["status"] == "canceled" and canceled["progress"]["identities_released"] == 2
+    with app.state.sessions() as db:
+        left = {r.prototype_id for r in db.query(LedgerEntry).filter_by(job_id=job["id"])}
+    assert left == kept  # the shard that ran keeps its prototypes sold
+    after = {m["name"]: m["free_virtual_identities"] for m in c.get("/v1/models", headers=h).json()}
+    assert after["tiny"] == free["tiny"] - len(kept)
+    # the quota is back: an order of the whole quota fits again
+    with app.state.sessions() as db:
+        from app.services.jobs import images_used_this_month
+        from workers.db.models import Team
+
+        assert images_used_this_month(db, db.query(Team).filter_by(name="alpha").one()) == 0

@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
@@ -30,6 +30,7 @@ from workers.db.models import (
     JobStatus,
     LedgerEntry,
     Shard,
+    ShardStatus,
     Team,
     WebhookDelivery,
     utcnow,
@@ -55,10 +56,12 @@ def month_start(now: datetime) -> datetime:
 
 
 def images_used_this_month(db: Session, team: Team) -> int:
+    """Images this team's jobs of this month hold against its quota. A failed or canceled job
+    delivers no dataset, so it holds none: its images go back to the quota."""
     q = select(func.coalesce(func.sum(Job.images_requested), 0)).where(
         Job.team_id == team.id,
         Job.created_at >= month_start(utcnow()),
-        Job.status != JobStatus.FAILED,
+        Job.status.not_in((JobStatus.FAILED, JobStatus.CANCELED)),
     )
     return int(db.scalar(q))
 
@@ -232,12 +235,33 @@ def visible_jobs(team: Team, status: str | None = None):
 
 def cancel_job(db: Session, job: Job) -> Job:
     """Idempotent: a finished job stays as it is; a queued or running one is canceled
-    (running shards stop at their next sampling batch)."""
-    if job.status not in TERMINAL:
-        job.cancel_requested = True
-        job.status = JobStatus.CANCELED
-        job.finished_at = utcnow()
-        db.commit()
+    (running shards stop at their next sampling batch). What it gives back: its images to the
+    quota (see :func:`images_used_this_month`) and the virtual prototypes of every shard that
+    never started; a shard that ever ran may have written images of its prototypes, so those
+    stay sold."""
+    if job.status in TERMINAL:
+        return job
+    job.cancel_requested = True
+    job.status = JobStatus.CANCELED
+    job.finished_at = utcnow()
+    released = []
+    for shard in db.scalars(select(Shard).where(Shard.job_id == job.id)):
+        # conditional: a worker claiming this shard at the same moment wins or loses cleanly
+        taken = db.execute(
+            update(Shard)
+            .where(Shard.id == shard.id, Shard.status == ShardStatus.QUEUED, Shard.attempts == 0)
+            .values(status=ShardStatus.CANCELED)
+        ).rowcount
+        if taken:
+            released += shard.prototypes
+    if released:
+        db.execute(
+            delete(LedgerEntry).where(
+                LedgerEntry.job_id == job.id, LedgerEntry.prototype_id.in_(released)
+            )
+        )
+    job.progress = {**(job.progress or {}), "identities_released": len(released)}
+    db.commit()
     return job
 
 
