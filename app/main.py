@@ -46,6 +46,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         app.state.enqueue, app.state.enqueue_shard = (lambda job: None), (lambda *a: None)
 
+    @app.middleware("http")
+    async def _cap_body(request: Request, call_next):
+        """Refuse a body whose Content-Length exceeds ``max_body_bytes`` before reading it (an
+        order is a few hundred bytes). Bodies sent without a length are not capped here."""
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return JSONResponse(
+                {
+                    "detail": [
+                        {"field": "body", "message": f"at most {settings.max_body_bytes} bytes"}
+                    ]
+                },
+                413,
+            )
+        return await call_next(request)
+
     @app.exception_handler(JobError)
     def _job_error(_: Request, exc: JobError) -> JSONResponse:
         return JSONResponse({"detail": [{"field": exc.field, "message": exc.message}]}, exc.status)

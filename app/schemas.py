@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from vigface.dataset.spec import DatasetOrder
 
@@ -12,9 +12,20 @@ from vigface.dataset.spec import DatasetOrder
 class JobCreate(DatasetOrder):
     """A dataset order as the API takes it: the order plus model, priority and webhook."""
 
-    model: str | None = Field(None, description="model-store entry (default: the server's)")
-    priority: int = Field(5, ge=0, le=9)
-    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+    model: str | None = Field(
+        None,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="model-store name (default: the server's); never a path",
+    )
+    priority: StrictInt = Field(5, ge=0, le=9)
+    webhook_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        max_length=2000,
+        description="called on completion or failure; private, loopback and link-local "
+        "addresses are refused unless the deployment allows them",
+    )
 
 
 class JobOut(BaseModel):

@@ -55,6 +55,7 @@ def _outbox(tmp_path, url, **kw):
         database_url=f"sqlite:///{tmp_path}/db.sqlite",
         webhook_secret="s3cret",
         webhook_backoff_seconds=0.01,
+        webhook_allowed_hosts=["127.0.0.1"],  # the test receiver
         **kw,
     )
     init_db(settings.database_url)
@@ -132,6 +133,7 @@ def test_job_completion_sends_a_signed_webhook(receiver, tiny_generator, tmp_pat
         work_dir=tmp_path / "w",
         default_model=tiny_generator.name,
         webhook_secret="hook-secret",
+        webhook_allowed_hosts=["127.0.0.1"],  # the test receiver
     )
     api = create_app(settings)
     with api.state.sessions() as db:
@@ -163,3 +165,31 @@ def test_job_completion_sends_a_signed_webhook(receiver, tiny_generator, tmp_pat
     assert headers["webhook-signature"] == sign("hook-secret", headers["webhook-id"], ts, body)
     shown = TestClient(api).get(f"/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {key}"})
     assert shown.json()["webhook"] == {"status": "delivered", "attempts": 1, "last_error": None}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.7/",
+        "http://[::1]/",
+        "http://localhost/",
+    ],
+)
+def test_webhooks_to_private_addresses_are_refused_unless_allowed(url):
+    from workers.webhooks import refused_address
+
+    assert "private, loopback or reserved" in refused_address(url, [])
+    from urllib.parse import urlparse
+
+    assert refused_address(url, [urlparse(url).hostname]) is None
+
+
+def test_a_refused_address_at_delivery_fails_without_calling_it(receiver, tmp_path):
+    url, state = receiver
+    sessions, settings, _, delivery = _outbox(tmp_path, url)
+    settings = settings.model_copy(update={"webhook_allowed_hosts": []})
+    row = _deliver_until_settled(sessions, settings, delivery)
+    assert row.status == "failed" and "private, loopback" in row.last_error
+    assert state["calls"] == []

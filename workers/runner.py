@@ -61,9 +61,13 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
     )
     out = Path(settings.work_dir) / job.id / f"shard_{shard.index:05d}"
     gen = load_model(settings, job.model)
-    if job.prototype_set and gen.card.setdefault(
-        "prototype_set", prototype_set_digest(gen.fr.virtual_prototypes.cpu().numpy())
-    ) != job.prototype_set:
+    if (
+        job.prototype_set
+        and gen.card.setdefault(
+            "prototype_set", prototype_set_digest(gen.fr.virtual_prototypes.cpu().numpy())
+        )
+        != job.prototype_set
+    ):
         raise ValueError(
             f"model {job.model!r} holds other virtual prototypes than when the job was "
             "ordered (the ledger sold the old ones); order again"

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     default_monthly_quota: int = Field(1_000_000, ge=0, description="images per team per month")
     session_secret: str = Field("dev-only-change-me", description="signs dashboard cookies")
     webhook_secret: str = Field("dev-only-webhook-secret", description="HMAC key for webhooks")
+    webhook_allowed_hosts: list[str] = Field(
+        [], description="hosts a webhook may call although they resolve to private addresses"
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body accepted")
     webhook_max_attempts: int = Field(8, ge=1, description="webhook POSTs before giving up")
     webhook_backoff_seconds: float = Field(
         2.0, gt=0, description="wait before the 2nd attempt; doubles after each failure"

@@ -21,10 +21,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 from datetime import timedelta
+from urllib.parse import urlparse
 
 import httpx
 from sqlalchemy import select
@@ -45,6 +48,31 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     )
     mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
     return "v1," + base64.b64encode(mac).decode()
+
+
+def refused_address(url: str, allowed_hosts: list[str]) -> str | None:
+    """Why a webhook URL must not be called, or None. A webhook is a request the service makes
+    on a customer's behalf: to private, loopback, link-local or otherwise reserved addresses it
+    would reach inside our network (server-side request forgery), so those are refused unless
+    the host is in ``webhook_allowed_hosts``. Checked at order time and again before every
+    attempt (a name can resolve elsewhere later)."""
+    host = urlparse(url).hostname
+    if not host:
+        return "the URL has no host"
+    if host in allowed_hosts:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return f"{host} does not resolve"
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0])
+        if not ip.is_global or ip.is_multicast:
+            return (
+                f"{host} resolves to {ip}, a private, loopback or reserved address "
+                "(VIGFACE_WEBHOOK_ALLOWED_HOSTS lists hosts that may be called anyway)"
+            )
+    return None
 
 
 def post_once(url: str, secret: str, msg_id: str, payload: dict, timeout: float = 10) -> str | None:
@@ -102,6 +130,15 @@ def attempt_delivery(sessions: sessionmaker, settings: Settings, delivery_id: in
         row = db.get(WebhookDelivery, delivery_id)
         if row is None or row.status != DeliveryStatus.PENDING:
             return row.status if row is not None else "missing"
+        refused = refused_address(row.url, settings.webhook_allowed_hosts)
+        if refused is not None:  # never retried: the address will not become acceptable
+            row.attempts, row.status, row.last_error = (
+                row.attempts + 1,
+                DeliveryStatus.FAILED,
+                refused,
+            )
+            db.commit()
+            return row.status
         error = post_once(row.url, settings.webhook_secret, row.msg_id, row.payload)
         row.attempts += 1
         if error is None:

@@ -41,7 +41,7 @@ def post_job(
     team: Team = Depends(current_team),
     db: Session = Depends(get_db),
     settings: Settings = Depends(get_settings_dep),
-    idempotency_key: str | None = Header(None),
+    idempotency_key: str | None = Header(None, max_length=200),
 ) -> JobOut:
     job, created = create_job(db, settings, team, body, idempotency_key, request.app.state.enqueue)
     if not created:

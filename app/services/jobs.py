@@ -36,6 +36,7 @@ from workers.db.models import (
     utcnow,
 )
 from workers.settings import Settings
+from workers.webhooks import refused_address
 
 
 class JobError(ValueError):
@@ -69,9 +70,7 @@ def images_used_this_month(db: Session, team: Team) -> int:
 def free_prototypes(db: Session, desc: ModelDescription) -> int:
     """How many of a model's virtual prototypes no job holds. The ledger is keyed by the
     prototype set's digest, so every name, copy or re-push of the same W_V counts together."""
-    used = db.scalar(
-        select(func.count()).where(LedgerEntry.prototype_set == desc.prototype_set)
-    )
+    used = db.scalar(select(func.count()).where(LedgerEntry.prototype_set == desc.prototype_set))
     return desc.virtual_prototypes - int(used)
 
 
@@ -118,6 +117,8 @@ def submit_job(
         raise JobError(422, "images_per_identity", f"at most {settings.max_images_per_identity}")
     if spec.mode != "virtual":
         raise JobError(422, "mode", "the service sells virtual identities only")
+    if webhook_url and (why := refused_address(webhook_url, settings.webhook_allowed_hosts)):
+        raise JobError(422, "webhook_url", why)
     model = desc.name
     digest = request_hash(model, spec, {"priority": priority, "webhook_url": webhook_url})
     if idempotency_key:
@@ -148,9 +149,7 @@ def submit_job(
     need = spec.identities + sum(spares)
     taken = set(
         db.scalars(
-            select(LedgerEntry.prototype_id).where(
-                LedgerEntry.prototype_set == desc.prototype_set
-            )
+            select(LedgerEntry.prototype_id).where(LedgerEntry.prototype_set == desc.prototype_set)
         )
     )
     free = [p for p in range(desc.virtual_prototypes) if p not in taken]

@@ -237,11 +237,20 @@ async def order_submit(
             }
         except ValueError:
             errors["pose"] = "bin weights must be numbers"
-    body = {
-        k: form[k]
-        for k in ("identities", "images_per_identity", "seed", "guidance", "steps", "priority")
-        if form[k] not in (None, "")
-    }
+    body = {}  # form fields arrive as text; the API's strict types take numbers
+    for k, kind in (
+        ("identities", int),
+        ("images_per_identity", int),
+        ("seed", int),
+        ("guidance", float),
+        ("steps", int),
+        ("priority", int),
+    ):
+        if form[k] not in (None, ""):
+            try:
+                body[k] = kind(form[k])
+            except ValueError:
+                errors[k] = f"must be {'a whole number' if kind is int else 'a number'}"
     body |= {"pose": pose, "formats": form["formats"] or []}
     if form.get("webhook_url"):
         body["webhook_url"] = form["webhook_url"]

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from vigface.dataset.writers import FORMATS
 
@@ -16,22 +23,29 @@ LIMITS = {
 }
 
 
+PoseWeight = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
 class DatasetOrder(BaseModel):
-    """What a customer orders. Unknown fields are errors; every bound is checked here."""
+    """What a customer orders. Unknown fields are errors; every bound is checked here; counts
+    are strict integers (``true`` or ``"2"`` are refused, not coerced) and no number may be
+    NaN or infinite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    identities: int = Field(
+    identities: StrictInt = Field(
         ge=LIMITS["identities"][0],
         le=LIMITS["identities"][1],
         description="number of identities (classes)",
     )
-    images_per_identity: int = Field(
+    images_per_identity: StrictInt = Field(
         ge=LIMITS["images_per_identity"][0],
         le=LIMITS["images_per_identity"][1],
         description="images per identity",
     )
-    pose: str | dict[str, float] = Field(
+    pose: Annotated[str, Field(max_length=40)] | dict[
+        Annotated[str, Field(max_length=40)], PoseWeight
+    ] = Field(
         "match_training",
         description="preset (match_training, frontal, uniform_yaw) or {yaw bin: weight}",
     )
@@ -41,7 +55,7 @@ class DatasetOrder(BaseModel):
         le=LIMITS["guidance"][1],
         description="classifier-free guidance weight g (default: the model card's)",
     )
-    steps: int | None = Field(
+    steps: StrictInt | None = Field(
         None,
         ge=LIMITS["steps"][0],
         le=LIMITS["steps"][1],
@@ -55,9 +69,11 @@ class DatasetOrder(BaseModel):
         description="apply guidance only while t/T lies between lo and hi (1 = pure noise); "
         "0 and 1 = every step (default: the model card's)",
     )
-    seed: int = Field(0, ge=0, lt=2**62, description="seed of every image's noise")
-    formats: list[str] = Field(
-        ["imagefolder"], description="output formats: imagefolder, recordio, webdataset"
+    seed: StrictInt = Field(0, ge=0, lt=2**62, description="seed of every image's noise")
+    formats: list[Annotated[str, Field(max_length=20)]] = Field(
+        ["imagefolder"],
+        max_length=3,
+        description="output formats: imagefolder, recordio, webdataset",
     )
     tau_consistency: float | None = Field(
         None, ge=-1, le=1, description="min cosine to the own prototype (default: the card's)"
