@@ -31,7 +31,10 @@ def current_team(
     if authorization and authorization.lower().startswith("bearer "):
         key = authorization[7:].strip()
     team = team_for_key(db, key) if key else None
-    if team is None and not key and "session" in request.scope:  # the dashboard's cookie
+    # the dashboard's cookie reads (its pages poll GET /v1/jobs); it never changes anything
+    # through the REST API: a cookie travels with any request the browser makes, a key does not
+    cookie_ok = request.method in ("GET", "HEAD")
+    if team is None and not key and cookie_ok and "session" in request.scope:
         from workers.db.models import ApiKey
 
         row = db.get(ApiKey, request.session.get("key_id") or -1)

@@ -1,0 +1,91 @@
+"""Inputs an attacker or a careless client sends: each gets a 4xx naming the field, and a
+dashboard cookie cannot change anything through the REST API."""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.services.auth import create_key, create_team
+from model_store.description import describe
+from model_store.loader import load_generator
+from workers.settings import Settings
+
+
+@pytest.fixture
+def client(tiny_generator, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
+    load_generator.cache_clear()
+    describe.cache_clear()
+    settings = Settings(home=tmp_path, default_model=tiny_generator.name, public_url="http://t")
+    app = create_app(settings)
+    with app.state.sessions() as db:
+        create_team(db, "alpha", quota=1000)
+        key = create_key(db, "alpha")
+    return TestClient(app), key, tiny_generator.name
+
+
+ORDER = {"identities": 1, "images_per_identity": 1, "steps": 1}
+
+
+@pytest.mark.parametrize(
+    "patch,field",
+    [
+        ({"identities": True}, "identities"),
+        ({"identities": "2"}, "identities"),
+        ({"images_per_identity": 1.5}, "images_per_identity"),
+        ({"guidance": "NaN"}, "guidance"),
+        ({"pose": {"frontal": "NaN"}}, "pose"),
+        ({"model": "/tmp"}, "model"),
+        ({"model": "../../etc"}, "model"),
+        ({"model": "x" * 100_000}, "model"),
+        ({"webhook_url": "http://169.254.169.254/latest"}, "webhook_url"),
+        ({"formats": ["imagefolder"] * 50}, "formats"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_orders_are_4xx_naming_the_field(client, patch, field):
+    c, key, _ = client
+    r = c.post("/v1/jobs", json={**ORDER, **patch}, headers={"X-API-Key": key})
+    assert 400 <= r.status_code < 500, r.text
+    assert any(d["field"].split(".")[0] == field for d in r.json()["detail"]), r.text
+
+
+def test_nan_in_raw_json_is_refused(client):
+    c, key, _ = client
+    body = '{"identities": 1, "images_per_identity": 1, "pose": {"frontal": NaN}}'
+    r = c.post(
+        "/v1/jobs", content=body, headers={"X-API-Key": key, "content-type": "application/json"}
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["field"].startswith("pose")
+
+
+def test_oversized_bodies_and_headers(client):
+    c, key, _ = client
+    big = json.dumps({**ORDER, "pad": "x" * 2_000_000})
+    r = c.post(
+        "/v1/jobs", content=big, headers={"X-API-Key": key, "content-type": "application/json"}
+    )
+    assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body"
+    r = c.post("/v1/jobs", json=ORDER, headers={"X-API-Key": key, "Idempotency-Key": "k" * 300})
+    assert r.status_code == 422 and "idempotency" in r.json()["detail"][0]["field"].lower()
+
+
+def test_a_dashboard_cookie_reads_but_cannot_act_through_the_rest_api(client):
+    c, key, _ = client
+    job = c.post("/v1/jobs", json=ORDER, headers={"X-API-Key": key}).json()
+    c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    assert c.get(f"/v1/jobs/{job['id']}").status_code == 200  # the pages poll with it
+    r = c.post(f"/v1/jobs/{job['id']}/cancel")  # the cookie alone
+    assert r.status_code == 401
+    assert c.get(f"/v1/jobs/{job['id']}", headers={"X-API-Key": key}).json()["status"] == "queued"
+
+
+def test_model_grid_route_serves_store_entries_only(client):
+    c, key, name = client
+    c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    for bad in ("..", "%2e%2e", "nonexistent"):
+        r = c.get(f"/ui/models/{bad}/grids/x.png")
+        assert r.status_code == 404, bad
+    assert c.get(f"/ui/models/{name}/grids/..%2fmodel_card.json").status_code == 404
