@@ -14,7 +14,7 @@ from workers.settings import Settings, get_settings
 
 
 def celery_dispatch(settings: Settings):
-    """(enqueue a job's shards, enqueue one shard) through the Celery broker."""
+    """(enqueue a job's shards, enqueue one shard, enqueue a finalize) through Celery."""
     from workers.celery_app import make_celery
 
     celery = make_celery(settings)
@@ -26,7 +26,10 @@ def celery_dispatch(settings: Settings):
         for shard in job.shards:
             enqueue_shard(shard.id, job.priority)
 
-    return enqueue, enqueue_shard
+    def enqueue_finalize(job_id: str) -> None:
+        celery.send_task("vigface.finalize_job", args=[job_id], queue="gpu")
+
+    return enqueue, enqueue_shard, enqueue_finalize
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,9 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = open_store(settings.storage_url, settings.s3_endpoint_url)
     # embedded mode: the worker thread polls the database, nothing to send
     if settings.broker_url:
-        app.state.enqueue, app.state.enqueue_shard = celery_dispatch(settings)
+        app.state.enqueue, app.state.enqueue_shard, app.state.enqueue_finalize = celery_dispatch(
+            settings
+        )
     else:
-        app.state.enqueue, app.state.enqueue_shard = (lambda job: None), (lambda *a: None)
+        app.state.enqueue = app.state.enqueue_shard = app.state.enqueue_finalize = lambda *a: None
 
     @app.middleware("http")
     async def _cap_body(request: Request, call_next):

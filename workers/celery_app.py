@@ -26,6 +26,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_default_queue="gpu",
         task_routes={
             "vigface.run_shard": {"queue": "gpu"},
+            "vigface.finalize_job": {"queue": "gpu"},
             "vigface.deliver_webhook": {"queue": "webhooks"},
         },
         broker_transport_options={"visibility_timeout": settings.lease_seconds * 2},

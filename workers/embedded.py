@@ -11,7 +11,7 @@ import threading
 
 from sqlalchemy.orm import sessionmaker
 
-from workers.runner import next_queued_shard, run_shard
+from workers.runner import finalize_job, next_queued_shard, run_shard, stalled_finalizes
 from workers.settings import Settings
 from workers.webhooks import deliver_due
 
@@ -25,8 +25,11 @@ class EmbeddedWorker(threading.Thread):
         self.stopping = threading.Event()
 
     def run_once(self) -> bool:
-        """Deliver due webhooks, then run one queued shard; False when there was none."""
+        """Deliver due webhooks, finish stalled finalize steps (a restart mid-finalize), then
+        run one queued shard; False when there was none."""
         deliver_due(self.sessions, self.settings)
+        for job_id in stalled_finalizes(self.sessions):
+            finalize_job(self.sessions, self.settings, job_id)
         with self.sessions() as db:
             shard_id = next_queued_shard(db)
         if shard_id is None:

@@ -120,6 +120,66 @@ def requeue_expired(sessions: sessionmaker, enqueue_shard) -> list[int]:
     return ids
 
 
+def resend_queued(sessions: sessionmaker, settings: Settings, enqueue_shard) -> list[int]:
+    """The reconciler: the database, not the broker, says what must run. A shard still queued
+    ``resend_after_seconds`` after it was last sent (a broker restarted without persistence
+    lost its message) is sent again; a duplicate message is harmless, since only one worker
+    can claim the shard (:func:`claim_shard`)."""
+    cutoff = utcnow() - timedelta(seconds=settings.resend_after_seconds)
+    with sessions() as db:
+        ids = list(
+            db.scalars(
+                select(Shard.id)
+                .join(Job)
+                .where(
+                    Job.status.in_(LIVE),
+                    Shard.status == ShardStatus.QUEUED,
+                    or_(Shard.enqueued_at.is_(None), Shard.enqueued_at < cutoff),
+                )
+            )
+        )
+        if ids:
+            db.execute(update(Shard).where(Shard.id.in_(ids)).values(enqueued_at=utcnow()))
+            db.commit()
+    for shard_id in ids:
+        enqueue_shard(shard_id)
+    return ids
+
+
+def stalled_finalizes(sessions: sessionmaker) -> list[str]:
+    """Jobs whose finalize step must run (again): every shard succeeded but the job is still
+    ``running`` (the last shard's worker died before finalizing), or the job is
+    ``finalizing`` with an expired lease (the finalizing worker died). Such jobs are put back
+    to ``running`` so that :func:`finalize_job` can claim them."""
+    now = utcnow()
+    with sessions() as db:
+        unfinished = select(Shard.job_id).where(Shard.status != ShardStatus.SUCCEEDED)
+        done = list(
+            db.scalars(
+                select(Job.id).where(Job.status == JobStatus.RUNNING, Job.id.not_in(unfinished))
+            )
+        )
+        expired = list(
+            db.scalars(
+                select(Job.id).where(
+                    Job.status == JobStatus.FINALIZING, Job.finalize_expires_at < now
+                )
+            )
+        )
+        for job_id in expired:
+            db.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.status == JobStatus.FINALIZING,
+                    Job.finalize_expires_at < now,
+                )
+                .values(status=JobStatus.RUNNING)
+            )
+        db.commit()
+    return done + expired
+
+
 def claim_shard(db: Session, settings: Settings, shard_id: int) -> bool:
     """Take the lease of a queued (or expired) shard; False if someone else holds it."""
     now = utcnow()
@@ -231,10 +291,13 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
 def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> None:
     """Merge the shards into one dataset, upload it, record the report: once per job."""
     with sessions() as db:
-        claimed = db.execute(
+        claimed = db.execute(  # a leased step: stalled_finalizes() re-runs it if this dies
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-            .values(status=JobStatus.FINALIZING)
+            .values(
+                status=JobStatus.FINALIZING,
+                finalize_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds),
+            )
         ).rowcount
         db.commit()
         if not claimed:

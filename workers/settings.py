@@ -49,7 +49,12 @@ class Settings(BaseSettings):
     )
     shard_identities: int = Field(50, ge=1, description="identities per shard (one task)")
     spare_fraction: float = Field(0.2, ge=0, description="extra prototypes reserved per job")
-    lease_seconds: int = Field(3600, ge=10, description="a running shard's lease")
+    lease_seconds: int = Field(
+        3600, ge=10, description="a running shard's or finalize step's lease (renewed per batch)"
+    )
+    resend_after_seconds: int = Field(
+        300, ge=5, description="re-send a shard still queued after this long (lost message)"
+    )
     max_identities_per_job: int = Field(10_000, ge=1)
     max_images_per_identity: int = Field(200, ge=1)
     default_monthly_quota: int = Field(1_000_000, ge=0, description="images per team per month")

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from workers.celery_app import celery_app
 from workers.db.session import session_factory
-from workers.runner import run_shard
+from workers.runner import finalize_job, run_shard
 from workers.settings import get_settings
 
 
@@ -18,6 +18,12 @@ def _sessions():
 @celery_app.task(name="vigface.run_shard", acks_late=True, reject_on_worker_lost=True)
 def run_shard_task(shard_id: int) -> str:
     return run_shard(_sessions(), get_settings(), shard_id)
+
+
+@celery_app.task(name="vigface.finalize_job", acks_late=True, reject_on_worker_lost=True)
+def finalize_job_task(job_id: str) -> None:
+    """Re-runs a finalize that stalled (see ``workers.runner.stalled_finalizes``)."""
+    finalize_job(_sessions(), get_settings(), job_id)
 
 
 @celery_app.task(name="vigface.deliver_webhook", bind=True, max_retries=None)

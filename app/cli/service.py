@@ -85,7 +85,7 @@ def serve_cmd(
         from workers.reaper import Reaper
 
         Reaper(
-            api.state.sessions, settings, api.state.enqueue_shard, settings.lease_seconds / 4
+            api.state.sessions, settings, api.state.enqueue_shard, api.state.enqueue_finalize
         ).start()
     uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
 

@@ -191,6 +191,7 @@ def submit_job(
                 slot_start=a,
                 slot_end=b,
                 prototypes=slots[a:b] + own_spares,
+                enqueued_at=utcnow(),  # sent right after the commit (by the caller)
             )
         )
     try:

@@ -91,6 +91,7 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finalize_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)  # its lease
     team: Mapped[Team] = relationship()
     shards: Mapped[list[Shard]] = relationship(back_populates="job", order_by="Shard.index")
 
@@ -110,6 +111,7 @@ class Shard(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     images_done: Mapped[int] = mapped_column(default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)  # last sent to broker
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     job: Mapped[Job] = relationship(back_populates="shards")
 
