@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
+
+from vigface.atomic import atomic_write_text
 
 
 def _png(fig) -> str:
@@ -21,6 +21,7 @@ def _plots(report: dict, out_dir: Path) -> dict[str, str]:
     import csv
 
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -31,12 +32,15 @@ def _plots(report: dict, out_dir: Path) -> dict[str, str]:
     tau = report["thresholds"]
     plots = {}
     fig, ax = plt.subplots(figsize=(6, 3))
-    bins = np.linspace(-0.2, 1.0, 49)
+    both = np.concatenate([own, near, [tau["tau_consistency"], tau["tau_leak"]]])
+    lo, hi = np.floor(both.min() * 20) / 20, np.ceil(both.max() * 20) / 20  # 0.05 steps
+    bins = np.linspace(lo, hi, 41)
     ax.hist(own, bins=bins, alpha=0.7, label="cos to own prototype")
     ax.hist(near, bins=bins, alpha=0.7, label="max cos to any real prototype")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x + 0:.2f}"))
     ax.axvline(tau["tau_consistency"], color="tab:blue", ls="--", lw=1, label="tau_consistency")
     ax.axvline(tau["tau_leak"], color="tab:red", ls="--", lw=1, label="tau_leak")
-    ax.set(xlabel="cosine (FR model)", ylabel="images")
+    ax.set(xlabel="cosine (stage-1 FR model)", ylabel="images (every draw)")
     ax.legend(fontsize=7)
     plots["similarity"] = _png(fig)
     plt.close(fig)
@@ -82,41 +86,23 @@ def _sample_grids(out_dir: Path, per_bin: int = 8) -> dict[str, str]:
 
 
 def write_html_report(path: Path, report: dict, out_dir: Path) -> None:
-    plots = _plots(report, out_dir)
-    grids = _sample_grids(out_dir)
-    a, c = report["attributes"], report["counts"]
-    lk = report["leakage"]
+    """Render ``templates/report.html.j2``; plots and sample strips are inline PNGs, so the
+    page is one self-contained file beside report.json."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    def row(k, v):
-        return f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-
-    def fmt(x):
-        return f"{x:.4f}" if isinstance(x, float) else x
-
-    tables = "".join(row(k, fmt(v)) for k, v in {**a, **c}.items())
-    leak_rows = "".join(
-        row(f"{name} {q}", fmt(s.get(q)))
-        for name, s in lk.items()
-        if s
-        for q in ("p50", "p99", "max")
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
     )
-    grid_html = "".join(
-        f"<h3>{html.escape(b)}</h3><img alt='samples {html.escape(b)}' src='{src}'>"
-        for b, src in grids.items()
+    html_text = env.get_template("report.html.j2").render(
+        d=report["dataset"],
+        spec=report["dataset"].get("spec", {}),
+        a=report["attributes"],
+        c=report["counts"],
+        t=report["thresholds"],
+        leak=report["leakage"],
+        judge=report.get("judge"),
+        plots=_plots(report, out_dir),
+        grids=_sample_grids(out_dir),
     )
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>VIGFace dataset report</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:24px auto;color:#222}}
-table{{border-collapse:collapse;margin:8px 0}}th,td{{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:13px}}
-th{{background:#f4f4f4}}img{{max-width:100%}}pre{{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}}</style>
-</head><body><h1>Dataset report</h1>
-<p>{report["dataset"]["num_classes"]} identities, {report["dataset"]["num_image"]} images ({html.escape(report["dataset"]["kind"])}).</p>
-<h2>Attributes and counts</h2><table>{tables}</table>
-<h2>Similarity</h2><img alt="similarity histogram" src="{plots["similarity"]}">
-<h2>Leakage</h2><table>{leak_rows}</table>
-<h2>Pose</h2><img alt="pose histogram" src="{plots["pose"]}">
-<h2>Samples per pose bin</h2>{grid_html}
-<h2>report.json</h2><pre>{html.escape(json.dumps(report, indent=1))}</pre>
-</body></html>"""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(doc)
-    tmp.replace(path)
+    atomic_write_text(path, html_text)
