@@ -138,8 +138,12 @@ def pose_report(parts: list) -> dict:
 
 
 def similarity_histograms(records: list[ImageRecord], bins: int = 24) -> dict:
-    """Counts of own-prototype and nearest-real cosines over every draw, on shared edges."""
-    edges = np.linspace(-0.2, 1.0, bins + 1)
+    """Counts of own-prototype and nearest-real cosines over every draw, on shared edges that
+    span the data (rounded out to 0.05), so no bins are wasted on cosines nobody drew."""
+    values = np.array([r.cos_own for r in records] + [r.nearest_real_cos for r in records])
+    lo = np.floor(values.min() * 20) / 20 if len(values) else 0.0
+    hi = max(np.ceil(values.max() * 20) / 20 if len(values) else 1.0, lo + 0.05)
+    edges = np.linspace(lo, hi, bins + 1) + 0.0  # + 0.0: no "-0.0" edge
     return {
         "edges": edges.round(3).tolist(),
         "cos_own": np.histogram([r.cos_own for r in records], edges)[0].tolist(),
