@@ -42,7 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     init_db(settings.database_url)
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
-    app.state.store = open_store(settings.storage_url, settings.s3_endpoint_url)
+    app.state.store = open_store(
+        settings.storage_url, settings.s3_endpoint_url, settings.s3_public_endpoint_url
+    )
     # embedded mode: the worker thread polls the database, nothing to send
     if settings.broker_url:
         app.state.enqueue, app.state.enqueue_shard, app.state.enqueue_finalize = celery_dispatch(

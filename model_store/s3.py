@@ -26,17 +26,22 @@ class S3Store:
         prefix: str = "",
         endpoint_url: str | None = None,
         link_seconds: int = 3600,
+        public_endpoint_url: str | None = None,
     ):
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.link_seconds = link_seconds
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            config=Config(
-                signature_version="s3v4",
-                retries={"max_attempts": 8, "mode": "adaptive"},
-                request_checksum_calculation="when_supported",
-            ),
+        config = Config(
+            signature_version="s3v4",
+            retries={"max_attempts": 8, "mode": "adaptive"},
+            request_checksum_calculation="when_supported",
+        )
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
+        # a presigned link's signature covers the host: sign for the address clients use
+        # (``http://minio:9000`` inside Docker is not one a client outside can resolve)
+        self.link_client = (
+            boto3.client("s3", endpoint_url=public_endpoint_url, config=config)
+            if public_endpoint_url
+            else self.client
         )
         self.transfer = TransferConfig(multipart_threshold=8 * 2**20, multipart_chunksize=8 * 2**20)
 
@@ -83,7 +88,7 @@ class S3Store:
         return sorted(out)
 
     def link(self, key: str, plain_link: Callable[[str], str] | None = None) -> str:
-        return self.client.generate_presigned_url(
+        return self.link_client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._key(key)},
             ExpiresIn=self.link_seconds,

@@ -101,12 +101,19 @@ class LocalStore:
             raise OSError(f"store folder missing: {self.root}")
 
 
-def open_store(url: str, endpoint_url: str | None = None) -> ObjectStore:
+def open_store(
+    url: str, endpoint_url: str | None = None, public_endpoint_url: str | None = None
+) -> ObjectStore:
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return LocalStore(parsed.netloc + parsed.path if parsed.scheme == "file" else url)
     if parsed.scheme == "s3":
         from model_store.s3 import S3Store
 
-        return S3Store(parsed.netloc, parsed.path.lstrip("/"), endpoint_url)
+        return S3Store(
+            parsed.netloc,
+            parsed.path.lstrip("/"),
+            endpoint_url,
+            public_endpoint_url=public_endpoint_url,
+        )
     raise ValueError(f"storage_url: unsupported scheme {parsed.scheme!r} (use file:// or s3://)")

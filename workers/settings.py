@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         "", description="file://DIR or s3://bucket/prefix (default: file://HOME/storage)"
     )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="the endpoint clients reach, for presigned links (default: the same)"
+    )
     work_dir: Path | None = Field(None, description="scratch space for shards (HOME/work)")
     default_model: str = "demo"
     model_cache: Path | None = Field(None, description="models pulled from storage (HOME/models)")

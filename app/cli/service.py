@@ -117,6 +117,13 @@ def quickstart_cmd(
     serve_cmd(host=host, port=port, embedded_worker=True)
 
 
+def migrate_cmd() -> None:
+    """Bring the database schema to the latest migration and exit (the production compose runs
+    this once before the API and workers start)."""
+    _, settings = _sessions()
+    typer.echo(f"database at the latest schema: {settings.database_url.split('@')[-1]}")
+
+
 def worker_cmd(
     queues: str = typer.Option(
         "gpu,webhooks", help="Celery queues to consume (shards, webhook deliveries)"
@@ -140,3 +147,4 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve_cmd)
     app.command("quickstart")(quickstart_cmd)
     app.command("worker")(worker_cmd)
+    app.command("migrate")(migrate_cmd)
