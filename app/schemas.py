@@ -43,7 +43,15 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    eta_seconds: float | None
+    eta_seconds: float | None = Field(
+        None, description="remaining images / sampling_img_per_s (when workers are sampling)"
+    )
+    sampling_img_per_s: float | None = Field(
+        None, description="images per second the job's workers are sampling now"
+    )
+    progress_updated_at: datetime | None = Field(
+        None, description="when images_done last changed (clients extrapolate from it)"
+    )
     error: str | None
     webhook: dict | None = Field(
         None, description="the completion webhook's delivery: status, attempts, last_error"

@@ -57,3 +57,25 @@ def test_links_follow_the_served_address_unless_a_public_url_is_set(tmp_path):
         "https://faces.example"
     )
     assert s.database_url == f"sqlite:///{tmp_path.resolve() / 'vigface.db'}"
+
+
+def test_eta_uses_the_workers_sampling_rate_and_ignores_stale_workers():
+    from datetime import timedelta
+
+    from app.services.jobs import sampling_rate
+    from workers.db.models import Job, JobStatus, utcnow
+
+    now = utcnow()
+    job = Job(status=JobStatus.RUNNING, images_requested=100, images_done=40)
+    job.progress = {
+        "updated_at": now.isoformat(),
+        "workers": {
+            "a": {"img_per_s": 2.0, "updated_at": now.isoformat()},
+            "b": {"img_per_s": 3.0, "updated_at": (now - timedelta(seconds=5)).isoformat()},
+            "dead": {"img_per_s": 9.0, "updated_at": (now - timedelta(minutes=10)).isoformat()},
+        },
+    }
+    rate, updated = sampling_rate(job)
+    assert rate == 5.0 and updated == now
+    job.status = JobStatus.SUCCEEDED
+    assert sampling_rate(job)[0] is None

@@ -37,7 +37,12 @@ def worker_stats(img_per_s: float) -> dict:
     """Throughput and accelerator memory of this worker process, for the job record."""
     import torch
 
-    stats = {"img_per_s": round(img_per_s, 3), "device": "cpu", "gpu_mem_mb": 0.0}
+    stats = {
+        "img_per_s": round(img_per_s, 3),
+        "device": "cpu",
+        "gpu_mem_mb": 0.0,
+        "updated_at": utcnow().isoformat(),
+    }
     if torch.cuda.is_available():
         stats["device"] = torch.cuda.get_device_name()
         stats["gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -242,6 +247,7 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
                             sampled_here / max(time.perf_counter() - started, 1e-6)
                         ),
                     }
+                prog["updated_at"] = utcnow().isoformat()
                 j.progress = prog
                 s = upd.get(Shard, shard_id)
                 s.lease_expires_at = utcnow() + timedelta(seconds=settings.lease_seconds)

@@ -295,10 +295,10 @@ def job_outs(db: Session, jobs: list[Job]) -> list[JobOut]:
     )
     out = []
     for job in jobs:
+        rate, updated = sampling_rate(job)
         eta = None
-        if job.status == JobStatus.RUNNING and job.started_at and job.images_done:
-            rate = job.images_done / max((utcnow() - job.started_at).total_seconds(), 1e-3)
-            eta = round((job.images_requested - job.images_done) / rate, 1)
+        if job.status == JobStatus.RUNNING and rate:
+            eta = round(max(0, job.images_requested - job.images_done) / rate, 1)
         out.append(
             JobOut(
                 id=job.id,
@@ -316,11 +316,32 @@ def job_outs(db: Session, jobs: list[Job]) -> list[JobOut]:
                 started_at=job.started_at,
                 finished_at=job.finished_at,
                 eta_seconds=eta,
+                sampling_img_per_s=rate,
+                progress_updated_at=updated,
                 error=job.error,
                 webhook=hooks.get(job.id),
             )
         )
     return out
+
+
+def sampling_rate(job: Job, stale_s: float = 120.0):
+    """(images/s the job's workers sample now, when progress last moved): the sum over workers
+    that reported within ``stale_s``. A steady rate for the ETA, unlike images done over time
+    since start, which also counts queueing, model loading and filtering."""
+    progress = job.progress or {}
+    updated = progress.get("updated_at")
+    updated = datetime.fromisoformat(updated) if updated else None
+    if job.status != JobStatus.RUNNING:
+        return None, updated
+    now = utcnow()
+    rate = sum(
+        w.get("img_per_s", 0.0)
+        for w in progress.get("workers", {}).values()
+        if "updated_at" in w
+        and (now - datetime.fromisoformat(w["updated_at"])).total_seconds() < stale_s
+    )
+    return (round(rate, 3) if rate else None), updated
 
 
 def webhook_states(db: Session, job_ids: list[str]) -> dict[str, dict]:

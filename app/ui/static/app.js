@@ -35,9 +35,27 @@ async function refreshJob() {
   const started = job.started_at ? new Date(job.started_at + "Z") : null;
   if (started && job.images_done) {
     const secs = Math.max(1, (Date.now() - started.getTime()) / 1000);
-    el.querySelector(".rate").textContent = (job.images_done / secs).toFixed(2) + " img/s";
+    el.querySelector(".overall").textContent = (job.images_done / secs).toFixed(2) + " img/s";
   }
+  el.querySelector(".rate").textContent = job.sampling_img_per_s ? job.sampling_img_per_s.toFixed(2) + " img/s" : "–";
+  live = { job: job, seen: Date.now() };
   if (el.dataset.status !== job.status && ["succeeded", "failed", "canceled"].includes(job.status)) location.reload();
+}
+
+// Between polls, progress and ETA move at the workers' sampling rate (from the last report)
+// instead of jumping by whole batches: shown = done + rate x (time since that report).
+let live = null;
+function tick() {
+  const el = document.getElementById("job-live");
+  if (!el || !live || live.job.status !== "running" || !live.job.sampling_img_per_s) return;
+  const job = live.job, rate = job.sampling_img_per_s;
+  const since = job.progress_updated_at ? (Date.now() - new Date(job.progress_updated_at + "Z").getTime()) / 1000 : (Date.now() - live.seen) / 1000;
+  const shown = Math.min(job.images_requested, job.images_done + rate * Math.max(0, since));
+  const p = Math.min(100, 100 * shown / job.images_requested);
+  el.querySelector(".bar > span").style.width = p.toFixed(1) + "%";
+  el.querySelector(".pct").textContent = Math.floor(p) + " %";
+  el.querySelector(".done").textContent = Math.floor(shown) + " / " + job.images_requested;
+  el.querySelector(".eta").textContent = fmtEta((job.images_requested - shown) / rate);
 }
 
 function poseMode() {
@@ -58,6 +76,7 @@ function sliderSum() {
 document.addEventListener("DOMContentLoaded", () => {
   refreshJobs(); refreshJob(); poseMode(); sliderSum();
   setInterval(() => { refreshJobs(); refreshJob(); }, 1500);
+  setInterval(tick, 250);
   const preset = document.getElementById("pose_preset");
   if (preset) preset.addEventListener("change", poseMode);
   document.querySelectorAll("#pose-sliders input[type=range]").forEach(i => i.addEventListener("input", sliderSum));
