@@ -94,18 +94,31 @@ class VIGFaceClient:
                 job = self.job(job_id)
 
     def download(self, job_id: str, fmt: str, dest: str | Path) -> list[Path]:
-        """Download one format (``imagefolder``, ``recordio``, ``webdataset``) plus the
-        manifest, card and report into ``dest``."""
-        files = self._check(self.http.get(f"/v1/jobs/{job_id}/artifacts"))["files"]
-        wanted = {k: v for k, v in files.items() if k.startswith(f"{fmt}/") or "/" not in k}
-        if not any(k.startswith(f"{fmt}/") for k in wanted):
-            raise APIError(
-                404,
-                f"the job has no {fmt!r} output (has: "
-                f"{sorted({k.split('/')[0] for k in files if '/' in k})})",
-            )
-        out = []
-        for rel, url in tqdm(sorted(wanted.items()), desc="download", unit="file"):
+        """Download one format (``imagefolder``, ``recordio``, ``webdataset``) or ``all`` of
+        them, plus the manifest, card and report, into ``dest``. Resumes: a file already there
+        with the recorded size is not fetched again. Progress in bytes on stderr."""
+        listing = self._check(self.http.get(f"/v1/jobs/{job_id}/artifacts"))
+        files, sizes = listing["files"], listing.get("sizes", {})
+        formats = sorted({k.split("/")[0] for k in files if "/" in k})
+        if fmt != "all" and fmt not in formats:
+            raise APIError(404, f"the job has no {fmt!r} output (has: {formats})")
+        wanted = {
+            k: v
+            for k, v in files.items()
+            if fmt == "all" or k.startswith(f"{fmt}/") or "/" not in k
+        }
+        todo = {
+            k: v
+            for k, v in wanted.items()
+            if not ((Path(dest) / k).is_file() and (Path(dest) / k).stat().st_size == sizes.get(k))
+        }
+        bar = tqdm(
+            total=sum(sizes.get(k, 0) for k in todo) or None,
+            unit="B",
+            unit_scale=True,
+            desc=f"download ({len(wanted) - len(todo)} of {len(wanted)} files already here)",
+        )
+        for rel, url in sorted(todo.items()):
             path = Path(dest) / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             client = self.http if url.startswith(str(self.http.base_url)) else httpx
@@ -116,6 +129,29 @@ class VIGFaceClient:
                 with tmp.open("wb") as f:
                     for chunk in r.iter_bytes():
                         f.write(chunk)
+                        bar.update(len(chunk))
                 tmp.replace(path)
-            out.append(path)
-        return out
+        bar.close()
+        return [Path(dest) / k for k in sorted(wanted)]
+
+    def archive(self, job_id: str, dest: str | Path) -> Path:
+        """The whole dataset as one tar file (streamed, with a progress bar)."""
+        dest = Path(dest)
+        tmp = dest.with_name(dest.name + ".part")
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/archive") as r:
+            if r.status_code >= 400:
+                r.read()
+                self._check(r)
+            bar = tqdm(
+                total=int(r.headers.get("content-length", 0)) or None,
+                unit="B",
+                unit_scale=True,
+                desc="archive",
+            )
+            with tmp.open("wb") as f:
+                for chunk in r.iter_bytes():
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            bar.close()
+        tmp.replace(dest)
+        return dest

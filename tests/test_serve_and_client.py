@@ -69,8 +69,28 @@ def test_client_submits_waits_and_downloads(server, tmp_path):
     assert json.loads((tmp_path / "dl" / "dataset_card.json").read_text())["num_image"] == 4
     with pytest.raises(APIError, match="recordio"):
         c.download(job["id"], "recordio", tmp_path / "x")
+    # resume: a complete file is not fetched again, a missing one is
+    (tmp_path / "dl" / "manifest.csv").unlink()
+    again = c.download(job["id"], "all", tmp_path / "dl")
+    assert (tmp_path / "dl" / "manifest.csv").is_file()
+    assert {f.relative_to(tmp_path / "dl").parts[0] for f in again} >= {"imagefolder", "webdataset"}
+    # the whole dataset as one tar, byte for byte the same files
+    import tarfile
+
+    tar = c.archive(job["id"], tmp_path / "all.tar")
+    with tarfile.open(tar) as t:
+        names = {m.name.split("/", 1)[1]: m for m in t.getmembers()}
+        assert set(names) == {f.relative_to(tmp_path / "dl").as_posix() for f in again}
+        card = t.extractfile(names["dataset_card.json"]).read()
+    assert card == (tmp_path / "dl" / "dataset_card.json").read_bytes()
     r = cli("jobs", "status", job["id"], "--url", url, "--api-key", key)
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "succeeded"
+    r = cli("jobs", "list", "--url", url, "--api-key", key)
+    assert r.returncode == 0 and job["id"] in r.stdout and "succeeded" in r.stdout
+    r = cli("jobs", "cancel", job["id"], "--url", url, "--api-key", key)
+    assert r.returncode == 0 and r.stdout.strip() == "succeeded"  # finished: stays as it is
+    r = cli("jobs", "status", "nope", "--url", url, "--api-key", key)
+    assert r.returncode == 2 and r.stderr.strip().endswith("job_id: no such job")
     r = cli(
         "jobs",
         "download",

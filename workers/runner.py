@@ -324,7 +324,8 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
             report = write_dataset(parts, out)
             keys = put_dir(store, f"jobs/{job.id}", out)
             job.report = report
-            job.artifacts = {"keys": keys}
+            sizes = {k: (out / k.split(f"jobs/{job.id}/", 1)[1]).stat().st_size for k in keys}
+            job.artifacts = {"keys": keys, "sizes": sizes}
             job.images_done = report["dataset"]["num_image"]
             job.status, job.finished_at = JobStatus.SUCCEEDED, utcnow()
         except Exception as exc:

@@ -6,6 +6,7 @@ import base64
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import current_team, get_db, get_settings_dep
@@ -118,8 +119,57 @@ def artifacts(
             409, detail=[{"field": "status", "message": f"job is {job.status}; no artifacts yet"}]
         )
     store = request.app.state.store
-    links = {
-        key.split(f"jobs/{job.id}/", 1)[1]: download_link(store, settings, key)
-        for key in job.artifacts["keys"]
+    rel = {key: key.split(f"jobs/{job.id}/", 1)[1] for key in job.artifacts["keys"]}
+    links = {r: download_link(store, settings, key) for key, r in rel.items()}
+    sizes = job.artifacts.get("sizes", {})
+    return {
+        "job_id": job.id,
+        "files": links,
+        "sizes": {r: sizes[key] for key, r in rel.items() if key in sizes},
+        "archive": f"{settings.base_url.rstrip('/')}/v1/jobs/{job.id}/archive",
     }
-    return {"job_id": job.id, "files": links}
+
+
+@router.get("/{job_id}/archive", response_class=StreamingResponse)
+def archive(
+    job_id: str,
+    request: Request,
+    team: Team = Depends(current_team),
+    db: Session = Depends(get_db),
+) -> StreamingResponse:
+    """The whole dataset as one uncompressed tar, streamed from the store (JPEGs do not
+    compress; tar needs no index, so the first byte goes out at once)."""
+    job = job_or_404(db, team, job_id)
+    if not job.artifacts:
+        raise HTTPException(
+            409, detail=[{"field": "status", "message": f"job is {job.status}; no artifacts yet"}]
+        )
+    store = request.app.state.store
+    sizes = job.artifacts.get("sizes", {})
+    members = [
+        (key, key.split(f"jobs/{job.id}/", 1)[1], sizes.get(key) or store.size(key))
+        for key in job.artifacts["keys"]
+    ]
+    total = sum(512 + -(-n // 512) * 512 for _, _, n in members) + 1024
+    return StreamingResponse(
+        tar_stream(store, members, f"vigface-{job.id}"),
+        media_type="application/x-tar",
+        headers={
+            "Content-Disposition": f'attachment; filename="vigface-{job.id}.tar"',
+            "Content-Length": str(total),
+        },
+    )
+
+
+def tar_stream(store, members, root: str):
+    """A ustar archive of ``(key, name, size)`` members under ``root/``, chunk by chunk."""
+    import tarfile
+
+    for key, name, size in members:
+        info = tarfile.TarInfo(f"{root}/{name}")
+        info.size, info.mode, info.mtime = size, 0o644, 0
+        yield info.tobuf(format=tarfile.USTAR_FORMAT)
+        yield from store.iter_bytes(key)
+        if size % 512:
+            yield b"\0" * (512 - size % 512)
+    yield b"\0" * 1024

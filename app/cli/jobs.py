@@ -102,11 +102,17 @@ def jobs_cancel(job_id: str, url: str = URL_OPT, api_key: str | None = KEY_OPT) 
 @app.command("download")
 def jobs_download(
     job_id: str,
-    format_: str = typer.Option("imagefolder", "--format"),
-    out: Path = typer.Option(..., help="destination folder"),
+    format_: str = typer.Option("all", "--format", help="imagefolder, recordio, webdataset or all"),
+    out: Path = typer.Option(..., help="destination folder (or the .tar file with --archive)"),
+    archive: bool = typer.Option(False, help="one tar of the whole dataset instead of files"),
     url: str = URL_OPT,
     api_key: str | None = KEY_OPT,
 ) -> None:
-    """Download one output format with the manifest, card and report."""
-    files = _call(url, _client(url, api_key).download, job_id, format_, out)
+    """Download a finished dataset: files of one format (or all) with the manifest, card and
+    report, resuming where an earlier download stopped; or, with --archive, one tar file."""
+    client = _client(url, api_key)
+    if archive:
+        typer.echo(str(_call(url, client.archive, job_id, out)))
+        return
+    files = _call(url, client.download, job_id, format_, out)
     typer.echo(f"{len(files)} files in {out}")
