@@ -93,7 +93,7 @@ def test_order_watch_report_download_cancel_and_isolation(browser, site, tmp_pat
     url, keys = site
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = ctx.new_page()
-    page.goto(url + "/ui/jobs")
+    page.goto(url + "/ui")  # where the README sends a new user
     assert "/ui/login" in page.url  # signed out: redirected
     page.screenshot(path=SHOTS / "0_sign_in.png")
     page.fill("#api_key", "vgf_not_a_key")
@@ -114,6 +114,9 @@ def test_order_watch_report_download_cancel_and_isolation(browser, site, tmp_pat
     )
     page.fill("#identities", "3")
     page.fill("#images_per_identity", "2")
+    # guidance left at the model's recommendation, shown in the form
+    assert page.locator("#guidance").input_value() == "4.0"  # the tiny model's card: paper's
+    assert "this model recommends 4.0" in page.content()
     page.fill("#steps", "3")
     page.check("input[value=recordio]")
     page.screenshot(path=SHOTS / "2_new_order.png", full_page=True)
@@ -128,11 +131,19 @@ def test_order_watch_report_download_cancel_and_isolation(browser, site, tmp_pat
     assert page.locator("svg rect").count() > 0  # similarity histogram drawn
     assert page.locator(".samples img").count() == 6
 
-    # download an artifact, then open the report
+    # download an artifact and the whole dataset as one archive, then open the report
     with page.expect_download() as dl:
         page.click("a:text('dataset_card.json')")
     card = json.loads(Path(dl.value.path()).read_text())
     assert card["num_image"] == 6 and card["num_classes"] == 3
+    assert card["spec"]["guidance"] == 4.0  # the job recorded the value it used
+    with page.expect_download() as dl:
+        page.click("#archive")
+    import tarfile
+
+    with tarfile.open(dl.value.path()) as tar:
+        jpgs = [m for m in tar.getmembers() if m.name.endswith(".jpg")]
+    assert len(jpgs) == 6
     page.goto(page.locator("a:text('report.html')").get_attribute("href"))
     assert "Dataset report" in page.content()
 
