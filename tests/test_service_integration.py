@@ -19,7 +19,7 @@ from app.main import create_app
 from app.services.auth import create_key, create_team
 from model_store import BUNDLED
 from model_store.loader import load_generator
-from workers.runner import requeue_expired
+from workers.reconcile import requeue_expired
 from workers.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -6,7 +6,8 @@
 * ``visibility_timeout`` above the longest shard, so Redis does not re-deliver a shard that is
   still running (the database lease guards against double work anyway);
 * one process per GPU (``--concurrency 1``, one worker per device) and the model loaded lazily
-  inside the task's process, never before fork (``model_store.loader`` caches it there).
+  inside the task's process after the fork, at process start (``workers.tasks``), never
+  before the fork (``model_store.loader`` caches it there).
 """
 
 from __future__ import annotations

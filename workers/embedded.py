@@ -11,7 +11,8 @@ import threading
 
 from sqlalchemy.orm import sessionmaker
 
-from workers.runner import finalize_job, next_queued_shard, run_shard, stalled_finalizes
+from workers.reconcile import next_queued_shard, stalled_finalizes
+from workers.runner import finalize_job, run_shard
 from workers.settings import Settings
 from workers.webhooks import deliver_due
 

@@ -19,7 +19,7 @@ import threading
 
 from sqlalchemy.orm import sessionmaker
 
-from workers.runner import requeue_expired, resend_queued, stalled_finalizes
+from workers.reconcile import requeue_expired, resend_queued, stalled_finalizes
 from workers.settings import Settings
 from workers.webhooks import deliver_due
 

@@ -25,7 +25,7 @@ from model_store.storage import open_store, put_dir
 from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
 from vigface.dataset.spec import DatasetSpec
 from vigface.prototype_set import prototype_set_digest
-from workers.db.models import LIVE, Job, JobStatus, Shard, ShardStatus, utcnow
+from workers.db.models import Job, JobStatus, Shard, ShardStatus, utcnow
 from workers.settings import Settings
 from workers.webhooks import notify
 
@@ -91,98 +91,6 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
 
 def _shard_key(job_id: str, index: int) -> str:
     return f"work/{job_id}/shard_{index:05d}"
-
-
-def requeue_expired(sessions: sessionmaker, enqueue_shard) -> list[int]:
-    """The reaper: running shards whose lease expired (their worker died or hangs) go back to
-    the queue. The lease claim in :func:`claim_shard` keeps a late original from double work."""
-    now = utcnow()
-    with sessions() as db:
-        ids = list(
-            db.scalars(
-                select(Shard.id)
-                .join(Job)
-                .where(
-                    Job.status.in_(LIVE),
-                    Shard.status == ShardStatus.RUNNING,
-                    Shard.lease_expires_at < now,
-                )
-            )
-        )
-        for shard_id in ids:
-            db.execute(
-                update(Shard)
-                .where(
-                    Shard.id == shard_id,
-                    Shard.status == ShardStatus.RUNNING,
-                    Shard.lease_expires_at < now,
-                )
-                .values(status=ShardStatus.QUEUED)
-            )
-        db.commit()
-    for shard_id in ids:
-        enqueue_shard(shard_id)
-    return ids
-
-
-def resend_queued(sessions: sessionmaker, settings: Settings, enqueue_shard) -> list[int]:
-    """The reconciler: the database, not the broker, says what must run. A shard still queued
-    ``resend_after_seconds`` after it was last sent (a broker restarted without persistence
-    lost its message) is sent again; a duplicate message is harmless, since only one worker
-    can claim the shard (:func:`claim_shard`)."""
-    cutoff = utcnow() - timedelta(seconds=settings.resend_after_seconds)
-    with sessions() as db:
-        ids = list(
-            db.scalars(
-                select(Shard.id)
-                .join(Job)
-                .where(
-                    Job.status.in_(LIVE),
-                    Shard.status == ShardStatus.QUEUED,
-                    or_(Shard.enqueued_at.is_(None), Shard.enqueued_at < cutoff),
-                )
-            )
-        )
-        if ids:
-            db.execute(update(Shard).where(Shard.id.in_(ids)).values(enqueued_at=utcnow()))
-            db.commit()
-    for shard_id in ids:
-        enqueue_shard(shard_id)
-    return ids
-
-
-def stalled_finalizes(sessions: sessionmaker) -> list[str]:
-    """Jobs whose finalize step must run (again): every shard succeeded but the job is still
-    ``running`` (the last shard's worker died before finalizing), or the job is
-    ``finalizing`` with an expired lease (the finalizing worker died). Such jobs are put back
-    to ``running`` so that :func:`finalize_job` can claim them."""
-    now = utcnow()
-    with sessions() as db:
-        unfinished = select(Shard.job_id).where(Shard.status != ShardStatus.SUCCEEDED)
-        done = list(
-            db.scalars(
-                select(Job.id).where(Job.status == JobStatus.RUNNING, Job.id.not_in(unfinished))
-            )
-        )
-        expired = list(
-            db.scalars(
-                select(Job.id).where(
-                    Job.status == JobStatus.FINALIZING, Job.finalize_expires_at < now
-                )
-            )
-        )
-        for job_id in expired:
-            db.execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.status == JobStatus.FINALIZING,
-                    Job.finalize_expires_at < now,
-                )
-                .values(status=JobStatus.RUNNING)
-            )
-        db.commit()
-    return done + expired
 
 
 def claim_shard(db: Session, settings: Settings, shard_id: int) -> bool:
@@ -333,22 +241,3 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
             job.status, job.error, job.finished_at = JobStatus.FAILED, f"finalize: {exc}", utcnow()
         db.commit()
     notify(sessions, settings, job_id)
-
-
-def next_queued_shard(db: Session) -> int | None:
-    """Highest-priority queued shard of a live job, or a running one whose lease expired."""
-    now = utcnow()
-    q = (
-        select(Shard.id)
-        .join(Job)
-        .where(
-            Job.status.in_(LIVE),
-            or_(
-                Shard.status == ShardStatus.QUEUED,
-                (Shard.status == ShardStatus.RUNNING) & (Shard.lease_expires_at < now),
-            ),
-        )
-        .order_by(Job.priority.desc(), Job.created_at, Shard.index)
-        .limit(1)
-    )
-    return db.scalar(q)

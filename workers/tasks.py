@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
+
+from celery.signals import worker_process_init
 
 from workers.celery_app import celery_app
 from workers.db.session import session_factory
-from workers.runner import finalize_job, run_shard
+from workers.runner import finalize_job, load_model, run_shard
 from workers.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache
 def _sessions():
     return session_factory(get_settings().database_url)
+
+
+@worker_process_init.connect
+def _warm_model(**_) -> None:
+    """Load the default model in each worker process as it starts (after the fork, so CUDA is
+    initialised in the child): the first shard of the first job then starts at once instead of
+    after a model load."""
+    settings = get_settings()
+    try:
+        load_model(settings, settings.default_model)
+    except Exception:  # a missing default model must not keep the worker from serving others
+        log.exception("could not preload model %r", settings.default_model)
 
 
 @celery_app.task(name="vigface.run_shard", acks_late=True, reject_on_worker_lost=True)
@@ -22,7 +39,7 @@ def run_shard_task(shard_id: int) -> str:
 
 @celery_app.task(name="vigface.finalize_job", acks_late=True, reject_on_worker_lost=True)
 def finalize_job_task(job_id: str) -> None:
-    """Re-runs a finalize that stalled (see ``workers.runner.stalled_finalizes``)."""
+    """Re-runs a finalize that stalled (see ``workers.reconcile.stalled_finalizes``)."""
     finalize_job(_sessions(), get_settings(), job_id)
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vigface.constants import CROP_SIZE
+
 # Blocks per stage of the standard depths (arcface_torch's iresnet18/34/50/100/200).
 DEPTHS = {
     18: (2, 2, 2, 2),
@@ -65,7 +67,7 @@ class IResNet(nn.Module):
         self,
         layers: tuple[int, ...] = DEPTHS[50],
         widths: tuple[int, ...] = (64, 128, 256, 512),
-        input_size: int = 112,
+        input_size: int = CROP_SIZE,
         num_features: int = 512,
         dropout: float = 0.0,
     ):
@@ -119,7 +121,7 @@ class AlignedCropEmbedder(nn.Module):
     or a bilinear resize brings it to the resolution the backbone was trained at.
     """
 
-    def __init__(self, backbone: IResNet, crop_size: int = 112):
+    def __init__(self, backbone: IResNet, crop_size: int = CROP_SIZE):
         super().__init__()
         self.backbone = backbone
         self.crop_size = crop_size

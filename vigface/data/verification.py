@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vigface.constants import CROP_SIZE
 from vigface.data.imagefolder import DatasetError
 
 
-def load_bin(path: str | Path, size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+def load_bin(path: str | Path, size: int = CROP_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(images (2P, size, size, 3) uint8 RGB, issame (P,) bool)``."""
     path = Path(path)
     if not path.is_file():

@@ -43,9 +43,10 @@ class DatasetOrder(BaseModel):
         le=LIMITS["images_per_identity"][1],
         description="images per identity",
     )
-    pose: Annotated[str, Field(max_length=40)] | dict[
-        Annotated[str, Field(max_length=40)], PoseWeight
-    ] = Field(
+    pose: (
+        Annotated[str, Field(max_length=40)]
+        | dict[Annotated[str, Field(max_length=40)], PoseWeight]
+    ) = Field(
         "match_training",
         description="preset (match_training, frontal, uniform_yaw) or {yaw bin: weight}",
     )

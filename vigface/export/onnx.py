@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from vigface.backbones import AlignedCropEmbedder
+from vigface.constants import CROP_SIZE
 
 
-def export_backbone(fr_model, out: str | Path, crop_size: int = 112, opset: int = 17) -> Path:
+def export_backbone(fr_model, out: str | Path, crop_size: int = CROP_SIZE, opset: int = 17) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     module = AlignedCropEmbedder(fr_model.backbone, crop_size).cpu().eval()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-CROP_SIZE = 112.0
+from vigface.constants import CROP_SIZE  # the landmark frame (re-exported)
 
 
 def render_heatmaps(points: torch.Tensor, size: int, sigma_px: float | None = None) -> torch.Tensor:
