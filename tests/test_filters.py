@@ -152,3 +152,40 @@ def test_onnx_judge_embeds_and_flags_on_both_sides(tiny_generator, tmp_path):
         assert bool(v.leak_judge.any()) is leaks
     with pytest.raises(ValueError, match="judge_onnx"):
         OnnxJudge(tmp_path / "missing.onnx", tmp_path / "g.npy", 0.5)
+
+
+def test_a_deployment_judge_reaches_every_shard(tiny_generator, tmp_path, monkeypatch):
+    """VIGFACE_JUDGE_* settings put the independent judge into the workers' filters."""
+    from model_store.loader import load_generator
+    from vigface.export.onnx import export_backbone
+    from vigface.fr_model import FRModel
+    from workers.db.models import Job, Shard
+    from workers.runner import _shard_builder
+    from workers.settings import Settings
+
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
+    load_generator.cache_clear()
+    onnx = export_backbone(FRModel.load(tiny_generator / "fr"), tmp_path / "judge.onnx")
+    np.save(tmp_path / "g.npy", np.eye(4, 32, dtype=np.float32))
+    settings = Settings(
+        home=tmp_path,
+        judge_onnx=str(onnx),
+        judge_gallery=str(tmp_path / "g.npy"),
+        judge_threshold=0.5,
+    )
+    job = Job(
+        id="j",
+        model=tiny_generator.name,
+        spec={
+            "identities": 2,
+            "images_per_identity": 1,
+            "seed": 0,
+            "tau_consistency": -1,
+            "tau_leak": 1,
+        },
+    )
+    shard = Shard(index=0, slot_start=0, slot_end=2, prototypes=[0, 1, 2])
+    builder = _shard_builder(settings, job, shard)
+    assert isinstance(builder.filter.judge, OnnxJudge) and builder.filter.judge.threshold == 0.5
+    plain = _shard_builder(Settings(home=tmp_path), job, shard)
+    assert plain.filter.judge is None

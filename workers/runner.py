@@ -62,6 +62,10 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
         update={
             "identities": shard.slot_end - shard.slot_start,
             "seed": job.spec["seed"] + shard.index,
+            # the deployment's independent judge, if it has one (VIGFACE_JUDGE_*)
+            "judge_onnx": settings.judge_onnx,
+            "judge_gallery": settings.judge_gallery,
+            "judge_threshold": settings.judge_threshold,
         }
     )
     out = Path(settings.work_dir) / job.id / f"shard_{shard.index:05d}"

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     default_monthly_quota: int = Field(1_000_000, ge=0, description="images per team per month")
     session_secret: str = Field("dev-only-change-me", description="signs dashboard cookies")
     webhook_secret: str = Field("dev-only-webhook-secret", description="HMAC key for webhooks")
+    judge_onnx: str | None = Field(
+        None, description="independent FR model (insightface ONNX) as a second leakage test"
+    )
+    judge_gallery: str | None = Field(None, description=".npy of real embeddings by that model")
+    judge_threshold: float | None = Field(None, description="its cosine threshold for leakage")
     webhook_allowed_hosts: list[str] = Field(
         [], description="hosts a webhook may call although they resolve to private addresses"
     )

@@ -19,6 +19,18 @@ app = typer.Typer(
     help=__doc__.split("\n")[0],
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks of unexpected errors"),
+) -> None:
+    import os
+
+    if debug:
+        os.environ["VIGFACE_DEBUG"] = "1"
+
+
 train.register(app)
 data.register(app)
 service.register(app)
@@ -28,7 +40,8 @@ app.add_typer(service.admin_app, name="admin")
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    """Unexpected errors print one line and exit 1; ``VIGFACE_DEBUG=1`` shows the traceback."""
+    """Unexpected errors print one line and exit 1; ``--debug`` (or ``VIGFACE_DEBUG=1``) shows
+    the traceback."""
     import os
     import sys
 
@@ -38,7 +51,7 @@ def main() -> None:  # pragma: no cover - console entry point
         if os.environ.get("VIGFACE_DEBUG"):
             raise
         print(
-            f"error: {type(exc).__name__}: {exc} (VIGFACE_DEBUG=1 for the traceback)",
+            f"error: {type(exc).__name__}: {exc} (--debug for the traceback)",
             file=sys.stderr,
         )
         sys.exit(1)
