@@ -89,3 +89,30 @@ def test_model_grid_route_serves_store_entries_only(client):
         r = c.get(f"/ui/models/{bad}/grids/x.png")
         assert r.status_code == 404, bad
     assert c.get(f"/ui/models/{name}/grids/..%2fmodel_card.json").status_code == 404
+
+
+def test_revoked_keys_end_api_calls_and_dashboard_sessions(client, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    c, key, _ = client
+    c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    assert c.get("/ui/jobs", follow_redirects=False).status_code == 200
+    from app.services.auth import revoke_key
+
+    app = c.app
+    with app.state.sessions() as db:
+        with pytest.raises(ValueError, match="at least"):
+            revoke_key(db, "vgf_")
+        revoke_key(db, key[:12])
+    assert c.get("/v1/jobs", headers={"X-API-Key": key}).status_code == 401
+    assert c.get("/ui/jobs", follow_redirects=False).status_code == 303  # back to sign-in
+    env = {**os.environ, "VIGFACE_HOME": str(tmp_path), "PYTHONPATH": os.getcwd()}
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "admin", "revoke-key", "vgf_nothing"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "no key starts with" in r.stderr

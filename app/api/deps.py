@@ -38,7 +38,8 @@ def current_team(
         from workers.db.models import ApiKey
 
         row = db.get(ApiKey, request.session.get("key_id") or -1)
-        team = row.team if row is not None and not row.revoked else None
+        bound = row is not None and request.session.get("key_check") == row.key_hash[:16]
+        team = row.team if bound and not row.revoked else None
     if team is None:
         raise HTTPException(
             401, detail=[{"field": "Authorization", "message": "missing or unknown API key"}]

@@ -54,6 +54,20 @@ def create_key_cmd(team: str) -> None:
     typer.echo(key)
 
 
+@admin_app.command("revoke-key")
+def revoke_key_cmd(prefix: str) -> None:
+    """Revoke an API key by its first characters (API calls and dashboard sessions end)."""
+    from app.services.auth import revoke_key
+
+    sessions, _ = _sessions()
+    with sessions() as db:
+        try:
+            key = revoke_key(db, prefix)
+        except ValueError as exc:
+            fail(str(exc))
+        typer.echo(f"revoked key {key.prefix}... of team {key.team.name}")
+
+
 def serve_cmd(
     host: str | None = typer.Option(None, help="default: VIGFACE_HOST (127.0.0.1)"),
     port: int | None = typer.Option(None, help="default: VIGFACE_PORT (8000)"),

@@ -38,6 +38,21 @@ def create_key(db: Session, team_name: str) -> str:
     return key
 
 
+def revoke_key(db: Session, prefix: str) -> ApiKey:
+    """Revoke the one key whose shown prefix (``vgf_`` + 8 characters, as ``create-key``
+    prints) starts with ``prefix``; its API calls and dashboard sessions stop at once."""
+    rows = list(db.scalars(select(ApiKey).where(ApiKey.prefix.startswith(prefix))))
+    if len(prefix) < 6:
+        raise ValueError("give at least the first 6 characters of the key")
+    if not rows:
+        raise ValueError(f"no key starts with {prefix!r}")
+    if len(rows) > 1:
+        raise ValueError(f"{len(rows)} keys start with {prefix!r}; give more characters")
+    rows[0].revoked = True
+    db.commit()
+    return rows[0]
+
+
 def team_for_key(db: Session, key: str) -> Team | None:
     row = db.scalar(
         select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked.is_(False))

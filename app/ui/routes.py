@@ -46,7 +46,8 @@ class LoginRequired(Exception):
 def session_team(request: Request, db: Session = Depends(get_db)) -> Team:
     key_id = request.session.get("key_id")
     key = db.get(ApiKey, key_id) if key_id else None
-    if key is None or key.revoked:
+    # bound to the key itself, not only its row id (a new key could reuse a deleted row's id)
+    if key is None or key.revoked or request.session.get("key_check") != key.key_hash[:16]:
         raise LoginRequired()
     return key.team
 
@@ -88,6 +89,7 @@ def login(request: Request, api_key: str = Form(""), db: Session = Depends(get_d
         )
     request.session.clear()
     request.session["key_id"] = key.id
+    request.session["key_check"] = key.key_hash[:16]
     return RedirectResponse("/ui/jobs", status_code=303)
 
 

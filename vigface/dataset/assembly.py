@@ -60,7 +60,8 @@ def write_dataset(parts: list, out_dir: str | Path) -> dict:
         "formats": spec.formats,
         "kind": first.kind,
         "model": first.gen.card.get("name", ""),
-        "spec": spec.model_dump(),
+        # the whole order: a service job's parts are its shards, each with a slice of it
+        "spec": {**spec.model_dump(), "identities": sum(p.spec.identities for p in parts)},
         "sampler": {
             "precision": dtype_name(first.sampler.dtype),
             "compiled": first.sampler.forward is not first.sampler.dit,
