@@ -8,6 +8,9 @@ from pydantic import BaseModel, Field, StrictInt
 
 from vigface.dataset.spec import DatasetOrder
 
+# a model is named by its store name, never a path (no "/", no leading ".")
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
 
 class JobCreate(DatasetOrder):
     """A dataset order as the API takes it: the order plus model, priority and webhook."""
@@ -15,7 +18,7 @@ class JobCreate(DatasetOrder):
     model: str | None = Field(
         None,
         max_length=100,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        pattern=MODEL_NAME_PATTERN,
         description="model-store name (default: the server's); never a path",
     )
     priority: StrictInt = Field(5, ge=0, le=9)

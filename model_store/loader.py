@@ -12,6 +12,7 @@ from functools import lru_cache
 import torch
 
 from model_store.description import locate
+from vigface.prototype_set import prototype_set_digest
 
 
 @lru_cache(maxsize=4)
@@ -26,4 +27,6 @@ def load_generator(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = Generator.load(locate(name, storage_url, endpoint_url, cache), device=device)
     gen.card.setdefault("name", name)
+    # what the ledger sold it as (computed once per load; workers compare it with each job's)
+    gen.card["prototype_set"] = prototype_set_digest(gen.fr.virtual_prototypes.cpu().numpy())
     return gen

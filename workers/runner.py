@@ -24,7 +24,6 @@ from model_store.loader import load_generator
 from model_store.storage import open_store, put_dir
 from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
 from vigface.dataset.spec import DatasetSpec
-from vigface.prototype_set import prototype_set_digest
 from workers.db.models import Job, JobStatus, Shard, ShardStatus, utcnow
 from workers.settings import Settings
 from workers.webhooks import notify
@@ -70,13 +69,7 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
     )
     out = Path(settings.work_dir) / job.id / f"shard_{shard.index:05d}"
     gen = load_model(settings, job.model)
-    if (
-        job.prototype_set
-        and gen.card.setdefault(
-            "prototype_set", prototype_set_digest(gen.fr.virtual_prototypes.cpu().numpy())
-        )
-        != job.prototype_set
-    ):
+    if job.prototype_set and gen.card["prototype_set"] != job.prototype_set:
         raise ValueError(
             f"model {job.model!r} holds other virtual prototypes than when the job was "
             "ordered (the ledger sold the old ones); order again"

@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
-from app.schemas import JobCreate, JobOut
+from app.schemas import MODEL_NAME_PATTERN, JobCreate, JobOut
 from model_store import ModelNotFound, list_models
 from model_store.description import ModelDescription, describe
 from vigface.dataset.pose import PoseSpecError
@@ -80,12 +80,12 @@ def spares_for(settings: Settings, shard_sizes: list[int]) -> list[int]:
     return [max(1, math.ceil(settings.spare_fraction * n)) for n in shard_sizes]
 
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MODEL_NAME = re.compile(MODEL_NAME_PATTERN)  # also for the default model and the form
 
 
 def describe_model(settings: Settings, name: str) -> ModelDescription:
     """The light description of a store entry named in a request (never a path)."""
-    if not MODEL_NAME.fullmatch(name) or ".." in name:
+    if not MODEL_NAME.fullmatch(name):
         raise JobError(
             422, "model", "a model is named by its store name: letters, digits, '.', '_', '-'"
         )

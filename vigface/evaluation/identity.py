@@ -29,7 +29,6 @@ def identity_fidelity(
     scheduler: str = "dpmsolver",
     rows: tuple[int, int] | None = None,
     guidance_interval: tuple[float, float] | None = None,
-    compile: bool = False,
 ) -> dict:
     """``poses`` is (P, 5, 2): each identity gets one image per pose. The identities are
     spread evenly over the prototype rows ``rows = (first, end)`` (default: all of them)."""
@@ -53,7 +52,6 @@ def identity_fidelity(
         steps,
         guidance,
         batch_size,
-        compile=compile,
         guidance_interval=guidance_interval,
     )
     t0 = time.perf_counter()
