@@ -171,6 +171,18 @@ class TrainDiTConfig(_Strict):
     identity_loss_weighting: Literal["alpha_bar", "uniform"] = Field(
         "alpha_bar", description="per-sample weight of the identity term: alpha_bar_t or 1"
     )
+    identity_margin_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the margin term: own prototype closer than any other real one",
+    )
+    identity_margin: float = Field(
+        0.2, ge=0, le=2, description="cosine margin of the margin term"
+    )
+    identity_augment: bool = Field(
+        False,
+        description="flip and shift x0_hat (1-2 px) before the FR model in the identity terms",
+    )
     virtual_identity_fraction: float = Field(
         0.0,
         ge=0,

@@ -16,6 +16,14 @@ Loss per sample (v-prediction, DDPMScheduler noising):
   samples (w = 0) get no identity term. The sum is divided by the number of conditioned
   samples in the batch.
 
+Margin term (``identity_margin_weight`` > 0; an extension for distinct identities): for
+the same conditioned samples, ``omega_t * relu(m + max_{j != y} cos(f, w_j) - cos(f, w_y))``
+over every real prototype ``w_j`` (``identity_margin``): the squared distance alone is met
+by a face that is as close to its neighbours as to its own prototype; this one asks for a
+face nearer its own identity than any other by a margin. ``identity_augment`` flips and
+shifts ``x0_hat`` before the FR model so that a pixel pattern only one alignment of the FR
+responds to satisfies neither term.
+
 Virtual-prototype term (``virtual_identity_fraction`` > 0; an extension, off in the GPU
 configs): besides the batch, ``fraction * B`` random rows of W_V are rendered from pure noise
 with a short DDIM unroll (``virtual_identity_steps`` steps on a random grid,
@@ -124,13 +132,49 @@ def warm_start(dit: FaceDiT, generator_dir: Path) -> None:
     log.info("initialised the DiT from %s", generator_dir)
 
 
+def augment_for_fr(x: torch.Tensor) -> torch.Tensor:
+    """Random horizontal flip and a random shift of up to 2 px (edges replicated), per image:
+    cheap views under which a face keeps its identity and a pixel trick usually does not."""
+    b, _, h, w = x.shape
+    flip = torch.rand(b, device=x.device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    shift = torch.randint(-2, 3, (b, 2), device=x.device).float()
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2] = shift[:, 0] * 2 / w
+    theta[:, 1, 2] = shift[:, 1] * 2 / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def margin_violation(
+    f: torch.Tensor, own: torch.Tensor, bank: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """``relu(margin + max_j cos(f, bank_j) - cos(f, own))`` per row, ``bank`` rows equal to
+    ``own`` excluded (unit vectors throughout)."""
+    own_cos = (f * own).sum(1)
+    cos = f @ bank.T
+    same = (own @ bank.T) > 1 - 1e-4
+    hardest = cos.masked_fill(same, -2.0).amax(1)
+    return F.relu(margin + hardest - own_cos)
+
+
 class DiTLoss(nn.Module):
     """The stage-2 objective for one batch; holds the DiT (trained) and the FR model (frozen)."""
 
-    def __init__(self, dit: FaceDiT, fr: FRModel, scheduler, cfg: TrainDiTConfig):
+    def __init__(
+        self,
+        dit: FaceDiT,
+        fr: FRModel,
+        scheduler,
+        cfg: TrainDiTConfig,
+        real_prototypes: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.dit, self.scheduler, self.cfg = dit, scheduler, cfg
         self.fr = fr.embedder
+        # unit rows of W_R: the negatives of the margin term
+        self.register_buffer("real_prototypes", real_prototypes, persistent=False)
         for p in self.fr.parameters():
             p.requires_grad_(False)
 
@@ -156,8 +200,14 @@ class DiTLoss(nn.Module):
         use = (keep > 0) & (abar >= cfg.identity_loss_min_alpha_bar)
         if cfg.identity_loss_weight > 0 and use.any():
             x0_hat = predict_x0(self.scheduler, x_t[use], v_hat[use].float(), t[use]).clamp(-1, 1)
+            if cfg.identity_augment:
+                x0_hat = augment_for_fr(x0_hat)
             f = F.normalize(self.fr(x0_hat).float(), dim=1)
             dist = (f - identity[use]).pow(2).sum(1)
+            if cfg.identity_margin_weight > 0:
+                dist = dist + cfg.identity_margin_weight * margin_violation(
+                    f, identity[use], self.real_prototypes, cfg.identity_margin
+                )
             id_loss = (omega[use] * dist).sum() / keep.sum()
         n_virtual = round(b * cfg.virtual_identity_fraction) if virtual is not None else 0
         if n_virtual:
@@ -246,7 +296,7 @@ def train_dit(
     if cfg.init_from:
         warm_start(dit, Path(cfg.init_from))
     scheduler = training_scheduler(cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule)
-    loss_module = DiTLoss(dit, fr, scheduler, cfg).to(ctx.device)
+    loss_module = DiTLoss(dit, fr, scheduler, cfg, real_prototypes=protos).to(ctx.device)
     ema = EMAModel(dit.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
