@@ -63,6 +63,9 @@ class VIGFaceClient:
     def cancel(self, job_id: str) -> dict:
         return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel"))
 
+    def retry(self, job_id: str) -> dict:
+        return self._check(self.http.post(f"/v1/jobs/{job_id}/retry"))
+
     def report(self, job_id: str) -> dict:
         return self._check(self.http.get(f"/v1/jobs/{job_id}/report"))
 

@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         secret_key=settings.session_secret,
         session_cookie="vigface_session",
         same_site="lax",
-        max_age=8 * 3600,
+        max_age=ui.SESSION_HOURS * 3600,
         https_only=settings.base_url.startswith("https://"),
     )
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from vigface.dataset.spec import DatasetOrder
 
@@ -32,6 +32,8 @@ class JobCreate(DatasetOrder):
 
 
 class JobOut(BaseModel):
+    """Timestamps are UTC with an explicit offset (the database stores them naive, in UTC)."""
+
     id: str
     status: str
     model: str
@@ -60,6 +62,11 @@ class JobOut(BaseModel):
         None, description="the completion webhook's delivery: status, attempts, last_error"
     )
 
+    @field_validator("created_at", "started_at", "finished_at", "progress_updated_at")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
+
 
 class JobPage(BaseModel):
     items: list[JobOut]
@@ -72,3 +79,14 @@ class ModelOut(BaseModel):
     virtual_identities: int
     free_virtual_identities: int
     card: dict
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="the request field (or header) at fault")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx answer of the API has this body."""
+
+    detail: list[FieldError]

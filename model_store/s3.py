@@ -1,7 +1,9 @@
 """S3 (and S3-compatible: MinIO, moto) object storage through boto3.
 
 Uploads go through boto3's managed transfer (multipart above 8 MB) with a SHA-256 checksum
-that S3 verifies; the client retries throttling and transient errors (``adaptive`` mode).
+that S3 verifies; the file's whole SHA-256 is also kept as object metadata (``sha256``), so a
+resumed upload can tell which objects are already there intact (a multipart object's own
+checksum is a checksum of part checksums, not the file's); the client retries throttling and transient errors (``adaptive`` mode).
 Downloads for users are presigned GET links.
 """
 
@@ -14,6 +16,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from model_store.storage import file_sha256
 from vigface.atomic import atomic_path
 
 
@@ -54,8 +57,17 @@ class S3Store:
             self.bucket,
             self._key(key),
             Config=self.transfer,
-            ExtraArgs={"ChecksumAlgorithm": "SHA256"},
+            ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": file_sha256(src)}},
         )
+
+    def sha256(self, key: str) -> str | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return head.get("Metadata", {}).get("sha256")
 
     def exists(self, key: str) -> bool:
         try:

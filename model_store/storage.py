@@ -8,7 +8,10 @@ URL of its own, so callers pass ``plain_link`` (key -> URL of the API route that
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -16,9 +19,15 @@ from urllib.parse import urlparse
 
 from vigface.atomic import atomic_path
 
+log = logging.getLogger(__name__)
+
 
 class ObjectStore(Protocol):
     def put_file(self, key: str, src: str | Path) -> None: ...
+
+    def sha256(self, key: str) -> str | None:
+        """Hex SHA-256 of the stored object, or None if there is none (or none recorded)."""
+        ...
 
     def exists(self, key: str) -> bool: ...
 
@@ -37,15 +46,65 @@ class ObjectStore(Protocol):
     def ping(self) -> None: ...
 
 
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def put_dir(store: ObjectStore, prefix: str, src: str | Path) -> list[str]:
-    """Upload every file under ``src`` to ``prefix/<relative path>``; returns the keys."""
+    """Upload every file under ``src`` to ``prefix/<relative path>``; returns the keys.
+
+    Resumable: an object already stored with the same SHA-256 is not sent again, so an upload
+    cut short by an outage continues where it stopped when it is run again."""
     keys = []
     for f in sorted(Path(src).rglob("*")):
         if f.is_file():
             key = f"{prefix.rstrip('/')}/{f.relative_to(src).as_posix()}"
-            store.put_file(key, f)
+            if store.sha256(key) != file_sha256(f):
+                store.put_file(key, f)
             keys.append(key)
     return keys
+
+
+class StoreUnavailable(RuntimeError):
+    """The object store kept failing for the whole retry window."""
+
+
+def retrying(
+    call: Callable[[], object],
+    window_s: float,
+    first_wait_s: float = 1.0,
+    on_retry: Callable[[], None] | None = None,
+):
+    """Run ``call`` until it succeeds, waiting 1, 2, 4, ... s (at most 30) between failures,
+    for up to ``window_s`` seconds; then raise :class:`StoreUnavailable` from the last error.
+
+    For object-store outages (an endpoint restarting, a network blip): the store's own client
+    retries one request a few times within seconds; this covers an outage of minutes. Any
+    exception counts as transient: a key escaping the store (ValueError) is the one permanent
+    error, and it is raised at once. ``on_retry`` runs before each wait (a caller holding a
+    lease renews it there)."""
+    deadline = time.monotonic() + window_s
+    wait = first_wait_s
+    while True:
+        try:
+            return call()
+        except ValueError:
+            raise
+        except Exception as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreUnavailable(
+                    f"object store unavailable for {window_s:.0f} s: {exc}"
+                ) from exc
+            log.warning("object store call failed (%s); retrying in %.0f s", exc, min(wait, left))
+            if on_retry is not None:
+                on_retry()
+            time.sleep(min(wait, left))
+            wait = min(wait * 2, 30.0)
 
 
 class LocalStore:
@@ -64,6 +123,10 @@ class LocalStore:
     def put_file(self, key: str, src: str | Path) -> None:
         with atomic_path(self._path(key)) as tmp:
             shutil.copyfile(src, tmp)
+
+    def sha256(self, key: str) -> str | None:
+        p = self._path(key)
+        return file_sha256(p) if p.is_file() else None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

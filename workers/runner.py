@@ -21,10 +21,11 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.loader import load_generator
-from model_store.storage import open_store, put_dir
+from model_store.storage import open_store, put_dir, retrying
 from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
 from vigface.dataset.spec import DatasetSpec
 from workers.db.models import Job, JobStatus, Shard, ShardStatus, utcnow
+from workers.ledger import release_unstarted
 from workers.settings import Settings
 from workers.webhooks import notify
 
@@ -88,6 +89,27 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
 
 def _shard_key(job_id: str, index: int) -> str:
     return f"work/{job_id}/shard_{index:05d}"
+
+
+def renew_shard_lease(sessions: sessionmaker, settings: Settings, shard_id: int) -> None:
+    """The heartbeat: a shard at work pushes its lease ``lease_seconds`` ahead."""
+    with sessions() as db:
+        db.execute(
+            update(Shard)
+            .where(Shard.id == shard_id)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
+        )
+        db.commit()
+
+
+def renew_finalize_lease(sessions: sessionmaker, settings: Settings, job_id: str) -> None:
+    with sessions() as db:
+        db.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.FINALIZING)
+            .values(finalize_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
+        )
+        db.commit()
 
 
 def claim_shard(db: Session, settings: Settings, shard_id: int) -> bool:
@@ -166,7 +188,11 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
             builder.generate()
             # finalize may run on another machine: it reads the chunks from the store
             store = open_store(settings.storage_url, settings.s3_endpoint_url)
-            put_dir(store, _shard_key(job.id, shard.index), builder.work)
+            retrying(
+                lambda: put_dir(store, _shard_key(job.id, shard.index), builder.work),
+                settings.upload_retry_seconds,
+                on_retry=lambda: renew_shard_lease(sessions, settings, shard_id),
+            )
             shard.status = ShardStatus.SUCCEEDED
             shard.images_done = (shard.slot_end - shard.slot_start) * job.spec[
                 "images_per_identity"
@@ -187,6 +213,7 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
                 f"shard {shard.index}: {exc}",
                 utcnow(),
             )
+            release_unstarted(db, job)
             db.commit()
             notify(sessions, settings, job.id)
             return shard.status
@@ -214,27 +241,37 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
         if not claimed:
             return
         job = db.get(Job, job_id)
+
+        def store_call(call):  # an outage of up to upload_retry_seconds is waited out
+            return retrying(
+                call,
+                settings.upload_retry_seconds,
+                on_retry=lambda: renew_finalize_lease(sessions, settings, job_id),
+            )
+
         try:
             parts = []
             store = open_store(settings.storage_url, settings.s3_endpoint_url)
             for shard in job.shards:
                 b = _shard_builder(settings, job, shard)
-                for key in store.list(_shard_key(job.id, shard.index)):  # shards run elsewhere
+                # shards ran elsewhere: fetch their chunks from the store
+                for key in store_call(lambda s=shard: store.list(_shard_key(job.id, s.index))):
                     local = b.work / key.rsplit("/", 1)[1]
                     if not local.is_file():
-                        store.download(key, local)
+                        store_call(lambda k=key, d=local: store.download(k, d))
                 b.generate()  # every chunk is present: this only loads them
                 parts.append(b)
             out = Path(settings.work_dir) / job.id / "dataset"
             report = write_dataset(parts, out)
-            keys = put_dir(store, f"jobs/{job.id}", out)
+            keys = store_call(lambda: put_dir(store, f"jobs/{job.id}", out))
             job.report = report
             sizes = {k: (out / k.split(f"jobs/{job.id}/", 1)[1]).stat().st_size for k in keys}
             job.artifacts = {"keys": keys, "sizes": sizes}
             job.images_done = report["dataset"]["num_image"]
             job.status, job.finished_at = JobStatus.SUCCEEDED, utcnow()
-        except Exception as exc:
+        except Exception as exc:  # the shards stay: POST /v1/jobs/{id}/retry finalizes again
             log.exception("finalize of %s failed", job_id)
             job.status, job.error, job.finished_at = JobStatus.FAILED, f"finalize: {exc}", utcnow()
+            release_unstarted(db, job)
         db.commit()
     notify(sessions, settings, job_id)

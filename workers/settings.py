@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     resend_after_seconds: int = Field(
         300, ge=5, description="re-send a shard still queued after this long (lost message)"
     )
+    upload_retry_seconds: float = Field(
+        300,
+        ge=0,
+        description="how long shard and dataset uploads retry an unreachable object store "
+        "(back-off 1, 2, 4 ... 30 s) before the job fails (then POST /v1/jobs/{id}/retry)",
+    )
     max_identities_per_job: int = Field(10_000, ge=1)
     max_images_per_identity: int = Field(200, ge=1)
     default_monthly_quota: int = Field(1_000_000, ge=0, description="images per team per month")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from fastapi import Depends, Header, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from app.services.auth import team_for_key
+from app.services.auth import team_for_key, team_for_session
 from workers.db.models import Team
 from workers.settings import Settings
 
@@ -35,11 +35,7 @@ def current_team(
     # through the REST API: a cookie travels with any request the browser makes, a key does not
     cookie_ok = request.method in ("GET", "HEAD")
     if team is None and not key and cookie_ok and "session" in request.scope:
-        from workers.db.models import ApiKey
-
-        row = db.get(ApiKey, request.session.get("key_id") or -1)
-        bound = row is not None and request.session.get("key_check") == row.key_hash[:16]
-        team = row.team if bound and not row.revoked else None
+        team = team_for_session(db, request.session.get("sid"))
     if team is None:
         raise HTTPException(
             401, detail=[{"field": "Authorization", "message": "missing or unknown API key"}]

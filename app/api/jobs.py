@@ -10,20 +10,24 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import current_team, get_db, get_settings_dep
+from app.api.errors import error_responses
 from app.schemas import JobCreate, JobOut, JobPage
 from app.services.jobs import (
     cancel_job,
     create_job,
     job_out,
     job_outs,
+    retry_job,
     visible_job,
     visible_jobs,
 )
 from app.services.links import download_link
-from workers.db.models import Job, JobStatus, Team
+from workers.db.models import Job, JobStatus, ShardStatus, Team
 from workers.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 404, 413, 422)
+)
 
 
 def job_or_404(db: Session, team: Team, job_id: str) -> Job:
@@ -34,7 +38,13 @@ def job_or_404(db: Session, team: Team, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses={200: {"model": JobOut, "description": "the job this Idempotency-Key made"}}
+    | error_responses(409, 429),
+)
 def post_job(
     body: JobCreate,
     request: Request,
@@ -93,6 +103,26 @@ def cancel(
 ) -> JobOut:
     job = job_or_404(db, team, job_id)
     return job_out(cancel_job(db, job))
+
+
+@router.post(
+    "/{job_id}/retry", status_code=202, response_model=JobOut, responses=error_responses(409, 429)
+)
+def retry(
+    job_id: str,
+    request: Request,
+    team: Team = Depends(current_team),
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+) -> JobOut:
+    """Run a failed job again from where it stopped (finished shards are kept)."""
+    job = retry_job(db, settings, job_or_404(db, team, job_id))
+    pending = [s for s in job.shards if s.status == ShardStatus.QUEUED]
+    for shard in pending:
+        request.app.state.enqueue_shard(shard.id, job.priority)
+    if not pending:
+        request.app.state.enqueue_finalize(job.id)
+    return job_out(job)
 
 
 @router.get("/{job_id}/report")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import mimetypes
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app.api.deps import current_team, get_db, get_settings_dep
+from app.api.errors import error_responses
 from app.schemas import ModelOut
 from app.services.jobs import describe_model, free_prototypes, visible_job
 from model_store import list_models
@@ -18,6 +20,10 @@ from workers.db.models import Job, JobStatus, LedgerEntry, Shard, Team
 from workers.settings import Settings
 
 router = APIRouter()
+
+
+class NotReady(BaseModel):
+    detail: dict[str, str] = Field(description="each dependency: ok, embedded or the error")
 
 
 def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
@@ -40,7 +46,12 @@ def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
     return out
 
 
-@router.get("/v1/models", response_model=list[ModelOut], tags=["models"])
+@router.get(
+    "/v1/models",
+    response_model=list[ModelOut],
+    tags=["models"],
+    responses=error_responses(401, 413, 422),
+)
 def models(
     team: Team = Depends(current_team),
     db: Session = Depends(get_db),
@@ -54,7 +65,11 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["ops"])
+@router.get(
+    "/readyz",
+    tags=["ops"],
+    responses={503: {"model": NotReady, "description": "a dependency is down"}},
+)
 def readyz(
     request: Request, db: Session = Depends(get_db), settings: Settings = Depends(get_settings_dep)
 ) -> dict:
@@ -85,7 +100,12 @@ def readyz(
     return checks
 
 
-@router.get("/metrics", tags=["ops"])
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
 def metrics(db: Session = Depends(get_db)) -> PlainTextResponse:
     reg = CollectorRegistry()
     jobs = Gauge("vigface_jobs", "jobs by status", ["status"], registry=reg)
@@ -119,7 +139,13 @@ def metrics(db: Session = Depends(get_db)) -> PlainTextResponse:
     return PlainTextResponse(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/files/jobs/{job_id}/{path:path}", tags=["jobs"])
+@router.get(
+    "/files/jobs/{job_id}/{path:path}",
+    tags=["jobs"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}}
+    | error_responses(401, 404, 413, 422),
+)
 def download(
     job_id: str,
     path: str,

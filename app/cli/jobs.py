@@ -99,6 +99,12 @@ def jobs_cancel(job_id: str, url: str = URL_OPT, api_key: str | None = KEY_OPT) 
     typer.echo(_call(url, _client(url, api_key).cancel, job_id)["status"])
 
 
+@app.command("retry")
+def jobs_retry(job_id: str, url: str = URL_OPT, api_key: str | None = KEY_OPT) -> None:
+    """Run a failed job again from where it stopped (finished shards are kept)."""
+    typer.echo(_call(url, _client(url, api_key).retry, job_id)["status"])
+
+
 @app.command("download")
 def jobs_download(
     job_id: str,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from workers.db.models import ApiKey, Team
+from workers.db.models import ApiKey, DashboardSession, Team, utcnow
 
 KEY_PREFIX = "vgf_"
 
@@ -49,6 +50,7 @@ def revoke_key(db: Session, prefix: str) -> ApiKey:
     if len(rows) > 1:
         raise ValueError(f"{len(rows)} keys start with {prefix!r}; give more characters")
     rows[0].revoked = True
+    db.execute(delete(DashboardSession).where(DashboardSession.key_id == rows[0].id))
     db.commit()
     return rows[0]
 
@@ -58,3 +60,41 @@ def team_for_key(db: Session, key: str) -> Team | None:
         select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked.is_(False))
     )
     return row.team if row else None
+
+
+def start_session(db: Session, key: ApiKey, hours: float) -> str:
+    """A new dashboard session for ``key``; returns the token the cookie carries."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    db.execute(delete(DashboardSession).where(DashboardSession.expires_at < now))  # tidy up
+    db.add(
+        DashboardSession(
+            token_hash=hash_key(token),
+            key_id=key.id,
+            key_hash=key.key_hash,
+            created_at=now,
+            expires_at=now + timedelta(hours=hours),
+        )
+    )
+    db.commit()
+    return token
+
+
+def team_for_session(db: Session, token: str | None) -> Team | None:
+    """The team of a live session: not signed out, not expired, its key not revoked and
+    still the key that signed in."""
+    if not token:
+        return None
+    row = db.get(DashboardSession, hash_key(token))
+    if row is None or row.expires_at < utcnow():
+        return None
+    key = row.key
+    if key is None or key.revoked or key.key_hash != row.key_hash:
+        return None
+    return key.team
+
+
+def end_session(db: Session, token: str | None) -> None:
+    if token:
+        db.execute(delete(DashboardSession).where(DashboardSession.token_hash == hash_key(token)))
+        db.commit()

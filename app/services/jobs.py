@@ -35,6 +35,7 @@ from workers.db.models import (
     WebhookDelivery,
     utcnow,
 )
+from workers.ledger import release_unstarted
 from workers.settings import Settings
 from workers.webhooks import refused_address
 
@@ -72,6 +73,15 @@ def free_prototypes(db: Session, desc: ModelDescription) -> int:
     prototype set's digest, so every name, copy or re-push of the same W_V counts together."""
     used = db.scalar(select(func.count()).where(LedgerEntry.prototype_set == desc.prototype_set))
     return desc.virtual_prototypes - int(used)
+
+
+def free_prototype_ids(db: Session, desc: ModelDescription) -> list[int]:
+    taken = set(
+        db.scalars(
+            select(LedgerEntry.prototype_id).where(LedgerEntry.prototype_set == desc.prototype_set)
+        )
+    )
+    return [p for p in range(desc.virtual_prototypes) if p not in taken]
 
 
 def spares_for(settings: Settings, shard_sizes: list[int]) -> list[int]:
@@ -147,12 +157,7 @@ def submit_job(
     ]
     spares = spares_for(settings, [b - a for a, b in bounds])
     need = spec.identities + sum(spares)
-    taken = set(
-        db.scalars(
-            select(LedgerEntry.prototype_id).where(LedgerEntry.prototype_set == desc.prototype_set)
-        )
-    )
-    free = [p for p in range(desc.virtual_prototypes) if p not in taken]
+    free = free_prototype_ids(db, desc)
     if len(free) < need:
         raise JobError(
             409,
@@ -235,33 +240,75 @@ def visible_jobs(team: Team, status: str | None = None):
 
 def cancel_job(db: Session, job: Job) -> Job:
     """Idempotent: a finished job stays as it is; a queued or running one is canceled
-    (running shards stop at their next sampling batch). What it gives back: its images to the
-    quota (see :func:`images_used_this_month`) and the virtual prototypes of every shard that
-    never started; a shard that ever ran may have written images of its prototypes, so those
-    stay sold."""
+    (running shards stop at their next sampling batch). What it gives back follows
+    :mod:`workers.ledger`: its images to the quota, the prototypes of shards that never
+    started."""
     if job.status in TERMINAL:
         return job
     job.cancel_requested = True
     job.status = JobStatus.CANCELED
     job.finished_at = utcnow()
-    released = []
-    for shard in db.scalars(select(Shard).where(Shard.job_id == job.id)):
-        # conditional: a worker claiming this shard at the same moment wins or loses cleanly
-        taken = db.execute(
-            update(Shard)
-            .where(Shard.id == shard.id, Shard.status == ShardStatus.QUEUED, Shard.attempts == 0)
-            .values(status=ShardStatus.CANCELED)
-        ).rowcount
-        if taken:
-            released += shard.prototypes
-    if released:
-        db.execute(
-            delete(LedgerEntry).where(
-                LedgerEntry.job_id == job.id, LedgerEntry.prototype_id.in_(released)
-            )
-        )
-    job.progress = {**(job.progress or {}), "identities_released": len(released)}
+    release_unstarted(db, job)
     db.commit()
+    return job
+
+
+def retry_job(db: Session, settings: Settings, job: Job) -> Job:
+    """Run a failed job again from where it stopped (its owner or an admin asks).
+
+    Finished shards are kept (their chunks are in the store), failed ones run again with the
+    prototypes they hold, and shards whose prototypes were released at the failure get fresh
+    ones. The order counts against the owner's quota again. A job whose every shard finished
+    (it failed while uploading the dataset) only finalizes again."""
+    if job.status != JobStatus.FAILED:
+        raise JobError(409, "status", f"only a failed job can be retried; this one is {job.status}")
+    owner = db.scalar(select(Team).where(Team.id == job.team_id).with_for_update())
+    used = images_used_this_month(db, owner)
+    if used + job.images_requested > owner.monthly_quota:
+        raise JobError(
+            429,
+            "images",
+            f"monthly quota exceeded: {used} of {owner.monthly_quota} images used, "
+            f"this job needs {job.images_requested}",
+        )
+    shards = list(db.scalars(select(Shard).where(Shard.job_id == job.id).order_by(Shard.index)))
+    released = [s for s in shards if s.status == ShardStatus.CANCELED and s.attempts == 0]
+    need = sum(len(s.prototypes) for s in released)
+    if need:
+        desc = describe_model(settings, job.model)
+        if desc.prototype_set != job.prototype_set:
+            raise JobError(
+                409, "model", f"model {job.model!r} holds other prototypes now; order again"
+            )
+        free = iter(free_prototype_ids(db, desc))
+        for shard in released:
+            fresh = [p for p, _ in zip(free, shard.prototypes, strict=False)]
+            if len(fresh) < len(shard.prototypes):
+                raise JobError(
+                    409, "identities", f"model {job.model!r} has too few free virtual identities"
+                )
+            shard.prototypes = fresh
+            db.add_all(
+                LedgerEntry(
+                    model=job.model, prototype_set=job.prototype_set, prototype_id=p, job_id=job.id
+                )
+                for p in fresh
+            )
+    for shard in shards:
+        if shard.status != ShardStatus.SUCCEEDED:
+            shard.status, shard.lease_expires_at, shard.worker = ShardStatus.QUEUED, None, None
+            shard.enqueued_at = utcnow()
+    job.status = JobStatus.RUNNING if job.started_at else JobStatus.QUEUED
+    job.error = job.finished_at = job.finalize_expires_at = None
+    job.cancel_requested = False
+    job.progress = {**(job.progress or {}), "retries": (job.progress or {}).get("retries", 0) + 1}
+    try:
+        db.commit()
+    except IntegrityError as exc:
+        db.rollback()
+        raise JobError(
+            409, "identities", "virtual identities were allocated concurrently; retry"
+        ) from exc
     return job
 
 

@@ -1,5 +1,6 @@
 """Dashboard pages. They read through app.services and create jobs through the same
-``create_job`` as ``POST /v1/jobs``; the session cookie holds only the API key's row id."""
+``create_job`` as ``POST /v1/jobs``; the session cookie holds a random session token whose
+row (``dashboard_sessions``) sign-out deletes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from app.api.deps import get_db, get_settings_dep
 from app.api.jobs import job_or_404
 from app.api.misc import model_entries
 from app.schemas import JobCreate
-from app.services.auth import hash_key
+from app.services.auth import end_session, hash_key, start_session, team_for_session
 from app.services.jobs import (
     JobError,
     cancel_job,
@@ -39,17 +40,18 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
+SESSION_HOURS = 8  # as the cookie's max_age (app.main)
+
+
 class LoginRequired(Exception):
     pass
 
 
 def session_team(request: Request, db: Session = Depends(get_db)) -> Team:
-    key_id = request.session.get("key_id")
-    key = db.get(ApiKey, key_id) if key_id else None
-    # bound to the key itself, not only its row id (a new key could reuse a deleted row's id)
-    if key is None or key.revoked or request.session.get("key_check") != key.key_hash[:16]:
+    team = team_for_session(db, request.session.get("sid"))
+    if team is None:
         raise LoginRequired()
-    return key.team
+    return team
 
 
 def csrf_token(request: Request) -> str:
@@ -88,14 +90,14 @@ def login(request: Request, api_key: str = Form(""), db: Session = Depends(get_d
             request, "login.html", {"team": None, "error": "Unknown API key."}, status_code=401
         )
     request.session.clear()
-    request.session["key_id"] = key.id
-    request.session["key_check"] = key.key_hash[:16]
+    request.session["sid"] = start_session(db, key, hours=SESSION_HOURS)
     return RedirectResponse("/ui/jobs", status_code=303)
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: str = Form("")):
+def logout(request: Request, csrf: str = Form(""), db: Session = Depends(get_db)):
     check_csrf(request, csrf)
+    end_session(db, request.session.get("sid"))  # a copy of the cookie is dead too
     request.session.clear()
     return RedirectResponse("/ui/login", status_code=303)
 

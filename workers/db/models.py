@@ -63,6 +63,20 @@ class ApiKey(Base):
     team: Mapped[Team] = relationship()
 
 
+class DashboardSession(Base):
+    """A signed-in dashboard: the cookie holds a random token, the row its SHA-256. Sign-out
+    deletes the row, so a copied cookie stops working; the row also records the key's hash,
+    so a session can never act for a key other than the one that signed in."""
+
+    __tablename__ = "dashboard_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    key: Mapped[ApiKey] = relationship()
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

@@ -1,3 +1,8 @@
+// API timestamps carry their UTC offset; an older server's naive ones are UTC too.
+function utc(ts) {
+  return new Date(/[zZ]|[+-]\d\d:?\d\d$/.test(ts) ? ts : ts + "Z");
+}
+
 // Live updates: poll the JSON API (the session cookie authenticates) and patch the page.
 function pct(job) { return job.images_requested ? Math.min(100, Math.round(100 * job.images_done / job.images_requested)) : 0; }
 function fmtEta(s) { if (s == null) return "–"; if (s < 90) return Math.round(s) + " s"; return Math.round(s / 60) + " min"; }
@@ -32,7 +37,7 @@ async function refreshJob() {
   el.querySelector(".pct").textContent = pct(job) + " %";
   el.querySelector(".done").textContent = job.images_done + " / " + job.images_requested;
   el.querySelector(".eta").textContent = fmtEta(job.eta_seconds);
-  const started = job.started_at ? new Date(job.started_at + "Z") : null;
+  const started = job.started_at ? utc(job.started_at) : null;
   if (started && job.images_done) {
     const secs = Math.max(1, (Date.now() - started.getTime()) / 1000);
     el.querySelector(".overall").textContent = (job.images_done / secs).toFixed(2) + " img/s";
@@ -49,7 +54,7 @@ function tick() {
   const el = document.getElementById("job-live");
   if (!el || !live || live.job.status !== "running" || !live.job.sampling_img_per_s) return;
   const job = live.job, rate = job.sampling_img_per_s;
-  const since = job.progress_updated_at ? (Date.now() - new Date(job.progress_updated_at + "Z").getTime()) / 1000 : (Date.now() - live.seen) / 1000;
+  const since = job.progress_updated_at ? (Date.now() - utc(job.progress_updated_at).getTime()) / 1000 : (Date.now() - live.seen) / 1000;
   const shown = Math.min(job.images_requested, job.images_done + rate * Math.max(0, since));
   const p = Math.min(100, 100 * shown / job.images_requested);
   el.querySelector(".bar > span").style.width = p.toFixed(1) + "%";
