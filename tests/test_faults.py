@@ -1,0 +1,241 @@
+"""The service's promises under ordinary faults, with real processes: ``vigface serve`` (API +
+reaper), ``vigface worker`` (Celery) processes each with its own work disk (as on separate
+machines), a ``redis-server`` of the test's own, PostgreSQL, and moto's S3 server behind a TCP
+proxy that the test takes down or slows.
+
+Every job must end ``succeeded`` with exactly identities x images accepted images, each
+(identity, index) once in the manifest and once as a file, within the bound each test states.
+The filters are set wide open here (``tau_leak`` 1, ``tau_consistency`` -1): these tests are
+about faults; tests/test_filters.py tests the filters on both sides of their thresholds.
+
+About 4-6 minutes in all on 2 CPU cores (each case starts an API and one or two workers).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import boto3
+import httpx
+import pytest
+from fault_tools import RedisServer, Service, TcpProxy, kill, wait_until
+from test_service_api import _postgres_url
+
+from model_store import BUNDLED
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ORDER = {
+    "identities": 4,
+    "images_per_identity": 6,
+    "steps": 20,
+    "seed": 5,
+    "formats": ["imagefolder", "recordio"],
+    "tau_consistency": -1.0,
+    "tau_leak": 1.0,
+}
+TOTAL = ORDER["identities"] * ORDER["images_per_identity"]
+JOB_BOUND_S = 240  # any job here, fault included, ends within this
+
+
+@pytest.fixture
+def deploy(tiny_generator, s3_env, tmp_path):
+    """``deploy(**env)`` -> (service, client, proxy, redis): everything started but workers."""
+    endpoint, bucket = s3_env
+    started: list = []
+
+    def make(**overrides):
+        redis_server = RedisServer(tmp_path)
+        proxy = TcpProxy(int(endpoint.rsplit(":", 1)[1]))
+        model = "demo" if (BUNDLED / "demo" / "dit").is_dir() else tiny_generator.name
+        env = {
+            "VIGFACE_HOME": str(tmp_path / "home"),
+            "VIGFACE_DATABASE_URL": _postgres_url(),
+            "VIGFACE_BROKER_URL": redis_server.url,
+            "VIGFACE_STORAGE_URL": f"s3://{bucket}/vigface",
+            "VIGFACE_S3_ENDPOINT_URL": proxy.url,
+            "VIGFACE_DEFAULT_MODEL": model,
+            "VIGFACE_MODEL_STORE": str(tiny_generator.parent),
+            "VIGFACE_SHARD_IDENTITIES": "2",
+            "VIGFACE_SAMPLER_BATCH_SIZE": "4",
+            "VIGFACE_LEASE_SECONDS": "12",
+            "VIGFACE_RESEND_AFTER_SECONDS": "6",
+            "VIGFACE_UPLOAD_RETRY_SECONDS": "60",
+            **overrides,
+        }
+        svc = Service(env, tmp_path)
+        started.append((svc, proxy, redis_server))
+        from app.services.auth import create_key, create_team
+        from workers.db.session import init_db, session_factory
+
+        init_db(env["VIGFACE_DATABASE_URL"])
+        with session_factory(env["VIGFACE_DATABASE_URL"])() as db:
+            create_team(db, "alpha", quota=1_000)
+            key = create_key(db, "alpha")
+        svc.start_api()
+        client = httpx.Client(
+            base_url=svc.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        return svc, client, proxy, redis_server
+
+    yield make
+    for svc, proxy, redis_server in started:
+        svc.stop_all()
+        proxy.down()
+        redis_server.stop()
+
+
+def start_worker(svc: Service, name: str, tmp_path):
+    """A worker with a work disk of its own, as on another machine."""
+    svc.env["VIGFACE_WORK_DIR"] = str(tmp_path / name)
+    return svc.start_worker(name)
+
+
+def free_identities(svc: Service, client) -> int:
+    name = svc.env["VIGFACE_DEFAULT_MODEL"]
+    models = {m["name"]: m for m in client.get("/v1/models").json()}
+    return models[name]["free_virtual_identities"]
+
+
+def job_state(client, job_id):
+    try:
+        return client.get(f"/v1/jobs/{job_id}").json()
+    except httpx.HTTPError:  # the API may be down in the middle of a fault
+        return None
+
+
+def wait_job(client, job_id, predicate, timeout=JOB_BOUND_S, what="job state"):
+    return wait_until(
+        lambda: (j := job_state(client, job_id)) is not None and predicate(j) and j,
+        timeout,
+        what=what,
+    )
+
+
+def assert_delivered_once(client, job, endpoint, bucket):
+    """Succeeded, exactly the order, no (identity, index) twice in files or manifest."""
+    assert job["status"] == "succeeded", job
+    assert job["images_done"] == TOTAL
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    prefix = f"vigface/jobs/{job['id']}/"
+    body = s3.get_object(Bucket=bucket, Key=prefix + "manifest.csv")["Body"].read().decode()
+    rows = [r for r in csv.DictReader(io.StringIO(body)) if r["accepted"] == "True"]
+    assert len(rows) == TOTAL
+    assert len({(r["identity"], r["index"]) for r in rows}) == TOTAL
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + "imagefolder/"
+    )
+    files = [o["Key"] for p in pages for o in p.get("Contents", [])]
+    assert len(files) == len(set(files)) == TOTAL
+    report = client.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["dataset"]["spec"]["identities"] == ORDER["identities"]
+
+
+def test_worker_killed_mid_shard(deploy, s3_env, tmp_path):
+    svc, client, _, _ = deploy()
+    victim = start_worker(svc, "victim", tmp_path)
+    job = client.post("/v1/jobs", json=ORDER).json()
+    seen = wait_job(client, job["id"], lambda j: j["images_done"] > 0, what="sampling")
+    kill(victim)
+    assert seen["images_done"] < TOTAL and seen["status"] == "running"  # killed mid-job
+    start_worker(svc, "rescuer", tmp_path)
+    done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert_delivered_once(client, done, *s3_env)
+
+
+def test_worker_killed_mid_finalize(deploy, s3_env, tmp_path):
+    svc, client, proxy, _ = deploy()
+    victim = start_worker(svc, "victim", tmp_path)
+    proxy.slow(0.4)  # every store request takes 0.4 s: finalize lasts long enough to be hit
+    job = client.post("/v1/jobs", json=ORDER).json()
+    wait_job(client, job["id"], lambda j: j["status"] == "finalizing", what="finalizing")
+    kill(victim)
+    proxy.slow(0)
+    assert job_state(client, job["id"])["status"] == "finalizing"
+    # another machine: its work disk is empty, so it finalizes from the shards in the store
+    start_worker(svc, "rescuer", tmp_path)
+    done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert_delivered_once(client, done, *s3_env)
+
+
+def test_broker_restarted_without_persistence_while_shards_are_queued(deploy, s3_env, tmp_path):
+    svc, client, _, redis_server = deploy()
+    job = client.post("/v1/jobs", json=ORDER).json()  # no worker yet: the shards wait in Redis
+    assert job["shards"] == {"queued": 2}
+    redis_server.restart()  # every queued message is gone
+    start_worker(svc, "worker", tmp_path)
+    done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert_delivered_once(client, done, *s3_env)
+
+
+def test_object_store_down_20s_during_the_upload(deploy, s3_env, tmp_path):
+    svc, client, proxy, _ = deploy()
+    start_worker(svc, "worker", tmp_path)
+    job = client.post("/v1/jobs", json=ORDER).json()
+    wait_job(client, job["id"], lambda j: j["images_done"] > 0, what="sampling")
+    proxy.down()  # the first shard's upload (and maybe the second's) meets a dead endpoint
+    wait_job(client, job["id"], lambda j: j["images_done"] >= TOTAL // 2, what="a shard done")
+    import time
+
+    time.sleep(20)
+    assert job_state(client, job["id"])["status"] in ("running", "finalizing")  # not failed
+    proxy.up()
+    done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert_delivered_once(client, done, *s3_env)
+
+
+def test_an_outage_longer_than_the_window_fails_the_job_and_retry_finishes_it(
+    deploy, s3_env, tmp_path
+):
+    svc, client, proxy, _ = deploy(VIGFACE_UPLOAD_RETRY_SECONDS="4")
+    start_worker(svc, "worker", tmp_path)
+    free_before = free_identities(svc, client)
+    proxy.down()
+    job = client.post("/v1/jobs", json=ORDER).json()
+    failed = wait_job(client, job["id"], lambda j: j["status"] in ("failed", "succeeded"))
+    assert failed["status"] == "failed" and "object store unavailable" in failed["error"]
+    # the second shard never started: its prototypes went back; the first shard's stay sold
+    assert failed["progress"]["identities_released"] > 0
+    proxy.up()
+    free_failed = free_identities(svc, client)
+    kept = failed["identities_allocated"] - failed["progress"]["identities_released"]
+    assert free_failed == free_before - kept
+    r = client.post(f"/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 202, r.text
+    done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert_delivered_once(client, done, *s3_env)
+    assert done["progress"]["retries"] == 1
+    r = client.post(f"/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 409 and r.json()["detail"][0]["field"] == "status"
+
+
+def test_api_restarted_mid_job(deploy, s3_env, tmp_path):
+    svc, client, _, _ = deploy()
+    start_worker(svc, "worker", tmp_path)
+    job = client.post("/v1/jobs", json=ORDER).json()
+    wait_job(client, job["id"], lambda j: j["images_done"] > 0, what="sampling")
+    svc.kill_api()
+    svc.start_api()
+    done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert_delivered_once(client, done, *s3_env)
+
+
+def test_cancel_gives_back_quota_and_unstarted_identities(deploy, tmp_path):
+    svc, client, _, _ = deploy()
+    start_worker(svc, "worker", tmp_path)
+    free_before = free_identities(svc, client)
+    order = {**ORDER, "identities": 6}  # 3 shards; one worker runs them one at a time
+    job = client.post("/v1/jobs", json=order).json()
+    wait_job(client, job["id"], lambda j: j["images_done"] > 0, what="sampling")
+    canceled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
+    assert canceled["status"] == "canceled"
+    released = canceled["progress"]["identities_released"]
+    assert released >= 2 * 3  # shards 2 and 3 (2 identities + 1 spare each) never started
+    free_after = free_identities(svc, client)
+    assert free_after == free_before - (canceled["identities_allocated"] - released)
+    # the quota is whole again: an order of the full quota fits
+    big = {**ORDER, "identities": 100, "images_per_identity": 10}
+    r = client.post("/v1/jobs", json=big)
+    assert r.status_code == 202, r.text
+    client.post(f"/v1/jobs/{r.json()['id']}/cancel")
