@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.api import jobs, misc
 from app.services.jobs import JobError
@@ -74,6 +76,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(JobError)
     def _job_error(_: Request, exc: JobError) -> JSONResponse:
         return JSONResponse({"detail": [{"field": exc.field, "message": exc.message}]}, exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Every error body in the documented shape; a 405 lists every method the path has
+        (Starlette's own names only the first route that matched the path)."""
+        detail = exc.detail
+        if not isinstance(detail, list | dict):
+            detail = [{"field": "path" if exc.status_code in (404, 405) else "", "message": detail}]
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            methods = [
+                m
+                for m in ("DELETE", "GET", "PATCH", "POST", "PUT")
+                if any(
+                    r.matches({**request.scope, "method": m})[0] == Match.FULL
+                    for r in app.router.routes
+                )
+            ]
+            headers["Allow"] = ", ".join(methods)
+        return JSONResponse({"detail": detail}, exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

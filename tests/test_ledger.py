@@ -124,3 +124,45 @@ def test_cancel_gives_back_quota_and_the_prototypes_of_shards_that_never_ran(api
         from workers.db.models import Team
 
         assert images_used_this_month(db, db.query(Team).filter_by(name="alpha").one()) == 0
+
+
+def test_thirty_concurrent_submissions_against_room_for_ten(api):
+    app, keys = api
+    with app.state.sessions() as db:
+        from sqlalchemy import update
+
+        from workers.db.models import Team
+
+        db.execute(update(Team).where(Team.name == "alpha").values(monthly_quota=30))
+        db.commit()
+    c = TestClient(app)
+    order = {"identities": 1, "images_per_identity": 3, "steps": 1}  # 3 images of the 30
+
+    def post(i):
+        return c.post("/v1/jobs", json={**order, "seed": i}, headers={"X-API-Key": keys["alpha"]})
+
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(post, range(30)))
+    codes = [r.status_code for r in answers]
+    assert codes.count(202) == 10 and codes.count(429) == 20, [r.text for r in answers]
+    assert all(r.json()["detail"][0]["field"] == "images" for r in answers if r.status_code == 429)
+
+
+def test_two_teams_submitting_at_once_never_share_a_prototype(api):
+    app, keys = api
+    c = TestClient(app)
+    order = {"identities": 1, "images_per_identity": 1, "steps": 1}  # 1 slot + 1 spare
+
+    def post(i):
+        team = ("alpha", "beta")[i % 2]
+        return c.post("/v1/jobs", json={**order, "seed": i}, headers={"X-API-Key": keys[team]})
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(post, range(20)))  # 20 jobs x 2 = every one of the 40 prototypes
+    assert all(r.status_code == 202 for r in answers), [r.text for r in answers]
+    with app.state.sessions() as db:
+        rows = db.query(LedgerEntry).all()
+    assert len(rows) == 40
+    assert len({(r.prototype_set, r.prototype_id) for r in rows}) == 40  # none sold twice
+    r = post(0)  # and nothing is left
+    assert r.status_code == 409 and r.json()["detail"][0]["field"] == "identities"

@@ -41,6 +41,14 @@ ORDER = {"identities": 1, "images_per_identity": 1, "steps": 1}
         ({"model": "../../etc"}, "model"),
         ({"model": "x" * 100_000}, "model"),
         ({"webhook_url": "http://169.254.169.254/latest"}, "webhook_url"),
+        ({"webhook_url": "http://127.0.0.1:6379/"}, "webhook_url"),
+        ({"webhook_url": "http://localhost/hook"}, "webhook_url"),
+        ({"webhook_url": "http://10.0.0.7/hook"}, "webhook_url"),
+        ({"webhook_url": "http://[::1]/hook"}, "webhook_url"),
+        ({"webhook_url": "file:///etc/passwd"}, "webhook_url"),
+        ({"priority": 99}, "priority"),
+        ({"identities": 0}, "identities"),
+        ({"identities": 10**9}, "identities"),
         ({"formats": ["imagefolder"] * 50}, "formats"),
         ({"surprise": 1}, "surprise"),
     ],
@@ -116,3 +124,72 @@ def test_revoked_keys_end_api_calls_and_dashboard_sessions(client, tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "no key starts with" in r.stderr
+
+
+def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(client):
+    c, key, _ = client
+    c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    stolen = dict(c.cookies)
+    assert c.get("/ui/jobs", follow_redirects=False).status_code == 200
+    page = c.get("/ui/jobs").text
+    csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    c.post("/ui/logout", data={"csrf": csrf}, follow_redirects=False)
+    thief = TestClient(c.app, cookies=stolen)
+    assert thief.get("/ui/jobs", follow_redirects=False).status_code == 303
+    assert thief.get("/v1/jobs").status_code == 401
+
+
+def test_a_session_never_acts_for_a_key_that_replaced_its_key_row(client):
+    """A session is bound to the key itself: a new key (of another team) written into the
+    old key's row id does not inherit the old cookie."""
+    from workers.db.models import ApiKey, Team
+
+    c, key, _ = client
+    c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    with c.app.state.sessions() as db:
+        row = db.query(ApiKey).one()
+        old_id = row.id
+        db.delete(row)
+        db.commit()
+        beta = Team(name="beta", monthly_quota=10)
+        db.add(beta)
+        db.flush()
+        db.add(ApiKey(id=old_id, team_id=beta.id, key_hash="f" * 64, prefix="vgf_beta"))
+        db.commit()
+    assert c.get("/ui/jobs", follow_redirects=False).status_code == 303
+    assert c.get("/v1/jobs").status_code == 401
+
+
+def test_file_routes_refuse_paths_outside_their_root(client):
+    c, key, _ = client
+    h = {"X-API-Key": key}
+    job = c.post("/v1/jobs", json=ORDER, headers=h).json()
+    for path in ("../../etc/passwd", "..%2f..%2fetc%2fpasswd", "%2e%2e/x", "/etc/passwd"):
+        r = c.get(f"/files/jobs/{job['id']}/{path}", headers=h)
+        assert r.status_code == 404, (path, r.status_code)
+
+
+def test_responses_match_the_documented_schema(client):
+    c, key, _ = client
+    h = {"X-API-Key": key}
+    job = c.post("/v1/jobs", json=ORDER, headers=h).json()
+    for ts in ("created_at",):
+        assert job[ts].endswith("Z") or job[ts][-6] in "+-", job[ts]  # UTC with an offset
+    r = c.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    spec = c.get("/openapi.json").json()
+    documented = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert "application/json" not in documented and r.headers["content-type"] in documented
+    error_ref = "#/components/schemas/ErrorOut"
+    for path, ops in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, op in ops.items():
+            for code in ("401", "422"):
+                schema = op["responses"][code]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": error_ref}, (method, path, code)
+    r = c.get(f"/v1/jobs/{job['id']}x", headers=h)
+    assert r.status_code == 404 and r.json()["detail"][0]["field"] == "job_id"
+    r = c.delete("/v1/jobs", headers=h)
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "POST"}
+    assert r.json()["detail"][0]["field"] == "path"

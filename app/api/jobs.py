@@ -26,7 +26,7 @@ from workers.db.models import Job, JobStatus, ShardStatus, Team
 from workers.settings import Settings
 
 router = APIRouter(
-    prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 404, 413, 422)
+    prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 413, 422)
 )
 
 

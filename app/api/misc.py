@@ -50,7 +50,7 @@ def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
     "/v1/models",
     response_model=list[ModelOut],
     tags=["models"],
-    responses=error_responses(401, 413, 422),
+    responses=error_responses(400, 401, 413, 422),
 )
 def models(
     team: Team = Depends(current_team),
@@ -144,7 +144,7 @@ def metrics(db: Session = Depends(get_db)) -> PlainTextResponse:
     tags=["jobs"],
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}}
-    | error_responses(401, 404, 413, 422),
+    | error_responses(400, 401, 404, 413, 422),
 )
 def download(
     job_id: str,

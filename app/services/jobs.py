@@ -119,8 +119,13 @@ def submit_job(
     priority: int = 5,
     webhook_url: str | None = None,
     idempotency_key: str | None = None,
+    _attempt: int = 0,
 ) -> tuple[Job, bool]:
-    """Create a job (or return the one this idempotency key made). Returns (job, created)."""
+    """Create a job (or return the one this idempotency key made). Returns (job, created).
+
+    Two teams' submissions can pick the same free prototypes at once; the ledger's unique
+    (prototype set, prototype) key lets one commit, and the other allocates again (a few
+    times, then a 409)."""
     if spec.identities > settings.max_identities_per_job:
         raise JobError(422, "identities", f"at most {settings.max_identities_per_job} per job")
     if spec.images_per_identity > settings.max_images_per_identity:
@@ -213,7 +218,19 @@ def submit_job(
                         409, "Idempotency-Key", "this key was used with a different request"
                     ) from exc
                 return prior, False
-        # another submission took one of these prototypes first
+        # another submission took one of these prototypes first: allocate again
+        if _attempt < 4:
+            return submit_job(
+                db,
+                settings,
+                team,
+                desc,
+                spec,
+                priority,
+                webhook_url,
+                idempotency_key,
+                _attempt=_attempt + 1,
+            )
         raise JobError(
             409, "identities", "virtual identities were allocated concurrently; retry"
         ) from exc
