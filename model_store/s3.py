@@ -3,7 +3,8 @@
 Uploads go through boto3's managed transfer (multipart above 8 MB) with a SHA-256 checksum
 that S3 verifies; the file's whole SHA-256 is also kept as object metadata (``sha256``), so a
 resumed upload can tell which objects are already there intact (a multipart object's own
-checksum is a checksum of part checksums, not the file's); the client retries throttling and transient errors (``adaptive`` mode).
+checksum is a checksum of part checksums, not the file's); the client retries throttling
+and transient errors (``adaptive`` mode).
 Downloads for users are presigned GET links.
 """
 

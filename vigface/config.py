@@ -176,9 +176,7 @@ class TrainDiTConfig(_Strict):
         ge=0,
         description="weight of the margin term: own prototype closer than any other real one",
     )
-    identity_margin: float = Field(
-        0.2, ge=0, le=2, description="cosine margin of the margin term"
-    )
+    identity_margin: float = Field(0.2, ge=0, le=2, description="cosine margin of the margin term")
     identity_augment: bool = Field(
         False,
         description="flip and shift x0_hat (1-2 px) before the FR model in the identity terms",
