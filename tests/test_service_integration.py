@@ -1,5 +1,6 @@
 """The distributed deployment on this machine: real Redis broker, real PostgreSQL, moto's S3
-server, and Celery worker processes started with ``vigface worker``."""
+server, and Celery worker processes started with ``vigface worker``. Faults (killed workers,
+broker restarts, store outages, API restarts) are in tests/test_faults.py."""
 
 import csv
 import io
@@ -19,7 +20,6 @@ from app.main import create_app
 from app.services.auth import create_key, create_team
 from model_store import BUNDLED
 from model_store.loader import load_generator
-from workers.reconcile import requeue_expired
 from workers.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -145,31 +145,3 @@ def test_celery_worker_completes_a_job_into_s3(deployment):
     links = client.get(f"/v1/jobs/{job['id']}/artifacts", headers=headers).json()["files"]
     assert "X-Amz-Signature" in links["report.json"]
     assert client.get("/readyz").json() == {"database": "ok", "storage": "ok", "broker": "ok"}
-
-
-def test_worker_killed_mid_shard_still_yields_exactly_the_order(deployment):
-    client, headers, api, start_worker, (endpoint, bucket) = deployment
-    order = {**ORDER, "identities": 4, "images_per_identity": 8, "steps": 25}
-    first = start_worker("victim")
-    job = client.post("/v1/jobs", json=order, headers=headers).json()
-    wait_for(client, headers, job["id"], lambda j: j["images_done"] > 0)
-    os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool child, mid-shard
-    first.wait(10)
-    start_worker("rescuer")
-
-    def reap():
-        requeue_expired(api.state.sessions, api.state.enqueue_shard)
-
-    job = wait_for(
-        client,
-        headers,
-        job["id"],
-        lambda j: j["status"] in ("succeeded", "failed"),
-        timeout=300,
-        tick=reap,
-    )
-    assert job["status"] == "succeeded", job
-    rows = manifest_rows(endpoint, bucket, job["id"])
-    assert len(rows) == 32
-    assert len({(r["identity"], r["index"]) for r in rows}) == 32  # none duplicated
-    assert job["images_done"] == 32

@@ -47,3 +47,40 @@ def test_both_stores_fulfil_the_protocol(s3_env, tmp_path):
     assert {"put_file", "list", "link", "iter_bytes", "size", "download"} <= set(methods)
     for store in (LocalStore(tmp_path / "s"), open_store(f"s3://{bucket}/p", endpoint)):
         assert all(callable(getattr(store, m)) for m in methods), type(store).__name__
+
+
+def test_put_dir_resumes_and_retrying_waits_out_an_outage(tmp_path):
+    from model_store.storage import LocalStore, StoreUnavailable, put_dir, retrying
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "x.bin").write_bytes(b"x" * 10)
+    (src / "y.bin").write_bytes(b"y")
+    store = LocalStore(tmp_path / "store")
+    sent = []
+    real_put = store.put_file
+    store.put_file = lambda key, f: (sent.append(key), real_put(key, f))
+    assert put_dir(store, "p", src) == ["p/a/x.bin", "p/y.bin"]
+    assert sent == ["p/a/x.bin", "p/y.bin"]
+    (src / "y.bin").write_bytes(b"changed")
+    sent.clear()
+    put_dir(store, "p", src)  # only what differs goes again
+    assert sent == ["p/y.bin"] and store.read_bytes("p/y.bin") == b"changed"
+
+    calls = {"n": 0, "renewed": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise ConnectionError("endpoint down")
+        return "ok"
+
+    def renew():
+        calls["renewed"] += 1
+
+    assert retrying(flaky, window_s=5, first_wait_s=0.01, on_retry=renew) == "ok"
+    assert calls == {"n": 3, "renewed": 2}
+    with pytest.raises(StoreUnavailable, match="unavailable for 0 s"):
+        retrying(lambda: 1 / 0, window_s=0.05, first_wait_s=0.01)
+    with pytest.raises(ValueError):  # a key outside the store is not transient
+        retrying(lambda: store.put_file("../escape", src / "y.bin"), window_s=5)
