@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.api import jobs, misc
+from app.services import cache
 from app.services.jobs import JobError
 from model_store.storage import open_store
 from workers.db.session import init_db, session_factory
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     init_db(settings.database_url)
     app.state.settings = settings
+    cache.configure(settings.auth_cache_seconds, settings.status_cache_seconds)
     app.state.sessions = session_factory(settings.database_url)
     app.state.store = open_store(
         settings.storage_url, settings.s3_endpoint_url, settings.s3_public_endpoint_url

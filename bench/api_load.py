@@ -70,11 +70,20 @@ def cli(env: dict, *args: str) -> str:
 
 
 @contextlib.contextmanager
-def processes(env: dict, port: int, broker: bool):
+def processes(env: dict, port: int, broker: bool, api_workers: int = 1):
     """The API (and, with a broker, one worker) as process groups; yields the API's pid."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(api_workers),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -112,11 +121,21 @@ def processes(env: dict, port: int, broker: bool):
                 p.wait(15)
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def peak_rss_mb(pgid: int) -> float:
+    """Sum of peak RSS over the API's process group (one process, or the supervisor and its
+    ``--workers`` processes)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:  # field 5 of stat: the process group
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def time_to_first_shard(
@@ -253,7 +272,8 @@ def run_mode(mode: str, args) -> dict:
     cli(env, "admin", "create-team", "bench", "--quota", "100000000")
     key = cli(env, "admin", "create-key", "bench").strip().splitlines()[-1]
     headers = {"Authorization": f"Bearer {key}"}
-    with processes(env, port, broker=mode == "broker") as pid:
+    api_workers = args.api_workers if mode == "broker" else 1
+    with processes(env, port, broker=mode == "broker", api_workers=api_workers) as pid:
         url = f"http://127.0.0.1:{port}"
         # a warm-up job first: worker start-up and model loading are not the service's
         # steady-state latency (the worker preloads its model at process start)
@@ -267,6 +287,7 @@ def run_mode(mode: str, args) -> dict:
     stats = summarise(results)
     return {
         "mode": mode,
+        "api_workers": api_workers,
         "rate_per_endpoint": args.rate,
         "seconds": args.seconds,
         "first_shard_start_s": {
@@ -285,6 +306,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--jobs", type=int, default=3)
     ap.add_argument("--model", default="demo")
+    ap.add_argument(
+        "--api-workers", type=int, default=1, help="API processes in broker mode (serve --workers)"
+    )
     args = ap.parse_args()
     modes = ["embedded", "broker"] if args.mode == "both" else [args.mode]
     runs = []
@@ -293,7 +317,8 @@ def main() -> None:
         runs.append(r)
         print(
             f"\n{mode}: first shard running {r['first_shard_start_s']['max']} s after the 202 "
-            f"(max of {args.jobs}); API peak RSS {r['api_peak_rss_mb']} MB"
+            f"(max of {args.jobs}); API peak RSS {r['api_peak_rss_mb']} MB "
+            f"({r['api_workers']} API process(es))"
         )
         print("| endpoint | requests | errors | p50 ms | p99 ms | max ms | p99 / healthz |")
         print("|---|---|---|---|---|---|---|")

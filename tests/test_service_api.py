@@ -47,6 +47,7 @@ def service(request, tiny_generator, tmp_path, monkeypatch):
         shard_identities=2,
         sampler_batch_size=4,
         public_url="http://testserver",
+        status_cache_seconds=0,  # these tests poll a worker in this process: see every change
     )
     api = create_app(settings)
     with api.state.sessions() as db:
@@ -225,3 +226,27 @@ def test_health_and_readiness(service):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["database"] == "ok"
     assert "/v1/jobs" in client.get("/openapi.json").json()["paths"]
+
+
+def test_status_polls_share_an_answer_for_the_ttl_and_writes_clear_it(service):
+    """Production default: polls within VIGFACE_STATUS_CACHE_SECONDS share one answer (a
+    worker's progress shows a second later); a write through the API shows at once."""
+    from app.services import cache
+    from workers.db.models import Job
+
+    client, keys, worker, api = service
+    cache.configure(auth_seconds=2.0, status_seconds=1.0)
+    h = auth(keys["alpha"])
+    job = client.post("/v1/jobs", json=ORDER, headers=h).json()
+    assert client.get(f"/v1/jobs/{job['id']}", headers=h).json()["status"] == "queued"
+    with api.state.sessions() as db:  # as a worker would, behind the API's back
+        db.get(Job, job["id"]).images_done = 1
+        db.commit()
+    assert client.get(f"/v1/jobs/{job['id']}", headers=h).json()["images_done"] == 0  # cached
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["beta"])).status_code == 404
+    time.sleep(1.1)
+    assert client.get(f"/v1/jobs/{job['id']}", headers=h).json()["images_done"] == 1
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=h)
+    assert client.get(f"/v1/jobs/{job['id']}", headers=h).json()["status"] == "canceled"
+    listed = client.get("/v1/jobs", headers=h).json()["items"]
+    assert listed[0]["status"] == "canceled"

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: list[str] = Field(
         [], description="hosts a webhook may call although they resolve to private addresses"
     )
+    auth_cache_seconds: float = Field(
+        2.0, ge=0, description="API reads reuse a key's team this long (0: look up every time)"
+    )
+    status_cache_seconds: float = Field(
+        1.0, ge=0, description="job status and listing polls share one answer this long"
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body accepted")
     webhook_max_attempts: int = Field(8, ge=1, description="webhook POSTs before giving up")
     webhook_backoff_seconds: float = Field(

@@ -6,12 +6,14 @@ import base64
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import current_team, get_db, get_settings_dep
 from app.api.errors import error_responses
 from app.schemas import JobCreate, JobOut, JobPage
+from app.services import cache
 from app.services.jobs import (
     cancel_job,
     create_job,
@@ -61,13 +63,24 @@ def post_job(
 
 
 @router.get("", response_model=JobPage)
-def list_jobs(
+async def list_jobs(
+    request: Request,
     team: Team = Depends(current_team),
-    db: Session = Depends(get_db),
     status: JobStatus | None = Query(None),
     limit: int = Query(20, ge=1, le=200),
     cursor: str | None = None,
-) -> JobPage:
+) -> Response:
+    key = (team.id, str(request.url.query))
+    cached = cache.statuses.get(key)
+    if cached is None:
+        sessions = request.app.state.sessions
+        page = await run_in_threadpool(_job_page, sessions, team, status, limit, cursor)
+        cached = (team.id, page.model_dump_json().encode())
+        cache.statuses.put(key, cached)
+    return Response(cached[1], media_type="application/json")
+
+
+def _job_page(sessions, team: Team, status, limit: int, cursor: str | None) -> JobPage:
     q = visible_jobs(team, status)
     if cursor:
         try:
@@ -80,21 +93,37 @@ def list_jobs(
             raise HTTPException(
                 422, detail=[{"field": "cursor", "message": "malformed cursor"}]
             ) from exc
-    jobs = list(db.scalars(q.limit(limit + 1)))
-    nxt = None
-    if len(jobs) > limit:
-        last = jobs[limit - 1]
-        nxt = base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode()
-        jobs = jobs[:limit]
-    return JobPage(items=job_outs(db, jobs), next_cursor=nxt)
+    with sessions() as db:
+        # the caller's row into this session (held: the identity map keeps weak references),
+        # so job_outs needs no query for the team's name
+        caller = db.merge(team, load=False)
+        jobs = list(db.scalars(q.limit(limit + 1)))
+        nxt = None
+        if len(jobs) > limit:
+            last = jobs[limit - 1]
+            stamp = f"{last.created_at.isoformat()}|{last.id}"
+            nxt = base64.urlsafe_b64encode(stamp.encode()).decode()
+            jobs = jobs[:limit]
+        page = JobPage(items=job_outs(db, jobs), next_cursor=nxt)
+        del caller
+        return page
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(
-    job_id: str, team: Team = Depends(current_team), db: Session = Depends(get_db)
-) -> JobOut:
-    job = job_or_404(db, team, job_id)
-    return job_out(job)
+async def get_job(job_id: str, request: Request, team: Team = Depends(current_team)) -> Response:
+    """The job's record; polls within ``VIGFACE_STATUS_CACHE_SECONDS`` share one answer."""
+    cached = cache.statuses.get(job_id)
+    if cached is None or (cached[0] != team.id and not team.is_admin):
+        cached = await run_in_threadpool(_job_status, request.app.state.sessions, team, job_id)
+        cache.statuses.put(job_id, cached)
+    return Response(cached[1], media_type="application/json")
+
+
+def _job_status(sessions, team: Team, job_id: str) -> tuple[int, bytes]:
+    with sessions() as db:
+        caller = db.merge(team, load=False)  # held, as in _job_page
+        job = job_or_404(db, caller, job_id)
+        return job.team_id, job_out(job).model_dump_json().encode()
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

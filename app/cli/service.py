@@ -74,8 +74,13 @@ def serve_cmd(
     embedded_worker: bool | None = typer.Option(
         None, help="run shards in this process (default: when no broker is configured)"
     ),
+    workers: int = typer.Option(
+        1, min=1, help="API processes (with a broker only: the embedded worker needs one)"
+    ),
 ) -> None:
     """Start the API (and, without a broker, an in-process worker)."""
+    import os
+
     import uvicorn
 
     from app.main import create_app
@@ -84,24 +89,48 @@ def serve_cmd(
     settings = get_settings().model_copy(
         update={"host": host or get_settings().host, "port": port or get_settings().port}
     )  # links and cookies follow the address actually served
-    api = create_app(settings)
+    embedded = embedded_worker if embedded_worker is not None else not settings.broker_url
+    if workers > 1 and embedded:
+        fail("--workers: more than one API process needs a broker (VIGFACE_BROKER_URL)")
     typer.echo(
         f"VIGFACE service on {settings.base_url}  dashboard {settings.base_url}/ui  "
         f"API docs {settings.base_url}/docs\n  database {settings.database_url}  "
         f"storage {settings.storage_url}"
     )
-    if embedded_worker if embedded_worker is not None else not settings.broker_url:
+    if workers > 1:
+        # the processes build their app from the environment: give them the served address
+        os.environ["VIGFACE_HOST"], os.environ["VIGFACE_PORT"] = settings.host, str(settings.port)
+        from workers.db.session import init_db, session_factory
+
+        init_db(settings.database_url)  # once, before the processes race to migrate
+        start_reaper(settings, session_factory(settings.database_url))
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            log_level="info",
+        )
+        return
+    api = create_app(settings)
+    if embedded:
         from workers.embedded import EmbeddedWorker
 
         worker = EmbeddedWorker(api.state.sessions, settings)
         worker.start()
     if settings.broker_url:
-        from workers.reaper import Reaper
-
-        Reaper(
-            api.state.sessions, settings, api.state.enqueue_shard, api.state.enqueue_finalize
-        ).start()
+        start_reaper(settings, api.state.sessions)
     uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
+
+
+def start_reaper(settings, sessions) -> None:
+    """One reconciler per deployment's API (in the supervising process with --workers)."""
+    from app.main import celery_dispatch
+    from workers.reaper import Reaper
+
+    _, enqueue_shard, enqueue_finalize = celery_dispatch(settings)
+    Reaper(sessions, settings, enqueue_shard, enqueue_finalize).start()
 
 
 def quickstart_cmd(

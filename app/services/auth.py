@@ -9,6 +9,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from app.services import cache
 from workers.db.models import ApiKey, DashboardSession, Team, utcnow
 
 KEY_PREFIX = "vgf_"
@@ -52,14 +53,17 @@ def revoke_key(db: Session, prefix: str) -> ApiKey:
     rows[0].revoked = True
     db.execute(delete(DashboardSession).where(DashboardSession.key_id == rows[0].id))
     db.commit()
+    cache.clear()
     return rows[0]
 
 
 def team_for_key(db: Session, key: str) -> Team | None:
-    row = db.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked.is_(False))
+    """One query: the key's team row, joined (status polling calls this on every request)."""
+    return db.scalar(
+        select(Team)
+        .join(ApiKey, ApiKey.team_id == Team.id)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked.is_(False))
     )
-    return row.team if row else None
 
 
 def start_session(db: Session, key: ApiKey, hours: float) -> str:
@@ -98,3 +102,4 @@ def end_session(db: Session, token: str | None) -> None:
     if token:
         db.execute(delete(DashboardSession).where(DashboardSession.token_hash == hash_key(token)))
         db.commit()
+        cache.clear()

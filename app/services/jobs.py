@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
 from app.schemas import MODEL_NAME_PATTERN, JobCreate, JobOut
+from app.services import cache
 from model_store import ModelNotFound, list_models
 from model_store.description import ModelDescription, describe
 from vigface.dataset.pose import PoseSpecError
@@ -267,6 +268,7 @@ def cancel_job(db: Session, job: Job) -> Job:
     job.finished_at = utcnow()
     release_unstarted(db, job)
     db.commit()
+    cache.statuses.clear()
     return job
 
 
@@ -326,6 +328,7 @@ def retry_job(db: Session, settings: Settings, job: Job) -> Job:
         raise JobError(
             409, "identities", "virtual identities were allocated concurrently; retry"
         ) from exc
+    cache.statuses.clear()
     return job
 
 
@@ -347,16 +350,9 @@ def job_outs(db: Session, jobs: list[Job]) -> list[JobOut]:
         )
         for job_id, status, n in rows:
             shards[job_id][str(status)] = n
-    hooks = webhook_states(db, ids)
-    teams = (
-        dict(
-            db.execute(
-                select(Team.id, Team.name).where(Team.id.in_({j.team_id for j in jobs}))
-            ).all()
-        )
-        if jobs
-        else {}
-    )
+    hooks = webhook_states(db, [j.id for j in jobs if j.webhook_url])
+    # the team row is usually in the session already (the caller's, loaded with its key)
+    teams = {j.team_id: t.name for j in jobs if (t := db.get(Team, j.team_id)) is not None}
     out = []
     for job in jobs:
         rate, updated = sampling_rate(job)
@@ -460,4 +456,5 @@ def create_job(
     )
     if created:
         enqueue(job)
+        cache.statuses.clear()  # the team's listings change
     return job, created
