@@ -93,7 +93,8 @@ def test_a_status_call_costs_three_statements_whatever_the_jobs_size(tmp_path):
             r = c.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": key})
             assert r.status_code == 200
             data = [s for s in statements if s.strip().upper().startswith("SELECT")]
-            assert len(data) - data.count("SELECT 1") == 3, "\n\n".join(statements)  # pre-ping aside
+            # pre-ping aside
+            assert len(data) - data.count("SELECT 1") == 3, "\n\n".join(statements)
         from app.services import cache
 
         cache.configure(auth_seconds=2, status_seconds=1)
