@@ -88,6 +88,9 @@ class TrainFRConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     epochs: int = Field(20, ge=1)
+    max_steps: int | None = Field(
+        None, ge=1, description="a fixed step budget instead of epochs (the utility probe)"
+    )
     batch_size: int = Field(128, ge=2, description="real samples per step, per process")
     seed: int = 0
     log_every: int = Field(20, ge=1)

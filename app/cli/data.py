@@ -277,8 +277,58 @@ def judge_cmd(
     typer.echo(json.dumps(result))
 
 
+def evaluate_dataset_cmd(
+    data: list[Path] = typer.Option(
+        ..., help="dataset folder (its imagefolder/) or ImageFolder; repeat to train on several"
+    ),
+    pairs: str = typer.Option(
+        ..., help="comma-separated insightface .bin files (lfw.bin,cfp_fp.bin,...)"
+    ),
+    steps: int | None = typer.Option(None, min=1, help="probe step budget (default: the recipe's)"),
+    resolution: int | None = typer.Option(
+        None, min=16, max=112, help="probe input size (default: the recipe's 56 px)"
+    ),
+    batch_size: int | None = typer.Option(None, min=2, help="default: the recipe's 128"),
+    work: Path | None = typer.Option(None, help="scratch folder (default: a temporary one)"),
+    device: str | None = typer.Option(None, help="cpu, cuda (default: cuda if any)"),
+    out: Path | None = typer.Option(None, help="also write the result as JSON here"),
+) -> None:
+    """What a dataset is worth: train the probe FR (fixed recipe and step budget, no virtual
+    prototypes) on it and print 10-fold verification accuracy per benchmark; last line JSON."""
+    import tempfile
+
+    from vigface.config import ConfigError
+    from vigface.data import DatasetError
+    from vigface.evaluation.utility import dataset_utility, probe_config
+
+    files = [Path(f) for f in pairs.split(",") if f]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        fail(f"--pairs: not found: {', '.join(missing)}")
+    benchmarks = {f.stem: f for f in files}
+    if len(benchmarks) < len(files):
+        fail("--pairs: two benchmark files share a name")
+    try:
+        cfg = probe_config(steps, resolution, batch_size)
+        with tempfile.TemporaryDirectory(prefix="vigface-probe-") as tmp:
+            result = dataset_utility(data, benchmarks, work or tmp, cfg, device, progress=True)
+    except (ConfigError, DatasetError) as exc:
+        fail(str(exc))
+    t = result["train"]
+    typer.echo(
+        f"probe: {result['recipe']['steps']} steps at {result['recipe']['resolution']} px on "
+        f"{t['images']} images of {t['identities']} identities ({t['minutes']} min)"
+    )
+    for name, m in result["benchmarks"].items():
+        typer.echo(f"  {name}: {m['accuracy']:.4f} +- {m['accuracy_std']:.4f} ({m['pairs']} pairs)")
+    if out:
+        out.write_text(json.dumps(result, indent=1))
+    typer.echo(json.dumps(result))
+
+
 def register(app: typer.Typer) -> None:
     app.command("sample")(sample_cmd)
     app.command("calibrate")(calibrate_cmd)
     app.command("generate")(generate_cmd)
     app.command("judge")(judge_cmd)
+    app.command("evaluate-dataset")(evaluate_dataset_cmd)

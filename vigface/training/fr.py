@@ -106,7 +106,10 @@ def train_fr(
         raise DatasetError(
             f"{len(labels)} images are fewer than one batch of {cfg.batch_size} x {ctx.world_size}"
         )
-    total_steps = steps_per_epoch * cfg.epochs
+    # a step budget (cfg.max_steps) fixes the work whatever the dataset's size: the probe
+    # that compares datasets trains each for the same number of steps
+    epochs = -(-cfg.max_steps // steps_per_epoch) if cfg.max_steps else cfg.epochs
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     o = cfg.optim
     groups = [
         {"params": [p for p in module.backbone.parameters() if p.requires_grad], "lr": o.lr},
@@ -141,7 +144,7 @@ def train_fr(
         log_file = (out_dir / "train_log.jsonl").open("a")
     step = start_epoch * steps_per_epoch
     aug_gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1000 + ctx.rank)
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, epochs):
         t0 = time.time()
         perm = torch.randperm(
             len(labels), generator=torch.Generator().manual_seed(cfg.seed + epoch)
@@ -150,12 +153,14 @@ def train_fr(
         model.train()
         bar = tqdm(
             range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"epoch {epoch + 1}/{epochs}",
             disable=not (progress and ctx.is_main),
             leave=False,
         )
         running = 0.0
         for i in bar:
+            if step >= total_steps:
+                break
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = to_model_input(images_t[idx].to(ctx.device, non_blocking=True))
             x = augment_batch(x, cfg.augment, aug_gen).contiguous(memory_format=mem_fmt)
@@ -199,8 +204,8 @@ def train_fr(
             }
             log_file.write(json.dumps(rec) + "\n")
             log_file.flush()
-            log.info("epoch %d/%d done in %.0fs", epoch + 1, cfg.epochs, rec["epoch_s"])
-            if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == cfg.epochs:
+            log.info("epoch %d/%d done in %.0fs", epoch + 1, epochs, rec["epoch_s"])
+            if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == epochs:
                 save_checkpoint(
                     ckpt_path,
                     {
@@ -232,7 +237,8 @@ def train_fr(
                 "num_virtual": k,
                 "num_images": int(len(labels)),
                 "skipped_images": skipped,
-                "epochs": cfg.epochs,
+                "epochs": epochs,
+                "steps": step,
                 "world_size": ctx.world_size,
                 "device": str(ctx.device),
                 "precision": dtype_name(autocast_dtype(cfg.precision, ctx.device)),

@@ -1,0 +1,123 @@
+"""The paper's two tables at LFW-112 scale: what virtual and real-identity synthetic data are
+worth for training face recognition, one probe recipe and one step budget for every row.
+
+Rows (the paper's Table 1 and Table 2 shapes):
+
+* real: the LFW-112 train set;
+* synthetic: virtual identities only, as many images as the real set;
+* real + virtual: both (virtual-identity augmentation);
+* real + real-aug: real classes filled up to ``--target`` images each from their own
+  prototypes (real-identity augmentation, the long tail);
+* real + both.
+
+Each row trains the probe (``vigface/configs/fr_probe.yaml``: stage 1 without virtual
+prototypes, ``--steps`` steps at ``--resolution`` px) and reports 10-fold accuracy on the dev
+pairs (identities no row trained on). Missing synthetic sets are generated first with
+``vigface generate`` (resumable: rerun continues). Prints a markdown table; the last line is
+JSON.
+
+    python bench/paper_table.py                        # 600 steps, 56 px, demo generator
+    python bench/paper_table.py --steps 3100           # stage 1's full budget (40 epochs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from vigface.data import AlignedFaceFolder
+from vigface.evaluation.utility import dataset_utility, probe_config
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
+
+
+def generate(args, out: Path, *extra: str) -> Path:
+    if not (out / "report.json").is_file():
+        cmd = [sys.executable, "-m", "app.cli", "generate", "--model", args.model,
+               "--out", str(out), "--seed", str(args.seed), *extra]  # fmt: skip
+        print("$", " ".join(cmd[2:]), flush=True)
+        subprocess.run(cmd, check=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--real", type=Path, default=SHARED / "train")
+    ap.add_argument("--pairs", type=Path, default=SHARED / "dev_pairs.bin")
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--resolution", type=int, default=56)
+    ap.add_argument("--images-per-identity", type=int, default=10)
+    ap.add_argument("--target", type=int, default=3, help="real-aug: images per real class")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=Path("runs/paper_table"))
+    ap.add_argument(
+        "--rows", default="real,synthetic,real+virtual,real+real_aug,real+both",
+        help="comma-separated subset of the rows",
+    )  # fmt: skip
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    real_images = len(AlignedFaceFolder.scan(args.real).samples)
+    wanted = args.rows.split(",")
+    synthetic = real_aug = None
+    if any("virtual" in r or "synthetic" in r or "both" in r for r in wanted):
+        ids = math.ceil(real_images / args.images_per_identity)
+        synthetic = generate(
+            args, args.work / "virtual",
+            "--identities", str(ids), "--images-per-identity", str(args.images_per_identity),
+        )  # fmt: skip
+    if any("real_aug" in r or "both" in r for r in wanted):
+        real_aug = generate(
+            args, args.work / "real_aug", "--mode", "real_augment",
+            "--real-data", str(args.real), "--images-per-identity", str(args.target),
+        )  # fmt: skip
+    sources = {
+        "real": [args.real],
+        "synthetic": [synthetic],
+        "real+virtual": [args.real, synthetic],
+        "real+real_aug": [args.real, real_aug],
+        "real+both": [args.real, synthetic, real_aug],
+    }
+    cfg = probe_config(args.steps, args.resolution)
+    rows = {}
+    for name in wanted:
+        out = args.work / f"row_{name.replace('+', '_')}.json"
+        if out.is_file():  # resumable: a finished row is not trained again
+            rows[name] = json.loads(out.read_text())
+            continue
+        print(f"--- {name}", flush=True)
+        r = dataset_utility(sources[name], {"dev": args.pairs}, args.work / f"probe_{name}", cfg)
+        out.write_text(json.dumps(r))
+        rows[name] = r
+    real_acc = rows.get("real", {}).get("benchmarks", {}).get("dev", {}).get("accuracy")
+    print(f"\nprobe: {args.steps} steps at {args.resolution} px, batch {cfg.batch_size}; "
+          f"dev pairs of identities no row trained on; generator {args.model}")  # fmt: skip
+    print("| training data | images | identities | dev accuracy | vs real |")
+    print("|---|---|---|---|---|")
+    for name, r in rows.items():
+        m = r["benchmarks"]["dev"]
+        rel = f"{m['accuracy'] / real_acc:.3f}x" if real_acc else "-"
+        if real_acc and name != "synthetic":
+            rel = f"{100 * (m['accuracy'] - real_acc):+.2f} points"
+        print(f"| {name} | {r['train']['images']} | {r['train']['identities']} | "
+              f"{m['accuracy']:.4f} +- {m['accuracy_std']:.4f} | {rel} |")  # fmt: skip
+    summary = {
+        "steps": args.steps,
+        "resolution": args.resolution,
+        "model": args.model,
+        "rows": {n: r["benchmarks"]["dev"]["accuracy"] for n, r in rows.items()},
+        "train": {n: r["train"] for n, r in rows.items()},
+    }
+    if real_acc and "synthetic" in rows:
+        summary["synthetic_over_real"] = round(
+            rows["synthetic"]["benchmarks"]["dev"]["accuracy"] / real_acc, 4
+        )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
