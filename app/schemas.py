@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field, StrictInt, field_validator
+from pydantic import BaseModel, Field, StrictInt, StringConstraints, field_validator
 
 from vigface.dataset.spec import DatasetOrder
 
 # a model is named by its store name, never a path (no "/", no leading ".")
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+BENCHMARK_NAME_PATTERN = MODEL_NAME_PATTERN
 
 
 class JobCreate(DatasetOrder):
@@ -22,6 +26,14 @@ class JobCreate(DatasetOrder):
         description="model-store name (default: the server's); never a path",
     )
     priority: StrictInt = Field(5, ge=0, le=9)
+    evaluate_on: list[
+        Annotated[str, StringConstraints(pattern=BENCHMARK_NAME_PATTERN, max_length=100)]
+    ] = Field(
+        [],
+        max_length=5,
+        description="benchmarks registered with `vigface admin add-benchmark`: the finished "
+        "dataset trains the utility probe and the report gets its verification accuracy",
+    )
     webhook_url: str | None = Field(
         None,
         pattern=r"^https?://",
@@ -45,6 +57,7 @@ class JobOut(BaseModel):
     progress: dict
     shards: dict
     identities_allocated: int
+    evaluate_on: list[str] = []
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -250,3 +250,48 @@ def test_status_polls_share_an_answer_for_the_ttl_and_writes_clear_it(service):
     assert client.get(f"/v1/jobs/{job['id']}", headers=h).json()["status"] == "canceled"
     listed = client.get("/v1/jobs", headers=h).json()["items"]
     assert listed[0]["status"] == "canceled"
+
+
+def _toy_bin(path):
+    import numpy as np
+
+    from conftest import jpeg_bytes, synthetic_identity_images
+    from vigface.data import write_bin
+
+    rng = np.random.default_rng(3)
+    jpgs, same = [], []
+    for i in range(20):
+        a = synthetic_identity_images(rng, 200 + i % 5, 2)
+        b = synthetic_identity_images(rng, 200 + (i + 1) % 5, 1)
+        jpgs += [jpeg_bytes(a[0]), jpeg_bytes(a[1] if i % 2 == 0 else b[0])]
+        same.append(i % 2 == 0)
+    write_bin(path, jpgs, same)
+    return path
+
+
+def test_a_job_can_ask_for_the_utility_probe_on_registered_benchmarks(service, tmp_path):
+    client, keys, worker, api = service
+    h = auth(keys["alpha"])
+    r = client.post("/v1/jobs", json={**ORDER, "evaluate_on": ["toy"]}, headers=h)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "evaluate_on"
+    assert "add-benchmark" in r.json()["detail"][0]["message"]
+    api.state.store.put_file("benchmarks/toy.bin", _toy_bin(tmp_path / "toy.bin"))
+    no_folder = {**ORDER, "formats": ["recordio"], "evaluate_on": ["toy"]}
+    r = client.post("/v1/jobs", json=no_folder, headers=h)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "evaluate_on"
+    api.state.settings.probe_steps = 4
+    job = client.post("/v1/jobs", json={**ORDER, "evaluate_on": ["toy"]}, headers=h).json()
+    assert job["evaluate_on"] == ["toy"]
+    drain(worker)
+    job = client.get(f"/v1/jobs/{job['id']}", headers=h).json()
+    assert job["status"] == "succeeded", job
+    report = client.get(f"/v1/jobs/{job['id']}/report", headers=h).json()
+    toy = report["utility"]["benchmarks"]["toy"]
+    assert 0.0 <= toy["accuracy"] <= 1.0 and toy["pairs"] == 20
+    assert report["utility"]["recipe"]["steps"] == 4
+    assert (
+        report["utility"]["train"]["images"] == ORDER["identities"] * ORDER["images_per_identity"]
+    )
+    links = client.get(f"/v1/jobs/{job['id']}/artifacts", headers=h).json()["files"]
+    html = client.get(links["report.html"].replace("http://testserver", ""), headers=h).text
+    assert "What the dataset is worth" in html

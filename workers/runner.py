@@ -226,6 +226,26 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
     return ShardStatus.SUCCEEDED
 
 
+def add_utility(settings: Settings, store, store_call, job: Job, out: Path, report: dict) -> dict:
+    """Train the utility probe on the finished dataset and add its accuracy on each
+    benchmark the job asked for to report.json and report.html."""
+    from vigface.dataset.report import write_html_report
+    from vigface.dataset.writers import write_json
+    from vigface.evaluation.utility import dataset_utility, probe_config
+
+    work = Path(settings.work_dir) / job.id / "probe"
+    bins = {}
+    for name in job.evaluate_on:
+        bins[name] = work / f"{name}.bin"
+        if not bins[name].is_file():
+            store_call(lambda n=name: store.download(f"benchmarks/{n}.bin", bins[n]))
+    cfg = probe_config(steps=settings.probe_steps)
+    report = {**report, "utility": dataset_utility([out], bins, work / "run", cfg)}
+    write_json(out / "report.json", report)
+    write_html_report(out / "report.html", report, out)
+    return report
+
+
 def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> None:
     """Merge the shards into one dataset, upload it, record the report: once per job."""
     with sessions() as db:
@@ -262,7 +282,9 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
                 b.generate()  # every chunk is present: this only loads them
                 parts.append(b)
             out = Path(settings.work_dir) / job.id / "dataset"
-            report = write_dataset(parts, out)
+            report = write_dataset(parts, out, judge_gallery=settings.judge_real_gallery)
+            if job.evaluate_on:
+                report = add_utility(settings, store, store_call, job, out, report)
             keys = store_call(lambda: put_dir(store, f"jobs/{job.id}", out))
             job.report = report
             sizes = {k: (out / k.split(f"jobs/{job.id}/", 1)[1]).stat().st_size for k in keys}

@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     )
     judge_gallery: str | None = Field(None, description=".npy of real embeddings by that model")
     judge_threshold: float | None = Field(None, description="its cosine threshold for leakage")
+    probe_steps: int = Field(
+        600, ge=1, description="step budget of the utility probe a job's evaluate_on runs"
+    )
+    judge_real_gallery: str | None = Field(
+        None,
+        description=".npz of real people's descriptors by the independent judge (dlib), made "
+        "by `vigface judge`: each report then says how near identities are to real people",
+    )
     webhook_allowed_hosts: list[str] = Field(
         [], description="hosts a webhook may call although they resolve to private addresses"
     )

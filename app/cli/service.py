@@ -3,6 +3,8 @@ teams and keys (same settings as the service: ``VIGFACE_*``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from app.cli.common import fail
@@ -66,6 +68,33 @@ def revoke_key_cmd(prefix: str) -> None:
         except ValueError as exc:
             fail(str(exc))
         typer.echo(f"revoked key {key.prefix}... of team {key.team.name}")
+
+
+@admin_app.command("add-benchmark")
+def add_benchmark_cmd(
+    name: str = typer.Argument(..., help="what jobs call it in evaluate_on (lfw, cfp_fp, ...)"),
+    file: Path = typer.Argument(..., help="insightface .bin verification pairs"),
+) -> None:
+    """Register a benchmark for the utility probe: jobs name it in ``evaluate_on``."""
+    import re
+
+    from app.schemas import BENCHMARK_NAME_PATTERN
+    from app.services.jobs import benchmark_key
+    from model_store.storage import open_store
+    from vigface.data import DatasetError, load_bin
+    from workers.settings import get_settings
+
+    if not re.fullmatch(BENCHMARK_NAME_PATTERN, name):
+        fail(f"NAME: letters, digits, '.', '_', '-' (at most 100), not {name!r}")
+    if not file.is_file():
+        fail(f"FILE: not found: {file}")
+    try:
+        _, issame = load_bin(file)
+    except DatasetError as exc:
+        fail(f"FILE: {exc}")
+    settings = get_settings()
+    open_store(settings.storage_url, settings.s3_endpoint_url).put_file(benchmark_key(name), file)
+    typer.echo(f"benchmark {name}: {len(issame)} pairs")
 
 
 def serve_cmd(

@@ -23,6 +23,7 @@ from app.schemas import MODEL_NAME_PATTERN, JobCreate, JobOut
 from app.services import cache
 from model_store import ModelNotFound, list_models
 from model_store.description import ModelDescription, describe
+from model_store.storage import open_store
 from vigface.dataset.pose import PoseSpecError
 from vigface.dataset.spec import DatasetSpec, with_model_defaults
 from workers.db.models import (
@@ -120,6 +121,7 @@ def submit_job(
     priority: int = 5,
     webhook_url: str | None = None,
     idempotency_key: str | None = None,
+    evaluate_on: list[str] | None = None,
     _attempt: int = 0,
 ) -> tuple[Job, bool]:
     """Create a job (or return the one this idempotency key made). Returns (job, created).
@@ -136,7 +138,8 @@ def submit_job(
     if webhook_url and (why := refused_address(webhook_url, settings.webhook_allowed_hosts)):
         raise JobError(422, "webhook_url", why)
     model = desc.name
-    digest = request_hash(model, spec, {"priority": priority, "webhook_url": webhook_url})
+    extra = {"priority": priority, "webhook_url": webhook_url, "evaluate_on": evaluate_on or []}
+    digest = request_hash(model, spec, extra)
     if idempotency_key:
         prior = db.scalar(
             select(Job).where(Job.team_id == team.id, Job.idempotency_key == idempotency_key)
@@ -185,6 +188,7 @@ def submit_job(
         request_hash=digest,
         images_requested=images,
         identities_allocated=need,
+        evaluate_on=evaluate_on or None,
         progress={"sampled": 0, "identities_done": 0},
     )
     db.add(job)
@@ -230,6 +234,7 @@ def submit_job(
                 priority,
                 webhook_url,
                 idempotency_key,
+                evaluate_on,
                 _attempt=_attempt + 1,
             )
         raise JobError(
@@ -372,6 +377,7 @@ def job_outs(db: Session, jobs: list[Job]) -> list[JobOut]:
                 progress=job.progress or {},
                 shards=shards[job.id],
                 identities_allocated=job.identities_allocated,
+                evaluate_on=job.evaluate_on or [],
                 created_at=job.created_at,
                 started_at=job.started_at,
                 finished_at=job.finished_at,
@@ -419,6 +425,27 @@ def webhook_states(db: Session, job_ids: list[str]) -> dict[str, dict]:
     }
 
 
+def benchmark_key(name: str) -> str:
+    return f"benchmarks/{name}.bin"
+
+
+def check_benchmarks(settings: Settings, names: list[str], spec: DatasetSpec) -> None:
+    """Every benchmark a job asks for is registered, and the probe has images to train on."""
+    if not names:
+        return
+    if "imagefolder" not in spec.formats:
+        raise JobError(422, "evaluate_on", "the utility probe trains on the imagefolder format")
+    store = open_store(settings.storage_url, settings.s3_endpoint_url)
+    missing = [n for n in names if not store.exists(benchmark_key(n))]
+    if missing:
+        raise JobError(
+            422,
+            "evaluate_on",
+            f"no benchmark named {', '.join(missing)} (an admin registers one with "
+            "`vigface admin add-benchmark NAME FILE`)",
+        )
+
+
 def create_job(
     db: Session,
     settings: Settings,
@@ -429,7 +456,7 @@ def create_job(
 ) -> tuple[Job, bool]:
     """The one code path that creates jobs (REST API and dashboard form)."""
     model = body.model or settings.default_model
-    fields = body.model_dump(exclude={"model", "priority", "webhook_url"})
+    fields = body.model_dump(exclude={"model", "priority", "webhook_url", "evaluate_on"})
     try:
         spec = DatasetSpec(**fields, batch_size=settings.sampler_batch_size)
     except ValidationError as exc:
@@ -444,6 +471,7 @@ def create_job(
         desc.pose_bank.weights(spec.pose)
     except PoseSpecError as exc:
         raise JobError(422, "pose", str(exc)) from exc
+    check_benchmarks(settings, body.evaluate_on, spec)
     job, created = submit_job(
         db,
         settings,
@@ -453,6 +481,7 @@ def create_job(
         body.priority,
         body.webhook_url,
         idempotency_key,
+        body.evaluate_on,
     )
     if created:
         enqueue(job)

@@ -9,11 +9,13 @@ drawn pose histogram.
 
 from __future__ import annotations
 
+import io
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vigface.constants import CROP_SIZE
 from vigface.dataset.metrics import dataset_attributes, summary
@@ -30,8 +32,12 @@ from vigface.dataset.writers import (
 from vigface.precision import dtype_name
 
 
-def write_dataset(parts: list, out_dir: str | Path) -> dict:
-    """Write the formats, manifest, card and report of the dataset made of ``parts``."""
+def write_dataset(parts: list, out_dir: str | Path, judge_gallery: str | None = None) -> dict:
+    """Write the formats, manifest, card and report of the dataset made of ``parts``.
+
+    When the generator's card holds the independent judge's calibration (``judge.real``), the
+    report gets the judge's figures for the delivered images beside real people's
+    (``judge_gallery``: real descriptors for nearness to real people, optional)."""
     out = Path(out_dir)
     t0 = time.perf_counter()
     first, spec = parts[0], parts[0].spec
@@ -94,6 +100,9 @@ def write_dataset(parts: list, out_dir: str | Path) -> dict:
         "histograms": similarity_histograms(records + rejected),
         "pose": pose_report(parts),
     }
+    judged = judge_report(items, labels, first.gen.card, judge_gallery)
+    if judged is not None:
+        report["judge"] = judged
     from vigface.dataset.report import write_html_report
 
     write_html_report(out / "report.html", report, out)
@@ -104,6 +113,23 @@ def write_dataset(parts: list, out_dir: str | Path) -> dict:
     )
     write_json(out / "report.json", report)
     return report
+
+
+def judge_report(items, labels, card: dict, gallery: str | None) -> dict | None:
+    """The independent judge on the images as delivered (decoded JPEGs), or None when the
+    model has no calibration; an unavailable judge is reported, never fatal."""
+    real = (card.get("judge") or {}).get("real")
+    if not real or len(set(labels.tolist())) < 2:
+        return None
+    try:
+        from vigface.evaluation.judge import judgement
+
+        delivered = np.stack(
+            [np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")) for _, jpg in items]
+        )
+        return judgement(delivered, labels, real, gallery)
+    except Exception as exc:  # noqa: BLE001 - a report without this section beats no dataset
+        return {"error": f"independent judge unavailable: {exc}"}
 
 
 def identity_nearest_real(

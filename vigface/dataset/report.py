@@ -102,6 +102,7 @@ def write_html_report(path: Path, report: dict, out_dir: Path) -> None:
         t=report["thresholds"],
         leak=report["leakage"],
         judge=report.get("judge"),
+        utility=report.get("utility"),
         plots=_plots(report, out_dir),
         grids=_sample_grids(out_dir),
     )

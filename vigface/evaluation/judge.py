@@ -23,6 +23,7 @@ held-out people, at the generator's resolution (:func:`degrade`).
 from __future__ import annotations
 
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +177,20 @@ def real_reference(
 
 
 def verdict(synthetic: dict, real: dict) -> dict:
-    """Compare a synthetic set with real people; a plain sentence says what the numbers mean."""
+    """Compare a synthetic set with real people; a plain sentence says what the numbers mean.
+    Without a real gallery (no ``centre_to_real``) it says so instead of guessing."""
     distinct = synthetic["within"] <= real["within"] and synthetic["between"] >= real["between"]
-    far = synthetic.get("centre_to_real", np.inf) >= real["centre_to_real"]
+    if "centre_to_real" not in synthetic:
+        sentence = (
+            f"By an independent FR model ({JUDGE_NAME}), the identities are "
+            + ("as distinct as real people" if distinct else "less distinct than real people")
+            + f" (within {synthetic['within']:.3f} vs {real['within']:.3f}, between centres "
+            f"{synthetic['between']:.3f} vs {real['between']:.3f}), at {real['resolution']} px; "
+            "nearness to real people was not measured (no real gallery on this deployment: "
+            "VIGFACE_JUDGE_REAL_GALLERY)."
+        )
+        return {"as_distinct_as_real": bool(distinct), "as_far_as_real": None, "text": sentence}
+    far = synthetic["centre_to_real"] >= real["centre_to_real"]
     sentence = (
         f"By an independent FR model ({JUDGE_NAME}), the identities are "
         + ("as distinct as real people" if distinct else "less distinct than real people")
@@ -193,6 +205,26 @@ def verdict(synthetic: dict, real: dict) -> dict:
         f"{real['centre_to_real']:.3f}), at {real['resolution']} px."
     )
     return {"as_distinct_as_real": bool(distinct), "as_far_as_real": bool(far), "text": sentence}
+
+
+@lru_cache(maxsize=1)
+def shared_judge() -> DlibJudge:
+    """One judge per process (its models load once)."""
+    return DlibJudge()
+
+
+def judgement(
+    images: np.ndarray, labels: np.ndarray, real: dict, gallery: str | Path | None = None
+) -> dict:
+    """The judge's figures for delivered images (uint8, 112 px) beside ``real`` (the model
+    card's calibration); ``gallery`` is an ``.npz`` of real descriptors (``emb``, as
+    :func:`cached_gallery` writes) for nearness to real people."""
+    judge = shared_judge()
+    real_emb = None
+    if gallery:
+        real_emb = np.load(gallery)["emb"].astype(np.float32)
+    ours = identity_distances(judge.embed(images), labels, real_emb)
+    return {"judge": judge.name, "synthetic": ours, "real": real, **verdict(ours, real)}
 
 
 def embed_folder(judge: DlibJudge, root: str | Path, resolution: int | None = None):

@@ -85,6 +85,8 @@ def dataset_utility(
     work = Path(work_dir)
     root = merge_sources([Path(s) for s in sources], work / "train")
     ds = AlignedFaceFolder.scan(root)
+    if len(ds.samples) < cfg.batch_size:  # a small dataset is probed with smaller batches
+        cfg = cfg.model_copy(update={"batch_size": max(2, len(ds.samples))})
     t0 = time.time()
     model = train_fr(cfg, root, work / "probe", resume=False, device=device, progress=progress)
     minutes = (time.time() - t0) / 60

@@ -106,6 +106,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finalize_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)  # its lease
+    evaluate_on: Mapped[list | None] = mapped_column(JSON, nullable=True)  # benchmark names
     team: Mapped[Team] = relationship()
     shards: Mapped[list[Shard]] = relationship(back_populates="job", order_by="Shard.index")
 
