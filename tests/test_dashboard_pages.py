@@ -84,3 +84,32 @@ def test_pages_render_and_orders_go_through_the_api_path(ui):
     assert (
         TestClient(api).get("/ui/jobs", follow_redirects=False).headers["location"] == "/ui/login"
     )
+
+
+def test_a_failed_job_can_be_retried_from_its_page(ui):
+    from workers.db.models import Job, Shard
+
+    api, keys, worker = ui
+    c = login(TestClient(api), keys["alpha"])
+    order = {"identities": 2, "images_per_identity": 2, "steps": 2, "tau_leak": 1.0,
+             "tau_consistency": -1.0}  # fmt: skip
+    job = c.post("/v1/jobs", json=order, headers={"X-API-Key": keys["alpha"]}).json()
+    with api.state.sessions() as db:  # as a shard failure leaves it
+        j = db.get(Job, job["id"])
+        j.status, j.error = "failed", "shard 0: disk full"
+        for s in db.query(Shard).filter_by(job_id=job["id"]):
+            s.status, s.attempts = "failed", 1
+        db.commit()
+    page = c.get(f"/ui/jobs/{job['id']}").text
+    assert "disk full" in page and "Retry from where it stopped" in page
+    token = csrf(c, f"/ui/jobs/{job['id']}")
+    r = c.post(f"/ui/jobs/{job['id']}/retry", data={"csrf": "stale"}, follow_redirects=False)
+    assert r.status_code == 403
+    r = c.post(f"/ui/jobs/{job['id']}/retry", data={"csrf": token}, follow_redirects=False)
+    assert r.status_code == 303
+    while worker.run_once():
+        pass
+    done = c.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded" and done["progress"]["retries"] == 1
+    other = login(TestClient(api), keys["beta"])
+    assert other.post(f"/ui/jobs/{job['id']}/retry", data={"csrf": csrf(other)}).status_code == 404

@@ -24,7 +24,7 @@ from app.services.jobs import (
     visible_jobs,
 )
 from app.services.links import download_link
-from workers.db.models import Job, JobStatus, ShardStatus, Team
+from workers.db.models import Job, JobStatus, Team
 from workers.settings import Settings
 
 router = APIRouter(
@@ -145,12 +145,10 @@ def retry(
     settings: Settings = Depends(get_settings_dep),
 ) -> JobOut:
     """Run a failed job again from where it stopped (finished shards are kept)."""
-    job = retry_job(db, settings, job_or_404(db, team, job_id))
-    pending = [s for s in job.shards if s.status == ShardStatus.QUEUED]
-    for shard in pending:
-        request.app.state.enqueue_shard(shard.id, job.priority)
-    if not pending:
-        request.app.state.enqueue_finalize(job.id)
+    state = request.app.state
+    job = retry_job(
+        db, settings, job_or_404(db, team, job_id), state.enqueue_shard, state.enqueue_finalize
+    )
     return job_out(job)
 
 

@@ -277,7 +277,7 @@ def cancel_job(db: Session, job: Job) -> Job:
     return job
 
 
-def retry_job(db: Session, settings: Settings, job: Job) -> Job:
+def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_finalize) -> Job:
     """Run a failed job again from where it stopped (its owner or an admin asks).
 
     Finished shards are kept (their chunks are in the store), failed ones run again with the
@@ -334,6 +334,11 @@ def retry_job(db: Session, settings: Settings, job: Job) -> Job:
             409, "identities", "virtual identities were allocated concurrently; retry"
         ) from exc
     cache.statuses.clear()
+    pending = [s for s in shards if s.status == ShardStatus.QUEUED]
+    for shard in pending:
+        enqueue_shard(shard.id, job.priority)
+    if not pending:  # it failed while finalizing: only that step runs again
+        enqueue_finalize(job.id)
     return job
 
 

@@ -26,6 +26,7 @@ from app.services.jobs import (
     images_used_this_month,
     job_out,
     job_outs,
+    retry_job,
     visible_jobs,
 )
 from app.services.links import download_link
@@ -164,6 +165,24 @@ def cancel_page(
     check_csrf(request, csrf)
     job = job_or_404(db, team, job_id)
     cancel_job(db, job)
+    return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry_page(
+    job_id: str,
+    request: Request,
+    csrf: str = Form(""),
+    team: Team = Depends(session_team),
+    db: Session = Depends(get_db),
+    settings: Settings = Depends(get_settings_dep),
+):
+    """The dashboard's retry: the same service call as POST /v1/jobs/{id}/retry."""
+    check_csrf(request, csrf)
+    state = request.app.state
+    retry_job(
+        db, settings, job_or_404(db, team, job_id), state.enqueue_shard, state.enqueue_finalize
+    )
     return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
 
 
