@@ -79,3 +79,53 @@ def test_eta_uses_the_workers_sampling_rate_and_ignores_stale_workers():
     assert rate == 5.0 and updated == now
     job.status = JobStatus.SUCCEEDED
     assert sampling_rate(job)[0] is None
+
+
+def test_serve_workers_needs_a_broker_and_serves_with_one(tmp_path):
+    import signal
+    import time
+
+    import httpx
+    import pytest
+
+    from conftest import free_port
+
+    env = {**os.environ, "VIGFACE_HOME": str(tmp_path / "home"), "PYTHONPATH": os.getcwd()}
+    env.pop("VIGFACE_BROKER_URL", None)
+    r = _vigface(["serve", "--workers", "2"], tmp_path, env)
+    assert r.returncode == 2 and "--workers" in r.stderr and "broker" in r.stderr
+    from test_service_api import _postgres_url
+
+    try:
+        import redis
+
+        redis.Redis.from_url("redis://127.0.0.1:6379/14", socket_timeout=1).ping()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no Redis: {exc}")
+    env |= {
+        "VIGFACE_DATABASE_URL": _postgres_url(),
+        "VIGFACE_BROKER_URL": "redis://127.0.0.1:6379/14",
+    }
+    key = _vigface(["admin", "create-team", "t"], tmp_path, env)
+    key = _vigface(["admin", "create-key", "t"], tmp_path, env).stdout.strip().splitlines()[-1]
+    port = free_port()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/jobs", headers={"X-API-Key": key})
+                break
+            except httpx.HTTPError:
+                assert time.time() < deadline and p.poll() is None
+                time.sleep(0.3)
+        assert r.status_code == 200 and r.json()["items"] == []
+        children = subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True, text=True)
+        assert len(children.stdout.split()) >= 3  # the supervisor and two API processes
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(20)
