@@ -279,8 +279,13 @@ def judge_cmd(
 
 def evaluate_dataset_cmd(
     data: list[Path] = typer.Option(
-        ..., help="dataset folder (its imagefolder/) or ImageFolder; repeat to train on several"
+        [], help="dataset folder (its imagefolder/) or ImageFolder; repeat to train on several"
     ),
+    job: list[str] = typer.Option(
+        [], help="a finished job of a running service (its imagefolder is downloaded first)"
+    ),
+    url: str = typer.Option("http://127.0.0.1:8000", envvar="VIGFACE_URL", help="for --job"),
+    api_key: str | None = typer.Option(None, envvar="VIGFACE_API_KEY", help="for --job"),
     pairs: str = typer.Option(
         ..., help="comma-separated insightface .bin files (lfw.bin,cfp_fp.bin,...)"
     ),
@@ -297,10 +302,13 @@ def evaluate_dataset_cmd(
     prototypes) on it and print 10-fold verification accuracy per benchmark; last line JSON."""
     import tempfile
 
+    from app.cli.jobs import _call, _client
     from vigface.config import ConfigError
     from vigface.data import DatasetError
     from vigface.evaluation.utility import dataset_utility, probe_config
 
+    if not data and not job:
+        fail("give --data DIR or --job ID (repeatable; all of them train together)")
     files = [Path(f) for f in pairs.split(",") if f]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -311,7 +319,12 @@ def evaluate_dataset_cmd(
     try:
         cfg = probe_config(steps, resolution, batch_size)
         with tempfile.TemporaryDirectory(prefix="vigface-probe-") as tmp:
-            result = dataset_utility(data, benchmarks, work or tmp, cfg, device, progress=True)
+            work = work or Path(tmp)
+            for job_id in job:  # resumable: files already downloaded are kept
+                dest = work / "jobs" / job_id
+                _call(url, _client(url, api_key).download, job_id, "imagefolder", dest)
+                data = [*data, dest]
+            result = dataset_utility(data, benchmarks, work, cfg, device, progress=True)
     except (ConfigError, DatasetError) as exc:
         fail(str(exc))
     t = result["train"]
