@@ -129,3 +129,41 @@ def test_serve_workers_needs_a_broker_and_serves_with_one(tmp_path):
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         p.wait(20)
+
+
+def test_quickstart_serves_with_a_printed_key(tmp_path):
+    """README's main command: a team and key on first start, the embedded service behind."""
+    import re
+    import signal
+    import time
+
+    import httpx
+
+    from conftest import free_port
+
+    env = {**os.environ, "VIGFACE_HOME": str(tmp_path / "home"), "PYTHONPATH": os.getcwd()}
+    for k in ("VIGFACE_BROKER_URL", "VIGFACE_DATABASE_URL", "VIGFACE_STORAGE_URL"):
+        env.pop(k, None)
+    port = free_port()
+    log = tmp_path / "quickstart.log"
+    with log.open("w") as out:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "quickstart", "--port", str(port)],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline and p.poll() is None, log.read_text()
+            time.sleep(0.3)
+        key = re.search(r"vgf_[A-Za-z0-9_-]+", log.read_text()).group(0)
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"X-API-Key": key})
+        assert r.status_code == 200 and any(m["name"] == "demo" for m in r.json())
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(20)

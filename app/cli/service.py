@@ -186,7 +186,7 @@ def quickstart_cmd(
             typer.echo(key)
         else:
             typer.echo(f"Team {team!r} exists; a new key: vigface admin create-key {team}")
-    serve_cmd(host=host, port=port, embedded_worker=True)
+    serve_cmd(host=host, port=port, embedded_worker=True, workers=1)
 
 
 def migrate_cmd() -> None:
