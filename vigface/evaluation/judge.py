@@ -224,7 +224,15 @@ def judgement(
     if gallery:
         real_emb = np.load(gallery)["emb"].astype(np.float32)
     ours = identity_distances(judge.embed(images), labels, real_emb)
-    return {"judge": judge.name, "synthetic": ours, "real": real, **verdict(ours, real)}
+    out = {"judge": judge.name, "synthetic": ours, "real": real, **verdict(ours, real)}
+    n_ref = real.get("identities")
+    if n_ref and not n_ref / 2 <= ours["identities"] <= n_ref * 2:
+        # the nearest other centre is nearer the more identities there are
+        out["text"] += (
+            f" The real reference has {n_ref} people and this set {ours['identities']}"
+            " identities: the between-centre figures compare fairly only at similar counts."
+        )
+    return out
 
 
 def embed_folder(judge: DlibJudge, root: str | Path, resolution: int | None = None):
