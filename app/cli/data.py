@@ -196,8 +196,10 @@ def judge_cmd(
     data: Path = typer.Option(
         ..., help="a generated dataset folder (its imagefolder/) or any ImageFolder of faces"
     ),
-    real_data: Path = typer.Option(
-        ..., help="real people to measure nearness to (the generator's training ImageFolder)"
+    real_data: Path | None = typer.Option(
+        None,
+        help="real people to measure nearness to (the generator's training ImageFolder); "
+        "without it only within/between identity figures are measured",
     ),
     heldout: Path | None = typer.Option(
         None, help="held-out real people (ImageFolder) for the reference figures"
@@ -241,13 +243,17 @@ def judge_cmd(
             resolution = json.loads(cfg.read_text())["sample_size"] if cfg.is_file() else None
     if resolution is None:
         fail("give --resolution or a --model with a dit/ folder")
-    if update_card and (model is None or heldout is None):
-        fail("--update-card needs --model and --heldout")
+    if heldout is not None and real_data is None:
+        fail("--heldout needs --real-data (the real reference measures nearness to it too)")
+    if update_card and (model is None or heldout is None or real_data is None):
+        fail("--update-card needs --model, --heldout and --real-data")
     judge = DlibJudge()
     try:
         emb, names, _ = embed_folder(judge, folder)  # as delivered: no further degradation
         cache = cache or Path.home() / ".cache" / "vigface"
-        gallery, gallery_names = cached_gallery(judge, real_data, resolution, cache)
+        gallery = gallery_names = None
+        if real_data is not None:
+            gallery, gallery_names = cached_gallery(judge, real_data, resolution, cache)
         ours = identity_distances(emb, names, gallery)
         ref = card.get("judge", {}).get("real")
         if heldout is not None:
