@@ -186,8 +186,8 @@ def verdict(synthetic: dict, real: dict) -> dict:
             + ("as distinct as real people" if distinct else "less distinct than real people")
             + f" (within {synthetic['within']:.3f} vs {real['within']:.3f}, between centres "
             f"{synthetic['between']:.3f} vs {real['between']:.3f}), at {real['resolution']} px; "
-            "nearness to real people was not measured (no real gallery on this deployment: "
-            "VIGFACE_JUDGE_REAL_GALLERY)."
+            "nearness to real people was not measured (no gallery of real people: "
+            "--real-data, or VIGFACE_JUDGE_REAL_GALLERY in the service)."
         )
         return {"as_distinct_as_real": bool(distinct), "as_far_as_real": None, "text": sentence}
     far = synthetic["centre_to_real"] >= real["centre_to_real"]
