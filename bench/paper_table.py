@@ -85,12 +85,13 @@ def main() -> None:
     cfg = probe_config(args.steps, args.resolution)
     rows = {}
     for name in wanted:
-        out = args.work / f"row_{name.replace('+', '_')}.json"
+        tag = f"{name.replace('+', '_')}_{args.steps}steps_{args.resolution}px"
+        out = args.work / f"row_{tag}.json"
         if out.is_file():  # resumable: a finished row is not trained again
             rows[name] = json.loads(out.read_text())
             continue
         print(f"--- {name}", flush=True)
-        r = dataset_utility(sources[name], {"dev": args.pairs}, args.work / f"probe_{name}", cfg)
+        r = dataset_utility(sources[name], {"dev": args.pairs}, args.work / f"probe_{tag}", cfg)
         out.write_text(json.dumps(r))
         rows[name] = r
     real_acc = rows.get("real", {}).get("benchmarks", {}).get("dev", {}).get("accuracy")
