@@ -32,6 +32,7 @@ class ModelDescription:
     virtual_prototypes: int  # rows of W_V: the identities this model can sell
     prototype_set: str  # digest of W_V (vigface/prototype_set.py): the ledger's key
     pose_bank: PoseBank | None
+    upsampler_size: int | None = None  # output side of its upsampler/, None without one
 
     @property
     def recommended_guidance(self) -> float | None:
@@ -79,7 +80,13 @@ def describe_folder(name: str, path: Path) -> ModelDescription:
         virtual_prototypes=int(virtual.shape[0]),
         prototype_set=prototype_set_digest(virtual),
         pose_bank=PoseBank.from_landmarks(np.load(poses)) if poses.is_file() else None,
+        upsampler_size=_upsampler_size(path),
     )
+
+
+def _upsampler_size(path: Path) -> int | None:
+    config = path / "upsampler" / "model" / "config.json"
+    return int(json.loads(config.read_text())["sample_size"]) if config.is_file() else None
 
 
 @lru_cache(maxsize=32)

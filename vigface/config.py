@@ -221,3 +221,54 @@ class TrainDiTConfig(_Strict):
     precision: Precision = Field(
         "auto", description="autocast: bf16 on CUDA and CPUs with native bf16 (auto), or forced"
     )
+
+
+class UpsamplerModelConfig(_Strict):
+    """FaceUpsampler size; see :class:`vigface.generator.upsampler.FaceUpsampler`."""
+
+    low_size: int = Field(32, ge=8, description="input side (the DiT's sample_size)")
+    sample_size: int = Field(64, ge=16, description="output side")
+    block_out_channels: list[int] = Field([32, 64, 128], min_length=2, max_length=5)
+    layers_per_block: int = Field(1, ge=1, le=4)
+    norm_num_groups: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.sample_size <= self.low_size:
+            raise ValueError("sample_size must be larger than low_size")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError("norm_num_groups must divide every block_out_channels entry")
+        return self
+
+
+class TrainUpsamplerConfig(_Strict):
+    """Everything ``vigface train-upsampler`` needs besides the data, generator and output."""
+
+    model: UpsamplerModelConfig = UpsamplerModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    crop_size: int = Field(32, ge=8, description="square crop of the output side per sample")
+    cond_noise_max: float = Field(
+        0.05, ge=0, le=1, description="std of the noise added to the 32-px input: U(0, this)"
+    )
+    cond_drop_prob: float = Field(0.1, ge=0, lt=1, description="P(w -> 0): identity optional")
+    flip: bool = True
+    lr: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    max_steps: int = Field(20000, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="stop (and save) after this long")
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+    log_every: int = Field(20, ge=1)
+    checkpoint_every_steps: int = Field(250, ge=1)
+    threads: int | None = Field(None, ge=1)
+    precision: Precision = Field("auto", description="autocast: bf16 where native (auto)")
+
+    @model_validator(mode="after")
+    def _crop(self):
+        if self.crop_size > self.model.sample_size:
+            raise ValueError("crop_size must not exceed model.sample_size")
+        if self.crop_size % 2 ** (len(self.model.block_out_channels) - 1):
+            raise ValueError("crop_size must be divisible by 2^(levels - 1)")
+        return self

@@ -7,6 +7,10 @@ range) the two halves run only for timesteps ``t / T`` inside ``[lo, hi]``; else
 conditional branch runs alone, a forward of ``B`` (``g = 1``). Requests are streamed in
 batches, so memory stays flat however many images are asked for.
 
+With an upsampler (the cascade's second stage, :mod:`vigface.generator.upsampler`) each batch's
+32-px faces are then upsampled, conditioned on the same prototypes, with the residual's
+starting noise seeded from the image's seed as well.
+
 Determinism: an image's starting noise comes from its own CPU generator seeded by
 :func:`image_seed` (job seed, identity index, image index), and the sampling schedulers are
 deterministic and act per sample. So an image depends only on (model, seeds, pose, g, steps)
@@ -49,6 +53,11 @@ def initial_noise(seed: int, size: int, channels: int = 3) -> torch.Tensor:
     return torch.randn(channels, size, size, generator=g)
 
 
+def upsampler_seed(seed: int) -> int:
+    """The upsampler's noise seed for an image: independent of the DiT's stream."""
+    return image_seed(seed, -1, -1, 0)
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(B, 3, S, S) in [-1, 1] -> (B, S, S, 3) uint8 RGB."""
     x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -78,6 +87,8 @@ class Sampler:
             rounding; a shard is only byte-reproducible under the same setting).
         precision: ``"auto"`` (bf16 autocast on CUDA and on CPUs with native bf16, fp32
             elsewhere), ``"fp32"`` or ``"bf16"``; see :mod:`vigface.precision`.
+        upsampler: an :class:`~vigface.generator.upsampler.UpsamplerStage` run after the DiT
+            (``None``: the DiT's own resolution); ``upsample_steps`` its solver steps.
     """
 
     def __init__(
@@ -91,6 +102,8 @@ class Sampler:
         compile: bool = False,
         precision: str = "auto",
         guidance_interval: tuple[float, float] | None = None,
+        upsampler=None,
+        upsample_steps: int = 8,
     ):
         if guidance_interval is not None:
             lo, hi = guidance_interval
@@ -103,6 +116,12 @@ class Sampler:
         self.scheduler_name, self.steps, self.guidance = scheduler, steps, guidance
         self.batch_size = batch_size
         self.size = dit.config.sample_size
+        self.upsampler, self.upsample_steps = upsampler, upsample_steps
+        if upsampler is not None and upsampler.low_size != self.size:
+            raise ValueError(
+                f"the upsampler takes {upsampler.low_size}-px faces, the DiT draws {self.size}"
+            )
+        self.output_size = upsampler.size if upsampler is not None else self.size
         self.precision = precision
         self.dtype = autocast_dtype(precision, self.device)
         self.forward = compile_for_inference(dit) if compile else dit
@@ -112,7 +131,8 @@ class Sampler:
     def sample(
         self, identities: torch.Tensor, landmarks: torch.Tensor, seeds: list[int]
     ) -> np.ndarray:
-        """One batch: identities (B, D), landmarks (B, 5, 2) -> (B, S, S, 3) uint8."""
+        """One batch: identities (B, D), landmarks (B, 5, 2) -> (B, S, S, 3) uint8 (S: the
+        output size, the upsampler's when there is one)."""
         b = len(seeds)
         sched = sampling_scheduler(self.train_scheduler, self.scheduler_name)
         sched.set_timesteps(self.steps, device=self.device)
@@ -134,6 +154,11 @@ class Sampler:
                 with autocast(self.device, self.precision):
                     v = self.forward(x_in, t.expand(b).to(self.device), cond[:b], heat).float()
             x = sched.step(v, t, x).prev_sample
+        if self.upsampler is not None:
+            noise = torch.stack([initial_noise(upsampler_seed(s), self.output_size) for s in seeds])
+            x = self.upsampler.upsample(
+                x.clamp(-1, 1), w, noise, self.upsample_steps, self.scheduler_name, self.precision
+            )
         return to_uint8(x)
 
     def guided(self, t_frac: float) -> bool:

@@ -47,6 +47,7 @@ ORDER_OPTIONS = {
     "steps": (int | None, (), None),
     "scheduler": (str | None, (), None),
     "guidance_interval": (str | None, (), "interval"),
+    "upsample": (bool | None, (), None),
     "seed": (int, (), None),
     "formats": (str, ("--format",), "formats"),
     "tau_consistency": (float | None, (), None),

@@ -208,9 +208,15 @@ def judge_cmd(
         None, help="generator whose card holds (or, with --update-card, gets) the reference"
     ),
     resolution: int | None = typer.Option(
-        None, min=8, max=112, help="the generator's resolution (default: the model's)"
+        None,
+        min=8,
+        max=112,
+        help="the resolution the faces were drawn at (default: the dataset card's, else the "
+        "model's)",
     ),
-    update_card: bool = typer.Option(False, help="store the real reference in the card"),
+    update_card: bool = typer.Option(
+        False, help="store the real reference in the card (at its resolution)"
+    ),
     cache: Path | None = typer.Option(
         None, help="where real galleries' descriptors are kept (default ~/.cache/vigface)"
     ),
@@ -225,6 +231,7 @@ def judge_cmd(
     from vigface.evaluation.judge import (
         DlibJudge,
         cached_gallery,
+        calibration_at,
         embed_folder,
         identity_distances,
         real_reference,
@@ -232,6 +239,9 @@ def judge_cmd(
     )
 
     folder = data / "imagefolder" if (data / "imagefolder").is_dir() else data
+    dataset_card = data / "dataset_card.json"
+    if resolution is None and dataset_card.is_file():
+        resolution = json.loads(dataset_card.read_text()).get("resolution")
     card = {}
     if model is not None:
         try:
@@ -255,7 +265,7 @@ def judge_cmd(
         if real_data is not None:
             gallery, gallery_names = cached_gallery(judge, real_data, resolution, cache)
         ours = identity_distances(emb, names, gallery)
-        ref = card.get("judge", {}).get("real")
+        ref = calibration_at(card, resolution)
         if heldout is not None:
             from vigface.data import AlignedFaceFolder
 
@@ -278,7 +288,12 @@ def judge_cmd(
     if update_card:
         path = resolve(model) / "model_card.json"
         full = json.loads(path.read_text())
-        full["judge"] = {"name": judge.name, "real": ref, "resolution": resolution}
+        judged = full.get("judge") or {}
+        if not judged or judged.get("resolution") == resolution:  # the DiT's own resolution
+            judged.update({"name": judge.name, "real": ref, "resolution": resolution})
+        else:  # another one (the upsampler's): kept beside it
+            judged.setdefault("real_at", {})[str(resolution)] = ref
+        full["judge"] = judged
         write_json(path, full)
     typer.echo(json.dumps(result))
 

@@ -92,3 +92,56 @@ def models_show(name: str) -> None:
         typer.echo(json.dumps(read_card(name), indent=2))
     except ModelNotFound as exc:
         fail(str(exc))
+
+
+@app.command("attach-upsampler")
+def models_attach_upsampler(
+    name: str = typer.Argument(..., help="generator entry (store name or folder)"),
+    upsampler: Path = typer.Argument(..., help="a finished train-upsampler output folder"),
+    steps: int = typer.Option(8, min=1, max=100, help="solver steps the sampler will use"),
+    half: bool = typer.Option(True, help="store the weights in float16"),
+    default_on: bool = typer.Option(True, help="orders upsample unless they say otherwise"),
+) -> None:
+    """Put a trained upsampler into a generator entry (replacing one it has) and record it in
+    the card; the entry's other files are not touched."""
+    import shutil
+
+    import torch
+
+    from model_store import ModelNotFound, resolve
+    from vigface.dataset.writers import write_json
+    from vigface.fr_model import CARD_FILE
+    from vigface.generator.artifact import UPSAMPLER_DIR
+    from vigface.generator.upsampler import UpsamplerStage
+
+    try:
+        entry = resolve(name)
+    except ModelNotFound as exc:
+        fail(str(exc))
+    card_path = entry / CARD_FILE
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    if card.get("kind", "generator") != "generator" or not (entry / "dit").is_dir():
+        fail(f"{entry} is not a generator entry")
+    if not (upsampler / "model" / "config.json").is_file():
+        fail(f"{upsampler} is not an upsampler folder (no model/config.json)")
+    stage = UpsamplerStage.load(upsampler)
+    dit_size = json.loads((entry / "dit" / "config.json").read_text())["sample_size"]
+    if stage.low_size != dit_size:
+        fail(f"the upsampler takes {stage.low_size}-px faces, the generator draws {dit_size}")
+    stage.card["sampling_steps"] = steps
+    tmp = entry / f".{UPSAMPLER_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    stage.save(tmp, dtype=torch.float16 if half else torch.float32)
+    for extra in ("train_log.jsonl", "loss_curve.png"):
+        if (upsampler / extra).is_file():
+            shutil.copy2(upsampler / extra, tmp / extra)
+    old = entry / f".{UPSAMPLER_DIR}.old"  # swap by renames: never an entry without one
+    shutil.rmtree(old, ignore_errors=True)
+    if (entry / UPSAMPLER_DIR).exists():
+        (entry / UPSAMPLER_DIR).rename(old)
+    tmp.rename(entry / UPSAMPLER_DIR)
+    shutil.rmtree(old, ignore_errors=True)
+    card["upsampler"] = {k: v for k, v in stage.card.items() if k != "config"}
+    card.setdefault("sampler_defaults", {})["upsample"] = default_on
+    write_json(card_path, card)
+    typer.echo(str(entry / UPSAMPLER_DIR))

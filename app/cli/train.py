@@ -1,5 +1,6 @@
 """Training and evaluation commands: stage 1 (``train-fr``, ``refit-virtual``), stage 2
-(``train-dit``), verification (``eval-fr``) and ONNX export."""
+(``train-dit``), the cascade's upsampler (``train-upsampler``), verification (``eval-fr``)
+and ONNX export."""
 
 from __future__ import annotations
 
@@ -149,6 +150,32 @@ def train_dit_cmd(
         fail(str(exc))
 
 
+def train_upsampler_cmd(
+    config: Path = typer.Option(..., help="YAML upsampler config (see vigface/configs/)"),
+    data: Path = typer.Option(..., help="aligned-face ImageFolder of the FR model's identities"),
+    fr: str = typer.Option(..., help="stage-1 FR model folder or store name (its prototypes)"),
+    out: Path = typer.Option(..., help="output upsampler folder"),
+    resume: bool = typer.Option(True, help="continue from <out>/checkpoints/last.pt if present"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if any)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key (repeatable)"),
+    verbose: bool = False,
+) -> None:
+    """Cascade stage: train the 32 -> 64 px super-resolution diffusion model
+    (vigface/generator/upsampler.py); attach it with `vigface models attach-upsampler`."""
+    from model_store import ModelNotFound, resolve
+    from vigface.config import ConfigError, TrainUpsamplerConfig, load_config, parse_overrides
+    from vigface.data import DatasetError
+    from vigface.fr_model import ModelFormatError
+    from vigface.training.upsampler import train_upsampler
+
+    setup_logging(verbose)
+    try:
+        cfg = load_config(config, TrainUpsamplerConfig, parse_overrides(set_))
+        train_upsampler(cfg, data, resolve(fr, part="fr"), out, resume=resume, device=device)
+    except (ConfigError, DatasetError, ModelNotFound, ModelFormatError) as exc:
+        fail(str(exc))
+
+
 def export_onnx_cmd(
     model: str = typer.Option(..., help="model folder or model-store name"),
     out: Path = typer.Option(..., help="output .onnx file"),
@@ -166,4 +193,5 @@ def register(app: typer.Typer) -> None:
     app.command("eval-fr")(eval_fr_cmd)
     app.command("refit-virtual")(refit_virtual_cmd)
     app.command("train-dit")(train_dit_cmd)
+    app.command("train-upsampler")(train_upsampler_cmd)
     app.command("export-onnx")(export_onnx_cmd)

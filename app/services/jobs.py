@@ -472,6 +472,8 @@ def create_job(
     if desc.pose_bank is None:
         raise JobError(422, "model", f"model {model!r} is not a generator")
     spec = with_model_defaults(spec, desc.card)  # the job records the values it runs with
+    if spec.upsample and desc.upsampler_size is None:
+        raise JobError(422, "upsample", f"model {model!r} has no upsampler; order without it")
     try:
         desc.pose_bank.weights(spec.pose)
     except PoseSpecError as exc:

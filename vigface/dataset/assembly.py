@@ -72,6 +72,8 @@ def write_dataset(parts: list, out_dir: str | Path, judge_gallery: str | None = 
             "precision": dtype_name(first.sampler.dtype),
             "compiled": first.sampler.forward is not first.sampler.dit,
         },
+        # the side the generator drew at (the files are resized to image_size)
+        "resolution": first.sampler.output_size,
     }
     write_json(out / "dataset_card.json", card)
     counts, seconds = Counter(), Counter()
@@ -100,7 +102,7 @@ def write_dataset(parts: list, out_dir: str | Path, judge_gallery: str | None = 
         "histograms": similarity_histograms(records + rejected),
         "pose": pose_report(parts),
     }
-    judged = judge_report(items, labels, first.gen.card, judge_gallery)
+    judged = judge_report(items, labels, first.gen.card, judge_gallery, card["resolution"])
     if judged is not None:
         report["judge"] = judged
     from vigface.dataset.report import write_html_report
@@ -115,10 +117,15 @@ def write_dataset(parts: list, out_dir: str | Path, judge_gallery: str | None = 
     return report
 
 
-def judge_report(items, labels, card: dict, gallery: str | None) -> dict | None:
+def judge_report(
+    items, labels, card: dict, gallery: str | None, resolution: int | None = None
+) -> dict | None:
     """The independent judge on the images as delivered (decoded JPEGs), or None when the
-    model has no calibration; an unavailable judge is reported, never fatal."""
-    real = (card.get("judge") or {}).get("real")
+    model has no calibration at the resolution they were drawn at; an unavailable judge is
+    reported, never fatal."""
+    from vigface.evaluation.judge import calibration_at
+
+    real = calibration_at(card, resolution)
     if not real or len(set(labels.tolist())) < 2:
         return None
     try:

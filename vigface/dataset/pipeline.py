@@ -48,6 +48,11 @@ __all__ = ["Canceled", "DatasetBuilder", "NotEnoughPrototypes", "write_dataset"]
 log = logging.getLogger(__name__)
 
 
+def upsampler_steps(gen: Generator) -> int:
+    """Solver steps of the generator's upsampler: what its card says (attach-upsampler)."""
+    return int((gen.upsampler.card if gen.upsampler else {}).get("sampling_steps", 8))
+
+
 class Canceled(RuntimeError):
     """The caller's cancel check returned True between two sampling batches."""
 
@@ -80,6 +85,8 @@ class DatasetBuilder:
         self.protos = fr.virtual_prototypes if self.kind == "virtual" else fr.real_prototypes
         if self.gen.pose_landmarks is None:
             raise ValueError("the generator entry has no pose landmarks (pose_landmarks.npy)")
+        if spec.upsample and gen.upsampler is None:
+            raise ValueError("upsample: this generator has no upsampler (upsampler/)")
         self.bank = PoseBank.from_landmarks(gen.pose_landmarks)
         self.plan = plan_slots(
             self.bank,
@@ -118,6 +125,8 @@ class DatasetBuilder:
             compile=compile,
             precision=precision,
             guidance_interval=spec.guidance_interval,
+            upsampler=gen.upsampler if spec.upsample else None,
+            upsample_steps=upsampler_steps(gen),
         )
         self.chunk = max(1, math.ceil(4 * spec.batch_size / spec.images_per_identity))
         self.counts: Counter = Counter()
@@ -271,7 +280,7 @@ class DatasetBuilder:
                     slots,
                     res,
                     self.slot_images,
-                    self.gen.dit.config.sample_size,
+                    self.sampler.output_size,
                     self.protos.shape[1],
                     self.counts,
                     self.seconds,

@@ -70,6 +70,11 @@ class DatasetOrder(BaseModel):
         description="apply guidance only while t/T lies between lo and hi (1 = pure noise); "
         "0 and 1 = every step (default: the model card's)",
     )
+    upsample: bool | None = Field(
+        None,
+        description="run the model's upsampler (32 -> 64 px) after the DiT (default: the model "
+        "card's; a model without one refuses true)",
+    )
     seed: StrictInt = Field(0, ge=0, lt=2**62, description="seed of every image's noise")
     formats: list[Annotated[str, Field(max_length=20)]] = Field(
         ["imagefolder"],
@@ -102,7 +107,13 @@ class DatasetOrder(BaseModel):
 
 
 # what an order gets when neither it nor the model card says otherwise (the paper's sampler)
-PAPER_SAMPLER = {"guidance": 4.0, "steps": 25, "scheduler": "dpmsolver", "guidance_interval": None}
+PAPER_SAMPLER = {
+    "guidance": 4.0,
+    "steps": 25,
+    "scheduler": "dpmsolver",
+    "guidance_interval": None,
+    "upsample": False,  # a card whose model carries an upsampler says true
+}
 
 
 def sampler_defaults(card: dict) -> dict:

@@ -207,6 +207,17 @@ def verdict(synthetic: dict, real: dict) -> dict:
     return {"as_distinct_as_real": bool(distinct), "as_far_as_real": bool(far), "text": sentence}
 
 
+def calibration_at(card: dict, resolution: int | None) -> dict | None:
+    """Real people's figures at ``resolution`` from a generator card: ``judge.real`` (at
+    ``judge.resolution``) or ``judge.real_at[str(resolution)]`` (e.g. the upsampler's 64 px);
+    None when the card has none at that resolution (a comparison at another would be unfair)."""
+    judge = card.get("judge") or {}
+    real = judge.get("real")
+    if resolution is None or (real and real.get("resolution") == resolution):
+        return real
+    return (judge.get("real_at") or {}).get(str(resolution))
+
+
 @lru_cache(maxsize=1)
 def shared_judge() -> DlibJudge:
     """One judge per process (its models load once)."""

@@ -8,6 +8,8 @@
     <entry>/scheduler/          the training DDPMScheduler config
     <entry>/pose_landmarks.npy  (N, 5, 2) training landmarks in 112-px crop pixels: the poses
                                 the generator has seen (no pixels of any face)
+    <entry>/upsampler/          optional cascade stage, 32 -> 64 px
+                                (vigface/generator/upsampler.py)
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from safetensors.torch import save_file
 
 from vigface.fr_model import CARD_FILE, FRModel, ModelFormatError
 from vigface.generator.dit import FaceDiT
+from vigface.generator.upsampler import UpsamplerStage
 
 POSES_FILE = "pose_landmarks.npy"
+UPSAMPLER_DIR = "upsampler"
 
 
 @dataclass
@@ -34,6 +38,12 @@ class Generator:
     fr: FRModel
     card: dict = field(default_factory=dict)
     pose_landmarks: np.ndarray | None = None
+    upsampler: UpsamplerStage | None = None
+
+    @property
+    def output_size(self) -> int:
+        """Side of the faces it draws: the upsampler's when it has one."""
+        return self.upsampler.size if self.upsampler else self.dit.config.sample_size
 
     def save(self, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
         """Write the entry; ``dtype=torch.float16`` stores the DiT and the prototypes in half
@@ -50,6 +60,8 @@ class Generator:
         self.fr.save(out / "fr", prototype_dtype=dtype)
         if self.pose_landmarks is not None:
             np.save(out / POSES_FILE, np.asarray(self.pose_landmarks, np.float32))
+        if self.upsampler is not None:
+            self.upsampler.save(out / UPSAMPLER_DIR, dtype=dtype)
         (out / CARD_FILE).write_text(json.dumps(self.card, indent=2) + "\n")
         return out
 
@@ -69,4 +81,9 @@ class Generator:
         fr = FRModel.load(entry / "fr", device=device)
         card = json.loads((entry / CARD_FILE).read_text()) if (entry / CARD_FILE).is_file() else {}
         poses = np.load(entry / POSES_FILE) if (entry / POSES_FILE).is_file() else None
-        return cls(dit=dit, scheduler=scheduler, fr=fr, card=card, pose_landmarks=poses)
+        up = entry / UPSAMPLER_DIR
+        upsampler = UpsamplerStage.load(up, device=device) if up.is_dir() else None
+        return cls(
+            dit=dit, scheduler=scheduler, fr=fr, card=card, pose_landmarks=poses,
+            upsampler=upsampler,
+        )  # fmt: skip

@@ -1,0 +1,197 @@
+"""Train the cascade's upsampler (:mod:`vigface.generator.upsampler`) on aligned real faces.
+
+Per step: a batch of faces at the output size (box-resized from the 112-px crops, as the DiT's
+own data), their low-resolution version by area averaging (what the DiT was trained to draw),
+a little Gaussian noise on that input (``cond_noise_max``), the bicubic upsampling ``base``,
+and the target residual ``(x_hr - base) / residual_scale``; one random ``crop_size`` window
+per face of both; v-prediction MSE on the residual under diffusers' DDPMScheduler. The
+identity is the FR prototype of the face's class (the same rows the DiT is conditioned on),
+dropped to zeros with ``cond_drop_prob``. EMA weights are what the stage stores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+from torch import nn
+from tqdm import tqdm
+
+from vigface.config import TrainUpsamplerConfig
+from vigface.data import AlignedFaceFolder, DatasetError
+from vigface.data.augment import to_model_input
+from vigface.fr_model import FRModel
+from vigface.generator.diffusion import training_scheduler, v_target
+from vigface.generator.upsampler import FaceUpsampler, UpsamplerStage, upsample_input
+from vigface.precision import autocast, autocast_dtype, dtype_name
+from vigface.training.checkpoint import save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def load_pairs(data_dir: Path, cfg: TrainUpsamplerConfig, fr: FRModel, progress: bool):
+    """(N, 3, S, S) faces in [-1, 1] at the output size and the FR class row of each."""
+    ds = AlignedFaceFolder.scan(data_dir)
+    row_of = {name: i for i, name in enumerate(fr.classes)}
+    unknown = [c for c in ds.classes if c not in row_of]
+    if unknown:
+        raise DatasetError(
+            f"{len(unknown)} identities of {data_dir} have no prototype in the FR model "
+            f"(e.g. {unknown[0]}): train the upsampler on the stage-1 training identities"
+        )
+    images, labels = ds.load_array(cfg.model.sample_size, progress=progress)
+    rows = torch.as_tensor([row_of[ds.classes[y]] for y in labels], dtype=torch.long)
+    return to_model_input(torch.from_numpy(images)), rows
+
+
+def low_resolution(hr: torch.Tensor, low_size: int) -> torch.Tensor:
+    """Area averaging: box-downsampling, as the DiT's 32-px training faces were made."""
+    return F.interpolate(hr, size=(low_size, low_size), mode="area")
+
+
+def residual_std(hr: torch.Tensor, low_size: int, count: int = 2048) -> float:
+    x = hr[:count]
+    return float((x - upsample_input(low_resolution(x, low_size), x.shape[-1])).std())
+
+
+def make_batch(hr, rows, protos, cfg: TrainUpsamplerConfig, scale: float, g: torch.Generator):
+    """Residual targets, bases and identities of one random batch of random crops."""
+    idx = torch.randint(len(hr), (cfg.batch_size,), generator=g)
+    x = hr[idx]
+    if cfg.flip:
+        flip = torch.rand(len(idx), generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    low = low_resolution(x, cfg.model.low_size)
+    sigma = torch.rand(len(idx), 1, 1, 1, generator=g) * cfg.cond_noise_max
+    low = (low + sigma * torch.randn(low.shape, generator=g)).clamp(-1, 1)
+    base = upsample_input(low, cfg.model.sample_size)
+    target = (x - base) / scale
+    span = cfg.model.sample_size - cfg.crop_size + 1
+    corners = torch.randint(span, (len(idx), 2), generator=g).tolist()
+    w = protos[rows[idx]]
+    keep = (torch.rand(len(idx), generator=g) >= cfg.cond_drop_prob).float()[:, None]
+    return crop(target, corners, cfg.crop_size), crop(base, corners, cfg.crop_size), w * keep
+
+
+def crop(x: torch.Tensor, corners: list[list[int]], size: int) -> torch.Tensor:
+    """One ``size`` window per image at its own (top, left) corner."""
+    windows = [im[:, y : y + size, c : c + size] for im, (y, c) in zip(x, corners, strict=True)]
+    return torch.stack(windows)
+
+
+def train_upsampler(
+    cfg: TrainUpsamplerConfig,
+    data_dir: str | Path,
+    fr_dir: str | Path,
+    out_dir: str | Path,
+    resume: bool = True,
+    device: str | None = None,
+    progress: bool = True,
+) -> UpsamplerStage:
+    """Train (or resume) and write ``out_dir`` as an upsampler stage folder."""
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    fr = FRModel.load(fr_dir, device="cpu")
+    hr, rows = load_pairs(data_dir, cfg, fr, progress)
+    protos = F.normalize(fr.real_prototypes.float(), dim=1)
+    scale = residual_std(hr, cfg.model.low_size)
+    model = FaceUpsampler(
+        identity_dim=protos.shape[1], residual_scale=round(scale, 5), **cfg.model.model_dump()
+    ).to(device)
+    scheduler = training_scheduler(cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    )
+    ckpt = out_dir / "checkpoints" / "last.pt"
+    step, elapsed = 0, 0.0
+    g = torch.Generator().manual_seed(cfg.seed)
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        g.set_state(state["rng"])
+        step, elapsed = state["step"], state["elapsed_s"]
+        log.info("resumed from %s at step %d", ckpt, step)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "train_log.jsonl"
+
+    def checkpoint():
+        save_checkpoint(ckpt, {
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": g.get_state(), "step": step,
+            "elapsed_s": elapsed,
+        })  # fmt: skip
+
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train-upsampler", disable=not progress)
+    running, t_last = 0.0, time.time()
+    while step < cfg.max_steps:
+        target, base, w = make_batch(hr, rows, protos, cfg, scale, g)
+        target, base, w = target.to(device), base.to(device), w.to(device)
+        noise = torch.randn(target.shape, generator=g).to(device)
+        t = torch.randint(cfg.diffusion.num_train_timesteps, (len(target),), generator=g).to(device)
+        noisy = scheduler.add_noise(target, noise, t)
+        with autocast(device, cfg.precision):
+            v = model(noisy, t, w, base).float()
+        loss = F.mse_loss(v, v_target(scheduler, target, noise, t))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        ema.step(model.parameters())
+        step += 1
+        bar.update(1)
+        running += loss.item()
+        now = time.time()
+        elapsed, t_last = elapsed + now - t_last, now
+        if step % cfg.log_every == 0:
+            rec = {"step": step, "v_loss": round(running / cfg.log_every, 5),
+                   "lr": sched.get_last_lr()[0], "elapsed_s": round(elapsed, 1)}  # fmt: skip
+            running = 0.0
+            bar.set_postfix(v=rec["v_loss"])
+            with log_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+        out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+        if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps or out_of_time:
+            checkpoint()
+        if out_of_time:
+            log.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
+            break
+    bar.close()
+    ema_model = FaceUpsampler.from_config(model.config)
+    ema.copy_to(ema_model.parameters())
+    stage = UpsamplerStage(
+        model=ema_model.eval(),
+        scheduler=scheduler,
+        card={
+            "kind": "upsampler",
+            "train_data": str(data_dir),
+            "fr_model": str(fr_dir),
+            "low_size": cfg.model.low_size,
+            "sample_size": cfg.model.sample_size,
+            "residual_scale": model.config.residual_scale,
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "steps": step,
+            "batch_size": cfg.batch_size,
+            "crop_size": cfg.crop_size,
+            "train_minutes": round(elapsed / 60, 1),
+            "device": str(device),
+            "precision": dtype_name(autocast_dtype(cfg.precision, device)),
+            "config": cfg.model_dump(),
+        },
+    )
+    stage.save(out_dir)
+    return stage
