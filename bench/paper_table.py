@@ -18,6 +18,7 @@ JSON.
 
     python bench/paper_table.py                        # 600 steps, 56 px, demo generator
     python bench/paper_table.py --steps 3100           # stage 1's full budget (40 epochs)
+    python bench/paper_table.py --steps 3100 --rows synthetic --upsample --work runs/pt_up
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def generate(args, out: Path, *extra: str) -> Path:
     if not (out / "report.json").is_file():
         cmd = [sys.executable, "-m", "app.cli", "generate", "--model", args.model,
                "--out", str(out), "--seed", str(args.seed), *extra]  # fmt: skip
+        if args.upsample is not None:  # else the model card's default
+            cmd.append("--upsample" if args.upsample else "--no-upsample")
         print("$", " ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=True)
     return out
@@ -55,6 +58,10 @@ def main() -> None:
     ap.add_argument("--target", type=int, default=3, help="real-aug: images per real class")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("runs/paper_table"))
+    ap.add_argument(
+        "--upsample", action=argparse.BooleanOptionalAction, default=None,
+        help="draw through the model's upsampler (default: the card's); use one --work per choice",
+    )  # fmt: skip
     ap.add_argument(
         "--rows", default="real,synthetic,real+virtual,real+real_aug,real+both",
         help="comma-separated subset of the rows",

@@ -221,6 +221,7 @@ DEFAULT_FORM = {
     "seed": 0,
     "guidance": None,  # the model's recommendation
     "steps": None,
+    "upsample": "",  # "" = the model's default, "true" / "false"
     "priority": 5,
     "pose_preset": "match_training",
     "formats": ["imagefolder"],
@@ -275,6 +276,10 @@ async def order_submit(
             except ValueError:
                 errors[k] = f"must be {'a whole number' if kind is int else 'a number'}"
     body |= {"pose": pose, "formats": form["formats"] or []}
+    if form["upsample"] in ("true", "false"):
+        body["upsample"] = form["upsample"] == "true"
+    elif form["upsample"]:
+        errors["upsample"] = "choose the model's default, true or false"
     if form.get("webhook_url"):
         body["webhook_url"] = form["webhook_url"]
     try:
