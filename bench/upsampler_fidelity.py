@@ -46,7 +46,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
 
 
 def box(images: np.ndarray, size: int) -> np.ndarray:
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BOX)) for im in images])
+    return np.stack(
+        [np.asarray(Image.fromarray(im).resize((size, size), Image.BOX)) for im in images]
+    )  # fmt: skip
 
 
 def to_112(images: np.ndarray) -> np.ndarray:
@@ -58,7 +60,7 @@ def to_112(images: np.ndarray) -> np.ndarray:
 
 
 def detail(images: np.ndarray, reference: np.ndarray, cutoff: int) -> float:
-    """Spectral energy beyond ``cutoff`` cycles per image (grey, 64 px) relative to ``reference``."""
+    """Spectral energy beyond ``cutoff`` cycles per image (grey) relative to ``reference``."""
 
     def high(x):
         g = x.astype(np.float64).mean(-1)
@@ -87,7 +89,8 @@ def upsample(gen: Generator, low: np.ndarray, identity: bool, steps: int, batch:
         w = F.normalize(gen.fr.embed(chunk, flip=False).float(), dim=1)
         if not identity:
             w = torch.zeros_like(w)
-        noise = torch.stack([initial_noise(upsampler_seed(s + i), up.size) for i in range(len(chunk))])
+        seeds = [upsampler_seed(s + i) for i in range(len(chunk))]
+        noise = torch.stack([initial_noise(seed, up.size) for seed in seeds])
         out.append(to_uint8(up.upsample(x, w, noise, steps)))
     return np.concatenate(out)
 
@@ -152,7 +155,8 @@ def main() -> None:
         }
     print(f"\n{len(paths)} dev images, {len(pairs)} pairs; upsampler {steps} steps, "
           f"{len(paths) / sr_seconds:.1f} img/s on {torch.get_num_threads()} threads")  # fmt: skip
-    print("| delivered as | dlib accuracy | TAR@FAR1e-3 | distance to original | PSNR vs real 64 | detail |")
+    print("| delivered as | dlib accuracy | TAR@FAR1e-3 | distance to original "
+          "| PSNR vs real 64 | detail |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['accuracy']:.4f} +- {r['accuracy_std']:.4f} | "
