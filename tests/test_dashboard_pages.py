@@ -60,6 +60,11 @@ def test_pages_render_and_orders_go_through_the_api_path(ui):
     assert r.status_code == 422 and "sum to 1" in r.text
     r = order(identities="300", pose_preset="frontal")
     assert r.status_code == 429 and "quota" in r.text
+    assert 'name="upsample"' in page and "model default (off)" in page
+    r = order(identities="2", steps="2", pose_preset="frontal", upsample="true")
+    assert r.status_code == 422 and 'data-field="upsample"' in r.text and "no upsampler" in r.text
+    r = order(identities="2", steps="2", pose_preset="frontal", upsample="maybe")
+    assert r.status_code == 422 and 'data-field="upsample"' in r.text
     r = order(identities="2", steps="2", pose_preset="frontal")
     assert r.status_code == 303
     job_id = r.headers["location"].rsplit("/", 1)[1]
