@@ -8,7 +8,8 @@ resized to 112 as the dataset writer does:
 * ``32px_bicubic``: what a dataset of the DiT alone carries (today's delivery);
 * ``32px_upsampler``: the upsampler's 64 px, conditioned on our FR's embedding of the 32-px
   face (a generated face gets its prototype instead);
-* ``32px_upsampler_no_identity``: the same with the identity input zeroed;
+* ``32px_upsampler_no_identity``: the same with the identity input zeroed
+  (``--ablate-identity``);
 * ``64px_real``: the real face box-downsampled to 64 (the ceiling for any 64-px generator);
 * ``112px_real``: the original.
 
@@ -17,7 +18,7 @@ mean judge distance to the original's descriptor, PSNR against the real 64-px fa
 ``detail``: the spectral energy above the 32-px Nyquist frequency as a share of the real
 64-px face's (0 = none of the detail a 64-px photo has, 1 = as much).
 
-    python bench/upsampler_fidelity.py --model demo            # about 10 min on 2 cores
+    python bench/upsampler_fidelity.py --model demo            # about 12 min on 2 cores
 
 Prints a markdown table; the last line is JSON.
 """
@@ -103,6 +104,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: the card's sampling_steps")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="first N pairs only (a smoke run)")
+    ap.add_argument("--ablate-identity", action="store_true", help="also without the identity")
     args = ap.parse_args()
     gen = Generator.load(resolve(args.model))
     if args.upsampler is not None:
@@ -128,7 +130,8 @@ def main() -> None:
         f"{low_size}px_upsampler": upsample(gen, low, True, steps, args.batch),
     }
     sr_seconds = time.perf_counter() - t0
-    ways[f"{low_size}px_upsampler_no_identity"] = upsample(gen, low, False, steps, args.batch)
+    if args.ablate_identity:
+        ways[f"{low_size}px_upsampler_no_identity"] = upsample(gen, low, False, steps, args.batch)
     ways[f"{size}px_real"] = real_hi
     ways["112px_real"] = orig
     judge = DlibJudge()

@@ -110,3 +110,7 @@ def test_every_report_gets_the_independent_judge_when_the_card_is_calibrated():
     assert "error" not in out, out
     assert out["synthetic"]["identities"] == 3 and out["synthetic"]["images"] == 6
     assert "not measured" in out["text"] and out["as_far_as_real"] is None
+    # more identities than the calibration: judged on as many as it has (a seeded subset)
+    out = judge_report(items, labels, {"judge": {"real": real | {"identities": 2}}}, None)
+    assert out["synthetic"]["identities"] == 2 and out["synthetic"]["images"] == 4
+    assert out["synthetic"]["sampled_from_identities"] == 3
