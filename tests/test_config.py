@@ -57,3 +57,23 @@ def test_bundled_dit_configs_load(name):
     assert cfg.model.sample_size % cfg.model.patch_size == 0
     # the virtual-prototype term is an extension: only the CPU demo's second run uses it
     assert (cfg.virtual_identity_fraction > 0) == (name == "dit_lfw_demo_finetune.yaml")
+
+
+@pytest.mark.parametrize("name", ["upsampler_lfw_64.yaml", "upsampler_gpu_64_112.yaml"])
+def test_bundled_upsampler_configs_load_and_build(name):
+    from pathlib import Path
+
+    import vigface
+    from vigface.config import TrainUpsamplerConfig
+    from vigface.generator.upsampler import FaceUpsampler
+
+    cfg = load_config(Path(vigface.__file__).parent / "configs" / name, TrainUpsamplerConfig)
+    m = FaceUpsampler(**cfg.model.model_dump())
+    import torch
+
+    with torch.no_grad():
+        c = cfg.crop_size
+        out = m(
+            torch.zeros(1, 3, c, c), torch.tensor([3]), torch.zeros(1, 512), torch.zeros(1, 3, c, c)
+        )
+    assert out.shape == (1, 3, c, c)
