@@ -53,3 +53,41 @@ def test_dlib_descriptor_is_unit_length_and_tells_two_faces_apart(face_folder):
     assert np.allclose(judge.embed(images[:1]), emb[:1], atol=1e-6)  # deterministic
     small = degrade(images[:2], 32)
     assert small.shape == (2, 112, 112, 3) and not np.array_equal(small, images[:2])
+
+
+def test_a_calibration_without_a_gallery_judges_distinctness_only():
+    real = {"within": 0.4, "between": 0.6, "resolution": 64}
+    v = verdict({"within": 0.3, "between": 0.7, "centre_to_real": 0.9}, real)
+    assert v["as_distinct_as_real"] is True and v["as_far_as_real"] is None
+    assert "not measured" in v["text"] and "at 64 px" in v["text"]
+
+
+def test_cli_calibrates_per_resolution_into_the_card(tiny_generator, tmp_path):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+    from tests.conftest import make_face_folder
+
+    model = tmp_path / "gen"
+    shutil.copytree(tiny_generator, model, ignore=shutil.ignore_patterns("checkpoints"))
+    data = make_face_folder(tmp_path / "synthetic", identities=4, per_identity=3, seed=5)
+    heldout = make_face_folder(tmp_path / "heldout", identities=5, per_identity=3, seed=6)
+    runner = CliRunner()
+    common = ["judge", "--data", str(data), "--model", str(model), "--heldout", str(heldout),
+              "--update-card"]  # fmt: skip
+    r = runner.invoke(cli, common)  # the DiT's own resolution (16 px) becomes judge.real
+    assert r.exit_code == 0, r.output
+    judge = json.loads((model / "model_card.json").read_text())["judge"]
+    assert judge["resolution"] == 16 and judge["real"]["resolution"] == 16
+    assert "centre_to_real" not in judge["real"]  # no --real-data: no nearness figure
+    r = runner.invoke(cli, [*common, "--resolution", "32"])  # e.g. an upsampler's side
+    assert r.exit_code == 0, r.output
+    judge = json.loads((model / "model_card.json").read_text())["judge"]
+    assert judge["real"]["resolution"] == 16 and judge["real_at"]["32"]["resolution"] == 32
+    out = json.loads(r.output.strip().splitlines()[-1])
+    assert out["real"]["resolution"] == 32 and out["as_far_as_real"] is None
+    r = runner.invoke(cli, ["judge", "--data", str(data), "--resolution", "16", "--update-card"])
+    assert r.exit_code != 0 and "--update-card needs --model and --heldout" in r.output

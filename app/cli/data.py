@@ -253,10 +253,8 @@ def judge_cmd(
             resolution = json.loads(cfg.read_text())["sample_size"] if cfg.is_file() else None
     if resolution is None:
         fail("give --resolution or a --model with a dit/ folder")
-    if heldout is not None and real_data is None:
-        fail("--heldout needs --real-data (the real reference measures nearness to it too)")
-    if update_card and (model is None or heldout is None or real_data is None):
-        fail("--update-card needs --model, --heldout and --real-data")
+    if update_card and (model is None or heldout is None):
+        fail("--update-card needs --model and --heldout (and --real-data for nearness)")
     judge = DlibJudge()
     try:
         emb, names, _ = embed_folder(judge, folder)  # as delivered: no further degradation

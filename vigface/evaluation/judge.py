@@ -143,8 +143,8 @@ def real_reference(
     judge: DlibJudge,
     heldout: np.ndarray,
     heldout_names: np.ndarray,
-    gallery_emb: np.ndarray,
-    gallery_names: np.ndarray,
+    gallery_emb: np.ndarray | None,
+    gallery_names: np.ndarray | None,
     identities: int,
     resolution: int,
     seed: int = 0,
@@ -152,7 +152,7 @@ def real_reference(
 ) -> dict:
     """The same figures for ``identities`` held-out real people (random draws, averaged over
     ``repeats``), their images degraded to ``resolution``. ``gallery_emb`` holds real images
-    (other people) at the same resolution."""
+    (other people) at the same resolution; without it there is no ``centre_to_real``."""
     names = np.unique(heldout_names)
     k = min(identities, len(names))
     emb_all = judge.embed(degrade(heldout, resolution))
@@ -171,7 +171,8 @@ def real_reference(
             )
         )
     ref = {key: float(np.mean([r[key] for r in runs])) for key in ("within", "between")}
-    ref["centre_to_real"] = float(np.mean([r["centre_to_real"] for r in runs]))
+    if gallery_emb is not None:
+        ref["centre_to_real"] = float(np.mean([r["centre_to_real"] for r in runs]))
     ref.update({"identities": int(k), "resolution": int(resolution), "repeats": repeats})
     return ref
 
@@ -180,14 +181,15 @@ def verdict(synthetic: dict, real: dict) -> dict:
     """Compare a synthetic set with real people; a plain sentence says what the numbers mean.
     Without a real gallery (no ``centre_to_real``) it says so instead of guessing."""
     distinct = synthetic["within"] <= real["within"] and synthetic["between"] >= real["between"]
-    if "centre_to_real" not in synthetic:
+    if "centre_to_real" not in synthetic or "centre_to_real" not in real:
         sentence = (
             f"By an independent FR model ({JUDGE_NAME}), the identities are "
             + ("as distinct as real people" if distinct else "less distinct than real people")
             + f" (within {synthetic['within']:.3f} vs {real['within']:.3f}, between centres "
             f"{synthetic['between']:.3f} vs {real['between']:.3f}), at {real['resolution']} px; "
-            "nearness to real people was not measured (no gallery of real people: "
-            "--real-data, or VIGFACE_JUDGE_REAL_GALLERY in the service)."
+            "nearness to real people was not measured (it needs a gallery of real people, "
+            "--real-data or VIGFACE_JUDGE_REAL_GALLERY in the service, and a calibration "
+            "that measured it)."
         )
         return {"as_distinct_as_real": bool(distinct), "as_far_as_real": None, "text": sentence}
     far = synthetic["centre_to_real"] >= real["centre_to_real"]
