@@ -252,6 +252,8 @@ def _plot_losses(log_path: Path, out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not log_path.is_file():  # stopped before the first log line
+        return
     recs = [json.loads(line) for line in log_path.read_text().splitlines() if '"v_loss"' in line]
     if not recs:
         return
