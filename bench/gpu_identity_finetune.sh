@@ -8,6 +8,7 @@
 #                                               from ../shared and never committed; unpacked to
 #                                               an ImageFolder in /tmp first
 #   .gpu/whl/                                   diffusers, pydantic and what they need
+# Usage: bench/gpu_identity_finetune.sh ["name key=value ..." ...]  (config overrides per run)
 # Outputs in $OUT: per run the EMA DiT in fp16 (as the bundled entry stores it; the demo's
 # dit/config.json describes it) and its training log. Judge them on the CPU afterwards (README: identity lever).
 set -uo pipefail
@@ -47,7 +48,12 @@ PY
   echo "exit $? after $name" >> "$out/gpu.txt"
   cp "/tmp/$name/train_log.jsonl" "$out/${name}_log.jsonl" 2>/dev/null
 }
-train margin02 &
-train margin035 identity_margin=0.35 identity_margin_weight=2.0 seed=5 &
+# runs: "name[ key=value ...]" per argument; by default the two of the first session's run
+if [ $# -eq 0 ]; then
+  set -- "margin02" "margin035 identity_margin=0.35 identity_margin_weight=2.0 seed=5"
+fi
+for spec in "$@"; do
+  train $spec &
+done
 wait
 cat "$out/gpu.txt"; tail -n 2 "$out"/*.log
