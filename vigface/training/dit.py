@@ -72,6 +72,7 @@ from vigface.generator.landmarks import CROP_SIZE, render_heatmaps
 from vigface.precision import autocast, autocast_dtype, dtype_name
 from vigface.training.checkpoint import save_checkpoint
 from vigface.training.distributed import barrier, cleanup, init_distributed
+from vigface.training.schedule import diffusion_step
 
 log = logging.getLogger(__name__)
 
@@ -361,13 +362,7 @@ def train_dit(
             w = protos[rows_t[idx].to(ctx.device)]
             with autocast(ctx.device, cfg.precision):
                 loss, v_loss, id_loss, vid_loss = model(x0, heat, w, virtual)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(dit.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            ema.step(dit.parameters())
+            diffusion_step(loss, list(dit.parameters()), opt, sched, ema, cfg.grad_clip)
             step += 1
             bar.update(1)
             run_v += float(v_loss)

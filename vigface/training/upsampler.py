@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
-from torch import nn
 from tqdm import tqdm
 
 from vigface.config import TrainUpsamplerConfig
@@ -30,6 +29,7 @@ from vigface.generator.diffusion import training_scheduler, v_target
 from vigface.generator.upsampler import FaceUpsampler, UpsamplerStage, upsample_input
 from vigface.precision import autocast, autocast_dtype, dtype_name
 from vigface.training.checkpoint import save_checkpoint
+from vigface.training.schedule import diffusion_step
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def train_upsampler(
         identity_dim=protos.shape[1], residual_scale=round(scale, 5), **cfg.model.model_dump()
     ).to(device)
     scheduler = training_scheduler(cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule)
-    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+    params = list(model.parameters())
+    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
@@ -145,13 +146,7 @@ def train_upsampler(
         with autocast(device, cfg.precision):
             v = model(noisy, t, w, base).float()
         loss = F.mse_loss(v, v_target(scheduler, target, noise, t))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        ema.step(model.parameters())
+        diffusion_step(loss, params, opt, sched, ema, cfg.grad_clip)
         step += 1
         bar.update(1)
         running += loss.item()
