@@ -256,7 +256,6 @@ def judgement(
     if subsampled:
         ours["sampled_from_identities"] = int(len(classes))
     out = {"judge": judge.name, "synthetic": ours, "real": real, **verdict(ours, real)}
-    n_ref = real.get("identities")
     if n_ref and not n_ref / 2 <= ours["identities"] <= n_ref * 2:
         # the nearest other centre is nearer the more identities there are
         out["text"] += (

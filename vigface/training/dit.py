@@ -92,17 +92,24 @@ def load_face_data(data_dir: Path, size: int, fr: FRModel, progress: bool):
         raise DatasetError(
             f"{len(missing)} images have no landmarks in {ds.landmarks_file}, e.g. {missing[0]}"
         )
+    images, rows = load_with_prototype_rows(ds, fr, size, progress)
+    landmarks = np.stack([s.landmarks for s in ds.samples]).astype(np.float32)
+    return images, landmarks, rows
+
+
+def load_with_prototype_rows(ds: AlignedFaceFolder, fr: FRModel, size: int, progress: bool):
+    """Images at ``size`` and the FR class row (prototype) of each; every identity of the
+    folder must be one the FR model was trained on (stage 2 and the upsampler condition on
+    those prototypes)."""
     row_of = {name: i for i, name in enumerate(fr.classes)}
     unknown = [c for c in ds.classes if c not in row_of]
     if unknown:
         raise DatasetError(
-            f"{len(unknown)} identities of {data_dir} have no prototype in the FR model "
-            f"(e.g. {unknown[0]}): train stage 2 on the stage-1 training identities"
+            f"{len(unknown)} identities of {ds.root} have no prototype in the FR model "
+            f"(e.g. {unknown[0]}): train on the stage-1 training identities"
         )
     images, labels = ds.load_array(size, progress=progress)
-    landmarks = np.stack([s.landmarks for s in ds.samples]).astype(np.float32)
-    rows = np.asarray([row_of[ds.classes[y]] for y in labels], dtype=np.int64)
-    return images, landmarks, rows
+    return images, np.asarray([row_of[ds.classes[y]] for y in labels], dtype=np.int64)
 
 
 def trainable_virtual_prototypes(fr: FRModel, cfg: TrainDiTConfig) -> torch.Tensor | None:

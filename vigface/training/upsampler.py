@@ -22,13 +22,14 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from vigface.config import TrainUpsamplerConfig
-from vigface.data import AlignedFaceFolder, DatasetError
+from vigface.data import AlignedFaceFolder
 from vigface.data.augment import to_model_input
 from vigface.fr_model import FRModel
 from vigface.generator.diffusion import training_scheduler, v_target
 from vigface.generator.upsampler import FaceUpsampler, UpsamplerStage, upsample_input
 from vigface.precision import autocast, autocast_dtype, dtype_name
 from vigface.training.checkpoint import save_checkpoint
+from vigface.training.dit import load_with_prototype_rows
 from vigface.training.schedule import diffusion_step
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,8 @@ log = logging.getLogger(__name__)
 def load_pairs(data_dir: Path, cfg: TrainUpsamplerConfig, fr: FRModel, progress: bool):
     """(N, 3, S, S) faces in [-1, 1] at the output size and the FR class row of each."""
     ds = AlignedFaceFolder.scan(data_dir)
-    row_of = {name: i for i, name in enumerate(fr.classes)}
-    unknown = [c for c in ds.classes if c not in row_of]
-    if unknown:
-        raise DatasetError(
-            f"{len(unknown)} identities of {data_dir} have no prototype in the FR model "
-            f"(e.g. {unknown[0]}): train the upsampler on the stage-1 training identities"
-        )
-    images, labels = ds.load_array(cfg.model.sample_size, progress=progress)
-    rows = torch.as_tensor([row_of[ds.classes[y]] for y in labels], dtype=torch.long)
-    return to_model_input(torch.from_numpy(images)), rows
+    images, rows = load_with_prototype_rows(ds, fr, cfg.model.sample_size, progress)
+    return to_model_input(torch.from_numpy(images)), torch.from_numpy(rows)
 
 
 def low_resolution(hr: torch.Tensor, low_size: int) -> torch.Tensor:
