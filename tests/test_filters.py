@@ -189,3 +189,42 @@ def test_a_deployment_judge_reaches_every_shard(tiny_generator, tmp_path, monkey
     assert isinstance(builder.filter.judge, OnnxJudge) and builder.filter.judge.threshold == 0.5
     plain = _shard_builder(Settings(home=tmp_path), job, shard)
     assert plain.filter.judge is None
+
+
+def test_calibration_draws_with_the_cards_sampler_and_keeps_the_rest_of_the_card(
+    tiny_generator, tmp_path
+):
+    """tau_consistency is a percentile of images drawn the way orders are drawn (the card's
+    sampler_defaults), and calibrating rewrites only the card's ``filters``."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+
+    model = tmp_path / "gen"
+    shutil.copytree(tiny_generator, model, ignore=shutil.ignore_patterns("checkpoints"))
+    card_path = model / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["sampler_defaults"] = {"guidance": 1.5, "steps": 3, "scheduler": "ddim"}
+    card["judge"] = {"kept": True}
+    card_path.write_text(json.dumps(card))
+    data = tiny_generator.parent / "train"
+    r = CliRunner().invoke(cli, ["calibrate", "--model", str(model), "--data", str(data),
+                                 "--identities", "5"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    after = json.loads(card_path.read_text())
+    f = after["filters"]
+    assert f["calibration"]["guidance"] == 1.5 and f["calibration"]["steps"] == 3
+    assert f["calibration"]["scheduler"] == "ddim" and f["calibration"]["images"] == 5 * 4
+    assert f["tau_leak"] == round(f["real_nearest_negative"]["p99"], 4)
+    assert f["tau_consistency"] == round(f["calibration_cos_own"]["p05"], 4)
+    assert after["judge"] == {"kept": True} and after["sampler_defaults"]["steps"] == 3
+    assert json.loads(r.output.strip().splitlines()[-1]) == {
+        "tau_leak": f["tau_leak"], "tau_consistency": f["tau_consistency"]
+    }  # fmt: skip
+    r = CliRunner().invoke(cli, ["calibrate", "--model", str(model), "--data",
+                                 str(tmp_path / "missing")])  # fmt: skip
+    assert r.exit_code != 0
+    assert json.loads(card_path.read_text())["filters"] == f  # a failed run leaves the card

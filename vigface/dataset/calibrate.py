@@ -8,9 +8,10 @@
   mean) closer to some real prototype than 99 % of real faces come to their most similar
   other identity is treated as that person.
 * ``tau_consistency`` = the 5th percentile of cos(f(image), own prototype) over images drawn
-  for ``calib_identities`` virtual prototypes at the default guidance: the 5 % that drift most
-  from their prototype are redrawn. Calibration images are discarded; the prototypes used stay
-  free.
+  for ``calib_identities`` virtual prototypes with the sampler settings orders get by default
+  (the card's ``sampler_defaults``): the 5 % that drift most from their prototype are redrawn.
+  The threshold belongs to the weights and the settings it was drawn with, so recalibrate
+  after either changes. Calibration images are discarded; the prototypes used stay free.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from vigface.data import AlignedFaceFolder
 from vigface.dataset.metrics import summary
+from vigface.dataset.spec import sampler_defaults
 from vigface.evaluation.identity import identity_fidelity
 from vigface.generator.artifact import Generator
 from vigface.generator.grid import pose_columns
@@ -46,15 +48,19 @@ def calibrate(
     data_dir: str | Path,
     calib_identities: int = 50,
     poses: int = 4,
-    guidance: float = 4.0,
-    steps: int = 25,
+    sampler: dict | None = None,
 ) -> dict:
+    """``sampler``: guidance, steps, scheduler, guidance_interval (default: the card's)."""
+    s = sampler_defaults(gen.card) if sampler is None else sampler
+    interval = s.get("guidance_interval")
     neg = real_nearest_negative(gen, data_dir)
     cols = pose_columns(gen.pose_landmarks, poses)
     k = gen.fr.virtual_prototypes.shape[0]
     fid = identity_fidelity(
-        gen, "virtual", min(calib_identities, k), cols, guidance, steps, seed=987654
-    )
+        gen, "virtual", min(calib_identities, k), cols, float(s["guidance"]), int(s["steps"]),
+        seed=987654, scheduler=s["scheduler"],
+        guidance_interval=tuple(interval) if interval else None,
+    )  # fmt: skip
     fid.pop("images_array")
     cos_own = np.array(fid["cos_own_all"])
     return {
@@ -65,8 +71,10 @@ def calibrate(
         "calibration": {
             "identities": fid["identities"],
             "images": fid["images"],
-            "guidance": guidance,
-            "steps": steps,
+            "guidance": float(s["guidance"]),
+            "steps": int(s["steps"]),
+            "scheduler": s["scheduler"],
+            "guidance_interval": list(interval) if interval else None,
             "data": str(data_dir),
         },
     }
