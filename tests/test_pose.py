@@ -75,3 +75,35 @@ def test_draws_match_requested_histogram():
 def test_bad_pose_specs_are_named(spec, msg):
     with pytest.raises(PoseSpecError, match=msg):
         _bank().weights(spec)
+
+
+def test_pose_balance_draws_rare_yaw_bins_more_often_and_reproducibly():
+    """The stage-2 trainer's pose_balance: weights (bin count)^-alpha over |yaw| bins, so at
+    alpha = 1 each |yaw| bin is drawn equally often, at 0 as the data is; left and right
+    profiles share a bin (flips mirror them)."""
+    from vigface.training.dit import epoch_order, pose_balance_weights
+
+    lms = np.stack([_turned(0)] * 80 + [_turned(25)] * 10 + [_turned(-25)] * 6 + [_turned(45)] * 4)
+    kind = np.array([0] * 80 + [1] * 16 + [2] * 4)  # frontal, |15-35|, |35-60|
+    for alpha, expected in [(1.0, [1 / 3] * 3), (0.0, [0.8, 0.16, 0.04])]:
+        w = pose_balance_weights(lms, alpha).numpy()
+        assert w.sum() == pytest.approx(1.0)
+        share = np.bincount(kind, weights=w, minlength=3)
+        np.testing.assert_allclose(share, expected, atol=1e-9)
+    w = pose_balance_weights(lms, 1.0)
+    order = epoch_order(len(lms), seed=7, weights=w)
+    assert len(order) == len(lms) and np.array_equal(order, epoch_order(len(lms), 7, w))
+    drawn = np.bincount(kind[epoch_order(30000, 1, w.repeat(300) / 300) % len(lms)], minlength=3)
+    np.testing.assert_allclose(drawn / drawn.sum(), [1 / 3] * 3, atol=0.02)
+    perm = epoch_order(len(lms), seed=7)  # no weights: a permutation, every image once
+    assert sorted(perm.tolist()) == list(range(len(lms)))
+
+
+def test_pose_balance_is_validated():
+    from pydantic import ValidationError
+
+    from vigface.config import TrainDiTConfig
+
+    assert TrainDiTConfig(pose_balance=0.75).pose_balance == 0.75
+    with pytest.raises(ValidationError, match="pose_balance"):
+        TrainDiTConfig(pose_balance=1.5)

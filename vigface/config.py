@@ -206,6 +206,13 @@ class TrainDiTConfig(_Strict):
         None, description="generator folder or store name whose DiT weights start training"
     )
     flip: bool = True
+    pose_balance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="draw images with weight (images in their |yaw| bin)^-a: 0 = as the data is,"
+        " 1 = every |yaw| bin equally often (profiles are rare in LFW)",
+    )
     lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(200, ge=0)
