@@ -57,7 +57,7 @@ from tqdm import tqdm
 from vigface.config import TrainDiTConfig
 from vigface.data import AlignedFaceFolder, DatasetError
 from vigface.data.augment import to_model_input
-from vigface.dataset.pose import YAW_BINS, estimate_pose, yaw_bin
+from vigface.dataset.pose import YAW_BINS, PoseBank
 from vigface.fr_model import FRModel
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import (
@@ -118,7 +118,7 @@ def pose_balance_weights(landmarks: np.ndarray, alpha: float) -> torch.Tensor:
     generator turns faces less than asked where training faces are rare (LFW: 3 % of images
     beyond 35 degrees); this shows it those faces more often. |yaw| because flips mirror a
     face into the opposite bin anyway."""
-    bins = np.abs(yaw_bin(estimate_pose(landmarks)[:, 0]) - YAW_BINS.index("frontal"))
+    bins = np.abs(PoseBank.from_landmarks(landmarks).bins - YAW_BINS.index("frontal"))
     counts = np.bincount(bins)
     w = counts[bins].astype(np.float64) ** -alpha
     return torch.from_numpy(w / w.sum())
@@ -329,8 +329,9 @@ def train_dit(
         warm_start(dit, Path(cfg.init_from))
     scheduler = training_scheduler(cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule)
     loss_module = DiTLoss(dit, fr, scheduler, cfg, real_prototypes=protos).to(ctx.device)
-    ema = EMAModel(dit.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
-    opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(dit.parameters())
+    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
@@ -391,7 +392,7 @@ def train_dit(
             w = protos[rows_t[idx].to(ctx.device)]
             with autocast(ctx.device, cfg.precision):
                 loss, v_loss, id_loss, vid_loss = model(x0, heat, w, virtual)
-            diffusion_step(loss, list(dit.parameters()), opt, sched, ema, cfg.grad_clip)
+            diffusion_step(loss, params, opt, sched, ema, cfg.grad_clip)
             step += 1
             bar.update(1)
             run_v += float(v_loss)
