@@ -104,20 +104,27 @@ def main() -> None:
     real_acc = rows.get("real", {}).get("benchmarks", {}).get("dev", {}).get("accuracy")
     print(f"\nprobe: {args.steps} steps at {args.resolution} px, batch {cfg.batch_size}; "
           f"dev pairs of identities no row trained on; generator {args.model}")  # fmt: skip
-    print("| training data | images | identities | dev accuracy | vs real |")
-    print("|---|---|---|---|---|")
+    print("| training data | images | identities | dev accuracy | TAR@FAR=1e-3 | vs real |")
+    print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         m = r["benchmarks"]["dev"]
         rel = f"{m['accuracy'] / real_acc:.3f}x" if real_acc else "-"
-        if real_acc and name != "synthetic":
+        if name == "real":
+            rel = ""
+        elif real_acc and name != "synthetic":
             rel = f"{100 * (m['accuracy'] - real_acc):+.2f} points"
         print(f"| {name} | {r['train']['images']} | {r['train']['identities']} | "
-              f"{m['accuracy']:.4f} +- {m['accuracy_std']:.4f} | {rel} |")  # fmt: skip
+              f"{m['accuracy']:.4f} +- {m['accuracy_std']:.4f} | "
+              f"{m.get('tar_at_far_1e-3', float('nan')):.3f} | {rel} |")  # fmt: skip
     summary = {
         "steps": args.steps,
         "resolution": args.resolution,
         "model": args.model,
         "rows": {n: r["benchmarks"]["dev"]["accuracy"] for n, r in rows.items()},
+        "rows_std": {n: r["benchmarks"]["dev"]["accuracy_std"] for n, r in rows.items()},
+        "tar_at_far_1e-3": {
+            n: r["benchmarks"]["dev"].get("tar_at_far_1e-3") for n, r in rows.items()
+        },
         "train": {n: r["train"] for n, r in rows.items()},
     }
     if real_acc and "synthetic" in rows:
