@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import re
+import time
 import uuid
 from datetime import datetime
 
@@ -112,6 +114,10 @@ def describe_model(settings: Settings, name: str) -> ModelDescription:
         ) from exc
 
 
+# concurrent submissions for one prototype set that a request outlasts before its 409
+ALLOCATION_RETRIES = 32
+
+
 def submit_job(
     db: Session,
     settings: Settings,
@@ -127,8 +133,9 @@ def submit_job(
     """Create a job (or return the one this idempotency key made). Returns (job, created).
 
     Two teams' submissions can pick the same free prototypes at once; the ledger's unique
-    (prototype set, prototype) key lets one commit, and the other allocates again (a few
-    times, then a 409)."""
+    (prototype set, prototype) key lets one commit, and the other allocates again after a short
+    jittered wait. Every round lets at least one contender commit, so the retry bound
+    (``ALLOCATION_RETRIES``) must exceed the number of simultaneous submissions; past it, a 409."""
     if spec.identities > settings.max_identities_per_job:
         raise JobError(422, "identities", f"at most {settings.max_identities_per_job} per job")
     if spec.images_per_identity > settings.max_images_per_identity:
@@ -224,7 +231,8 @@ def submit_job(
                     ) from exc
                 return prior, False
         # another submission took one of these prototypes first: allocate again
-        if _attempt < 4:
+        if _attempt < ALLOCATION_RETRIES:
+            time.sleep(random.uniform(0, 0.005 * (_attempt + 1)))  # de-synchronise contenders
             return submit_job(
                 db,
                 settings,
