@@ -108,10 +108,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         m = r["benchmarks"]["dev"]
-        rel = f"{m['accuracy'] / real_acc:.3f}x" if real_acc else "-"
-        if name == "real":
-            rel = ""
-        elif real_acc and name != "synthetic":
+        if name == "real" or not real_acc:
+            rel = "" if name == "real" else "-"
+        elif name == "synthetic":
+            rel = f"{m['accuracy'] / real_acc:.3f}x"
+        else:
             rel = f"{100 * (m['accuracy'] - real_acc):+.2f} points"
         print(f"| {name} | {r['train']['images']} | {r['train']['identities']} | "
               f"{m['accuracy']:.4f} +- {m['accuracy_std']:.4f} | "
