@@ -166,3 +166,47 @@ def test_two_teams_submitting_at_once_never_share_a_prototype(api):
     assert len({(r.prototype_set, r.prototype_id) for r in rows}) == 40  # none sold twice
     r = post(0)  # and nothing is left
     assert r.status_code == 409 and r.json()["detail"][0]["field"] == "identities"
+
+
+def test_a_submission_that_loses_every_allocation_race_gets_a_409_and_stores_nothing(
+    api, monkeypatch
+):
+    """Past ALLOCATION_RETRIES lost races the request answers 409 (field "identities"), after
+    exactly that many jittered waits, and leaves no job, shard or ledger row behind."""
+    from types import SimpleNamespace
+
+    from app.services import jobs as job_service
+    from workers.db.models import Job, Shard
+
+    app, keys = api
+    c = TestClient(app)
+    first = c.post("/v1/jobs", json=ORDER, headers={"X-API-Key": keys["alpha"]})
+    assert first.status_code == 202, first.text
+    with app.state.sessions() as db:
+        sold = sorted(r.prototype_id for r in db.query(LedgerEntry).all())
+        counts = (db.query(Job).count(), db.query(Shard).count(), len(sold))
+
+    real_free = job_service.free_prototype_ids
+    attempts, waits = [], []
+
+    def stale_view(db, desc):  # a contender committed one of these after the read
+        attempts.append(1)
+        return [sold[0], *real_free(db, desc)]
+
+    monkeypatch.setattr(job_service, "free_prototype_ids", stale_view)
+    monkeypatch.setattr(job_service, "ALLOCATION_RETRIES", 3)
+    monkeypatch.setattr(job_service, "time", SimpleNamespace(sleep=waits.append))
+    r = c.post("/v1/jobs", json={**ORDER, "seed": 1}, headers={"X-API-Key": keys["alpha"]})
+    assert r.status_code == 409, r.text
+    detail = r.json()["detail"][0]
+    assert detail["field"] == "identities" and "concurrently" in detail["message"]
+    assert len(attempts) == 4 and len(waits) == 3  # first try + 3 retries, a wait before each
+    assert all(0 <= w <= 0.005 * (i + 1) for i, w in enumerate(waits))
+    with app.state.sessions() as db:
+        after = sorted(r.prototype_id for r in db.query(LedgerEntry).all())
+        assert (db.query(Job).count(), db.query(Shard).count(), len(after)) == counts
+    assert after == sold
+
+    monkeypatch.setattr(job_service, "free_prototype_ids", real_free)  # the race is over
+    again = c.post("/v1/jobs", json={**ORDER, "seed": 1}, headers={"X-API-Key": keys["alpha"]})
+    assert again.status_code == 202, again.text
