@@ -19,6 +19,11 @@ JSON.
     python bench/paper_table.py                        # 600 steps, 56 px, demo generator
     python bench/paper_table.py --steps 3100           # stage 1's full budget (40 epochs)
     python bench/paper_table.py --steps 3100 --rows synthetic --upsample --work runs/pt_up
+    python bench/paper_table.py --steps 3100 --rows synthetic --images-per-identity 6 \
+        --work runs/pt_ipi6                            # another identities x images split
+
+A row another work folder trained (``row_<row>_<steps>steps_<px>px.json``) can be copied in:
+a finished row is read, not trained again, so one real row serves several synthetic variants.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ def generate(args, out: Path, *extra: str) -> Path:
                "--out", str(out), "--seed", str(args.seed), *extra]  # fmt: skip
         if args.upsample is not None:  # else the model card's default
             cmd.append("--upsample" if args.upsample else "--no-upsample")
+        if args.guidance is not None:
+            cmd += ["--guidance", str(args.guidance)]
+        if args.guidance_interval is not None:
+            cmd += ["--guidance-interval", args.guidance_interval]
         print("$", " ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=True)
     return out
@@ -61,6 +70,11 @@ def main() -> None:
     ap.add_argument(
         "--upsample", action=argparse.BooleanOptionalAction, default=None,
         help="draw through the model's upsampler (default: the card's); use one --work per choice",
+    )  # fmt: skip
+    ap.add_argument("--guidance", type=float, help="default: the card's sampler_defaults")
+    ap.add_argument(
+        "--guidance-interval", metavar="LO,HI",
+        help="CFG only for t/T in [LO, HI] (default: the card's); use one --work per choice",
     )  # fmt: skip
     ap.add_argument(
         "--rows", default="real,synthetic,real+virtual,real+real_aug,real+both",
