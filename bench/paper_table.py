@@ -12,9 +12,9 @@ Rows (the paper's Table 1 and Table 2 shapes):
 
 Each row trains the probe (``vigface/configs/fr_probe.yaml``: stage 1 without virtual
 prototypes, ``--steps`` steps at ``--resolution`` px) and reports 10-fold accuracy on the dev
-pairs (identities no row trained on). Missing synthetic sets are generated first with
-``vigface generate`` (resumable: rerun continues). Prints a markdown table; the last line is
-JSON.
+pairs (identities no row trained on). Synthetic sets are drawn first with ``vigface generate``
+(resumable: a rerun continues, re-checks the settings and rewrites the same files).
+Prints a markdown table; the last line is JSON.
 
     python bench/paper_table.py                        # 600 steps, 56 px, demo generator
     python bench/paper_table.py --steps 3100           # stage 1's full budget (40 epochs)
@@ -42,17 +42,18 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
 
 
 def generate(args, out: Path, *extra: str) -> Path:
-    if not (out / "report.json").is_file():
-        cmd = [sys.executable, "-m", "app.cli", "generate", "--model", args.model,
-               "--out", str(out), "--seed", str(args.seed), *extra]  # fmt: skip
-        if args.upsample is not None:  # else the model card's default
-            cmd.append("--upsample" if args.upsample else "--no-upsample")
-        if args.guidance is not None:
-            cmd += ["--guidance", str(args.guidance)]
-        if args.guidance_interval is not None:
-            cmd += ["--guidance-interval", args.guidance_interval]
-        print("$", " ".join(cmd[2:]), flush=True)
-        subprocess.run(cmd, check=True)
+    """Draw (or resume) a set; ``vigface generate`` refuses a folder drawn with other settings,
+    so a rerun cannot read rows trained on another set."""
+    cmd = [sys.executable, "-m", "app.cli", "generate", "--model", args.model,
+           "--out", str(out), "--seed", str(args.seed), *extra]  # fmt: skip
+    if args.upsample is not None:  # else the model card's default
+        cmd.append("--upsample" if args.upsample else "--no-upsample")
+    if args.guidance is not None:
+        cmd += ["--guidance", str(args.guidance)]
+    if args.guidance_interval is not None:
+        cmd += ["--guidance-interval", args.guidance_interval]
+    print("$", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, check=True)
     return out
 
 
@@ -69,12 +70,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/paper_table"))
     ap.add_argument(
         "--upsample", action=argparse.BooleanOptionalAction, default=None,
-        help="draw through the model's upsampler (default: the card's); use one --work per choice",
+        help="draw through the model's upsampler (default: the card's); one --work per choice",
     )  # fmt: skip
     ap.add_argument("--guidance", type=float, help="default: the card's sampler_defaults")
     ap.add_argument(
         "--guidance-interval", metavar="LO,HI",
-        help="CFG only for t/T in [LO, HI] (default: the card's); use one --work per choice",
+        help="CFG only for t/T in [LO, HI] (default: the card's); one --work per choice",
     )  # fmt: skip
     ap.add_argument(
         "--rows", default="real,synthetic,real+virtual,real+real_aug,real+both",

@@ -78,6 +78,28 @@ def test_generate_writes_every_format_and_resumes_byte_identically(tiny_generato
     assert _files(out) == first
 
 
+def test_a_rerun_with_other_settings_is_refused_and_leaves_the_folder_alone(
+    tiny_generator, tmp_path
+):
+    """Resuming into a folder drawn with another seed or guidance would mix two datasets'
+    chunks; the CLI refuses, naming the field, and the dataset stays as it was."""
+    out = tmp_path / "ds"
+    assert _generate(tiny_generator, out, "--seed", "1").exit_code == 0
+    before = _files(out)
+    chunks = {p.name: p.read_bytes() for p in (out / "work").iterdir()}
+    for extra, field in (
+        (["--seed", "2"], "seed"),
+        (["--seed", "1", "--guidance", "3"], "guidance"),
+    ):
+        r = _generate(tiny_generator, out, *extra)
+        assert r.exit_code != 0
+        assert f"{field}:" in r.output and "other settings" in r.output, r.output
+    assert _files(out) == before
+    assert {p.name: p.read_bytes() for p in (out / "work").iterdir()} == chunks
+    again = _generate(tiny_generator, out, "--seed", "1")
+    assert again.exit_code == 0, again.output  # the same settings still resume
+
+
 def _spec(**kw):
     base = dict(identities=3, images_per_identity=2, steps=2, batch_size=4, max_attempts=2)
     return DatasetSpec(**{**base, **kw})

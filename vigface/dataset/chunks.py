@@ -61,6 +61,29 @@ class ChunkStore:
     def __init__(self, work: Path):
         self.work = Path(work)
 
+    def claim(self, settings: dict) -> None:
+        """Bind this folder to the settings that decide its draws (``settings.json``): a resume
+        with other settings would mix two datasets' chunks, so it is refused, naming the fields.
+        A folder written before this guard existed is bound to the settings of its resume."""
+        path = self.work / "settings.json"
+        settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
+        if path.is_file():
+            held = json.loads(path.read_text())
+            changed = sorted(
+                k for k in held.keys() | settings.keys() if held.get(k) != settings.get(k)
+            )
+            if changed:
+                raise ValueError(
+                    f"{self.work.parent} holds a dataset drawn with other settings ("
+                    + ", ".join(
+                        f"{k}: {held.get(k)!r} there, {settings.get(k)!r} now" for k in changed
+                    )
+                    + "); write to another folder or delete it"
+                )
+            return
+        self.work.mkdir(parents=True, exist_ok=True)
+        write_json(path, settings)
+
     def paths(self, c: int) -> tuple[Path, Path]:
         return self.work / f"chunk_{c:05d}.npz", self.work / f"chunk_{c:05d}.json"
 

@@ -17,6 +17,8 @@ and the report.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -264,9 +266,21 @@ class DatasetBuilder:
         )
 
     # ---- the whole dataset ----------------------------------------------------------------
+    def draw_settings(self) -> dict:
+        """What decides the draws of ``work/``'s chunks: the spec (its output formats aside),
+        the thresholds in force and the prototypes this builder may use."""
+        candidates = hashlib.sha256(json.dumps([int(p) for p in self.candidates]).encode())
+        return {
+            **self.spec.model_dump(mode="json", exclude={"formats"}),
+            "tau_consistency": float(self.tau_c),
+            "tau_leak": float(self.tau_leak),
+            "candidates": candidates.hexdigest()[:16],
+        }
+
     def generate(self) -> list[dict]:
         """Draw and judge every chunk (finished chunks are loaded, not redrawn)."""
         spec = self.spec
+        self.store.claim(self.draw_settings())
         n_chunks = math.ceil(spec.identities / self.chunk)
         queue_pos = spec.identities
         self.chunks = []
