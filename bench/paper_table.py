@@ -52,6 +52,8 @@ def generate(args, out: Path, *extra: str) -> Path:
         cmd += ["--guidance", str(args.guidance)]
     if args.guidance_interval is not None:
         cmd += ["--guidance-interval", args.guidance_interval]
+    if args.tau_consistency is not None:
+        cmd += ["--tau-consistency", str(args.tau_consistency)]
     print("$", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
     return out
@@ -76,6 +78,10 @@ def main() -> None:
     ap.add_argument(
         "--guidance-interval", metavar="LO,HI",
         help="CFG only for t/T in [LO, HI] (default: the card's); one --work per choice",
+    )  # fmt: skip
+    ap.add_argument(
+        "--tau-consistency", type=float,
+        help="min cosine to the own prototype (default: the card's); one --work per choice",
     )  # fmt: skip
     ap.add_argument(
         "--rows", default="real,synthetic,real+virtual,real+real_aug,real+both",
