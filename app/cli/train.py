@@ -1,6 +1,6 @@
-"""Training and evaluation commands: stage 1 (``train-fr``, ``refit-virtual``), stage 2
-(``train-dit``), the cascade's upsampler (``train-upsampler``), verification (``eval-fr``)
-and ONNX export."""
+"""Training and evaluation commands: stage 1 (``train-fr``, ``refit-virtual``,
+``match-virtual-spectrum``), stage 2 (``train-dit``), the cascade's upsampler
+(``train-upsampler``), verification (``eval-fr``) and ONNX export."""
 
 from __future__ import annotations
 
@@ -123,6 +123,56 @@ def refit_virtual_cmd(
     )
 
 
+def match_virtual_spectrum_cmd(
+    model: str = typer.Option(..., help="FR model folder or store name (its fr/ part is used)"),
+    out: Path = typer.Option(..., help="new FR model folder to write (must not exist)"),
+    energy: float = typer.Option(0.9, help="share of W_R's energy the face subspace holds"),
+    max_real_cos: float = typer.Option(
+        0.4, help="no virtual prototype nearer than this cosine to a real one afterwards"
+    ),
+    half: bool = typer.Option(False, help="store prototypes in fp16 (bundled models)"),
+) -> None:
+    """Give W_V the spread of W_R: whiten its face-subspace coordinates, colour them with
+    W_R's mean and covariance (vigface/training/virtual_spectrum.py); no data, seconds to a
+    minute. A generator entry pairs it with its DiT by copying the files into its fr/."""
+    import shutil
+
+    import torch
+
+    from model_store import resolve
+    from vigface.training.virtual_spectrum import match_virtual_spectrum
+
+    if not 0 < energy <= 1:
+        fail(f"--energy must be in (0, 1], got {energy}")
+    if not -1 < max_real_cos < 1:
+        fail(f"--max-real-cos must be a cosine in (-1, 1), got {max_real_cos}")
+    if out.exists():
+        fail(f"--out {out} already exists; match-virtual-spectrum writes a new model folder")
+    fr = load_fr(model)
+    try:
+        matched = match_virtual_spectrum(fr, energy, max_real_cos)
+    except ValueError as exc:
+        fail(str(exc))
+    matched.card["virtual_spectrum"]["source"] = str(model)
+    matched.save(out, prototype_dtype=torch.float16 if half else torch.float32)
+    log_file = resolve(model, part="fr") / "train_log.jsonl"
+    if log_file.is_file():
+        shutil.copy2(log_file, out / "train_log.jsonl")
+    r = matched.card["virtual_spectrum"]
+    typer.echo(
+        json.dumps(
+            {
+                "subspace_dims": r["subspace_dims"],
+                "variance_ratio_top10": [
+                    r["variance_ratio_top10_before"],
+                    r["variance_ratio_top10_after"],
+                ],
+                "orthogonality": matched.card["orthogonality"],
+            }
+        )
+    )
+
+
 def train_dit_cmd(
     config: Path = typer.Option(..., help="YAML stage-2 config (see vigface/configs/)"),
     data: Path = typer.Option(..., help="aligned-face ImageFolder with <data>_landmarks.csv"),
@@ -192,6 +242,7 @@ def register(app: typer.Typer) -> None:
     app.command("train-fr")(train_fr_cmd)
     app.command("eval-fr")(eval_fr_cmd)
     app.command("refit-virtual")(refit_virtual_cmd)
+    app.command("match-virtual-spectrum")(match_virtual_spectrum_cmd)
     app.command("train-dit")(train_dit_cmd)
     app.command("train-upsampler")(train_upsampler_cmd)
     app.command("export-onnx")(export_onnx_cmd)
