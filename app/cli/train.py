@@ -63,6 +63,31 @@ def eval_fr_cmd(
     typer.echo(json.dumps(metrics))
 
 
+def _check_w_v_variant(out: Path, energy: float, max_real_cos: float | None, command: str) -> None:
+    """The options both W_V re-placements share (refit, spectrum match)."""
+    if not 0 < energy <= 1:
+        fail(f"--energy must be in (0, 1], got {energy}")
+    if max_real_cos is not None and not -1 < max_real_cos < 1:
+        fail(f"--max-real-cos must be a cosine in (-1, 1), got {max_real_cos}")
+    if out.exists():
+        fail(f"--out {out} already exists; {command} writes a new model folder")
+
+
+def _save_w_v_variant(fr, model: str, out: Path, half: bool) -> None:
+    """Write an FR model whose W_V was re-placed as a new folder, with its source's training
+    log (the backbone and W_R are the source's)."""
+    import shutil
+
+    import torch
+
+    from model_store import resolve
+
+    fr.save(out, prototype_dtype=torch.float16 if half else torch.float32)
+    log_file = resolve(model, part="fr") / "train_log.jsonl"
+    if log_file.is_file():
+        shutil.copy2(log_file, out / "train_log.jsonl")
+
+
 def refit_virtual_cmd(
     model: str = typer.Option(..., help="FR model folder or store name (its fr/ part is used)"),
     data: Path = typer.Option(..., help="the real training ImageFolder of that FR model"),
@@ -80,20 +105,10 @@ def refit_virtual_cmd(
 ) -> None:
     """Re-fit W_V inside the face subspace with the backbone and W_R frozen
     (vigface/training/virtual_refit.py); prints the new prototype statistics."""
-    import shutil
-
-    import torch
-
-    from model_store import resolve
     from vigface.data import DatasetError
     from vigface.training.virtual_refit import real_embeddings, refit_virtual
 
-    if not 0 < energy <= 1:
-        fail(f"--energy must be in (0, 1], got {energy}")
-    if max_real_cos is not None and not -1 < max_real_cos < 1:
-        fail(f"--max-real-cos must be a cosine in (-1, 1), got {max_real_cos}")
-    if out.exists():
-        fail(f"--out {out} already exists; refit writes a new model folder")
+    _check_w_v_variant(out, energy, max_real_cos, "refit")
     fr = load_fr(model)
     try:
         emb, labels = real_embeddings(fr, data)
@@ -103,10 +118,7 @@ def refit_virtual_cmd(
     except (DatasetError, ValueError) as exc:
         fail(str(exc))
     refit.card["virtual_refit"]["source"] = str(model)
-    refit.save(out, prototype_dtype=torch.float16 if half else torch.float32)
-    log_file = resolve(model, part="fr") / "train_log.jsonl"
-    if log_file.is_file():
-        shutil.copy2(log_file, out / "train_log.jsonl")
+    _save_w_v_variant(refit, model, out, half)
     r = refit.card["virtual_refit"]
     typer.echo(
         json.dumps(
@@ -135,29 +147,16 @@ def match_virtual_spectrum_cmd(
     """Give W_V the spread of W_R: whiten its face-subspace coordinates, colour them with
     W_R's mean and covariance (vigface/training/virtual_spectrum.py); no data, seconds to a
     minute. A generator entry pairs it with its DiT by copying the files into its fr/."""
-    import shutil
-
-    import torch
-
-    from model_store import resolve
     from vigface.training.virtual_spectrum import match_virtual_spectrum
 
-    if not 0 < energy <= 1:
-        fail(f"--energy must be in (0, 1], got {energy}")
-    if not -1 < max_real_cos < 1:
-        fail(f"--max-real-cos must be a cosine in (-1, 1), got {max_real_cos}")
-    if out.exists():
-        fail(f"--out {out} already exists; match-virtual-spectrum writes a new model folder")
+    _check_w_v_variant(out, energy, max_real_cos, "match-virtual-spectrum")
     fr = load_fr(model)
     try:
         matched = match_virtual_spectrum(fr, energy, max_real_cos)
     except ValueError as exc:
         fail(str(exc))
     matched.card["virtual_spectrum"]["source"] = str(model)
-    matched.save(out, prototype_dtype=torch.float16 if half else torch.float32)
-    log_file = resolve(model, part="fr") / "train_log.jsonl"
-    if log_file.is_file():
-        shutil.copy2(log_file, out / "train_log.jsonl")
+    _save_w_v_variant(matched, model, out, half)
     r = matched.card["virtual_spectrum"]
     typer.echo(
         json.dumps(
