@@ -89,10 +89,13 @@ def test_cli_writes_a_new_fr_model_and_leaves_the_source_alone(tiny_generator, t
     assert card["source"] == str(tiny_generator) and card["max_real_cos"] == 0.5
     assert source.read_bytes() == before
 
-    again = runner.invoke(app, [*args, "--out", str(out)])
-    assert again.exit_code == 2 and "--out" in again.output
-    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "x"), "--max-real-cos", "1"])
-    assert bad.exit_code == 2 and "--max-real-cos" in bad.output
-    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "x"), "--energy", "0"])
-    assert bad.exit_code == 2 and "--energy" in bad.output
-    assert not (tmp_path / "x").exists()
+    refused = {
+        "--out": [],
+        "--max-real-cos": ["--max-real-cos", "1"],
+        "--energy": ["--energy", "0"],
+    }
+    for flag, extra in refused.items():
+        target = out if flag == "--out" else tmp_path / "x"
+        res = runner.invoke(app, [*args, "--out", str(target), *extra])
+        assert res.exit_code == 2 and flag in res.output, (flag, res.output)
+    assert not (tmp_path / "x").exists() and source.read_bytes() == before

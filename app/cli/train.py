@@ -73,19 +73,24 @@ def _check_w_v_variant(out: Path, energy: float, max_real_cos: float | None, com
         fail(f"--out {out} already exists; {command} writes a new model folder")
 
 
-def _save_w_v_variant(fr, model: str, out: Path, half: bool) -> None:
-    """Write an FR model whose W_V was re-placed as a new folder, with its source's training
-    log (the backbone and W_R are the source's)."""
+def _save_w_v_variant(fr, card_key: str, model: str, out: Path, half: bool, **summary) -> None:
+    """Write an FR model whose W_V was re-placed (its card's ``card_key`` records how) as a new
+    folder with its source's training log (the backbone and W_R are the source's), and print
+    one JSON line: the subspace size, ``summary`` and the new prototype statistics."""
     import shutil
 
     import torch
 
     from model_store import resolve
 
+    fr.card[card_key]["source"] = str(model)
     fr.save(out, prototype_dtype=torch.float16 if half else torch.float32)
     log_file = resolve(model, part="fr") / "train_log.jsonl"
     if log_file.is_file():
         shutil.copy2(log_file, out / "train_log.jsonl")
+    dims = fr.card[card_key]["subspace_dims"]
+    line = {"subspace_dims": dims, **summary, "orthogonality": fr.card["orthogonality"]}
+    typer.echo(json.dumps(line))
 
 
 def refit_virtual_cmd(
@@ -117,22 +122,12 @@ def refit_virtual_cmd(
         )
     except (DatasetError, ValueError) as exc:
         fail(str(exc))
-    refit.card["virtual_refit"]["source"] = str(model)
-    _save_w_v_variant(refit, model, out, half)
     r = refit.card["virtual_refit"]
-    typer.echo(
-        json.dumps(
-            {
-                "subspace_dims": r["subspace_dims"],
-                "virtual_energy_in_span": [
-                    r["virtual_energy_in_span_before"],
-                    r["virtual_energy_in_span_after"],
-                ],
-                "orthogonality": refit.card["orthogonality"],
-                "seconds": r["seconds"],
-            }
-        )
-    )
+    in_span = [r["virtual_energy_in_span_before"], r["virtual_energy_in_span_after"]]
+    _save_w_v_variant(
+        refit, "virtual_refit", model, out, half,
+        virtual_energy_in_span=in_span, seconds=r["seconds"],
+    )  # fmt: skip
 
 
 def match_virtual_spectrum_cmd(
@@ -155,21 +150,9 @@ def match_virtual_spectrum_cmd(
         matched = match_virtual_spectrum(fr, energy, max_real_cos)
     except ValueError as exc:
         fail(str(exc))
-    matched.card["virtual_spectrum"]["source"] = str(model)
-    _save_w_v_variant(matched, model, out, half)
     r = matched.card["virtual_spectrum"]
-    typer.echo(
-        json.dumps(
-            {
-                "subspace_dims": r["subspace_dims"],
-                "variance_ratio_top10": [
-                    r["variance_ratio_top10_before"],
-                    r["variance_ratio_top10_after"],
-                ],
-                "orthogonality": matched.card["orthogonality"],
-            }
-        )
-    )
+    ratios = [r["variance_ratio_top10_before"], r["variance_ratio_top10_after"]]
+    _save_w_v_variant(matched, "virtual_spectrum", model, out, half, variance_ratio_top10=ratios)
 
 
 def train_dit_cmd(
