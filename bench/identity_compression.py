@@ -26,7 +26,6 @@ spread of the whole set, not only the nearest neighbour). Last line: JSON.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import time
@@ -36,8 +35,9 @@ import numpy as np
 from PIL import Image
 
 from model_store import resolve
+from vigface.data import read_landmarks_csv
 from vigface.dataset.writers import encode_jpeg
-from vigface.evaluation.judge import DlibJudge, degrade, identity_distances
+from vigface.evaluation.judge import DlibJudge, _centres, _dist, degrade, identity_distances
 from vigface.generator.artifact import Generator
 from vigface.sampling import ImageRequest, Sampler, image_seed
 
@@ -48,22 +48,16 @@ def people(train: Path, landmarks_csv: Path, identities: int, images: int):
     """The ``identities`` train people with the most images (ties by name): per person, up to
     ``images`` (file, 5x2 landmarks) in file order."""
     rows: dict[str, list[tuple[Path, np.ndarray]]] = {}
-    with landmarks_csv.open() as f:
-        for r in csv.DictReader(f):
-            pts = np.array(
-                [float(r[f"{a}{i}"]) for i in range(1, 6) for a in "xy"], np.float32
-            ).reshape(5, 2)
-            rows.setdefault(r["identity"], []).append((train / r["identity"] / r["file"], pts))
+    for (name, file), pts in sorted(read_landmarks_csv(landmarks_csv).items()):
+        rows.setdefault(name, []).append((train / name / file, pts))
     ranked = sorted(rows, key=lambda n: (-len(rows[n]), n))[:identities]
-    return {n: sorted(rows[n], key=lambda t: t[0].name)[:images] for n in sorted(ranked)}
+    return {n: rows[n][:images] for n in sorted(ranked)}
 
 
 def centre_spread(emb: np.ndarray, labels: np.ndarray) -> float:
     """Mean Euclidean distance over all pairs of (unit) identity centres."""
-    c = np.stack([emb[labels == k].mean(0) for k in np.unique(labels)])
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    d = np.sqrt(np.maximum(2 - 2 * c @ c.T, 0))
-    return float(d[np.triu_indices(len(c), 1)].mean())
+    _, c = _centres(emb, labels)
+    return float(_dist(c, c)[np.triu_indices(len(c), 1)].mean())
 
 
 def as_delivered(images: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ Why this exists: the ArcFace loss that places W_V (stage 1, and the refit of
 :mod:`vigface.training.virtual_refit`) only asks each w_v to be far from every other
 prototype. Inside the face subspace that leaves W_V close to isotropic, while W_R is not: along
 W_R's leading principal directions, the ones faces vary along most, the demo's W_V varied 0.26 to
-0.5 times as much as W_R, and along minor ones up to 2.5 times as much. The generator learned
+0.56 times as much as W_R, and along minor ones up to 2.5 times as much. The generator learned
 its prototype-to-face map from W_R, so it drew such rows as faces that differ along what an
 outside FR model hardly sees: the independent judge found the virtual identities of a dataset
 crowded together (``bench/identity_compression.py``).
