@@ -36,8 +36,9 @@ from PIL import Image
 
 from model_store import resolve
 from vigface.data import read_landmarks_csv
+from vigface.dataset.metrics import class_centres
 from vigface.dataset.writers import encode_jpeg
-from vigface.evaluation.judge import DlibJudge, _centres, _dist, degrade, identity_distances
+from vigface.evaluation.judge import DlibJudge, degrade, identity_distances, unit_distances
 from vigface.generator.artifact import Generator
 from vigface.sampling import ImageRequest, Sampler, image_seed
 
@@ -56,8 +57,8 @@ def people(train: Path, landmarks_csv: Path, identities: int, images: int):
 
 def centre_spread(emb: np.ndarray, labels: np.ndarray) -> float:
     """Mean Euclidean distance over all pairs of (unit) identity centres."""
-    _, c = _centres(emb, labels)
-    return float(_dist(c, c)[np.triu_indices(len(c), 1)].mean())
+    _, c = class_centres(emb, labels)
+    return float(unit_distances(c, c)[np.triu_indices(len(c), 1)].mean())
 
 
 def as_delivered(images: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vigface.constants import CROP_SIZE
+from vigface.dataset.metrics import class_centres
 
 JUDGE_NAME = "dlib_face_recognition_resnet_model_v1"
 # dlib's 5-point shape predictor needs a detector-like box; on the insightface 112-px crop this
@@ -91,14 +92,8 @@ def degrade(images: np.ndarray, resolution: int) -> np.ndarray:
     return np.stack(out)
 
 
-def _centres(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    classes = np.unique(labels)
-    c = np.stack([emb[labels == k].mean(0) for k in classes])
-    return classes, c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-
-
-def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise Euclidean distances of unit vectors."""
+def unit_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise Euclidean distances of unit vectors (rows of ``a`` against rows of ``b``)."""
     return np.sqrt(np.maximum(2 - 2 * a @ b.T, 0))
 
 
@@ -114,14 +109,14 @@ def identity_distances(
     ``exclude_same_name`` (one per class, sorted label order) and ``real_labels`` as names so a
     person's own images in the gallery do not count."""
     emb, labels = np.asarray(emb, np.float32), np.asarray(labels)
-    classes, centres = _centres(emb, labels)
+    classes, centres = class_centres(emb, labels)
     within = []
     for k in classes:
         f = emb[labels == k]
         if len(f) > 1:
-            d = _dist(f, f)
+            d = unit_distances(f, f)
             within.append(d[np.triu_indices(len(f), 1)].mean())
-    cc = _dist(centres, centres)
+    cc = unit_distances(centres, centres)
     np.fill_diagonal(cc, np.inf)
     out = {
         "identities": int(len(classes)),
@@ -130,7 +125,7 @@ def identity_distances(
         "between": float(cc.min(1).mean()) if len(classes) > 1 else float("nan"),
     }
     if real_emb is not None:
-        d = _dist(centres, np.asarray(real_emb, np.float32))
+        d = unit_distances(centres, np.asarray(real_emb, np.float32))
         if exclude_same_name is not None:
             names = np.asarray(real_labels)
             for i, name in enumerate(exclude_same_name):
