@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vigface.dataset.spec import DatasetOrder, DatasetSpec, sampler_defaults, with_model_defaults
+from vigface.dataset.spec import DatasetOrder, sampler_defaults, with_model_defaults
 from vigface.generator.diffusion import cfg_combine, sampling_scheduler, training_scheduler
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import render_heatmaps
@@ -112,24 +112,3 @@ def test_orders_take_the_model_cards_sampler_defaults_and_record_them():
     assert (kept.guidance, kept.steps, kept.scheduler) == (3.5, 9, "unipc")
     assert with_model_defaults(kept, {}) == kept  # a recorded order never changes again
     assert sampler_defaults(card)["guidance"] == 2.0
-
-
-def test_a_card_can_recommend_other_sampler_settings_for_real_identity_augmentation():
-    card = {
-        "recommended_guidance": 1.5,
-        "sampler_defaults": {
-            "guidance": 1.5,
-            "steps": 10,
-            "by_mode": {"real_augment": {"guidance": 2.0}},
-        },
-    }
-    virtual = with_model_defaults(DatasetSpec(identities=1, images_per_identity=1), card)
-    real = with_model_defaults(
-        DatasetSpec(identities=1, images_per_identity=1, mode="real_augment"), card
-    )
-    assert (virtual.guidance, virtual.steps) == (1.5, 10)
-    assert (real.guidance, real.steps) == (2.0, 10)  # only what by_mode names differs
-    asked = DatasetSpec(identities=1, images_per_identity=1, mode="real_augment", guidance=3.0)
-    assert with_model_defaults(asked, card).guidance == 3.0  # an order's own value wins
-    assert sampler_defaults(card)["guidance"] == 1.5
-    assert sampler_defaults(card, "real_augment")["guidance"] == 2.0

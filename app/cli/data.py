@@ -50,7 +50,7 @@ def sample_cmd(
     if group not in ("virtual", "real"):
         fail("--group must be 'virtual' or 'real'")
     gen = load_generator(model)
-    defaults = sampler_defaults(gen.card, "virtual" if group == "virtual" else "real_augment")
+    defaults = sampler_defaults(gen.card)
     guidance = defaults["guidance"] if guidance is None else guidance
     steps = defaults["steps"] if steps is None else steps
     scheduler = scheduler or defaults["scheduler"]

@@ -116,26 +116,20 @@ PAPER_SAMPLER = {
 }
 
 
-def sampler_defaults(card: dict, mode: str = "virtual") -> dict:
-    """The sampler settings a model recommends for a generation ``mode``: the card's
-    ``sampler_defaults`` (measured by ``bench/sampler_settings.py`` and ``bench/paper_table.py``)
-    and ``recommended_guidance``, over the paper's. ``sampler_defaults.by_mode.<mode>`` overrides
-    them for one mode: what trains best from virtual identities and from real ones need not be
-    the same setting."""
+def sampler_defaults(card: dict) -> dict:
+    """The sampler settings a model recommends: the card's ``sampler_defaults`` (measured by
+    ``bench/sampler_settings.py``) and ``recommended_guidance``, over the paper's."""
     out = dict(PAPER_SAMPLER)
     if card.get("recommended_guidance") is not None:
         out["guidance"] = float(card["recommended_guidance"])
-    given = card.get("sampler_defaults", {})
-    out.update({k: v for k, v in given.items() if k in PAPER_SAMPLER})
-    out.update({k: v for k, v in given.get("by_mode", {}).get(mode, {}).items() if k in out})
+    out.update({k: v for k, v in card.get("sampler_defaults", {}).items() if k in PAPER_SAMPLER})
     return out
 
 
 def with_model_defaults(order, card: dict):
     """A copy of ``order`` (a DatasetOrder or DatasetSpec) with every sampler field it left
-    out taken from the model card for its mode: what the job record and the dataset card then
-    show."""
-    defaults = sampler_defaults(card, getattr(order, "mode", "virtual"))
+    out taken from the model card: what the job record and the dataset card then show."""
+    defaults = sampler_defaults(card)
     update = {k: v for k, v in defaults.items() if getattr(order, k) is None}
     if "guidance_interval" in update:  # stored explicitly, so a later card change cannot alter it
         update["guidance_interval"] = tuple(update["guidance_interval"] or (0.0, 1.0))
