@@ -91,3 +91,59 @@ def test_cli_calibrates_per_resolution_into_the_card(tiny_generator, tmp_path):
     assert out["real"]["resolution"] == 32 and out["as_far_as_real"] is None
     r = runner.invoke(cli, ["judge", "--data", str(data), "--resolution", "16", "--update-card"])
     assert r.exit_code != 0 and "--update-card needs --model and --heldout" in r.output
+
+
+def _people(rng, counts, centres=0.25, dim=128):
+    """Descriptors of people of one kind: unit centres scattered by ``centres`` around one
+    direction (faces occupy a small cone, as in dlib's space), each person's images scattered
+    around their centre so that within-person distances are about 0.33, as real people's."""
+    base = np.eye(dim)[0]
+    emb, names = [], []
+    for i, n in enumerate(counts):
+        centre = _unit(base + centres * rng.normal(size=dim) / np.sqrt(dim))
+        emb.append(_unit(centre + 0.24 * rng.normal(size=(n, dim)) / np.sqrt(dim)))
+        names += [f"p{i:03d}"] * n
+    return np.concatenate(emb), np.asarray(names)
+
+
+def test_between_is_compared_at_the_real_peoples_image_counts():
+    """Held-out people with few images each and a set of the same kind of identities with
+    ten each: over every image the set looks less distinct (its centres are less noisy);
+    at equal counts the two agree. Identities drawn farther apart do come out as more
+    distinct, so matching does not hide a real difference."""
+    from vigface.evaluation.judge import compare, reference_figures
+
+    rng = np.random.default_rng(0)
+    counts = rng.choice([2, 2, 2, 3, 4, 6, 12], size=60)  # like LFW dev: half the people 2
+    real_emb, real_names = _people(rng, counts)
+    ref = reference_figures(real_emb, real_names, None, None, 40, 32, repeats=5)
+    assert ref["identities"] == 40 and sorted(ref["capped"]) == ["10", "2", "3", "5"]
+    same_emb, same_labels = _people(rng, [10] * 40)
+    ours, shown = compare(same_emb, same_labels, ref)
+    assert ours["counts_matched"] and ours["images_per_identity"]["cap"] == 10
+    assert shown is ref["capped"]["10"]
+    # the bias the matching removes: with every image the centres are less noisy, so nearer
+    assert ours["as_drawn"]["between"] < shown["between"] - 0.01
+    assert abs(ours["between"] - shown["between"]) < 0.01
+    assert abs(ours["within"] - shown["within"]) < 0.01
+    far_emb, far_labels = _people(rng, [10] * 40, centres=0.35)  # identities farther apart
+    far, _ = compare(far_emb, far_labels, ref)
+    assert far["between"] > shown["between"] + 0.05
+    v = verdict(far | {"within": shown["within"] - 0.01}, shown)
+    assert v["as_distinct_as_real"] and "image counts (" in v["text"]
+
+
+def test_count_matching_caps_both_sides_and_needs_a_calibration_with_counts():
+    from vigface.evaluation.judge import compare, reference_figures
+
+    rng = np.random.default_rng(1)
+    real_emb, real_names = _people(rng, rng.choice([2, 3, 8], size=30))
+    ref = reference_figures(real_emb, real_names, None, None, 20, 32, repeats=3)
+    emb, labels = _people(rng, [3] * 20)  # fewer images than some people have
+    ours, shown = compare(emb, labels, ref)
+    assert ours["images_per_identity"]["cap"] == 3 and shown is ref["capped"]["3"]
+    old = {k: v for k, v in ref.items() if k not in ("counts", "capped")}  # an older card
+    ours, shown = compare(emb, labels, old)
+    assert ours["counts_matched"] is False and shown is old and "as_drawn" not in ours
+    ours, _ = compare(emb[labels != "p000"], labels[labels != "p000"], ref)  # 19 identities
+    assert ours["counts_matched"] is False

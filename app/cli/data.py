@@ -232,8 +232,8 @@ def judge_cmd(
         DlibJudge,
         cached_gallery,
         calibration_at,
+        compare,
         embed_folder,
-        identity_distances,
         real_reference,
         verdict,
     )
@@ -262,7 +262,6 @@ def judge_cmd(
         gallery = gallery_names = None
         if real_data is not None:
             gallery, gallery_names = cached_gallery(judge, real_data, resolution, cache)
-        ours = identity_distances(emb, names, gallery)
         ref = calibration_at(card, resolution)
         if heldout is not None:
             from vigface.data import AlignedFaceFolder
@@ -275,14 +274,15 @@ def judge_cmd(
                 np.asarray(ds.classes)[labels],
                 gallery,
                 gallery_names,
-                ours["identities"],
+                len(np.unique(names)),
                 resolution,
             )
     except DatasetError as exc:
         fail(str(exc))
     if ref is None:
         fail("no real reference: pass --heldout (held-out real people) or a calibrated --model")
-    result = {"judge": judge.name, "synthetic": ours, "real": ref, **verdict(ours, ref)}
+    ours, shown = compare(emb, names, ref, gallery)
+    result = {"judge": judge.name, "synthetic": ours, "real": shown, **verdict(ours, shown)}
     if update_card:
         path = resolve(model) / "model_card.json"
         full = json.loads(path.read_text())

@@ -17,7 +17,13 @@ raw descriptors, which are close to unit length):
 
 ``between`` depends on how many identities a set holds (more identities, nearer neighbours), so
 real people are always measured with as many identities as the synthetic set, sampled from
-held-out people, at the generator's resolution (:func:`degrade`).
+held-out people, at the generator's resolution (:func:`degrade`). It also depends on how many
+images each identity has: a centre averaged from few images is noisy, and noise adds distance
+(the same 120 real people: 0.346 at 2 images each, 0.298 at 10; ``bench/judge_count_bias.py``).
+Held-out people have few images (LFW-112 dev: 4.8 on average, half of them 2) and a dataset
+many, so a set is compared at the real people's image counts (:func:`count_matched`): each
+identity keeps as many images as the real person it is paired with, both sides capped at the
+set's own images per identity.
 """
 
 from __future__ import annotations
@@ -134,6 +140,32 @@ def identity_distances(
     return out
 
 
+# per-person image caps the calibration also measures, so that a set with fewer images per
+# identity than some held-out people compares at equal counts on both sides
+COUNT_CAPS = (2, 3, 5, 10, 20)
+
+
+def people_draws(people: int, identities: int, repeats: int, seed: int) -> list[np.ndarray]:
+    """The calibration's draws: per repeat, the sorted indices of the held-out people (in name
+    order) it compares. :func:`count_matched` replays them to pair identities with counts."""
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(people, identities, replace=False)) for _ in range(repeats)]
+
+
+def keep_counts(labels: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices keeping ``counts[j]`` images (a seeded choice) of the j-th class in sorted order."""
+    keep = []
+    for c, n in zip(np.unique(labels), counts, strict=True):
+        members = np.flatnonzero(labels == c)
+        keep.append(rng.choice(members, min(int(n), len(members)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def _mean_figures(runs: list[dict]) -> dict:
+    keys = [k for k in ("within", "between", "centre_to_real") if k in runs[0]]
+    return {k: float(np.mean([r[k] for r in runs])) for k in keys}
+
+
 def real_reference(
     judge: DlibJudge,
     heldout: np.ndarray,
@@ -145,63 +177,150 @@ def real_reference(
     seed: int = 0,
     repeats: int = 5,
 ) -> dict:
-    """The same figures for ``identities`` held-out real people (random draws, averaged over
-    ``repeats``), their images degraded to ``resolution``. ``gallery_emb`` holds real images
-    (other people) at the same resolution; without it there is no ``centre_to_real``."""
-    names = np.unique(heldout_names)
-    k = min(identities, len(names))
-    emb_all = judge.embed(degrade(heldout, resolution))
-    rng = np.random.default_rng(seed)
-    runs = []
-    for _ in range(repeats):
-        pick = np.sort(rng.choice(names, k, replace=False))
-        mask = np.isin(heldout_names, pick)
-        runs.append(
-            identity_distances(
-                emb_all[mask],
-                heldout_names[mask],
-                gallery_emb,
-                gallery_names,
-                exclude_same_name=list(pick),
+    """Real people's figures (:func:`reference_figures`) for held-out images (uint8, 112 px)
+    degraded to ``resolution``. ``gallery_emb`` holds real images (other people) at the same
+    resolution; without it there is no ``centre_to_real``."""
+    emb = judge.embed(degrade(heldout, resolution))
+    return reference_figures(
+        emb, heldout_names, gallery_emb, gallery_names, identities, resolution, seed, repeats
+    )
+
+
+def reference_figures(
+    emb: np.ndarray,
+    names: np.ndarray,
+    gallery_emb: np.ndarray | None,
+    gallery_names: np.ndarray | None,
+    identities: int,
+    resolution: int,
+    seed: int = 0,
+    repeats: int = 5,
+) -> dict:
+    """The figures for ``identities`` held-out real people (random draws, averaged over
+    ``repeats``) from their descriptors ``emb`` and person ``names``.
+
+    Also stores each person's image count (``counts``, name order: numbers only) and the
+    figures with every person capped at each of :data:`COUNT_CAPS` images (``capped``), which
+    :func:`count_matched` needs to compare a set at equal counts."""
+    names = np.asarray(names)
+    people, counts = np.unique(names, return_counts=True)
+    k = min(identities, len(people))
+    draws = people_draws(len(people), k, repeats, seed)
+
+    def figures(cap: int | None) -> dict:
+        runs = []
+        for r, idx in enumerate(draws):
+            keep = np.flatnonzero(np.isin(names, people[idx]))
+            if cap is not None:
+                caps = np.minimum(counts[idx], cap)
+                keep = keep[keep_counts(names[keep], caps, np.random.default_rng([seed, r]))]
+            runs.append(
+                identity_distances(
+                    emb[keep],
+                    names[keep],
+                    gallery_emb,
+                    gallery_names,
+                    exclude_same_name=list(people[idx]),
+                )
             )
-        )
-    ref = {key: float(np.mean([r[key] for r in runs])) for key in ("within", "between")}
-    if gallery_emb is not None:
-        ref["centre_to_real"] = float(np.mean([r["centre_to_real"] for r in runs]))
-    ref.update({"identities": int(k), "resolution": int(resolution), "repeats": repeats})
+        return _mean_figures(runs) | {"identities": int(k), "resolution": int(resolution)}
+
+    ref = figures(None)
+    ref.update({"repeats": repeats, "seed": seed, "counts": [int(c) for c in counts]})
+    ref["capped"] = {str(c): figures(c) for c in COUNT_CAPS if c < counts.max()}
     return ref
+
+
+def count_matched(
+    emb: np.ndarray, labels: np.ndarray, real: dict, real_emb: np.ndarray | None = None
+) -> tuple[dict, dict] | None:
+    """A set's figures at the image counts of the real people ``real`` was measured on.
+
+    Replays the calibration's draws: in each repeat the set's identities are paired (in a
+    seeded random order) with the drawn people and keep as many images as each person has,
+    so both sides average centres over the same counts. When the set has fewer images per
+    identity than some people, both sides are capped at the largest of :data:`COUNT_CAPS` it
+    can fill. Returns (figures, the real figures they compare with), or None when the
+    calibration has no counts (an older card) or the identity counts differ."""
+    counts = real.get("counts")
+    labels = np.asarray(labels)
+    classes, per_class = np.unique(labels, return_counts=True)
+    if not counts or len(classes) != real.get("identities"):
+        return None
+    counts = np.asarray(counts)
+    fewest = int(per_class.min())
+    if fewest >= counts.max():
+        cap, ref = None, real
+    else:
+        cap = max((c for c in COUNT_CAPS if c <= fewest), default=None)
+        ref = (real.get("capped") or {}).get(str(cap))
+        if ref is None:
+            return None
+    seed = int(real.get("seed", 0))
+    runs = []
+    for r, idx in enumerate(people_draws(len(counts), len(classes), int(real["repeats"]), seed)):
+        want = counts[idx] if cap is None else np.minimum(counts[idx], cap)
+        rng = np.random.default_rng([seed, r])
+        keep = keep_counts(labels, rng.permutation(want), rng)
+        runs.append(identity_distances(emb[keep], labels[keep], real_emb))
+    ours = _mean_figures(runs) | {"identities": int(len(classes)), "images": int(len(emb))}
+    ours["images_per_identity"] = {
+        "as_real_people": float(np.mean(np.minimum(counts, cap or counts.max()))),
+        "cap": cap,
+    }
+    return ours, ref
 
 
 def verdict(synthetic: dict, real: dict) -> dict:
     """Compare a synthetic set with real people; a plain sentence says what the numbers mean.
     Without a real gallery (no ``centre_to_real``) it says so instead of guessing."""
     distinct = synthetic["within"] <= real["within"] and synthetic["between"] >= real["between"]
-    if "centre_to_real" not in synthetic or "centre_to_real" not in real:
-        sentence = (
-            f"By an independent FR model ({JUDGE_NAME}), the identities are "
-            + ("as distinct as real people" if distinct else "less distinct than real people")
-            + f" (within {synthetic['within']:.3f} vs {real['within']:.3f}, between centres "
-            f"{synthetic['between']:.3f} vs {real['between']:.3f}), at {real['resolution']} px; "
-            "nearness to real people was not measured (it needs a gallery of real people, "
-            "--real-data or VIGFACE_JUDGE_REAL_GALLERY in the service, and a calibration "
-            "that measured it)."
-        )
-        return {"as_distinct_as_real": bool(distinct), "as_far_as_real": None, "text": sentence}
-    far = synthetic["centre_to_real"] >= real["centre_to_real"]
+    counts = synthetic.get("images_per_identity")
+    where = f"at {real['resolution']} px" + (
+        f", both with the real people's image counts ({counts['as_real_people']:.1f} per "
+        "identity on average)"
+        if counts
+        else ""
+    )
     sentence = (
         f"By an independent FR model ({JUDGE_NAME}), the identities are "
         + ("as distinct as real people" if distinct else "less distinct than real people")
         + f" (within {synthetic['within']:.3f} vs {real['within']:.3f}, between centres "
-        f"{synthetic['between']:.3f} vs {real['between']:.3f}) and "
+        f"{synthetic['between']:.3f} vs {real['between']:.3f})"
+    )
+    if "centre_to_real" not in synthetic or "centre_to_real" not in real:
+        sentence += (
+            f", {where}; nearness to real people was not measured (it needs a gallery of real "
+            "people, --real-data or VIGFACE_JUDGE_REAL_GALLERY in the service, and a "
+            "calibration that measured it)."
+        )
+        return {"as_distinct_as_real": bool(distinct), "as_far_as_real": None, "text": sentence}
+    far = synthetic["centre_to_real"] >= real["centre_to_real"]
+    sentence += (
+        " and "
         + (
             "as far from real people as real people are from each other"
             if far
             else "closer to real people than real people are to each other"
         )
-        + f" (centre to nearest real {synthetic.get('centre_to_real', float('nan')):.3f} vs "
-        f"{real['centre_to_real']:.3f}), at {real['resolution']} px."
+        + f" (centre to nearest real {synthetic['centre_to_real']:.3f} vs "
+        f"{real['centre_to_real']:.3f}), {where}."
     )
     return {"as_distinct_as_real": bool(distinct), "as_far_as_real": bool(far), "text": sentence}
+
+
+def compare(
+    emb: np.ndarray, labels: np.ndarray, real: dict, real_emb: np.ndarray | None = None
+) -> tuple[dict, dict]:
+    """(the set's figures, real people's) to put side by side: at equal image counts where the
+    calibration allows (:func:`count_matched`; the figures over every image are kept as
+    ``as_drawn``), else over every image, with ``counts_matched`` False."""
+    as_drawn = identity_distances(emb, labels, real_emb)
+    matched = count_matched(emb, labels, real, real_emb)
+    if matched is None:
+        return as_drawn | {"counts_matched": False}, real
+    ours, ref = matched
+    return ours | {"counts_matched": True, "as_drawn": as_drawn}, ref
 
 
 def calibration_at(card: dict, resolution: int | None) -> dict | None:
@@ -247,7 +366,8 @@ def judgement(
         keep = np.random.default_rng(seed).choice(classes, n_ref, replace=False)
         mask = np.isin(labels, keep)
         images, labels = images[mask], labels[mask]
-    ours = identity_distances(judge.embed(images), labels, real_emb)
+    emb = judge.embed(images)
+    ours, real = compare(emb, labels, real, real_emb)
     if subsampled:
         ours["sampled_from_identities"] = int(len(classes))
     out = {"judge": judge.name, "synthetic": ours, "real": real, **verdict(ours, real)}
