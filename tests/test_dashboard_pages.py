@@ -14,13 +14,18 @@ from workers.settings import Settings
 
 @pytest.fixture
 def ui(tiny_generator, tmp_path, monkeypatch):
-    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
+    return make_ui(tiny_generator, tmp_path, monkeypatch)
+
+
+def make_ui(model, tmp_path, monkeypatch):
+    """The app, two teams' keys and an in-process worker, serving generator folder ``model``."""
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(model.parent))
     load_generator.cache_clear()
     settings = Settings(
         database_url=f"sqlite:///{tmp_path}/db.sqlite",
         storage_url=f"file://{tmp_path}/store",
         work_dir=tmp_path / "w",
-        default_model=tiny_generator.name,
+        default_model=model.name,
         sampler_batch_size=4,
         public_url="http://testserver",
     )
@@ -118,3 +123,37 @@ def test_a_failed_job_can_be_retried_from_its_page(ui):
     assert done["status"] == "succeeded" and done["progress"]["retries"] == 1
     other = login(TestClient(api), keys["beta"])
     assert other.post(f"/ui/jobs/{job['id']}/retry", data={"csrf": csrf(other)}).status_code == 404
+
+
+def test_the_job_page_shows_the_independent_judge_at_real_peoples_image_counts(
+    tiny_generator, tmp_path, monkeypatch
+):
+    """A calibrated card (held-out people with 2-3 images each) and a 2-image-per-identity
+    order: the report compares both sides capped at 2 images and the page says so."""
+    import json
+    import shutil
+
+    model = tmp_path / "models" / "gen"
+    shutil.copytree(tiny_generator, model, ignore=shutil.ignore_patterns("checkpoints"))
+    card = json.loads((model / "model_card.json").read_text())
+    capped = {"within": 0.3, "between": 0.31, "identities": 2, "resolution": 16}
+    card["judge"] = {
+        "name": "dlib_face_recognition_resnet_model_v1",
+        "resolution": 16,
+        "real": capped | {"between": 0.3, "repeats": 2, "seed": 0, "counts": [2, 3, 2],
+                          "capped": {"2": capped}},
+    }  # fmt: skip
+    (model / "model_card.json").write_text(json.dumps(card))
+    api, keys, worker = make_ui(model, tmp_path, monkeypatch)
+    c = login(TestClient(api), keys["alpha"])
+    form = {"csrf": csrf(c), "identities": "2", "images_per_identity": "2", "steps": "2",
+            "formats": "imagefolder", "pose_preset": "frontal"}  # fmt: skip
+    job_id = c.post("/ui/orders", data=form, follow_redirects=False).headers["location"]
+    while worker.run_once():
+        pass
+    judged = c.get(f"/v1/jobs/{job_id.rsplit('/', 1)[1]}/report").json()["judge"]
+    assert judged["synthetic"]["counts_matched"] and judged["real"]["between"] == 0.31
+    assert judged["synthetic"]["images_per_identity"]["cap"] == 2
+    page = c.get(job_id).text
+    assert "What an independent FR model sees" in page and "image counts (" in page
+    assert "over every image of this dataset" in page
