@@ -257,17 +257,15 @@ def count_matched(
         if ref is None:
             return None
     seed = int(real.get("seed", 0))
-    runs = []
+    runs, used = [], []
     for r, idx in enumerate(people_draws(len(counts), len(classes), int(real["repeats"]), seed)):
         want = counts[idx] if cap is None else np.minimum(counts[idx], cap)
         rng = np.random.default_rng([seed, r])
         keep = keep_counts(labels, rng.permutation(want), rng)
         runs.append(identity_distances(emb[keep], labels[keep], real_emb))
+        used.append(len(keep) / len(classes))
     ours = _mean_figures(runs) | {"identities": int(len(classes)), "images": int(len(emb))}
-    ours["images_per_identity"] = {
-        "as_real_people": float(np.mean(np.minimum(counts, cap or counts.max()))),
-        "cap": cap,
-    }
+    ours["images_per_identity"] = {"as_real_people": float(np.mean(used)), "cap": cap}
     return ours, ref
 
 
