@@ -145,5 +145,6 @@ def test_count_matching_caps_both_sides_and_needs_a_calibration_with_counts():
     old = {k: v for k, v in ref.items() if k not in ("counts", "capped")}  # an older card
     ours, shown = compare(emb, labels, old)
     assert ours["counts_matched"] is False and shown is old and "as_drawn" not in ours
+    assert "not matched" in verdict(ours, shown)["text"]
     ours, _ = compare(emb[labels != "p000"], labels[labels != "p000"], ref)  # 19 identities
     assert ours["counts_matched"] is False

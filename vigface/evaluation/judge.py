@@ -280,6 +280,12 @@ def verdict(synthetic: dict, real: dict) -> dict:
         if counts
         else ""
     )
+    if synthetic.get("counts_matched") is False:
+        where += (
+            " (image counts per identity not matched: the calibration predates it or the "
+            "identity counts differ; between reads low for identities with more images than "
+            "the real people's)"
+        )
     sentence = (
         f"By an independent FR model ({JUDGE_NAME}), the identities are "
         + ("as distinct as real people" if distinct else "less distinct than real people")
