@@ -233,8 +233,9 @@ def judge_cmd(
         cached_gallery,
         calibration_at,
         compare,
+        degrade,
         embed_folder,
-        real_reference,
+        reference_figures,
         verdict,
     )
 
@@ -268,9 +269,8 @@ def judge_cmd(
 
             ds = AlignedFaceFolder.scan(heldout)
             images, labels = ds.load_array(112)
-            ref = real_reference(
-                judge,
-                images,
+            ref = reference_figures(
+                judge.embed(degrade(images, resolution)),
                 np.asarray(ds.classes)[labels],
                 gallery,
                 gallery_names,

@@ -166,26 +166,6 @@ def _mean_figures(runs: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in runs])) for k in keys}
 
 
-def real_reference(
-    judge: DlibJudge,
-    heldout: np.ndarray,
-    heldout_names: np.ndarray,
-    gallery_emb: np.ndarray | None,
-    gallery_names: np.ndarray | None,
-    identities: int,
-    resolution: int,
-    seed: int = 0,
-    repeats: int = 5,
-) -> dict:
-    """Real people's figures (:func:`reference_figures`) for held-out images (uint8, 112 px)
-    degraded to ``resolution``. ``gallery_emb`` holds real images (other people) at the same
-    resolution; without it there is no ``centre_to_real``."""
-    emb = judge.embed(degrade(heldout, resolution))
-    return reference_figures(
-        emb, heldout_names, gallery_emb, gallery_names, identities, resolution, seed, repeats
-    )
-
-
 def reference_figures(
     emb: np.ndarray,
     names: np.ndarray,
@@ -197,7 +177,9 @@ def reference_figures(
     repeats: int = 5,
 ) -> dict:
     """The figures for ``identities`` held-out real people (random draws, averaged over
-    ``repeats``) from their descriptors ``emb`` and person ``names``.
+    ``repeats``) from their descriptors ``emb`` (images degraded to ``resolution`` first, see
+    :func:`degrade`) and person ``names``. ``gallery_emb`` holds real images (other people) at
+    the same resolution; without it there is no ``centre_to_real``.
 
     Also stores each person's image count (``counts``, name order: numbers only) and the
     figures with every person capped at each of :data:`COUNT_CAPS` images (``capped``), which
