@@ -29,18 +29,20 @@ import numpy as np
 
 from vigface.data import AlignedFaceFolder
 from vigface.data.imagefolder import load_rgb
-from vigface.evaluation.judge import DlibJudge, degrade, embed_folder, identity_distances
+from vigface.evaluation.judge import (
+    DlibJudge,
+    degrade,
+    embed_folder,
+    identity_distances,
+    keep_counts,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
 
 
-def subsample(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def at_most(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Indices keeping at most ``k`` images of every class (a seeded random choice)."""
-    keep = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        keep.extend(rng.choice(idx, min(k, len(idx)), replace=False))
-    return np.sort(np.asarray(keep))
+    return keep_counts(labels, np.full(len(np.unique(labels)), k), rng)
 
 
 def curve(emb: np.ndarray, labels: np.ndarray, counts: list[int], repeats: int) -> dict:
@@ -48,7 +50,7 @@ def curve(emb: np.ndarray, labels: np.ndarray, counts: list[int], repeats: int) 
     for k in counts:
         runs = []
         for r in range(repeats):
-            keep = subsample(labels, k, np.random.default_rng(r))
+            keep = at_most(labels, k, np.random.default_rng(r))
             runs.append(identity_distances(emb[keep], labels[keep]))
         out[str(k)] = {
             key: round(float(np.mean([x[key] for x in runs])), 4) for key in ("within", "between")
@@ -62,7 +64,7 @@ def real_people(root: Path, people: int, max_images: int, resolution: int, judge
     labels = np.asarray([s.label for s in ds.samples])
     chosen = np.argsort(-np.bincount(labels), kind="stable")[:people]
     pool = np.flatnonzero(np.isin(labels, chosen))
-    keep = pool[subsample(labels[pool], max_images, np.random.default_rng(0))]
+    keep = pool[at_most(labels[pool], max_images, np.random.default_rng(0))]
     images = np.stack([load_rgb(ds.samples[i].path, 112) for i in keep])
     return judge.embed(degrade(images, resolution)), labels[keep]
 

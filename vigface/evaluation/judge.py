@@ -304,9 +304,12 @@ def compare(
     as_drawn = identity_distances(emb, labels, real_emb)
     matched = count_matched(emb, labels, real, real_emb)
     if matched is None:
-        return as_drawn | {"counts_matched": False}, real
-    ours, ref = matched
-    return ours | {"counts_matched": True, "as_drawn": as_drawn}, ref
+        ours, shown = as_drawn | {"counts_matched": False}, real
+    else:
+        ours, shown = matched[0] | {"counts_matched": True, "as_drawn": as_drawn}, matched[1]
+    if "counts" in shown:  # the figures only: no per-person counts in every job's report
+        shown = {k: v for k, v in shown.items() if k not in ("counts", "capped")}
+    return ours, shown
 
 
 def calibration_at(card: dict, resolution: int | None) -> dict | None:
