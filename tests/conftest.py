@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,65 @@ def tiny_generator(tmp_path_factory) -> Path:
     card["filters"] = {"tau_leak": 1.0, "tau_consistency": -1.0}
     card_path.write_text(json.dumps(card))
     return root / "gen"
+
+
+# One namespace per test run: two runs on one machine (two checkouts, a developer and CI) meet
+# on the same PostgreSQL and Redis, so every database this run makes carries the run's own
+# prefix and is dropped at the end, and the broker is a redis-server of the run's own.
+RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+PG_ADMIN = os.environ.get(
+    "VIGFACE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+_made_databases: list[str] = []
+
+
+def postgres_url() -> str:
+    """A fresh, empty PostgreSQL database of this run's own (skip when PostgreSQL is down)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"vigface_test_{RUN_ID}_{len(_made_databases)}"
+    try:
+        eng = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with eng.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        eng.dispose()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
+    _made_databases.append(name)
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+def _drop_made_databases() -> None:
+    from sqlalchemy import create_engine, text
+
+    if not _made_databases:
+        return
+    eng = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        for name in _made_databases:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    eng.dispose()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    try:
+        _drop_made_databases()
+    except Exception as exc:  # noqa: BLE001  (a leftover database never fails the run)
+        print(f"warning: could not drop this run's test databases: {exc}")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A ``redis-server`` of this run's own on a free port (skip when it is not installed)."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    from fault_tools import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
 
 
 def free_port() -> int:

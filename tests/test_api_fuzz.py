@@ -9,10 +9,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
-from test_service_api import _postgres_url
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
+from conftest import postgres_url
 from model_store.loader import load_generator
 from workers.settings import Settings
 
@@ -23,16 +23,20 @@ ran = {"cases": 0, "operations": set()}
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def fuzz_app(request, tiny_generator, tmp_path_factory):
-    import os
+    with pytest.MonkeyPatch.context() as mp:  # restored when the module's tests are done
+        mp.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
+        yield from _fuzz_app(request, tiny_generator, tmp_path_factory)
+    load_generator.cache_clear()
 
-    os.environ["VIGFACE_MODEL_STORE"] = str(tiny_generator.parent)
+
+def _fuzz_app(request, tiny_generator, tmp_path_factory):
     load_generator.cache_clear()
     tmp = tmp_path_factory.mktemp("fuzz")
     from workers.db.session import get_engine
 
     get_engine.cache_clear()
     s = Settings(
-        database_url=f"sqlite:///{tmp}/db.sqlite" if request.param == "sqlite" else _postgres_url(),
+        database_url=f"sqlite:///{tmp}/db.sqlite" if request.param == "sqlite" else postgres_url(),
         storage_url=f"file://{tmp}/store",
         work_dir=tmp / "work",
         default_model=tiny_generator.name,
@@ -42,7 +46,7 @@ def fuzz_app(request, tiny_generator, tmp_path_factory):
     with api.state.sessions() as db:
         create_team(db, "fuzz", quota=10_000_000)
         key = create_key(db, "fuzz")
-    return api, key
+    yield api, key
 
 
 @pytest.fixture(scope="module")

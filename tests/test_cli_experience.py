@@ -81,12 +81,11 @@ def test_eta_uses_the_workers_sampling_rate_and_ignores_stale_workers():
     assert sampling_rate(job)[0] is None
 
 
-def test_serve_workers_needs_a_broker_and_serves_with_one(tmp_path):
+def test_serve_workers_needs_a_broker_and_serves_with_one(tmp_path, redis_url):
     import signal
     import time
 
     import httpx
-    import pytest
 
     from conftest import free_port
 
@@ -94,18 +93,9 @@ def test_serve_workers_needs_a_broker_and_serves_with_one(tmp_path):
     env.pop("VIGFACE_BROKER_URL", None)
     r = _vigface(["serve", "--workers", "2"], tmp_path, env)
     assert r.returncode == 2 and "--workers" in r.stderr and "broker" in r.stderr
-    from test_service_api import _postgres_url
+    from conftest import postgres_url
 
-    try:
-        import redis
-
-        redis.Redis.from_url("redis://127.0.0.1:6379/14", socket_timeout=1).ping()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no Redis: {exc}")
-    env |= {
-        "VIGFACE_DATABASE_URL": _postgres_url(),
-        "VIGFACE_BROKER_URL": "redis://127.0.0.1:6379/14",
-    }
+    env |= {"VIGFACE_DATABASE_URL": postgres_url(), "VIGFACE_BROKER_URL": redis_url}
     key = _vigface(["admin", "create-team", "t"], tmp_path, env)
     key = _vigface(["admin", "create-key", "t"], tmp_path, env).stdout.strip().splitlines()[-1]
     port = free_port()

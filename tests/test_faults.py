@@ -20,8 +20,8 @@ import boto3
 import httpx
 import pytest
 from fault_tools import RedisServer, Service, TcpProxy, kill, wait_until
-from test_service_api import _postgres_url
 
+from conftest import postgres_url
 from model_store import BUNDLED
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,7 +51,7 @@ def deploy(tiny_generator, s3_env, tmp_path):
         model = "demo" if (BUNDLED / "demo" / "dit").is_dir() else tiny_generator.name
         env = {
             "VIGFACE_HOME": str(tmp_path / "home"),
-            "VIGFACE_DATABASE_URL": _postgres_url(),
+            "VIGFACE_DATABASE_URL": postgres_url(),
             "VIGFACE_BROKER_URL": redis_server.url,
             "VIGFACE_STORAGE_URL": f"s3://{bucket}/vigface",
             "VIGFACE_S3_ENDPOINT_URL": proxy.url,

@@ -6,10 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
-from test_service_api import _postgres_url
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
+from conftest import postgres_url
 from model_store.description import describe
 from model_store.loader import load_generator
 from workers.db.models import LedgerEntry
@@ -30,7 +30,7 @@ def api(tiny_generator, tmp_path, monkeypatch):
     get_engine.cache_clear()
     settings = Settings(
         home=tmp_path,
-        database_url=_postgres_url(),
+        database_url=postgres_url(),
         default_model="tiny",
         shard_identities=2,
         public_url="http://testserver",

@@ -4,15 +4,15 @@ prototype set's digest, so sales made under the old name still block the same pr
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
-from test_service_api import _postgres_url
 
+from conftest import postgres_url
 from model_store.description import describe
 from workers.db.migrate import upgrade
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_ledger_rows_sold_before_0003_keep_blocking_their_prototypes(backend, tmp_path):
-    url = f"sqlite:///{tmp_path}/old.db" if backend == "sqlite" else _postgres_url()
+    url = f"sqlite:///{tmp_path}/old.db" if backend == "sqlite" else postgres_url()
     upgrade(url, "0002")
     eng = create_engine(url)
     with eng.begin() as c:

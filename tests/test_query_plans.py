@@ -4,9 +4,9 @@ scan means an index is missing)."""
 
 import pytest
 from sqlalchemy import func, select, text
-from test_service_api import _postgres_url
 
 from app.services.jobs import visible_jobs
+from conftest import postgres_url
 from workers.db.models import Job, Shard, Team
 
 
@@ -14,7 +14,7 @@ from workers.db.models import Job, Shard, Team
 def pg():
     from workers.db.session import get_engine, init_db, session_factory
 
-    url = _postgres_url()
+    url = postgres_url()
     get_engine.cache_clear()
     init_db(url)
     yield session_factory(url)
@@ -63,7 +63,7 @@ def test_a_status_call_costs_three_statements_whatever_the_jobs_size(tmp_path):
     from workers.db.session import get_engine
     from workers.settings import Settings
 
-    url = _postgres_url()
+    url = postgres_url()
     get_engine.cache_clear()
     app = create_app(
         Settings(home=tmp_path, database_url=url, auth_cache_seconds=0, status_cache_seconds=0)

@@ -1,6 +1,5 @@
 """The REST API with a real database (SQLite and PostgreSQL) and the embedded worker."""
 
-import os
 import time
 
 import pytest
@@ -8,34 +7,17 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
+from conftest import postgres_url
 from model_store.loader import load_generator
 from workers.embedded import EmbeddedWorker
 from workers.settings import Settings
-
-PG_ADMIN = os.environ.get(
-    "VIGFACE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-
-
-def _postgres_url() -> str:
-    from sqlalchemy import create_engine, text
-
-    try:
-        eng = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with eng.connect() as c:
-            c.execute(text("DROP DATABASE IF EXISTS vigface_test WITH (FORCE)"))
-            c.execute(text("CREATE DATABASE vigface_test"))
-        eng.dispose()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    return PG_ADMIN.rsplit("/", 1)[0] + "/vigface_test"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def service(request, tiny_generator, tmp_path, monkeypatch):
     monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
     load_generator.cache_clear()
-    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else _postgres_url()
+    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else postgres_url()
     from workers.db.session import get_engine
 
     get_engine.cache_clear()

@@ -14,29 +14,26 @@ import boto3
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from test_service_api import _postgres_url
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
+from conftest import postgres_url
 from model_store import BUNDLED
 from model_store.loader import load_generator
 from workers.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-BROKER = os.environ.get("VIGFACE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
 
 @pytest.fixture
-def deployment(tiny_generator, s3_env, tmp_path, monkeypatch):
-    try:
-        redis.Redis.from_url(BROKER, socket_timeout=2).flushdb()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis not reachable at {BROKER}: {exc}")
+def deployment(tiny_generator, s3_env, tmp_path, monkeypatch, redis_url):
+    BROKER = redis_url  # this run's own redis-server: no other run shares its queues
+    redis.Redis.from_url(BROKER, socket_timeout=2).flushdb()
     endpoint, bucket = s3_env
     # the bundled demo generator when it is there (what production serves), else the tiny one
     model = "demo" if (BUNDLED / "demo" / "dit").is_dir() else tiny_generator.name
     env = {
-        "VIGFACE_DATABASE_URL": _postgres_url(),
+        "VIGFACE_DATABASE_URL": postgres_url(),
         "VIGFACE_BROKER_URL": BROKER,
         "VIGFACE_STORAGE_URL": f"s3://{bucket}/vigface",
         "VIGFACE_S3_ENDPOINT_URL": endpoint,
