@@ -100,6 +100,9 @@ class S3Store:
             out += [o["Key"][strip:] for o in page.get("Contents", [])]
         return sorted(out)
 
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
     def link(self, key: str, plain_link: Callable[[str], str] | None = None) -> str:
         return self.link_client.generate_presigned_url(
             "get_object",

@@ -41,6 +41,10 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str) -> list[str]: ...
 
+    def delete(self, key: str) -> None:
+        """Remove one object; no error if it is not there."""
+        ...
+
     def link(self, key: str, plain_link: Callable[[str], str]) -> str: ...
 
     def ping(self) -> None: ...
@@ -155,6 +159,9 @@ class LocalStore:
             for p in sorted(base.rglob("*"))
             if p.is_file() and not p.name.endswith(".tmp")
         ]
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def link(self, key: str, plain_link: Callable[[str], str]) -> str:
         return plain_link(key)

@@ -30,7 +30,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
             "vigface.finalize_job": {"queue": "gpu"},
             "vigface.deliver_webhook": {"queue": "webhooks"},
         },
-        broker_transport_options={"visibility_timeout": settings.lease_seconds * 2},
+        # a re-delivered message of a shard still at work finds its lease held and returns
+        broker_transport_options={"visibility_timeout": max(settings.lease_seconds * 2, 3600)},
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,

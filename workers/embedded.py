@@ -1,7 +1,9 @@
 """The embedded worker: a thread in the API process that runs queued shards one by one.
 
 It polls the database (the source of truth) instead of a broker, so the single-machine mode
-needs neither Redis nor Celery; a shard whose lease expired is picked up again.
+needs neither Redis nor Celery; a shard whose lease expired is picked up again. ``stop()``
+(Ctrl-C or SIGTERM of the service) lets the running shard give its lease back at its next
+sampling batch, so the next start goes on with it at once.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class EmbeddedWorker(threading.Thread):
             shard_id = next_queued_shard(db)
         if shard_id is None:
             return False
-        run_shard(self.sessions, self.settings, shard_id)
+        run_shard(self.sessions, self.settings, shard_id, stopping=self.stopping)
         return True
 
     def run(self) -> None:
@@ -47,5 +49,9 @@ class EmbeddedWorker(threading.Thread):
                 log.exception("embedded worker iteration failed")
                 self.stopping.wait(self.poll_s)
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 120.0) -> None:
+        """Stop after the current sampling batch (the shard goes back to the queue); waits up
+        to ``wait_s`` for that, longer only if a finalize step is running."""
         self.stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(wait_s)

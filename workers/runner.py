@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +25,9 @@ from model_store.loader import load_generator
 from model_store.storage import open_store, put_dir, retrying
 from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
 from vigface.dataset.spec import DatasetSpec
+from vigface.dataset.writers import finite
 from workers.db.models import Job, JobStatus, Shard, ShardStatus, utcnow
+from workers.heartbeat import heartbeat
 from workers.ledger import release_unstarted
 from workers.settings import Settings
 from workers.webhooks import notify
@@ -96,7 +99,7 @@ def renew_shard_lease(sessions: sessionmaker, settings: Settings, shard_id: int)
     with sessions() as db:
         db.execute(
             update(Shard)
-            .where(Shard.id == shard_id)
+            .where(Shard.id == shard_id, Shard.status == ShardStatus.RUNNING)
             .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
         )
         db.commit()
@@ -135,8 +138,47 @@ def claim_shard(db: Session, settings: Settings, shard_id: int) -> bool:
     return res.rowcount == 1
 
 
-def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
-    """Generate one shard; finalize the job when it was the last. Returns the shard status."""
+def fail_job(db: Session, job: Job, reason: str) -> None:
+    """Mark ``job`` failed with ``reason`` and give back what it never used; caller commits."""
+    job.status, job.error, job.finished_at = JobStatus.FAILED, reason, utcnow()
+    release_unstarted(db, job)
+
+
+def lost_starts(job: Job, shard: Shard) -> int:
+    """How many times ``shard`` was started and did not finish, leaving out the times its
+    worker gave it back on a clean stop (Ctrl-C, SIGTERM)."""
+    given_back = (job.progress or {}).get("given_back", {}).get(str(shard.index), 0)
+    return shard.attempts - 1 - given_back
+
+
+class Stopping(Exception):
+    """The worker is shutting down: the shard goes back to the queue at the next batch."""
+
+
+def give_back(db: Session, job: Job, shard: Shard) -> None:
+    """Return a shard this worker holds to the queue (clean shutdown): lease cleared, queued
+    again at once (``enqueued_at`` empty: the reconciler re-sends it on its next pass)."""
+    shard.status, shard.lease_expires_at, shard.worker, shard.enqueued_at = (
+        ShardStatus.QUEUED,
+        None,
+        None,
+        None,
+    )
+    progress = dict(job.progress or {})
+    given = dict(progress.get("given_back", {}))
+    given[str(shard.index)] = given.get(str(shard.index), 0) + 1
+    job.progress = {**progress, "given_back": given}
+    db.commit()
+
+
+def run_shard(
+    sessions: sessionmaker,
+    settings: Settings,
+    shard_id: int,
+    stopping: threading.Event | None = None,
+) -> str:
+    """Generate one shard; finalize the job when it was the last. Returns the shard status.
+    ``stopping`` set (the worker shuts down) gives the shard back at its next batch."""
     with sessions() as db:
         shard = db.get(Shard, shard_id)
         if shard is None:
@@ -149,11 +191,25 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
         if not claim_shard(db, settings, shard_id):
             return "busy"
         db.refresh(shard)
+        db.refresh(job)
+        if lost_starts(job, shard) >= settings.max_step_attempts:
+            shard.status = ShardStatus.FAILED
+            fail_job(
+                db,
+                job,
+                f"shard {shard.index}: started {shard.attempts} times without finishing (its "
+                "worker died each time); the job stops here (POST /v1/jobs/{id}/retry)",
+            )
+            db.commit()
+            notify(sessions, settings, job.id)
+            return shard.status
         if job.status == JobStatus.QUEUED:
             job.status, job.started_at = JobStatus.RUNNING, utcnow()
             db.commit()
 
         def canceled() -> bool:
+            if stopping is not None and stopping.is_set():
+                raise Stopping
             with sessions() as check:
                 return bool(check.scalar(select(Job.cancel_requested).where(Job.id == job.id)))
 
@@ -176,23 +232,23 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
                     }
                 prog["updated_at"] = utcnow().isoformat()
                 j.progress = prog
-                s = upd.get(Shard, shard_id)
-                s.lease_expires_at = utcnow() + timedelta(seconds=settings.lease_seconds)
                 upd.commit()
 
         try:
             t0 = time.perf_counter()
-            builder = _shard_builder(
-                settings, job, shard, cancel_check=canceled, on_progress=progress
-            )
-            builder.generate()
-            # finalize may run on another machine: it reads the chunks from the store
-            store = open_store(settings.storage_url, settings.s3_endpoint_url)
-            retrying(
-                lambda: put_dir(store, _shard_key(job.id, shard.index), builder.work),
-                settings.upload_retry_seconds,
-                on_retry=lambda: renew_shard_lease(sessions, settings, shard_id),
-            )
+            with heartbeat(
+                lambda: renew_shard_lease(sessions, settings, shard_id), settings.lease_seconds
+            ):
+                builder = _shard_builder(
+                    settings, job, shard, cancel_check=canceled, on_progress=progress
+                )
+                builder.generate()
+                # finalize may run on another machine: it reads the chunks from the store
+                store = open_store(settings.storage_url, settings.s3_endpoint_url)
+                retrying(
+                    lambda: put_dir(store, _shard_key(job.id, shard.index), builder.work),
+                    settings.upload_retry_seconds,
+                )
             shard.status = ShardStatus.SUCCEEDED
             shard.images_done = (shard.slot_end - shard.slot_start) * job.spec[
                 "images_per_identity"
@@ -201,19 +257,20 @@ def run_shard(sessions: sessionmaker, settings: Settings, shard_id: int) -> str:
             seconds = (job.progress or {}).get("shard_seconds", 0) + time.perf_counter() - t0
             job.progress = {**(job.progress or {}), "shard_seconds": round(seconds, 2)}
             db.commit()
+        except Stopping:
+            db.refresh(job)
+            give_back(db, job, shard)
+            log.info("shard %s given back: the worker is stopping", shard_id)
+            return ShardStatus.QUEUED
         except Canceled:
             shard.status = ShardStatus.CANCELED
             db.commit()
             return shard.status
         except Exception as exc:  # the job records why; the worker lives on
             log.exception("shard %s failed", shard_id)
+            db.rollback()
             shard.status = ShardStatus.FAILED
-            job.status, job.error, job.finished_at = (
-                JobStatus.FAILED,
-                f"shard {shard.index}: {exc}",
-                utcnow(),
-            )
-            release_unstarted(db, job)
+            fail_job(db, job, f"shard {shard.index}: {exc}")
             db.commit()
             notify(sessions, settings, job.id)
             return shard.status
@@ -246,8 +303,9 @@ def add_utility(settings: Settings, store, store_call, job: Job, out: Path, repo
     return report
 
 
-def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> None:
-    """Merge the shards into one dataset, upload it, record the report: once per job."""
+def claim_finalize(sessions: sessionmaker, settings: Settings, job_id: str) -> Job | None:
+    """Move a job whose shards are done to ``finalizing`` with a lease; None if another worker
+    has it, or if the job was canceled or failed meanwhile."""
     with sessions() as db:
         claimed = db.execute(  # a leased step: stalled_finalizes() re-runs it if this dies
             update(Job)
@@ -259,41 +317,89 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
         ).rowcount
         db.commit()
         if not claimed:
-            return
+            return None
+        job = db.get(Job, job_id)
+        starts = (job.progress or {}).get("finalize_starts", 0) + 1
+        job.progress = {**(job.progress or {}), "finalize_starts": starts}
+        if starts > settings.max_step_attempts:
+            fail_job(
+                db,
+                job,
+                f"finalize: started {starts - 1} times without finishing (its worker died "
+                "each time); the shards are kept (POST /v1/jobs/{id}/retry)",
+            )
+        db.commit()
+        return job if job.status == JobStatus.FINALIZING else None
+
+
+def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> None:
+    """Merge the shards into one dataset, upload it, record the report: once per job.
+
+    The lease is renewed by a heartbeat for the whole step. The last write is conditional on
+    the job still being ``finalizing``: a cancel that came meanwhile stays final, and the
+    uploaded files are removed. Any failure, the final database write included (a report the
+    database refuses), fails the job with the reason instead of leaving it to be re-run."""
+    if claim_finalize(sessions, settings, job_id) is None:
+        notify(sessions, settings, job_id)
+        return
+    keys: list[str] = []
+    store = open_store(settings.storage_url, settings.s3_endpoint_url)
+    with sessions() as db:
         job = db.get(Job, job_id)
 
         def store_call(call):  # an outage of up to upload_retry_seconds is waited out
-            return retrying(
-                call,
-                settings.upload_retry_seconds,
-                on_retry=lambda: renew_finalize_lease(sessions, settings, job_id),
-            )
+            return retrying(call, settings.upload_retry_seconds)
 
         try:
-            parts = []
-            store = open_store(settings.storage_url, settings.s3_endpoint_url)
-            for shard in job.shards:
-                b = _shard_builder(settings, job, shard)
-                # shards ran elsewhere: fetch their chunks from the store
-                for key in store_call(lambda s=shard: store.list(_shard_key(job.id, s.index))):
-                    local = b.work / key.rsplit("/", 1)[1]
-                    if not local.is_file():
-                        store_call(lambda k=key, d=local: store.download(k, d))
-                b.generate()  # every chunk is present: this only loads them
-                parts.append(b)
-            out = Path(settings.work_dir) / job.id / "dataset"
-            report = write_dataset(parts, out, judge_gallery=settings.judge_real_gallery)
-            if job.evaluate_on:
-                report = add_utility(settings, store, store_call, job, out, report)
-            keys = store_call(lambda: put_dir(store, f"jobs/{job.id}", out))
-            job.report = report
+            with heartbeat(
+                lambda: renew_finalize_lease(sessions, settings, job_id), settings.lease_seconds
+            ):
+                parts = []
+                for shard in job.shards:
+                    b = _shard_builder(settings, job, shard)
+                    # shards ran elsewhere: fetch their chunks from the store
+                    for key in store_call(lambda s=shard: store.list(_shard_key(job.id, s.index))):
+                        local = b.work / key.rsplit("/", 1)[1]
+                        if not local.is_file():
+                            store_call(lambda k=key, d=local: store.download(k, d))
+                    b.generate()  # every chunk is present: this only loads them
+                    parts.append(b)
+                out = Path(settings.work_dir) / job.id / "dataset"
+                report = write_dataset(parts, out, judge_gallery=settings.judge_real_gallery)
+                if job.evaluate_on:
+                    report = add_utility(settings, store, store_call, job, out, report)
+                keys = store_call(lambda: put_dir(store, f"jobs/{job.id}", out))
             sizes = {k: (out / k.split(f"jobs/{job.id}/", 1)[1]).stat().st_size for k in keys}
-            job.artifacts = {"keys": keys, "sizes": sizes}
-            job.images_done = report["dataset"]["num_image"]
-            job.status, job.finished_at = JobStatus.SUCCEEDED, utcnow()
+            done = db.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.FINALIZING)
+                .values(
+                    report=finite(report),
+                    artifacts={"keys": keys, "sizes": sizes},
+                    images_done=report["dataset"]["num_image"],
+                    status=JobStatus.SUCCEEDED,
+                    finished_at=utcnow(),
+                )
+            ).rowcount
+            db.commit()
+            if not done:  # canceled while finalizing: the cancel stands, nothing is delivered
+                log.info("job %s was canceled while finalizing; removing its upload", job_id)
+                remove_keys(store, keys)
         except Exception as exc:  # the shards stay: POST /v1/jobs/{id}/retry finalizes again
             log.exception("finalize of %s failed", job_id)
-            job.status, job.error, job.finished_at = JobStatus.FAILED, f"finalize: {exc}", utcnow()
-            release_unstarted(db, job)
-        db.commit()
+            db.rollback()
+            db.refresh(job)
+            if job.status == JobStatus.FINALIZING:
+                fail_job(db, job, f"finalize: {exc}")
+                db.commit()
+            remove_keys(store, keys)
     notify(sessions, settings, job_id)
+
+
+def remove_keys(store, keys: list[str]) -> None:
+    """Best-effort removal of a dataset that will not be delivered."""
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception:  # noqa: BLE001 - a leftover file is harmless; its job never lists it
+            log.warning("could not remove %s", key, exc_info=True)

@@ -53,7 +53,16 @@ class Settings(BaseSettings):
     shard_identities: int = Field(50, ge=1, description="identities per shard (one task)")
     spare_fraction: float = Field(0.2, ge=0, description="extra prototypes reserved per job")
     lease_seconds: int = Field(
-        3600, ge=10, description="a running shard's or finalize step's lease (renewed per batch)"
+        120,
+        ge=10,
+        description="a running shard's or finalize step's lease; a heartbeat renews it every "
+        "third of it while the step lives, so a dead worker's step is taken over this soon",
+    )
+    max_step_attempts: int = Field(
+        3,
+        ge=1,
+        description="a shard or finalize step started this many times without finishing (its "
+        "worker died each time) fails the job with the reason instead of running again",
     )
     resend_after_seconds: int = Field(
         300, ge=5, description="re-send a shard still queued after this long (lost message)"

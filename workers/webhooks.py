@@ -56,7 +56,10 @@ def refused_address(url: str, allowed_hosts: list[str]) -> str | None:
     would reach inside our network (server-side request forgery), so those are refused unless
     the host is in ``webhook_allowed_hosts``. Checked at order time and again before every
     attempt (a name can resolve elsewhere later)."""
-    host = urlparse(url).hostname
+    try:
+        host = urlparse(url).hostname
+    except ValueError as exc:  # "http://[::1" and other malformed authorities
+        return f"not a valid URL: {exc}"
     if not host:
         return "the URL has no host"
     if host in allowed_hosts:

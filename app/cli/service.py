@@ -143,6 +143,7 @@ def serve_cmd(
         )
         return
     api = create_app(settings)
+    worker = None
     if embedded:
         from workers.embedded import EmbeddedWorker
 
@@ -150,7 +151,13 @@ def serve_cmd(
         worker.start()
     if settings.broker_url:
         start_reaper(settings, api.state.sessions)
-    uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
+    try:
+        # uvicorn turns Ctrl-C and SIGTERM into a clean end of run(); then the worker stops
+        uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        if worker is not None:
+            typer.echo("stopping the worker: the running shard goes back to the queue")
+            worker.stop()
 
 
 def start_reaper(settings, sessions) -> None:

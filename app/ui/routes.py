@@ -32,12 +32,14 @@ from app.services.jobs import (
 from app.services.links import download_link
 from model_store import list_models, resolve
 from vigface.dataset.pose import YAW_BINS
+from vigface.dataset.report import format_or_na
 from vigface.dataset.spec import LIMITS, sampler_defaults
 from vigface.dataset.writers import FORMATS
 from workers.db.models import ApiKey, Team
 from workers.settings import Settings
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.filters["format"] = format_or_na  # "n/a" for a metric a report leaves undefined
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 

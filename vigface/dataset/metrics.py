@@ -13,6 +13,10 @@ All inputs are L2-normalised embeddings ``emb`` (N, D) with integer class labels
   own class centre and ``NNCCS_i = max_{l != y_i} cos(f_i, c_l)`` to the nearest other centre
   (CR-FIQA computes both against the FR model's class prototypes; for a generated set the
   class centres play that role, or the conditioning prototypes when given).
+
+An attribute that a set cannot define (C_k and D_k need a class with two images, S_k two
+classes) is ``None``, never NaN, and :func:`dataset_attributes` says why under ``undefined``:
+NaN is not JSON, and PostgreSQL refuses it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def class_centres(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return classes, _normalise(sums)
 
 
-def class_consistency(emb: np.ndarray, labels: np.ndarray) -> float:
+def class_consistency(emb: np.ndarray, labels: np.ndarray) -> float | None:
     emb = _normalise(emb)
     vals = []
     for c in np.unique(labels):
@@ -45,14 +49,14 @@ def class_consistency(emb: np.ndarray, labels: np.ndarray) -> float:
             continue
         s = f @ f.T
         vals.append((s.sum() - np.trace(s)) / (n * (n - 1)))
-    return float(np.mean(vals)) if vals else float("nan")
+    return float(np.mean(vals)) if vals else None
 
 
 def class_separability(emb: np.ndarray, labels: np.ndarray) -> dict:
     _, centres = class_centres(_normalise(emb), labels)
     k = len(centres)
     if k < 2:
-        return {"S_k": float("nan"), "S_k_nearest": float("nan")}
+        return {"S_k": None, "S_k_nearest": None}
     sim = centres @ centres.T
     off = ~np.eye(k, dtype=bool)
     nearest = np.where(off, sim, -np.inf).max(1)
@@ -79,18 +83,27 @@ def certainty_ratio(emb: np.ndarray, labels: np.ndarray, centres: np.ndarray | N
     return ccs / (nnccs + 1 + EPS)
 
 
-def intra_class_diversity(emb: np.ndarray, labels: np.ndarray, centres=None) -> float:
+def intra_class_diversity(emb: np.ndarray, labels: np.ndarray, centres=None) -> float | None:
     cr = certainty_ratio(emb, labels, centres)
     vals = [cr[labels == c].var() for c in np.unique(labels) if (labels == c).sum() > 1]
-    return float(np.mean(vals)) if vals else float("nan")
+    return float(np.mean(vals)) if vals else None
+
+
+SINGLE_IMAGES = "every identity has one image: no pair of images inside an identity"
+SINGLE_CLASS = "one identity: no other identity centre to compare with"
 
 
 def dataset_attributes(emb: np.ndarray, labels: np.ndarray) -> dict:
-    return {
+    """C_k, S_k, S_k_nearest and D_k; the undefined ones are None, with the reason."""
+    attrs = {
         "C_k": class_consistency(emb, labels),
         **class_separability(emb, labels),
         "D_k": intra_class_diversity(emb, labels),
     }
+    reasons = {"C_k": SINGLE_IMAGES, "D_k": SINGLE_IMAGES, "S_k": SINGLE_CLASS}
+    reasons["S_k_nearest"] = SINGLE_CLASS
+    undefined = {k: reasons[k] for k, v in attrs.items() if v is None}
+    return attrs | ({"undefined": undefined} if undefined else {})
 
 
 def nearest_similarity(

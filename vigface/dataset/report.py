@@ -85,6 +85,14 @@ def _sample_grids(out_dir: Path, per_bin: int = 8) -> dict[str, str]:
     return grids
 
 
+def format_or_na(fmt: str, *args, **kwargs) -> str:
+    """Jinja's ``format`` filter, with "n/a" for a value a report leaves undefined (None: one
+    identity has no separability, one image per identity no consistency)."""
+    if any(a is None for a in (*args, *kwargs.values())):
+        return "n/a"
+    return fmt % (kwargs or args)
+
+
 def write_html_report(path: Path, report: dict, out_dir: Path) -> None:
     """Render ``templates/report.html.j2``; plots and sample strips are inline PNGs, so the
     page is one self-contained file beside report.json."""
@@ -94,6 +102,7 @@ def write_html_report(path: Path, report: dict, out_dir: Path) -> None:
         loader=FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=select_autoescape(["html", "j2"]),
     )
+    env.filters["format"] = format_or_na
     html_text = env.get_template("report.html.j2").render(
         d=report["dataset"],
         spec=report["dataset"].get("spec", {}),

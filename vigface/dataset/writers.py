@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tarfile
 from collections.abc import Iterable
@@ -132,7 +133,22 @@ def write_manifest(path: Path, records: Iterable[ImageRecord]) -> None:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    text = json.dumps(finite(obj), indent=2, default=_json_default, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def finite(obj):
+    """``obj`` with every NaN or infinite float (numpy's too) as ``None``: strict JSON, the only
+    kind PostgreSQL's JSON columns take. Metrics say why a value is undefined themselves."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return finite(obj.tolist())
+    return obj
 
 
 def _json_default(o):

@@ -1,0 +1,197 @@
+"""The service at its edges, on SQLite and PostgreSQL: the smallest orders, cancel at every
+stage, a worker that stops cleanly or dies at every start, NUL bytes and malformed URLs, and
+request bodies sent without a length."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+from test_service_api import ORDER, auth, drain, service  # noqa: F401  (the fixture)
+
+from vigface.dataset.metrics import dataset_attributes
+from vigface.dataset.writers import finite, write_json
+from workers.db.models import Job, JobStatus, Shard, ShardStatus
+
+
+def test_undefined_attributes_are_null_with_the_reason(tmp_path):
+    emb = np.random.default_rng(0).normal(size=(3, 8))
+    one_class = dataset_attributes(emb, np.array([0, 0, 0]))
+    assert one_class["S_k"] is None and one_class["S_k_nearest"] is None
+    assert one_class["C_k"] is not None and "one identity" in one_class["undefined"]["S_k"]
+    one_image = dataset_attributes(emb, np.array([0, 1, 2]))
+    assert one_image["C_k"] is None and one_image["D_k"] is None
+    assert one_image["S_k"] is not None and "one image" in one_image["undefined"]["C_k"]
+    both = dataset_attributes(emb, np.array([0, 1, 1]))
+    assert "undefined" not in both and all(math.isfinite(both[k]) for k in ("C_k", "S_k", "D_k"))
+    # any NaN left anywhere in a report is written as null: strict JSON
+    write_json(tmp_path / "r.json", {"a": float("nan"), "b": [np.float32("inf"), 1.5]})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": None, "b": [None, 1.5]}
+    assert finite({"x": (np.nan, 2)}) == {"x": [None, 2]}
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (3, 1), (1, 1)])
+def test_one_identity_or_one_image_jobs_finish(service, shape):  # noqa: F811
+    client, keys, worker, api = service
+    order = {**ORDER, "identities": shape[0], "images_per_identity": shape[1]}
+    job = client.post("/v1/jobs", json=order, headers=auth(keys["alpha"])).json()
+    drain(worker)
+    done = client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alpha"])).json()
+    assert done["status"] == "succeeded", done
+    assert done["images_done"] == shape[0] * shape[1]
+    report = client.get(f"/v1/jobs/{job['id']}/report", headers=auth(keys["alpha"])).json()
+    undefined = report["attributes"].get("undefined", {})
+    if shape[0] == 1:
+        assert report["attributes"]["S_k"] is None and "S_k" in undefined
+    if shape[1] == 1:
+        assert report["attributes"]["C_k"] is None and "C_k" in undefined
+    with api.state.sessions() as db:
+        assert db.get(Job, job["id"]).progress["finalize_starts"] == 1  # ran once, no loop
+
+
+def test_cancel_while_finalizing_is_final(service, monkeypatch):  # noqa: F811
+    """The cancel lands while the dataset is being written: the job stays canceled, nothing is
+    delivered, and the uploaded files are removed."""
+    import workers.runner as runner
+
+    client, keys, worker, api = service
+    h = auth(keys["alpha"])
+    job = client.post("/v1/jobs", json=ORDER, headers=h).json()
+    real_write = runner.write_dataset
+    answers = []
+
+    def write_then_cancel(*args, **kw):
+        report = real_write(*args, **kw)
+        answers.append(client.post(f"/v1/jobs/{job['id']}/cancel", headers=h).json())
+        return report
+
+    monkeypatch.setattr(runner, "write_dataset", write_then_cancel)
+    drain(worker)
+    assert answers and answers[0]["status"] == "canceled"
+    after = client.get(f"/v1/jobs/{job['id']}", headers=h).json()
+    assert after["status"] == "canceled", after
+    assert client.get(f"/v1/jobs/{job['id']}/artifacts", headers=h).status_code == 409
+    assert api.state.store.list(f"jobs/{job['id']}") == []
+    # nothing runs it again
+    assert not worker.run_once()
+    assert client.get(f"/v1/jobs/{job['id']}", headers=h).json()["status"] == "canceled"
+
+
+def test_a_stopping_worker_gives_its_shard_back_and_the_next_start_finishes_it(service):  # noqa: F811
+    from workers.runner import run_shard
+
+    client, keys, worker, api = service
+    h = auth(keys["alpha"])
+    order = {**ORDER, "identities": 2, "images_per_identity": 8}
+    job = client.post("/v1/jobs", json=order, headers=h).json()
+    with api.state.sessions() as db:
+        shard_id = db.query(Shard.id).filter(Shard.job_id == job["id"]).scalar()
+    stopping = threading.Event()
+    stopping.set()  # Ctrl-C before the first batch ends
+    assert run_shard(api.state.sessions, api.state.settings, shard_id, stopping) == "queued"
+    with api.state.sessions() as db:
+        shard, record = db.get(Shard, shard_id), db.get(Job, job["id"])
+        assert shard.status == ShardStatus.QUEUED and shard.lease_expires_at is None
+        assert record.progress["given_back"] == {"0": 1}
+    drain(worker)  # the next start takes it at once
+    done = client.get(f"/v1/jobs/{job['id']}", headers=h).json()
+    assert done["status"] == "succeeded" and done["images_done"] == 16
+
+
+def test_a_shard_whose_worker_dies_at_every_start_fails_the_job(service):  # noqa: F811
+    from datetime import timedelta
+
+    from workers.db.models import utcnow
+
+    client, keys, worker, api = service
+    h = auth(keys["alpha"])
+    job = client.post("/v1/jobs", json={**ORDER, "identities": 2}, headers=h).json()
+    limit = api.state.settings.max_step_attempts
+    with api.state.sessions() as db:  # as if `limit` workers had claimed it and died
+        shard = db.query(Shard).filter(Shard.job_id == job["id"]).one()
+        shard.status, shard.attempts = ShardStatus.RUNNING, limit
+        shard.lease_expires_at = utcnow() - timedelta(seconds=1)
+        db.commit()
+    drain(worker)
+    failed = client.get(f"/v1/jobs/{job['id']}", headers=h).json()
+    assert failed["status"] == "failed" and "without finishing" in failed["error"]
+    # one start fewer is still run
+    job = client.post("/v1/jobs", json={**ORDER, "identities": 2}, headers=h).json()
+    with api.state.sessions() as db:
+        shard = db.query(Shard).filter(Shard.job_id == job["id"]).one()
+        shard.status, shard.attempts = ShardStatus.RUNNING, limit - 1
+        shard.lease_expires_at = utcnow() - timedelta(seconds=1)
+        db.commit()
+    drain(worker)
+    assert client.get(f"/v1/jobs/{job['id']}", headers=h).json()["status"] == "succeeded"
+
+
+def test_a_finalize_that_never_finishes_fails_the_job(service):  # noqa: F811
+    from datetime import timedelta
+
+    from workers.db.models import utcnow
+
+    client, keys, worker, api = service
+    h = auth(keys["alpha"])
+    job = client.post("/v1/jobs", json=ORDER, headers=h).json()
+    limit = api.state.settings.max_step_attempts
+    drain(worker)
+    with api.state.sessions() as db:  # as if every finalizer so far had died mid-step
+        record = db.get(Job, job["id"])
+        record.status, record.finalize_expires_at = JobStatus.FINALIZING, utcnow() - timedelta(1)
+        record.progress = {**record.progress, "finalize_starts": limit}
+        db.commit()
+    drain(worker)
+    failed = client.get(f"/v1/jobs/{job['id']}", headers=h).json()
+    assert failed["status"] == "failed" and "finalize" in failed["error"], failed
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/jobs/%00",
+        "/v1/jobs/%00/report",
+        "/v1/jobs/%00/artifacts",
+        "/files/jobs/%00/x",
+    ],
+)
+def test_nul_bytes_in_paths_are_404(service, path):  # noqa: F811
+    client, keys, worker, api = service
+    r = client.get(path, headers=auth(keys["alpha"]))
+    assert r.status_code == 404 and r.json()["detail"][0]["field"] == "path"
+    r = client.post("/v1/jobs/%00/cancel", headers=auth(keys["alpha"]))
+    assert r.status_code == 404
+
+
+def test_nul_bytes_in_queries_and_malformed_urls_are_422(service):  # noqa: F811
+    client, keys, worker, api = service
+    r = client.get("/v1/jobs?cursor=a%00b", headers=auth(keys["alpha"]))
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "cursor"
+    for url in ("http://[::1", "http://[zz]/x", "http://%00/"):
+        r = client.post("/v1/jobs", json={**ORDER, "webhook_url": url}, headers=auth(keys["alpha"]))
+        assert r.status_code == 422, (url, r.text)
+        assert r.json()["detail"][0]["field"] == "webhook_url"
+
+
+def test_bodies_are_capped_however_they_are_sent(service):  # noqa: F811
+    client, keys, worker, api = service
+    limit = api.state.settings.max_body_bytes
+    h = {**auth(keys["alpha"]), "Content-Type": "application/json"}
+
+    def chunks(total):
+        sent = 0
+        while sent < total:
+            yield b" " * 65536
+            sent += 65536
+
+    r = client.post("/v1/jobs", content=chunks(limit + 65536), headers=h)  # no Content-Length
+    assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body"
+    r = client.post("/v1/jobs", content=b" " * (limit + 1), headers=h)
+    assert r.status_code == 413
+    # under the cap, a chunked order is an order
+    body = json.dumps(ORDER).encode()
+    r = client.post("/v1/jobs", content=iter([body[:10], body[10:]]), headers=h)
+    assert r.status_code == 202, r.text
