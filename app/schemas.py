@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StrictInt, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints, field_validator
 
 from vigface.dataset.spec import DatasetOrder
 
@@ -33,6 +33,11 @@ class JobCreate(DatasetOrder):
         max_length=5,
         description="benchmarks registered with `vigface admin add-benchmark`: the finished "
         "dataset trains the utility probe and the report gets its verification accuracy",
+    )
+    confirm_large: StrictBool = Field(
+        False,
+        description="place an order above the deployment's size or time bound "
+        "(VIGFACE_CONFIRM_ABOVE_IMAGES, VIGFACE_CONFIRM_ABOVE_ETA_HOURS)",
     )
     webhook_url: str | None = Field(
         None,
@@ -62,7 +67,9 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     eta_seconds: float | None = Field(
-        None, description="remaining images / sampling_img_per_s (when workers are sampling)"
+        None,
+        description="running: remaining images / sampling_img_per_s; queued: the estimate at "
+        "submission (the model's measured rate, other live orders interleaved); else null",
     )
     sampling_img_per_s: float | None = Field(
         None, description="images per second the job's workers are sampling now"

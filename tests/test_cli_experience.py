@@ -62,7 +62,7 @@ def test_links_follow_the_served_address_unless_a_public_url_is_set(tmp_path):
 def test_eta_uses_the_workers_sampling_rate_and_ignores_stale_workers():
     from datetime import timedelta
 
-    from app.services.jobs import sampling_rate
+    from app.services.views import sampling_rate
     from workers.db.models import Job, JobStatus, utcnow
 
     now = utcnow()

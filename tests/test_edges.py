@@ -195,3 +195,115 @@ def test_bodies_are_capped_however_they_are_sent(service):  # noqa: F811
     body = json.dumps(ORDER).encode()
     r = client.post("/v1/jobs", content=iter([body[:10], body[10:]]), headers=h)
     assert r.status_code == 202, r.text
+
+
+def test_the_consistency_threshold_follows_the_orders_guidance():
+    from vigface.dataset.spec import (
+        DatasetOrder,
+        GuidanceNotCalibrated,
+        consistency_threshold,
+        with_model_defaults,
+    )
+
+    table = {
+        "1": {"tau_consistency": 0.70},
+        "2": {"tau_consistency": 0.75},
+        "4": {"tau_consistency": 0.65},
+    }
+    card = {"filters": {"tau_consistency": 0.75, "tau_consistency_by_guidance": table}}
+    assert consistency_threshold(card, 1.0) == 0.70
+    assert consistency_threshold(card, 1.5) == 0.725
+    assert consistency_threshold(card, 3.0) == 0.70
+    assert consistency_threshold(card, 4.0) == 0.65
+    for outside in (0.99, 4.01):
+        with pytest.raises(GuidanceNotCalibrated, match="1 to 4"):
+            consistency_threshold(card, outside)
+    assert consistency_threshold({"filters": {"tau_consistency": 0.75}}, 9.0) is None
+    order = DatasetOrder(identities=2, images_per_identity=2, guidance=4.0)
+    assert with_model_defaults(order, card).tau_consistency == 0.65
+    mine = DatasetOrder(identities=2, images_per_identity=2, guidance=9.0, tau_consistency=0.1)
+    assert with_model_defaults(mine, card).tau_consistency == 0.1  # the order's own is kept
+
+
+def test_an_uncalibrated_guidance_is_refused_at_admission_naming_the_field(service):  # noqa: F811
+    import json as _json
+
+    client, keys, worker, api = service
+    from model_store import resolve
+    from model_store.loader import load_generator
+
+    path = resolve(api.state.settings.default_model) / "model_card.json"
+    card = _json.loads(path.read_text())
+    table = {"1": {"tau_consistency": 0.2}, "4": {"tau_consistency": 0.1}}
+    card["filters"] = {**card["filters"], "tau_consistency_by_guidance": table}
+    original = path.read_text()
+    path.write_text(_json.dumps(card))
+    try:
+        load_generator.cache_clear()
+        order = {k: v for k, v in ORDER.items() if k != "tau_consistency"}
+        r = client.post("/v1/jobs", json={**order, "guidance": 6.0}, headers=auth(keys["alpha"]))
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "guidance", r.text
+        assert "1 to 4" in r.json()["detail"][0]["message"]
+        r = client.post("/v1/jobs", json={**order, "guidance": 4.0}, headers=auth(keys["alpha"]))
+        assert r.status_code == 202 and r.json()["spec"]["tau_consistency"] == 0.1
+    finally:
+        path.write_text(original)
+        load_generator.cache_clear()
+
+
+@pytest.mark.parametrize("value", [True, "2", "2.5", None])
+def test_numbers_and_flags_are_strict(service, value):  # noqa: F811
+    client, keys, worker, api = service
+    for field in ("guidance", "tau_consistency", "tau_leak", "upsample", "confirm_large"):
+        if value is None and field != "upsample":
+            continue
+        bad = "yes" if (field in ("upsample", "confirm_large") and value is None) else value
+        if field in ("upsample", "confirm_large") and bad is True:
+            continue
+        r = client.post("/v1/jobs", json={**ORDER, field: bad}, headers=auth(keys["alpha"]))
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == field, (field, r.text)
+
+
+def test_a_small_order_is_not_held_behind_a_big_one(service):  # noqa: F811
+    """Shards of live jobs interleave: team beta's 2 x 2 order, placed while alpha's 8-shard
+    order runs, is done within two shard-times of its submission (embedded worker and the
+    Celery path's run_next_shard alike)."""
+    from workers.runner import run_next_shard
+
+    client, keys, worker, api = service
+    big = client.post(
+        "/v1/jobs",
+        json={**ORDER, "identities": 16, "images_per_identity": 2},
+        headers=auth(keys["alpha"]),
+    ).json()
+    assert big["shards"] == {"queued": 8}, big
+    for _ in range(3):
+        assert worker.run_once()
+    small = client.post(
+        "/v1/jobs",
+        json={**ORDER, "identities": 2, "images_per_identity": 2},
+        headers=auth(keys["beta"]),
+    ).json()
+    assert small["eta_seconds"] is not None  # estimated from the shards alpha's job has run
+    for _ in range(2):
+        run_next_shard(api.state.sessions, api.state.settings)  # as a Celery message does
+        state = client.get(f"/v1/jobs/{small['id']}", headers=auth(keys["beta"])).json()
+        if state["status"] == "succeeded":
+            break
+    assert state["status"] == "succeeded", state
+    running = client.get(f"/v1/jobs/{big['id']}", headers=auth(keys["alpha"])).json()
+    assert running["status"] == "running" and running["shards"]["succeeded"] <= 5
+
+
+def test_orders_above_the_size_bound_need_confirmation(service):  # noqa: F811
+    client, keys, worker, api = service
+    api.state.settings.confirm_above_images = 10
+    h = auth(keys["alpha"])
+    at = {**ORDER, "identities": 5, "images_per_identity": 2}  # 10 images: at the bound
+    assert client.post("/v1/jobs", json=at, headers=h).status_code == 202
+    over = {**ORDER, "identities": 11, "images_per_identity": 1}
+    r = client.post("/v1/jobs", json=over, headers=h)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "confirm_large"
+    assert "11 images" in r.json()["detail"][0]["message"]
+    r = client.post("/v1/jobs", json={**over, "confirm_large": True}, headers=h)
+    assert r.status_code == 202, r.text

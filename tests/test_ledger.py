@@ -120,7 +120,7 @@ def test_cancel_gives_back_quota_and_the_prototypes_of_shards_that_never_ran(api
     assert after["tiny"] == free["tiny"] - len(kept)
     # the quota is back: an order of the whole quota fits again
     with app.state.sessions() as db:
-        from app.services.jobs import images_used_this_month
+        from app.services.admission import images_used_this_month
         from workers.db.models import Team
 
         assert images_used_this_month(db, db.query(Team).filter_by(name="alpha").one()) == 0
@@ -175,7 +175,7 @@ def test_a_submission_that_loses_every_allocation_race_gets_a_409_and_stores_not
     exactly that many jittered waits, and leaves no job, shard or ledger row behind."""
     from types import SimpleNamespace
 
-    from app.services import jobs as job_service
+    from app.services import admission as job_service
     from workers.db.models import Job, Shard
 
     app, keys = api
@@ -189,9 +189,9 @@ def test_a_submission_that_loses_every_allocation_race_gets_a_409_and_stores_not
     real_free = job_service.free_prototype_ids
     attempts, waits = [], []
 
-    def stale_view(db, desc):  # a contender committed one of these after the read
+    def stale_view(db, prototype_set, total):  # a contender committed one after the read
         attempts.append(1)
-        return [sold[0], *real_free(db, desc)]
+        return [sold[0], *real_free(db, prototype_set, total)]
 
     monkeypatch.setattr(job_service, "free_prototype_ids", stale_view)
     monkeypatch.setattr(job_service, "ALLOCATION_RETRIES", 3)

@@ -5,7 +5,7 @@ scan means an index is missing)."""
 import pytest
 from sqlalchemy import func, select, text
 
-from app.services.jobs import visible_jobs
+from app.services.views import visible_jobs
 from conftest import postgres_url
 from workers.db.models import Job, Shard, Team
 

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import update
 
 from app.schemas import JobCreate
+from app.services.admission import create_job
 from app.services.auth import create_team
-from app.services.jobs import create_job
 from model_store.description import describe
 from model_store.loader import load_generator
 from workers import runner

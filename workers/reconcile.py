@@ -108,7 +108,10 @@ def stalled_finalizes(sessions: sessionmaker) -> list[str]:
 
 
 def next_queued_shard(db: Session) -> int | None:
-    """Highest-priority queued shard of a live job, or a running one whose lease expired."""
+    """The shard that runs next: a queued shard of a live job (or a running one whose lease
+    expired), by priority, then **interleaved across jobs**: the lowest shard index first, so
+    every job's first shard goes before any job's second. A 2 x 2 order placed behind a
+    500 x 20 one runs within one shard-time, not after the whole big order; then by age."""
     now = utcnow()
     q = (
         select(Shard.id)
@@ -120,7 +123,7 @@ def next_queued_shard(db: Session) -> int | None:
                 (Shard.status == ShardStatus.RUNNING) & (Shard.lease_expires_at < now),
             ),
         )
-        .order_by(Job.priority.desc(), Job.created_at, Shard.index)
+        .order_by(Job.priority.desc(), Shard.index, Job.created_at, Shard.id)
         .limit(1)
     )
     return db.scalar(q)

@@ -283,6 +283,24 @@ def run_shard(
     return ShardStatus.SUCCEEDED
 
 
+def run_next_shard(
+    sessions: sessionmaker, settings: Settings, stopping: threading.Event | None = None
+) -> str:
+    """Run whichever shard :func:`workers.reconcile.next_queued_shard` says goes next.
+
+    A Celery message is one unit of work, not one particular shard: a job sends one message
+    per shard, and each message runs the fairest queued shard at the time it is taken. So a
+    small order sent behind a big one's hundreds of messages runs at the next message, not
+    after them; every queued shard still has a message (the reconciler re-sends lost ones)."""
+    from workers.reconcile import next_queued_shard
+
+    with sessions() as db:
+        shard_id = next_queued_shard(db)
+    if shard_id is None:
+        return "idle"
+    return run_shard(sessions, settings, shard_id, stopping)
+
+
 def add_utility(settings: Settings, store, store_call, job: Job, out: Path, report: dict) -> dict:
     """Train the utility probe on the finished dataset and add its accuracy on each
     benchmark the job asked for to report.json and report.html."""

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         "(back-off 1, 2, 4 ... 30 s) before the job fails (then POST /v1/jobs/{id}/retry)",
     )
     max_identities_per_job: int = Field(10_000, ge=1)
+    confirm_above_images: int = Field(
+        100_000, ge=1, description="orders above this many images need confirm_large: true"
+    )
+    confirm_above_eta_hours: float = Field(
+        24.0, gt=0, description="orders estimated to take longer need confirm_large: true"
+    )
     max_images_per_identity: int = Field(200, ge=1)
     default_monthly_quota: int = Field(1_000_000, ge=0, description="images per team per month")
     session_secret: str = Field("dev-only-change-me", description="signs dashboard cookies")

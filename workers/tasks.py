@@ -9,7 +9,7 @@ from celery.signals import worker_process_init
 
 from workers.celery_app import celery_app
 from workers.db.session import session_factory
-from workers.runner import finalize_job, load_model, run_shard
+from workers.runner import finalize_job, load_model, run_next_shard
 from workers.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ def _warm_model(**_) -> None:
 
 @celery_app.task(name="vigface.run_shard", acks_late=True, reject_on_worker_lost=True)
 def run_shard_task(shard_id: int) -> str:
-    return run_shard(_sessions(), get_settings(), shard_id)
+    """``shard_id`` says which shard the message was sent for; the worker runs the fairest
+    queued shard instead (:func:`workers.runner.run_next_shard`), interleaving teams."""
+    return run_next_shard(_sessions(), get_settings())
 
 
 @celery_app.task(name="vigface.finalize_job", acks_late=True, reject_on_worker_lost=True)

@@ -14,16 +14,9 @@ from app.api.deps import current_team, get_db, get_settings_dep
 from app.api.errors import error_responses
 from app.schemas import JobCreate, JobOut, JobPage
 from app.services import cache
-from app.services.jobs import (
-    cancel_job,
-    create_job,
-    job_out,
-    job_outs,
-    retry_job,
-    visible_job,
-    visible_jobs,
-)
+from app.services.admission import cancel_job, create_job, retry_job
 from app.services.links import download_link
+from app.services.views import job_out, job_outs, visible_job, visible_jobs
 from workers.db.models import Job, JobStatus, Team
 from workers.settings import Settings
 
@@ -152,7 +145,7 @@ def retry(
     return job_out(job)
 
 
-@router.get("/{job_id}/report")
+@router.get("/{job_id}/report", responses=error_responses(409))
 def report(job_id: str, team: Team = Depends(current_team), db: Session = Depends(get_db)) -> dict:
     job = job_or_404(db, team, job_id)
     if job.report is None:
@@ -162,7 +155,7 @@ def report(job_id: str, team: Team = Depends(current_team), db: Session = Depend
     return job.report
 
 
-@router.get("/{job_id}/artifacts")
+@router.get("/{job_id}/artifacts", responses=error_responses(409))
 def artifacts(
     job_id: str,
     request: Request,
@@ -187,7 +180,7 @@ def artifacts(
     }
 
 
-@router.get("/{job_id}/archive", response_class=StreamingResponse)
+@router.get("/{job_id}/archive", response_class=StreamingResponse, responses=error_responses(409))
 def archive(
     job_id: str,
     request: Request,

@@ -14,9 +14,11 @@ from sqlalchemy.orm import Session
 from app.api.deps import current_team, get_db, get_settings_dep
 from app.api.errors import error_responses
 from app.schemas import ModelOut
-from app.services.jobs import describe_model, free_prototypes, visible_job
+from app.services.admission import describe_model
+from app.services.views import visible_job
 from model_store import list_models
 from workers.db.models import Job, JobStatus, LedgerEntry, Shard, Team
+from workers.ledger import free_prototypes
 from workers.settings import Settings
 
 router = APIRouter()
@@ -39,7 +41,9 @@ def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
                 name=entry.name,
                 kind=entry.kind,
                 virtual_identities=desc.virtual_prototypes,
-                free_virtual_identities=free_prototypes(db, desc),
+                free_virtual_identities=free_prototypes(
+                    db, desc.prototype_set, desc.virtual_prototypes
+                ),
                 card=desc.card,
             )
         )

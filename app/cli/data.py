@@ -90,6 +90,38 @@ def calibrate_cmd(
     typer.echo(json.dumps({k: filters[k] for k in ("tau_leak", "tau_consistency")}))
 
 
+def calibrate_guidance_cmd(
+    model: str = typer.Option(..., help="generator folder or store name"),
+    guidance: list[float] = typer.Option(
+        ..., "--guidance", help="a guidance weight to calibrate at (repeat the option)"
+    ),
+    identities: int = typer.Option(50, min=2, help="virtual prototypes drawn per weight"),
+) -> None:
+    """Calibrate tau_consistency at each guidance weight and store the table in the card
+    (filters.tau_consistency_by_guidance): orders then take the threshold of their own
+    guidance, and a guidance outside the table is refused at admission."""
+    import math
+
+    from model_store import resolve
+    from vigface.dataset.calibrate import consistency_by_guidance
+    from vigface.dataset.spec import LIMITS
+    from vigface.dataset.writers import write_json
+
+    lo, hi = LIMITS["guidance"]
+    bad = [g for g in guidance if not (math.isfinite(g) and lo <= g <= hi)]
+    if bad:
+        fail(f"--guidance: each weight must lie in [{lo:g}, {hi:g}]; got {bad}")
+    card_path = resolve(model) / "model_card.json"
+    if not card_path.is_file():
+        fail(f"--model: {model!r} has no model_card.json")
+    gen = load_generator(model)
+    table = consistency_by_guidance(gen, sorted(set(guidance)), calib_identities=identities)
+    card = json.loads(card_path.read_text())
+    card.setdefault("filters", {})["tau_consistency_by_guidance"] = table
+    write_json(card_path, card)
+    typer.echo(json.dumps(table))
+
+
 @order_options(identities=1)
 def generate_cmd(
     order: dict,
@@ -361,6 +393,7 @@ def evaluate_dataset_cmd(
 def register(app: typer.Typer) -> None:
     app.command("sample")(sample_cmd)
     app.command("calibrate")(calibrate_cmd)
+    app.command("calibrate-guidance")(calibrate_guidance_cmd)
     app.command("generate")(generate_cmd)
     app.command("judge")(judge_cmd)
     app.command("evaluate-dataset")(evaluate_dataset_cmd)

@@ -79,7 +79,7 @@ def add_benchmark_cmd(
     import re
 
     from app.schemas import BENCHMARK_NAME_PATTERN
-    from app.services.jobs import benchmark_key
+    from app.services.admission import benchmark_key
     from model_store.storage import open_store
     from vigface.data import DatasetError, load_bin
     from workers.settings import get_settings

@@ -12,6 +12,11 @@
   (the card's ``sampler_defaults``): the 5 % that drift most from their prototype are redrawn.
   The threshold belongs to the weights and the settings it was drawn with, so recalibrate
   after either changes. Calibration images are discarded; the prototypes used stay free.
+* ``tau_consistency_by_guidance``: the same percentile drawn at each of several guidance
+  weights. How close a face lands to its prototype depends on the guidance, so one threshold
+  drawn at the default guidance turned most draws at another guidance into redraws (an order
+  at g 4 ran out of spares). Orders take the threshold of their own guidance, interpolated
+  between calibrated weights; a guidance outside them is refused at admission.
 """
 
 from __future__ import annotations
@@ -41,6 +46,35 @@ def real_nearest_negative(gen: Generator, data_dir: str | Path) -> np.ndarray:
     sims = emb @ real.T
     sims[np.arange(len(emb)), rows[keep]] = -2
     return sims.max(1)
+
+
+def consistency_at(
+    gen: Generator, guidance: float, s: dict, calib_identities: int = 50, poses: int = 4
+) -> dict:
+    """tau_consistency (the 5th percentile of cos(image, own prototype)) drawn at ``guidance``
+    with the other sampler settings ``s``, and the median beside it."""
+    interval = s.get("guidance_interval")
+    cols = pose_columns(gen.pose_landmarks, poses)
+    k = gen.fr.virtual_prototypes.shape[0]
+    fid = identity_fidelity(
+        gen, "virtual", min(calib_identities, k), cols, float(guidance), int(s["steps"]),
+        seed=987654, scheduler=s["scheduler"],
+        guidance_interval=tuple(interval) if interval else None,
+    )  # fmt: skip
+    cos_own = np.array(fid["cos_own_all"])
+    return {
+        "tau_consistency": round(float(np.percentile(cos_own, 5)), 4),
+        "cos_own_p50": round(float(np.percentile(cos_own, 50)), 4),
+        "images": int(fid["images"]),
+    }
+
+
+def consistency_by_guidance(
+    gen: Generator, guidances: list[float], calib_identities: int = 50, sampler: dict | None = None
+) -> dict[str, dict]:
+    """:func:`consistency_at` for each guidance, keyed by the guidance written as ``%g``."""
+    s = sampler_defaults(gen.card) if sampler is None else sampler
+    return {f"{g:g}": consistency_at(gen, g, s, calib_identities) for g in sorted(guidances)}
 
 
 def calibrate(

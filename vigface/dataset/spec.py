@@ -8,6 +8,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
     StrictInt,
     field_validator,
     model_validator,
@@ -27,9 +29,9 @@ PoseWeight = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 class DatasetOrder(BaseModel):
-    """What a customer orders. Unknown fields are errors; every bound is checked here; counts
-    are strict integers (``true`` or ``"2"`` are refused, not coerced) and no number may be
-    NaN or infinite."""
+    """What a customer orders. Unknown fields are errors; every bound is checked here; numbers
+    and flags are strict (``true`` or ``"2"`` for a number, ``"yes"`` for a flag are refused,
+    not coerced) and no number may be NaN or infinite."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -50,7 +52,7 @@ class DatasetOrder(BaseModel):
         "match_training",
         description="preset (match_training, frontal, uniform_yaw) or {yaw bin: weight}",
     )
-    guidance: float | None = Field(
+    guidance: StrictFloat | None = Field(
         None,
         ge=LIMITS["guidance"][0],
         le=LIMITS["guidance"][1],
@@ -70,7 +72,7 @@ class DatasetOrder(BaseModel):
         description="apply guidance only while t/T lies between lo and hi (1 = pure noise); "
         "0 and 1 = every step (default: the model card's)",
     )
-    upsample: bool | None = Field(
+    upsample: StrictBool | None = Field(
         None,
         description="run the model's upsampler (32 -> 64 px) after the DiT (default: the model "
         "card's; a model without one refuses true)",
@@ -81,10 +83,10 @@ class DatasetOrder(BaseModel):
         max_length=3,
         description="output formats: imagefolder, recordio, webdataset",
     )
-    tau_consistency: float | None = Field(
+    tau_consistency: StrictFloat | None = Field(
         None, ge=-1, le=1, description="min cosine to the own prototype (default: the card's)"
     )
-    tau_leak: float | None = Field(
+    tau_leak: StrictFloat | None = Field(
         None, ge=-1, le=1, description="max cosine to a real identity (default: the card's)"
     )
 
@@ -126,13 +128,43 @@ def sampler_defaults(card: dict) -> dict:
     return out
 
 
+class GuidanceNotCalibrated(ValueError):
+    """The order's guidance lies outside the weights the model's filters were calibrated at."""
+
+
+def consistency_threshold(card: dict, guidance: float) -> float | None:
+    """The card's tau_consistency for ``guidance``: linear between the two nearest weights of
+    ``filters.tau_consistency_by_guidance``; None when the card has no such table (the single
+    ``filters.tau_consistency`` then applies). Raises GuidanceNotCalibrated outside it."""
+    table = card.get("filters", {}).get("tau_consistency_by_guidance")
+    if not table:
+        return None
+    points = sorted((float(g), float(v["tau_consistency"])) for g, v in table.items())
+    lo, hi = points[0][0], points[-1][0]
+    if not lo - 1e-9 <= guidance <= hi + 1e-9:
+        raise GuidanceNotCalibrated(
+            f"this model's filters are calibrated for guidance {lo:g} to {hi:g}; "
+            f"{guidance:g} is outside (or give tau_consistency yourself)"
+        )
+    for (g0, t0), (g1, t1) in zip(points, points[1:], strict=False):
+        if g0 <= guidance <= g1:
+            return round(t0 + (t1 - t0) * (guidance - g0) / max(g1 - g0, 1e-12), 4)
+    return points[0][1]
+
+
 def with_model_defaults(order, card: dict):
     """A copy of ``order`` (a DatasetOrder or DatasetSpec) with every sampler field it left
-    out taken from the model card: what the job record and the dataset card then show."""
+    out taken from the model card, and the consistency threshold calibrated at its guidance
+    when it gave none: what the job record and the dataset card then show."""
     defaults = sampler_defaults(card)
     update = {k: v for k, v in defaults.items() if getattr(order, k) is None}
     if "guidance_interval" in update:  # stored explicitly, so a later card change cannot alter it
         update["guidance_interval"] = tuple(update["guidance_interval"] or (0.0, 1.0))
+    if order.tau_consistency is None:
+        guidance = update.get("guidance", order.guidance)
+        tau = consistency_threshold(card, float(guidance))
+        if tau is not None:
+            update["tau_consistency"] = tau
     return order.model_copy(update=update)
 
 

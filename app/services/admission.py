@@ -1,8 +1,11 @@
-"""Submitting, listing and cancelling jobs.
+"""Admission: what a job order must pass before it is queued, in one transaction.
 
-Submission is one transaction: validate, check the team's monthly quota, allocate the job's
-own virtual prototypes in the identity ledger (a unique (model, prototype) constraint makes a
-double sale impossible even under concurrent submissions), and create the shards.
+Validate the order against the model (its sampler defaults, calibrated guidance, pose bank,
+upsampler), check the team's monthly quota, estimate its time and hold very large orders for an
+explicit confirmation, allocate its own virtual prototypes in the identity ledger
+(:mod:`workers.ledger`: a unique (prototype set, prototype) key makes a double sale impossible
+even under concurrent submissions) and create the shards. Cancel and retry change a job's
+state the same way, so they live here too; read models are in :mod:`app.services.views`.
 """
 
 from __future__ import annotations
@@ -19,27 +22,18 @@ from datetime import datetime
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session
 
-from app.schemas import MODEL_NAME_PATTERN, JobCreate, JobOut
+from app.schemas import MODEL_NAME_PATTERN, JobCreate
 from app.services import cache
+from app.services.views import order_eta_seconds
 from model_store import ModelNotFound, list_models
 from model_store.description import ModelDescription, describe
 from model_store.storage import open_store
 from vigface.dataset.pose import PoseSpecError
-from vigface.dataset.spec import DatasetSpec, with_model_defaults
-from workers.db.models import (
-    TERMINAL,
-    Job,
-    JobStatus,
-    LedgerEntry,
-    Shard,
-    ShardStatus,
-    Team,
-    WebhookDelivery,
-    utcnow,
-)
-from workers.ledger import release_unstarted
+from vigface.dataset.spec import DatasetSpec, GuidanceNotCalibrated, with_model_defaults
+from workers.db.models import TERMINAL, Job, JobStatus, Shard, ShardStatus, Team, utcnow
+from workers.ledger import allocate, free_prototype_ids, release_unstarted
 from workers.settings import Settings
 from workers.webhooks import refused_address
 
@@ -70,22 +64,6 @@ def images_used_this_month(db: Session, team: Team) -> int:
         Job.status.not_in((JobStatus.FAILED, JobStatus.CANCELED)),
     )
     return int(db.scalar(q))
-
-
-def free_prototypes(db: Session, desc: ModelDescription) -> int:
-    """How many of a model's virtual prototypes no job holds. The ledger is keyed by the
-    prototype set's digest, so every name, copy or re-push of the same W_V counts together."""
-    used = db.scalar(select(func.count()).where(LedgerEntry.prototype_set == desc.prototype_set))
-    return desc.virtual_prototypes - int(used)
-
-
-def free_prototype_ids(db: Session, desc: ModelDescription) -> list[int]:
-    taken = set(
-        db.scalars(
-            select(LedgerEntry.prototype_id).where(LedgerEntry.prototype_set == desc.prototype_set)
-        )
-    )
-    return [p for p in range(desc.virtual_prototypes) if p not in taken]
 
 
 def spares_for(settings: Settings, shard_sizes: list[int]) -> list[int]:
@@ -173,7 +151,7 @@ def submit_job(
     ]
     spares = spares_for(settings, [b - a for a, b in bounds])
     need = spec.identities + sum(spares)
-    free = free_prototype_ids(db, desc)
+    free = free_prototype_ids(db, desc.prototype_set, desc.virtual_prototypes)
     if len(free) < need:
         raise JobError(
             409,
@@ -199,10 +177,7 @@ def submit_job(
         progress={"sampled": 0, "identities_done": 0},
     )
     db.add(job)
-    db.add_all(
-        LedgerEntry(model=model, prototype_set=desc.prototype_set, prototype_id=p, job_id=job.id)
-        for p in alloc
-    )
+    allocate(db, model, desc.prototype_set, alloc, job.id)
     slots, spare_rows = alloc[: spec.identities], iter(alloc[spec.identities :])
     for i, ((a, b), k) in enumerate(zip(bounds, spares, strict=True)):
         own_spares = [next(spare_rows) for _ in range(k)]
@@ -251,24 +226,6 @@ def submit_job(
     return job, True
 
 
-def visible_job(db: Session, team: Team, job_id: str) -> Job | None:
-    """The job if this team may see it (admins see all); None otherwise (a 404, not a 403)."""
-    job = db.get(Job, job_id)
-    if job is None or (job.team_id != team.id and not team.is_admin):
-        return None
-    return job
-
-
-def visible_jobs(team: Team, status: str | None = None):
-    """Query of the jobs this team may list (admins: all), newest first."""
-    q = select(Job)
-    if not team.is_admin:
-        q = q.where(Job.team_id == team.id)
-    if status:
-        q = q.where(Job.status == status)
-    return q.order_by(Job.created_at.desc(), Job.id.desc())
-
-
 def cancel_job(db: Session, job: Job) -> Job:
     """Idempotent: a finished job stays as it is; a queued or running one is canceled
     (running shards stop at their next sampling batch). What it gives back follows
@@ -312,7 +269,7 @@ def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_
             raise JobError(
                 409, "model", f"model {job.model!r} holds other prototypes now; order again"
             )
-        free = iter(free_prototype_ids(db, desc))
+        free = iter(free_prototype_ids(db, desc.prototype_set, desc.virtual_prototypes))
         for shard in released:
             fresh = [p for p, _ in zip(free, shard.prototypes, strict=False)]
             if len(fresh) < len(shard.prototypes):
@@ -320,12 +277,7 @@ def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_
                     409, "identities", f"model {job.model!r} has too few free virtual identities"
                 )
             shard.prototypes = fresh
-            db.add_all(
-                LedgerEntry(
-                    model=job.model, prototype_set=job.prototype_set, prototype_id=p, job_id=job.id
-                )
-                for p in fresh
-            )
+            allocate(db, job.model, job.prototype_set, fresh, job.id)
     for shard in shards:
         if shard.status != ShardStatus.SUCCEEDED:
             shard.status, shard.lease_expires_at, shard.worker = ShardStatus.QUEUED, None, None
@@ -348,94 +300,6 @@ def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_
     if not pending:  # it failed while finalizing: only that step runs again
         enqueue_finalize(job.id)
     return job
-
-
-def job_out(job: Job) -> JobOut:
-    """The API's record of one job."""
-    return job_outs(object_session(job), [job])[0]
-
-
-def job_outs(db: Session, jobs: list[Job]) -> list[JobOut]:
-    """API records of several jobs in a fixed number of queries, whatever the jobs' sizes:
-    shard states come as counts from one GROUP BY, never as loaded shard rows."""
-    ids = [j.id for j in jobs]
-    shards: dict[str, dict[str, int]] = {i: {} for i in ids}
-    if ids:
-        rows = db.execute(
-            select(Shard.job_id, Shard.status, func.count())
-            .where(Shard.job_id.in_(ids))
-            .group_by(Shard.job_id, Shard.status)
-        )
-        for job_id, status, n in rows:
-            shards[job_id][str(status)] = n
-    hooks = webhook_states(db, [j.id for j in jobs if j.webhook_url])
-    # the team row is usually in the session already (the caller's, loaded with its key)
-    teams = {j.team_id: t.name for j in jobs if (t := db.get(Team, j.team_id)) is not None}
-    out = []
-    for job in jobs:
-        rate, updated = sampling_rate(job)
-        eta = None
-        if job.status == JobStatus.RUNNING and rate:
-            eta = round(max(0, job.images_requested - job.images_done) / rate, 1)
-        out.append(
-            JobOut(
-                id=job.id,
-                status=job.status,
-                model=job.model,
-                team=teams[job.team_id],
-                spec=job.spec,
-                priority=job.priority,
-                images_requested=job.images_requested,
-                images_done=job.images_done,
-                progress=job.progress or {},
-                shards=shards[job.id],
-                identities_allocated=job.identities_allocated,
-                evaluate_on=job.evaluate_on or [],
-                created_at=job.created_at,
-                started_at=job.started_at,
-                finished_at=job.finished_at,
-                eta_seconds=eta,
-                sampling_img_per_s=rate,
-                progress_updated_at=updated,
-                error=job.error,
-                webhook=hooks.get(job.id),
-            )
-        )
-    return out
-
-
-def sampling_rate(job: Job, stale_s: float = 120.0):
-    """(images/s the job's workers sample now, when progress last moved): the sum over workers
-    that reported within ``stale_s``. A steady rate for the ETA, unlike images done over time
-    since start, which also counts queueing, model loading and filtering."""
-    progress = job.progress or {}
-    updated = progress.get("updated_at")
-    updated = datetime.fromisoformat(updated) if updated else None
-    if job.status != JobStatus.RUNNING:
-        return None, updated
-    now = utcnow()
-    rate = sum(
-        w.get("img_per_s", 0.0)
-        for w in progress.get("workers", {}).values()
-        if "updated_at" in w
-        and (now - datetime.fromisoformat(w["updated_at"])).total_seconds() < stale_s
-    )
-    return (round(rate, 3) if rate else None), updated
-
-
-def webhook_states(db: Session, job_ids: list[str]) -> dict[str, dict]:
-    """The latest outbox row of each job, as the job record shows it."""
-    if not job_ids:
-        return {}
-    rows = db.scalars(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.job_id.in_(job_ids))
-        .order_by(WebhookDelivery.id)
-    )
-    return {
-        d.job_id: {"status": d.status, "attempts": d.attempts, "last_error": d.last_error}
-        for d in rows
-    }
 
 
 def benchmark_key(name: str) -> str:
@@ -469,7 +333,9 @@ def create_job(
 ) -> tuple[Job, bool]:
     """The one code path that creates jobs (REST API and dashboard form)."""
     model = body.model or settings.default_model
-    fields = body.model_dump(exclude={"model", "priority", "webhook_url", "evaluate_on"})
+    fields = body.model_dump(
+        exclude={"model", "priority", "webhook_url", "evaluate_on", "confirm_large"}
+    )
     try:
         spec = DatasetSpec(**fields, batch_size=settings.sampler_batch_size)
     except ValidationError as exc:
@@ -479,7 +345,10 @@ def create_job(
     desc = describe_model(settings, model)
     if desc.pose_bank is None:
         raise JobError(422, "model", f"model {model!r} is not a generator")
-    spec = with_model_defaults(spec, desc.card)  # the job records the values it runs with
+    try:
+        spec = with_model_defaults(spec, desc.card)  # the job records the values it runs with
+    except GuidanceNotCalibrated as exc:
+        raise JobError(422, "guidance", str(exc)) from exc
     if spec.upsample and desc.upsampler_size is None:
         raise JobError(422, "upsample", f"model {model!r} has no upsampler; order without it")
     try:
@@ -487,6 +356,9 @@ def create_job(
     except PoseSpecError as exc:
         raise JobError(422, "pose", str(exc)) from exc
     check_benchmarks(settings, body.evaluate_on, spec)
+    eta = order_eta_seconds(db, model, spec.identities * spec.images_per_identity)
+    if not body.confirm_large:
+        check_size(settings, spec, eta)
     job, created = submit_job(
         db,
         settings,
@@ -499,6 +371,27 @@ def create_job(
         body.evaluate_on,
     )
     if created:
+        job.progress = {**(job.progress or {}), "eta_at_submission_s": eta}
+        db.commit()
         enqueue(job)
         cache.statuses.clear()  # the team's listings change
     return job, created
+
+
+def check_size(settings: Settings, spec: DatasetSpec, eta_s: float | None) -> None:
+    """An order above ``confirm_above_images`` images, or estimated to take longer than
+    ``confirm_above_eta_hours`` on the workers, needs ``confirm_large: true``: a typo of one
+    digit must not queue three days of work."""
+    images = spec.identities * spec.images_per_identity
+    hours = eta_s / 3600 if eta_s is not None else None
+    too_big = images > settings.confirm_above_images
+    too_long = hours is not None and hours > settings.confirm_above_eta_hours
+    if too_big or too_long:
+        took = f", about {hours:.1f} h at the workers' measured rate" if hours else ""
+        raise JobError(
+            422,
+            "confirm_large",
+            f"this order is {images} images{took} (orders above "
+            f"{settings.confirm_above_images} images or {settings.confirm_above_eta_hours:g} h "
+            "need confirmation); send confirm_large: true to place it",
+        )
