@@ -136,7 +136,9 @@ def test_worker_killed_mid_shard(deploy, s3_env, tmp_path):
     svc, client, _, _ = deploy()
     victim = start_worker(svc, "victim", tmp_path)
     job = client.post("/v1/jobs", json=ORDER).json()
-    seen = wait_job(client, job["id"], lambda j: j["images_done"] > 0, what="sampling")
+    seen = wait_job(
+        client, job["id"], lambda j: j["progress"].get("sampled", 0) > 0, what="sampling"
+    )
     kill(victim)
     assert seen["images_done"] < TOTAL and seen["status"] == "running"  # killed mid-job
     start_worker(svc, "rescuer", tmp_path)
@@ -173,7 +175,7 @@ def test_object_store_down_20s_during_the_upload(deploy, s3_env, tmp_path):
     svc, client, proxy, _ = deploy()
     start_worker(svc, "worker", tmp_path)
     job = client.post("/v1/jobs", json=ORDER).json()
-    wait_job(client, job["id"], lambda j: j["images_done"] > 0, what="sampling")
+    wait_job(client, job["id"], lambda j: j["progress"].get("sampled", 0) > 0, what="sampling")
     proxy.down()  # the first shard's upload (and maybe the second's) meets a dead endpoint
     wait_job(client, job["id"], lambda j: j["images_done"] >= TOTAL // 2, what="a shard done")
     import time
@@ -214,7 +216,7 @@ def test_api_restarted_mid_job(deploy, s3_env, tmp_path):
     svc, client, _, _ = deploy()
     start_worker(svc, "worker", tmp_path)
     job = client.post("/v1/jobs", json=ORDER).json()
-    wait_job(client, job["id"], lambda j: j["images_done"] > 0, what="sampling")
+    wait_job(client, job["id"], lambda j: j["progress"].get("sampled", 0) > 0, what="sampling")
     svc.kill_api()
     svc.start_api()
     done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
@@ -227,7 +229,7 @@ def test_cancel_gives_back_quota_and_unstarted_identities(deploy, tmp_path):
     free_before = free_identities(svc, client)
     order = {**ORDER, "identities": 6}  # 3 shards; one worker runs them one at a time
     job = client.post("/v1/jobs", json=order).json()
-    wait_job(client, job["id"], lambda j: j["images_done"] > 0, what="sampling")
+    wait_job(client, job["id"], lambda j: j["progress"].get("sampled", 0) > 0, what="sampling")
     canceled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
     assert canceled["status"] == "canceled"
     released = canceled["progress"]["identities_released"]
@@ -239,3 +241,78 @@ def test_cancel_gives_back_quota_and_unstarted_identities(deploy, tmp_path):
     r = client.post("/v1/jobs", json=big)
     assert r.status_code == 202, r.text
     client.post(f"/v1/jobs/{r.json()['id']}/cancel")
+
+
+def test_a_slow_store_with_a_short_lease_runs_one_finalizer(deploy, s3_env, tmp_path):
+    """Every store request takes 0.4 s, so finalize lasts several times the 10 s lease; the
+    heartbeat keeps the lease alive, so no second worker starts the same step beside it."""
+    svc, client, proxy, _ = deploy(VIGFACE_LEASE_SECONDS="10", VIGFACE_RESEND_AFTER_SECONDS="5")
+    start_worker(svc, "w1", tmp_path)
+    start_worker(svc, "w2", tmp_path)
+    job = client.post("/v1/jobs", json=ORDER).json()
+    wait_job(client, job["id"], lambda j: j["status"] == "finalizing", what="finalizing")
+    proxy.slow(0.4)
+    import time
+
+    finalizing_since = time.time()
+    done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    proxy.slow(0)
+    assert time.time() - finalizing_since > 10  # it did outlast the lease
+    assert_delivered_once(client, done, *s3_env)
+    assert done["progress"]["finalize_starts"] == 1, done["progress"]
+
+
+def test_ctrl_c_of_the_embedded_service_mid_job_then_restart(tiny_generator, tmp_path):
+    """SIGINT to ``vigface serve`` (embedded worker) while it samples: it exits cleanly (no
+    abort), the shard is given back, and the next start finishes the job with every image
+    exactly once."""
+    import signal
+    from pathlib import Path
+
+    from app.services.auth import create_key, create_team
+    from workers.db.session import init_db, session_factory
+
+    home = tmp_path / "home"
+    model = "demo" if (BUNDLED / "demo" / "dit").is_dir() else tiny_generator.name
+    env = {
+        "VIGFACE_HOME": str(home),
+        "VIGFACE_DEFAULT_MODEL": model,
+        "VIGFACE_MODEL_STORE": str(tiny_generator.parent),
+        "VIGFACE_SHARD_IDENTITIES": "2",
+        "VIGFACE_SAMPLER_BATCH_SIZE": "4",
+    }
+    db_url = f"sqlite:///{home / 'vigface.db'}"
+    home.mkdir(parents=True)
+    init_db(db_url)
+    with session_factory(db_url)() as db:
+        create_team(db, "alpha", quota=1_000)
+        key = create_key(db, "alpha")
+    svc = Service({**env, "VIGFACE_BROKER_URL": "", "VIGFACE_DATABASE_URL": db_url}, tmp_path)
+    for name in ("VIGFACE_STORAGE_URL", "VIGFACE_WORK_DIR", "VIGFACE_S3_ENDPOINT_URL"):
+        svc.env.pop(name, None)  # everything local, under the data home
+    svc.start_api()
+    client = httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    try:
+        order = {**ORDER, "steps": 40}
+        job = client.post("/v1/jobs", json=order).json()
+        wait_job(client, job["id"], lambda j: j["progress"].get("sampled", 0) > 0, what="sampling")
+        svc.api.send_signal(signal.SIGINT)
+        assert svc.api.wait(120) == 0  # a clean exit, not an abort (signal 6)
+        log = (tmp_path / "api.log").read_text()
+        assert "terminate called" not in log and "goes back to the queue" in log
+        with session_factory(db_url)() as db:
+            from workers.db.models import Job
+
+            stopped = db.get(Job, job["id"])
+            assert stopped.status == "running" and stopped.progress.get("given_back")
+        svc.start_api()
+        done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+        assert done["status"] == "succeeded" and done["images_done"] == TOTAL, done
+        folder = Path(home / "storage" / "jobs" / job["id"] / "imagefolder")
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+        assert len(files) == len(set(files)) == TOTAL
+        manifest = (home / "storage" / "jobs" / job["id"] / "manifest.csv").read_text()
+        rows = [r for r in csv.DictReader(io.StringIO(manifest)) if r["accepted"] == "True"]
+        assert len({(r["identity"], r["index"]) for r in rows}) == len(rows) == TOTAL
+    finally:
+        svc.stop_all()

@@ -186,7 +186,10 @@ def test_cancel_queued_and_running_jobs(service):
     worker.start()
     deadline = time.time() + 60
     while (
-        client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alpha"])).json()["images_done"] == 0
+        client.get(f"/v1/jobs/{job['id']}", headers=auth(keys["alpha"]))
+        .json()["progress"]
+        .get("sampled", 0)
+        == 0
     ):
         assert time.time() < deadline
         time.sleep(0.05)

@@ -217,12 +217,20 @@ def run_shard(
         sampled_here = 0
 
         def progress(stage: str, n: int) -> None:
+            """``sampled`` and ``identities_done`` add up draws; ``accepted`` is this shard's
+            kept images so far, and images_done the sum over shards: it reaches the order
+            only when every image passed the filters, not when the first draws are done."""
             nonlocal sampled_here
             with sessions() as upd:
                 j = upd.get(Job, job.id)
-                prog = {**(j.progress or {}), stage: (j.progress or {}).get(stage, 0) + n}
+                prog = dict(j.progress or {})
+                if stage == "accepted":
+                    kept = {**prog.get("shard_accepted", {}), str(shard.index): n}
+                    prog["shard_accepted"] = kept
+                    j.images_done = min(j.images_requested, sum(kept.values()))
+                else:
+                    prog[stage] = prog.get(stage, 0) + n
                 if stage == "sampled":
-                    j.images_done = min(j.images_requested, j.images_done + n)
                     sampled_here += n
                     prog["workers"] = {
                         **prog.get("workers", {}),

@@ -16,8 +16,9 @@ from app.cli import data, jobs, models, service, train
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help=__doc__.split("\n")[0],
+    help="vigface: synthetic face-recognition datasets of identities that do not exist.",
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # `code` in docstrings renders as code, not raw backticks
 )
 
 

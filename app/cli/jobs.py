@@ -10,7 +10,9 @@ import typer
 
 from app.cli.common import fail, order_options
 
-app = typer.Typer(no_args_is_help=True, help="Order datasets from a running service.")
+app = typer.Typer(
+    no_args_is_help=True, help="Order datasets from a running service.", rich_markup_mode="markdown"
+)
 
 
 def _call(url: str, fn, *args, **kw):

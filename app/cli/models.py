@@ -10,7 +10,11 @@ import typer
 from app.cli.common import fail
 from model_store import BUNDLED
 
-app = typer.Typer(no_args_is_help=False, help="List and inspect model-store entries.")
+app = typer.Typer(
+    no_args_is_help=False,
+    help="List and inspect model-store entries.",
+    rich_markup_mode="markdown",
+)
 
 
 @app.callback(invoke_without_command=True)

@@ -9,7 +9,11 @@ import typer
 
 from app.cli.common import fail
 
-admin_app = typer.Typer(no_args_is_help=True, help="Teams and API keys (same settings as serve).")
+admin_app = typer.Typer(
+    no_args_is_help=True,
+    help="Teams and API keys (same settings as serve).",
+    rich_markup_mode="markdown",
+)
 
 
 def _sessions():
@@ -145,6 +149,7 @@ def serve_cmd(
     api = create_app(settings)
     worker = None
     if embedded:
+        warn_if_home_served(settings)
         from workers.embedded import EmbeddedWorker
 
         worker = EmbeddedWorker(api.state.sessions, settings)
@@ -158,6 +163,41 @@ def serve_cmd(
         if worker is not None:
             typer.echo("stopping the worker: the running shard goes back to the queue")
             worker.stop()
+
+
+_home_lock = None  # held for the life of the process
+
+
+def warn_if_home_served(settings) -> None:
+    """Two embedded services on one data home share its SQLite database and run each other's
+    shards: say so when another one holds it (a lock file in the home, released at exit)."""
+    import fcntl
+
+    global _home_lock
+    settings.home.mkdir(parents=True, exist_ok=True)
+    path = settings.home / "service.lock"
+    lock = open(path, "a+")  # noqa: SIM115 - kept open: the lock lasts as long as the process
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        other = lock.read().strip() or "another process"
+        typer.secho(
+            f"warning: {other} already serves this data home ({settings.home}); both share its "
+            "database, jobs and worker. For a separate service set VIGFACE_HOME to another "
+            "folder.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        lock.close()
+        return
+    import os
+
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"vigface (pid {os.getpid()}, {settings.base_url})")
+    lock.flush()
+    _home_lock = lock
 
 
 def start_reaper(settings, sessions) -> None:

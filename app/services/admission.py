@@ -115,9 +115,15 @@ def submit_job(
     jittered wait. Every round lets at least one contender commit, so the retry bound
     (``ALLOCATION_RETRIES``) must exceed the number of simultaneous submissions; past it, a 409."""
     if spec.identities > settings.max_identities_per_job:
-        raise JobError(422, "identities", f"at most {settings.max_identities_per_job} per job")
+        raise JobError(
+            422, "identities", f"at most {settings.max_identities_per_job} (this service's bound)"
+        )
     if spec.images_per_identity > settings.max_images_per_identity:
-        raise JobError(422, "images_per_identity", f"at most {settings.max_images_per_identity}")
+        raise JobError(
+            422,
+            "images_per_identity",
+            f"at most {settings.max_images_per_identity} (this service's bound)",
+        )
     if spec.mode != "virtual":
         raise JobError(422, "mode", "the service sells virtual identities only")
     if webhook_url and (why := refused_address(webhook_url, settings.webhook_allowed_hosts)):
@@ -339,9 +345,8 @@ def create_job(
     try:
         spec = DatasetSpec(**fields, batch_size=settings.sampler_batch_size)
     except ValidationError as exc:
-        raise JobError(
-            422, ".".join(map(str, exc.errors()[0]["loc"])), exc.errors()[0]["msg"]
-        ) from exc
+        first = exc.errors()[0]
+        raise JobError(422, ".".join(map(str, first["loc"])), first["msg"]) from exc
     desc = describe_model(settings, model)
     if desc.pose_bank is None:
         raise JobError(422, "model", f"model {model!r} is not a generator")

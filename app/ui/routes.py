@@ -38,6 +38,17 @@ from workers.settings import Settings
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["format"] = format_or_na  # "n/a" for a metric a report leaves undefined
+
+
+def pose_text(pose) -> str:
+    """An order's pose as a person reads it: the preset's name, or each yaw bin's share."""
+    if isinstance(pose, dict):
+        total = sum(pose.values()) or 1.0
+        return ", ".join(f"{b}: {100 * w / total:.0f} %" for b, w in pose.items())
+    return str(pose).replace("_", " ")
+
+
+templates.env.filters["pose_text"] = pose_text
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 

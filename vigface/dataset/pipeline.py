@@ -215,6 +215,8 @@ class DatasetBuilder:
             for s in sorted(failed):  # step 5
                 self._drop_identity(res, s, attempt)
             self.seconds["filtering"] += time.perf_counter() - t0
+            if self.on_progress:  # kept images so far: redraws and dropped identities count 0
+                self.on_progress("accepted", self._accepted_before + len(res.accepted))
         return res
 
     def _identity_check(self, res: ChunkResult, failed: set[int], checked: set) -> set[int]:
@@ -285,6 +287,7 @@ class DatasetBuilder:
         queue_pos = spec.identities
         self.chunks = []
         bar = tqdm(total=self.plan.images, desc="generate", unit="img", disable=not self.progress)
+        self._accepted_before = 0
         for c in range(n_chunks):
             slots = list(range(c * self.chunk, min(spec.identities, (c + 1) * self.chunk)))
             if not self.store.is_done(c):
@@ -304,7 +307,9 @@ class DatasetBuilder:
             queue_pos = info["queue_pos"]
             self.chunks.append(info)
             bar.update(sum(self.slot_images[s] for s in slots))
+            self._accepted_before += sum(self.slot_images[s] for s in slots)
             if self.on_progress:
+                self.on_progress("accepted", self._accepted_before)
                 self.on_progress("identities_done", len(slots))
         bar.close()
         return self.chunks
