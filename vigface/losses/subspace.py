@@ -2,7 +2,7 @@
 
 Why this exists: a small FR backbone maps every face into a low-dimensional part of its
 512-D output (the demo's: 90 % of the real prototypes' squared norm lies in 60 directions;
-``bench/virtual_subspace.py`` prints this and the numbers below). ArcFace pushes each w_v
+``experiments/virtual_subspace.py`` prints this and the numbers below). ArcFace pushes each w_v
 away from every real prototype and every real embedding, and the cheapest way out is the
 orthogonal complement, which no face reaches. Trained without a constraint, the demo's W_V
 kept only 11 % of its energy in W_R's 60-D span, and no LFW image came closer than cosine

@@ -7,7 +7,7 @@ W_R's leading principal directions, the ones faces vary along most, the demo's W
 0.56 times as much as W_R, and along minor ones up to 2.5 times as much. The generator learned
 its prototype-to-face map from W_R, so it drew such rows as faces that differ along what an
 outside FR model hardly sees: the independent judge found the virtual identities of a dataset
-crowded together (``bench/identity_compression.py``).
+crowded together (``experiments/identity_compression.py``).
 
 This is a linear map, no data and no training: the coordinates of W_V in the face subspace
 (:func:`vigface.losses.subspace.face_subspace`) are whitened by W_V's own mean and covariance

@@ -16,7 +16,7 @@ This measures the effect on the same people at several counts:
 Each figure is the mean over ``--repeats`` seeded subsamples. Prints a table; the last line is
 JSON. About 11 images/s on one core for the embedding.
 
-    python bench/judge_count_bias.py --data runs/judge/matched_200
+    python experiments/judge_count_bias.py --data runs/judge/matched_200
 """
 
 from __future__ import annotations

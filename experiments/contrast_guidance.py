@@ -13,7 +13,7 @@ settings compare on the same draws) for every ``g,lam`` setting and prints dlib'
 between / centre-to-real distances, the stage-1 own-prototype cosine and the share of images
 above ``tau_leak``. Costs 1.5x the forwards of plain CFG. Last line: JSON.
 
-    python bench/contrast_guidance.py --settings 2,0 2,1 2,2 3,1
+    python experiments/contrast_guidance.py --settings 2,0 2,1 2,2 3,1
 """
 
 from __future__ import annotations

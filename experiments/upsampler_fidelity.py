@@ -18,7 +18,7 @@ mean judge distance to the original's descriptor, PSNR against the real 64-px fa
 ``detail``: the spectral energy above the 32-px Nyquist frequency as a share of the real
 64-px face's (0 = none of the detail a 64-px photo has, 1 = as much).
 
-    python bench/upsampler_fidelity.py --model demo            # about 12 min on 2 cores
+    python experiments/upsampler_fidelity.py --model demo            # about 12 min on 2 cores
 
 Prints a markdown table; the last line is JSON.
 """

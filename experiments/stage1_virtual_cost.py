@@ -5,7 +5,7 @@ folders already hold a finished model), evaluates both on the dev pairs and prin
 line: accuracies, their difference, training minutes and the orthogonality check
 mean max-cos(V->R) <= mean max-cos(R->R).
 
-    python bench/stage1_virtual_cost.py --data ../shared/data/lfw112 --runs runs
+    python experiments/stage1_virtual_cost.py --data ../shared/data/lfw112 --runs runs
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ first ``--pool`` identities with dlib and compares subsets of ``--identities`` o
 Prints each subset's stage-1 nearest-prototype cosine and the judge's within / between; the
 last line is JSON. About 11 images/s on one core for the embedding.
 
-    python bench/prototype_spread.py --data runs/pt_full/virtual --pool 400 --identities 200
+    python experiments/prototype_spread.py --data runs/pt_full/virtual --pool 400 --identities 200
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """What the FR model gives *real* training faces at the generator's resolution (a ceiling).
 
-Identity fidelity of generated faces (``bench/identity_guidance.py``) is only meaningful next
+Identity fidelity of generated faces (``experiments/identity_guidance.py``) is only meaningful next
 to what real images of the same identities score through the same embedding path: real
 training crops resized to ``--size`` px, mean cosine to their own prototype and to the
 nearest other real prototype. Last line: one JSON object.
 
-    python bench/fr_resolution_ceiling.py --model demo --data ../shared/data/lfw112/train
+    python experiments/fr_resolution_ceiling.py --model demo --data ../shared/data/lfw112/train
 """
 
 from __future__ import annotations

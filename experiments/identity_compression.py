@@ -20,7 +20,7 @@ generator compresses identity, and a virtual set cannot be more distinct than th
 allows, whatever its prototypes. Also prints the mean distance over all centre pairs (the
 spread of the whole set, not only the nearest neighbour). Last line: JSON.
 
-    python bench/identity_compression.py --model demo      # about 10 min on one core
+    python experiments/identity_compression.py --model demo      # about 10 min on one core
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 #                                               from ../shared and never committed; unpacked to
 #                                               an ImageFolder in /tmp first
 #   .gpu/whl/                                   diffusers, pydantic and what they need
-# Usage: bench/gpu_identity_finetune.sh ["name key=value ..." ...]  (config overrides per run)
+# Usage: experiments/gpu_identity_finetune.sh ["name key=value ..." ...]  (config overrides per run)
 # Outputs in $OUT: per run the EMA DiT in fp16 (as the bundled entry stores it; the demo's
 # dit/config.json describes it) and its training log. Judge them on the CPU afterwards (README: identity lever).
 set -uo pipefail

@@ -10,7 +10,7 @@ weights: its ``soup`` entry says so, and only ``filters`` is re-measured here.
 
     git show cafd44f:model_store/models/demo/dit/diffusion_pytorch_model.safetensors \
         > runs/weights/dit_pre_margin.safetensors
-    python bench/dit_soup.py --other runs/weights/dit_pre_margin.safetensors --alpha 0.5 \
+    python experiments/dit_soup.py --other runs/weights/dit_pre_margin.safetensors --alpha 0.5 \
         --guidance 2 --out runs/models/soup50
     python bench/paper_table.py --model runs/models/soup50 --steps 3100 --rows synthetic \
         --images-per-identity 6 --work runs/pt_soup50

@@ -10,7 +10,7 @@ all images). When no image comes near any virtual prototype, no generator can dr
 that matches a virtual identity better than a real one (see vigface/losses/subspace.py).
 Last line: one JSON object.
 
-    python bench/virtual_subspace.py --model demo --data ../shared/data/lfw112/train
+    python experiments/virtual_subspace.py --model demo --data ../shared/data/lfw112/train
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ a held-out tail of W_V (``virtual_identity_holdout`` in its card), a third group
 that tail only: prototypes the DiT never saw. Writes a sample grid per group (rows =
 identities, columns = poses) beside the model card with ``--grids``. Last line: one JSON object.
 
-    python bench/identity_guidance.py --model demo --grids
+    python experiments/identity_guidance.py --model demo --grids
 """
 
 from __future__ import annotations
