@@ -31,7 +31,7 @@ from model_store import resolve
 from vigface.evaluation.identity import identity_fidelity
 from vigface.generator.artifact import Generator
 from vigface.generator.grid import pose_columns, save_grid
-from vigface.sampling import Sampler
+from vigface.sampling import Sampler, SamplerSettings
 
 DEFAULT_SETTINGS = [
     "dpmsolver:25",
@@ -76,7 +76,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     gen = Generator.load(resolve(args.model))
-    g = args.guidance if args.guidance is not None else gen.card.get("recommended_guidance", 4.0)
+    g = args.guidance if args.guidance is not None else SamplerSettings.for_model(gen.card).guidance
     tau_l = gen.card.get("filters", {}).get("tau_leak", 1.0)
     poses = pose_columns(gen.pose_landmarks, args.poses)
     judge = None

@@ -59,7 +59,6 @@ def main() -> None:
     card_path = args.out / "model_card.json"
     card = json.loads(card_path.read_text())
     if args.guidance is not None:
-        card["recommended_guidance"] = args.guidance
         card.setdefault("sampler_defaults", {})["guidance"] = args.guidance
     card["soup"] = {
         "base": str(base), "other": str(args.other), "alpha": args.alpha,

@@ -18,6 +18,7 @@ import numpy as np
 from model_store import CARD, ModelNotFound, resolve
 from vigface.dataset.pose import PoseBank
 from vigface.prototype_set import prototype_set_digest
+from vigface.sampling import SamplerSettings
 
 POSES_FILE = "pose_landmarks.npy"
 PROTOTYPES_FILE = "prototypes.safetensors"
@@ -35,9 +36,9 @@ class ModelDescription:
     upsampler_size: int | None = None  # output side of its upsampler/, None without one
 
     @property
-    def recommended_guidance(self) -> float | None:
-        g = self.card.get("recommended_guidance")
-        return float(g) if g is not None else None
+    def recommended_guidance(self) -> float:
+        """The guidance an order without one runs at (the card's sampler defaults)."""
+        return SamplerSettings.for_model(self.card).guidance
 
 
 def locate(

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from vigface.dataset.pipeline import DatasetBuilder
-from vigface.dataset.spec import DatasetSpec
+from vigface.dataset.spec import DatasetSpec, resolve_spec
 from vigface.generator.artifact import Generator
 
 runner = CliRunner()
@@ -111,7 +111,11 @@ def test_the_real_filters_reject_on_both_sides_and_replace_identities(tiny_gener
     gen = Generator.load(tiny_generator)
     cands = list(range(7, 40))
     open_run = DatasetBuilder(
-        gen, _spec(tau_consistency=-1.0, tau_leak=1.0), tmp_path / "a", cands, progress=False
+        gen,
+        resolve_spec(_spec(tau_consistency=-1.0, tau_leak=1.0), gen.card),
+        tmp_path / "a",
+        cands,
+        progress=False,
     ).run()
     assert open_run["counts"]["accepted"] == 6
     rows = list(csv.DictReader((tmp_path / "a" / "manifest.csv").open()))
@@ -120,7 +124,11 @@ def test_the_real_filters_reject_on_both_sides_and_replace_identities(tiny_gener
     tau_c = (own[1] + own[2]) / 2  # the two lowest first draws fail consistency
     tau_l = (near[-2] + near[-1]) / 2  # the highest first draw leaks
     report = DatasetBuilder(
-        gen, _spec(tau_consistency=tau_c, tau_leak=tau_l), tmp_path / "b", cands, progress=False
+        gen,
+        resolve_spec(_spec(tau_consistency=tau_c, tau_leak=tau_l), gen.card),
+        tmp_path / "b",
+        cands,
+        progress=False,
     ).run()
     rows = list(csv.DictReader((tmp_path / "b" / "manifest.csv").open()))
     for r in rows:
@@ -221,7 +229,7 @@ def test_pose_draws_only_bins_the_bank_has(tiny_generator, tmp_path):
         tau_leak=1,
         pose="uniform_yaw",
     )
-    b = DatasetBuilder(gen, spec, tmp_path, progress=False)
+    b = DatasetBuilder(gen, resolve_spec(spec, gen.card), tmp_path, progress=False)
     drawn = np.bincount(b.bank.bins[b.plan.pose_idx], minlength=7) / 4
     assert np.abs(drawn - b.plan.pose_weights).sum() / 2 == 0  # the bank has frontal faces only
 

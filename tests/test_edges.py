@@ -200,9 +200,10 @@ def test_bodies_are_capped_however_they_are_sent(service):  # noqa: F811
 def test_the_consistency_threshold_follows_the_orders_guidance():
     from vigface.dataset.spec import (
         DatasetOrder,
+        DatasetSpec,
         GuidanceNotCalibrated,
         consistency_threshold,
-        with_model_defaults,
+        resolve_spec,
     )
 
     table = {
@@ -219,10 +220,12 @@ def test_the_consistency_threshold_follows_the_orders_guidance():
         with pytest.raises(GuidanceNotCalibrated, match="1 to 4"):
             consistency_threshold(card, outside)
     assert consistency_threshold({"filters": {"tau_consistency": 0.75}}, 9.0) is None
-    order = DatasetOrder(identities=2, images_per_identity=2, guidance=4.0)
-    assert with_model_defaults(order, card).tau_consistency == 0.65
-    mine = DatasetOrder(identities=2, images_per_identity=2, guidance=9.0, tau_consistency=0.1)
-    assert with_model_defaults(mine, card).tau_consistency == 0.1  # the order's own is kept
+    card["filters"]["tau_leak"] = 0.5
+    order = DatasetSpec(identities=2, images_per_identity=2, guidance=4.0)
+    assert resolve_spec(order, card).tau_consistency == 0.65
+    mine = DatasetSpec(identities=2, images_per_identity=2, guidance=9.0, tau_consistency=0.1)
+    assert resolve_spec(mine, card).tau_consistency == 0.1  # the order's own is kept
+    assert DatasetOrder(identities=1, images_per_identity=1).guidance is None
 
 
 def test_an_uncalibrated_guidance_is_refused_at_admission_naming_the_field(service):  # noqa: F811

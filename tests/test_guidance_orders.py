@@ -40,8 +40,10 @@ def demo_service(tmp_path, monkeypatch):
     with api.state.sessions() as db:
         create_team(db, "alpha", quota=100_000)
         key = create_key(db, "alpha")
-    yield TestClient(api), {"Authorization": f"Bearer {key}"}, EmbeddedWorker(
-        api.state.sessions, settings
+    yield (
+        TestClient(api),
+        {"Authorization": f"Bearer {key}"},
+        EmbeddedWorker(api.state.sessions, settings),
     )
     load_generator.cache_clear()
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from vigface.dataset.spec import DatasetOrder, sampler_defaults, with_model_defaults
+from vigface.dataset.spec import DatasetOrder, DatasetSpec, ResolvedSpec, resolve_spec
 from vigface.generator.diffusion import cfg_combine, sampling_scheduler, training_scheduler
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import render_heatmaps
-from vigface.sampling import Sampler, image_seed, initial_noise, to_uint8
+from vigface.sampling import Sampler, SamplerSettings, image_seed, initial_noise, to_uint8
 
 
 def tiny_dit():
@@ -94,21 +94,82 @@ def test_unipc_and_bad_intervals():
         DatasetOrder(identities=1, images_per_identity=1, guidance_interval=(0.5, 1.5))
 
 
+FILTERS = {"filters": {"tau_consistency": 0.5, "tau_leak": 0.6}}
+
+
 def test_orders_take_the_model_cards_sampler_defaults_and_record_them():
-    order = DatasetOrder(identities=1, images_per_identity=1)
+    order = DatasetSpec(identities=1, images_per_identity=1)
     assert order.guidance is None and order.steps is None
-    paper = with_model_defaults(order, {})
-    assert (paper.guidance, paper.steps, paper.scheduler) == (4.0, 25, "dpmsolver")
+    paper = resolve_spec(order, FILTERS)
+    assert paper == resolve_spec(order, {**FILTERS, "sampler_defaults": {}})
+    assert (paper.steps, paper.scheduler) == (25, "dpmsolver")
+    assert paper.guidance == SamplerSettings().guidance  # the paper's, from its one place
     assert paper.guidance_interval == (0.0, 1.0)  # stored explicitly: every step
+    assert (paper.tau_consistency, paper.tau_leak) == (0.5, 0.6)
     card = {
-        "recommended_guidance": 2.0,
-        "sampler_defaults": {"steps": 15, "scheduler": "unipc", "guidance_interval": [0.1, 0.7]},
+        **FILTERS,
+        "sampler_defaults": {
+            "guidance": 2.0,
+            "steps": 15,
+            "scheduler": "unipc",
+            "guidance_interval": [0.1, 0.7],
+        },
     }
-    got = with_model_defaults(order, card)
+    got = resolve_spec(order, card)
+    assert isinstance(got, ResolvedSpec)
     assert (got.guidance, got.steps, got.scheduler) == (2.0, 15, "unipc")
     assert got.guidance_interval == (0.1, 0.7)
-    mine = DatasetOrder(identities=1, images_per_identity=1, guidance=3.5, steps=9)
-    kept = with_model_defaults(mine, card)
+    mine = DatasetSpec(identities=1, images_per_identity=1, guidance=3.5, steps=9)
+    kept = resolve_spec(mine, card)
     assert (kept.guidance, kept.steps, kept.scheduler) == (3.5, 9, "unipc")
-    assert with_model_defaults(kept, {}) == kept  # a recorded order never changes again
-    assert sampler_defaults(card)["guidance"] == 2.0
+    assert resolve_spec(kept, {}) == kept  # a recorded order never changes again
+    assert ResolvedSpec.model_validate(kept.model_dump()) == kept  # as a job stores it
+    assert SamplerSettings.for_model(card).guidance == 2.0
+    with pytest.raises(ValueError, match="tau_consistency: the model card has no filter"):
+        resolve_spec(order, {})
+
+
+def test_an_order_without_guidance_runs_at_the_cards_value_through_api_dashboard_and_cli(
+    tiny_generator, tmp_path, monkeypatch
+):
+    """One model card recommends g 2.5; an order that leaves guidance out records and runs
+    2.5 whether it came through the REST API, the dashboard form or ``vigface generate``."""
+    import json
+    import re
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from test_dashboard_pages import csrf, login, make_ui
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+
+    model = tmp_path / "store" / "g25"
+    shutil.copytree(tiny_generator, model)
+    card = json.loads((model / "model_card.json").read_text())
+    card["sampler_defaults"] = {"guidance": 2.5, "steps": 2}
+    (model / "model_card.json").write_text(json.dumps(card))
+    api, keys, worker = make_ui(model, tmp_path, monkeypatch)
+    c = TestClient(api)
+    order = {"identities": 1, "images_per_identity": 1}
+
+    by_api = c.post("/v1/jobs", json=order, headers={"X-API-Key": keys["alpha"]}).json()
+    assert by_api["spec"]["guidance"] == 2.5 and by_api["spec"]["steps"] == 2
+
+    login(c, keys["beta"])
+    form_page = c.get("/ui/orders/new").text
+    assert re.search(r'name="guidance"[^>]*value="2.5"', form_page), "form shows the card's"
+    form = {"csrf": csrf(c), "identities": "1", "images_per_identity": "1"}
+    form |= {"pose_preset": "match_training"}  # the form always sends its radio choice
+    r = c.post("/ui/orders", data={**form, "formats": "imagefolder"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    by_form = c.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": keys["beta"]}).json()
+    assert by_form["spec"]["guidance"] == 2.5
+
+    out = tmp_path / "cli"
+    args = ["generate", "--model", str(model), "--identities", "1", "--images-per-identity", "1"]
+    r = CliRunner().invoke(cli, [*args, "--batch-size", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    by_cli = json.loads((out / "dataset_card.json").read_text())["spec"]
+    assert by_cli["guidance"] == 2.5 and by_cli["steps"] == 2

@@ -23,14 +23,55 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vigface.generator.diffusion import cfg_combine, sampling_scheduler
 from vigface.generator.landmarks import render_heatmaps
 from vigface.precision import autocast, autocast_dtype
+
+
+class SamplerSettings(BaseModel):
+    """How faces are drawn: the one place the paper's sampler lives (g 4, 25 DPM-Solver++
+    steps, guidance at every step, no upsampler). A model card's ``sampler_defaults`` is a
+    SamplerSettings measured for its weights, and an order's own fields override the card's;
+    :func:`vigface.dataset.spec.resolve_spec` applies both, once, when an order is admitted."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    guidance: float = Field(4.0, ge=0, le=20, description="classifier-free guidance weight g")
+    steps: int = Field(25, ge=1, le=200, description="sampler steps")
+    scheduler: Literal["dpmsolver", "unipc", "ddim"] = Field(
+        "dpmsolver", description="sampler: dpmsolver, unipc or ddim"
+    )
+    guidance_interval: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description="apply guidance only while t/T lies between lo and hi (1 = pure noise); "
+        "0 and 1 = every step",
+    )
+    upsample: bool = Field(
+        False, description="run the model's upsampler (32 -> 64 px) after the DiT"
+    )
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval(cls, v):
+        if not 0 <= v[0] <= v[1] <= 1:
+            raise ValueError("guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1")
+        return v
+
+    @classmethod
+    def for_model(cls, card: dict) -> SamplerSettings:
+        """The settings a model card recommends (its ``sampler_defaults``), over the paper's."""
+        given = card.get("sampler_defaults") or {}
+        return cls(**{k: v for k, v in given.items() if v is not None})
+
+
+PAPER_SAMPLER = SamplerSettings()
 
 
 def image_seed(job_seed: int, identity_index: int, image_index: int, attempt: int = 0) -> int:
@@ -79,7 +120,7 @@ class Sampler:
         dit: the FaceDiT (eval mode).
         train_scheduler: the DDPMScheduler it was trained with.
         scheduler: ``"dpmsolver"`` (DPMSolverMultistepScheduler, default) or ``"ddim"``.
-        steps: denoising steps. guidance: CFG weight g (paper: 4.0).
+        steps: denoising steps. guidance: CFG weight g (default: :data:`PAPER_SAMPLER`).
         guidance_interval: ``(lo, hi)`` in ``t / T`` (1 = pure noise): apply CFG only there,
             the conditional branch alone elsewhere; ``None`` = CFG at every step.
         batch_size: images per forward (the forward itself is 2x that).
@@ -95,9 +136,9 @@ class Sampler:
         self,
         dit,
         train_scheduler,
-        scheduler: str = "dpmsolver",
-        steps: int = 25,
-        guidance: float = 4.0,
+        scheduler: str = PAPER_SAMPLER.scheduler,
+        steps: int = PAPER_SAMPLER.steps,
+        guidance: float = PAPER_SAMPLER.guidance,
         batch_size: int = 32,
         compile: bool = False,
         precision: str = "auto",

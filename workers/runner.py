@@ -18,13 +18,14 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.loader import load_generator
 from model_store.storage import open_store, put_dir, retrying
 from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
-from vigface.dataset.spec import DatasetSpec
+from vigface.dataset.spec import DatasetSpec, ResolvedSpec, resolve_spec
 from vigface.dataset.writers import finite
 from workers.db.models import Job, JobStatus, Shard, ShardStatus, utcnow
 from workers.heartbeat import heartbeat
@@ -61,7 +62,8 @@ def load_model(settings: Settings, name: str):
 
 
 def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetBuilder:
-    spec = DatasetSpec.model_validate(job.spec).model_copy(
+    gen = load_model(settings, job.model)
+    spec = recorded_spec(job.spec, gen.card).model_copy(
         update={
             "identities": shard.slot_end - shard.slot_start,
             "seed": job.spec["seed"] + shard.index,
@@ -72,7 +74,6 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
         }
     )
     out = Path(settings.work_dir) / job.id / f"shard_{shard.index:05d}"
-    gen = load_model(settings, job.model)
     if job.prototype_set and gen.card["prototype_set"] != job.prototype_set:
         raise ValueError(
             f"model {job.model!r} holds other virtual prototypes than when the job was "
@@ -88,6 +89,16 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
         precision=settings.sampler_precision,
         **kw,
     )
+
+
+def recorded_spec(spec: dict, card: dict) -> ResolvedSpec:
+    """The spec a job recorded at admission (resolved there). Jobs stored before admission
+    resolved every field are resolved against the card once more, as they always were."""
+    try:
+        return ResolvedSpec.model_validate(spec)
+    except ValidationError:
+        log.warning("a job recorded before specs were resolved at admission: resolving it now")
+        return resolve_spec(DatasetSpec.model_validate(spec), card)
 
 
 def _shard_key(job_id: str, index: int) -> str:

@@ -43,17 +43,17 @@ def sample_cmd(
     out: Path = typer.Option(..., help="output PNG grid (rows = identities, columns = poses)"),
 ) -> None:
     """Draw a sample grid and print identity cosines as one JSON line."""
-    from vigface.dataset.spec import sampler_defaults
     from vigface.evaluation.identity import identity_fidelity
     from vigface.generator.grid import save_grid
+    from vigface.sampling import SamplerSettings
 
     if group not in ("virtual", "real"):
         fail("--group must be 'virtual' or 'real'")
     gen = load_generator(model)
-    defaults = sampler_defaults(gen.card)
-    guidance = defaults["guidance"] if guidance is None else guidance
-    steps = defaults["steps"] if steps is None else steps
-    scheduler = scheduler or defaults["scheduler"]
+    defaults = SamplerSettings.for_model(gen.card)
+    guidance = defaults.guidance if guidance is None else guidance
+    steps = defaults.steps if steps is None else steps
+    scheduler = scheduler or defaults.scheduler
     cols = _grid_poses(gen, poses, landmarks)
     try:
         res = identity_fidelity(
@@ -164,7 +164,7 @@ def generate_cmd(
     from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes
     from vigface.dataset.planning import real_augment_plan
     from vigface.dataset.pose import PoseSpecError
-    from vigface.dataset.spec import DatasetSpec
+    from vigface.dataset.spec import DatasetSpec, resolve_spec
     from vigface.precision import PRECISIONS
 
     if precision not in PRECISIONS:
@@ -183,6 +183,10 @@ def generate_cmd(
     except ValidationError as exc:
         fail(validation_message(exc))
     gen = load_generator(model)
+    try:  # the order meets the model card here, once; the dataset card records the result
+        spec = resolve_spec(spec, gen.card)
+    except ValueError as exc:
+        fail(str(exc))
     spare_count = max(2, math.ceil(0.2 * spec.identities)) if spares is None else spares
     total = gen.fr.virtual_prototypes.shape[0]
     candidates = list(range(start, min(total, start + spec.identities + spare_count)))

@@ -31,7 +31,12 @@ from model_store import ModelNotFound, list_models
 from model_store.description import ModelDescription, describe
 from model_store.storage import open_store
 from vigface.dataset.pose import PoseSpecError
-from vigface.dataset.spec import DatasetSpec, GuidanceNotCalibrated, with_model_defaults
+from vigface.dataset.spec import (
+    DatasetSpec,
+    FiltersNotCalibrated,
+    GuidanceNotCalibrated,
+    resolve_spec,
+)
 from workers.db.models import TERMINAL, Job, JobStatus, Shard, ShardStatus, Team, utcnow
 from workers.ledger import allocate, free_prototype_ids, release_unstarted
 from workers.settings import Settings
@@ -350,10 +355,12 @@ def create_job(
     desc = describe_model(settings, model)
     if desc.pose_bank is None:
         raise JobError(422, "model", f"model {model!r} is not a generator")
-    try:
-        spec = with_model_defaults(spec, desc.card)  # the job records the values it runs with
+    try:  # the one place an order meets the card: the job records what it runs with
+        spec = resolve_spec(spec, desc.card)
     except GuidanceNotCalibrated as exc:
         raise JobError(422, "guidance", str(exc)) from exc
+    except FiltersNotCalibrated as exc:
+        raise JobError(422, str(exc).split(":")[0], str(exc)) from exc
     if spec.upsample and desc.upsampler_size is None:
         raise JobError(422, "upsample", f"model {model!r} has no upsampler; order without it")
     try:

@@ -31,8 +31,9 @@ from app.services.views import job_out, job_outs, visible_jobs
 from model_store import list_models, resolve
 from vigface.dataset.pose import YAW_BINS
 from vigface.dataset.report import format_or_na
-from vigface.dataset.spec import LIMITS, sampler_defaults
+from vigface.dataset.spec import LIMITS
 from vigface.dataset.writers import FORMATS
+from vigface.sampling import SamplerSettings
 from workers.db.models import ApiKey, Team
 from workers.settings import Settings
 
@@ -200,7 +201,7 @@ def retry_page(
 def _order_page(request, team, db, settings, form, errors, status=200):
     models = [m for m in model_entries(db, settings) if m.name == settings.default_model]
     used = images_used_this_month(db, team)
-    recommended = sampler_defaults(models[0].card if models else {})
+    recommended = SamplerSettings.for_model(models[0].card if models else {}).model_dump()
     form = {k: recommended[k] if v is None and k in recommended else v for k, v in form.items()}
     resp = page(
         request,

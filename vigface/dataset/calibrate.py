@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 from vigface.data import AlignedFaceFolder
 from vigface.dataset.metrics import summary
-from vigface.dataset.spec import sampler_defaults
 from vigface.evaluation.identity import identity_fidelity
 from vigface.generator.artifact import Generator
 from vigface.generator.grid import pose_columns
+from vigface.sampling import SamplerSettings
 
 
 def real_nearest_negative(gen: Generator, data_dir: str | Path) -> np.ndarray:
@@ -73,7 +73,7 @@ def consistency_by_guidance(
     gen: Generator, guidances: list[float], calib_identities: int = 50, sampler: dict | None = None
 ) -> dict[str, dict]:
     """:func:`consistency_at` for each guidance, keyed by the guidance written as ``%g``."""
-    s = sampler_defaults(gen.card) if sampler is None else sampler
+    s = SamplerSettings.for_model(gen.card).model_dump() if sampler is None else sampler
     return {f"{g:g}": consistency_at(gen, g, s, calib_identities) for g in sorted(guidances)}
 
 
@@ -85,7 +85,7 @@ def calibrate(
     sampler: dict | None = None,
 ) -> dict:
     """``sampler``: guidance, steps, scheduler, guidance_interval (default: the card's)."""
-    s = sampler_defaults(gen.card) if sampler is None else sampler
+    s = SamplerSettings.for_model(gen.card).model_dump() if sampler is None else sampler
     interval = s.get("guidance_interval")
     neg = real_nearest_negative(gen, data_dir)
     cols = pose_columns(gen.pose_landmarks, poses)

@@ -162,19 +162,6 @@ class DatasetFilter:
         return ", ".join(parts)
 
 
-def thresholds_from_card(card: dict, tau_consistency: float | None, tau_leak: float | None):
-    """(tau_consistency, tau_leak): the order's values or the defaults stored in the card."""
-    filters = card.get("filters", {})
-    tau_c = tau_consistency if tau_consistency is not None else filters.get("tau_consistency")
-    tau_l = tau_leak if tau_leak is not None else filters.get("tau_leak")
-    if tau_c is None or tau_l is None:
-        raise ValueError(
-            "the model card has no filter defaults (run `vigface calibrate`) and the order "
-            "gives no tau_consistency / tau_leak"
-        )
-    return float(tau_c), float(tau_l)
-
-
 class OnnxJudge:
     """An independent FR model (insightface ONNX, loaded by ``insightface.model_zoo``) with its
     own gallery of real embeddings (``.npy``, normalised rows) and threshold."""

@@ -37,10 +37,10 @@ from vigface.dataset.chunks import (
     ChunkStore,
     Draw,
 )
-from vigface.dataset.filters import DatasetFilter, OnnxJudge, thresholds_from_card
+from vigface.dataset.filters import DatasetFilter, OnnxJudge
 from vigface.dataset.planning import NotEnoughPrototypes, plan_slots
 from vigface.dataset.pose import YAW_BINS, PoseBank
-from vigface.dataset.spec import DatasetSpec, with_model_defaults
+from vigface.dataset.spec import ResolvedSpec
 from vigface.dataset.writers import ImageRecord
 from vigface.generator.artifact import Generator
 from vigface.sampling import ImageRequest, Sampler, image_seed
@@ -67,7 +67,7 @@ class DatasetBuilder:
     def __init__(
         self,
         gen: Generator,
-        spec: DatasetSpec,
+        spec: ResolvedSpec,
         out_dir: str | Path,
         candidates: list[int] | None = None,
         slot_images: list[int] | None = None,
@@ -77,7 +77,11 @@ class DatasetBuilder:
         compile: bool = False,
         precision: str = "auto",
     ):
-        spec = with_model_defaults(spec, gen.card)
+        if not isinstance(spec, ResolvedSpec):
+            raise TypeError(
+                "DatasetBuilder runs a ResolvedSpec: resolve the order against the model card "
+                "first (vigface.dataset.spec.resolve_spec)"
+            )
         self.gen, self.spec, self.out = gen, spec, Path(out_dir)
         self.work = self.out / "work"
         self.store = ChunkStore(self.work)
@@ -101,9 +105,7 @@ class DatasetBuilder:
             candidates,
             slot_images,
         )
-        self.tau_c, self.tau_leak = thresholds_from_card(
-            gen.card, spec.tau_consistency, spec.tau_leak
-        )
+        self.tau_c, self.tau_leak = spec.tau_consistency, spec.tau_leak
         judge = (
             OnnxJudge(spec.judge_onnx, spec.judge_gallery, spec.judge_threshold)
             if spec.judge_onnx

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from vigface.dataset.writers import FORMATS
+from vigface.sampling import SamplerSettings
 
 LIMITS = {
     "identities": (1, 100_000),
@@ -56,26 +57,30 @@ class DatasetOrder(BaseModel):
         None,
         ge=LIMITS["guidance"][0],
         le=LIMITS["guidance"][1],
-        description="classifier-free guidance weight g (default: the model card's)",
+        description=SamplerSettings.model_fields["guidance"].description
+        + " (default: the model card's)",
     )
     steps: StrictInt | None = Field(
         None,
         ge=LIMITS["steps"][0],
         le=LIMITS["steps"][1],
-        description="sampler steps (default: the model card's)",
+        description=SamplerSettings.model_fields["steps"].description
+        + " (default: the model card's)",
     )
     scheduler: Literal["dpmsolver", "unipc", "ddim"] | None = Field(
-        None, description="sampler: dpmsolver, unipc or ddim (default: the model card's)"
+        None,
+        description=SamplerSettings.model_fields["scheduler"].description
+        + " (default: the model card's)",
     )
     guidance_interval: tuple[float, float] | None = Field(
         None,
-        description="apply guidance only while t/T lies between lo and hi (1 = pure noise); "
-        "0 and 1 = every step (default: the model card's)",
+        description=SamplerSettings.model_fields["guidance_interval"].description
+        + " (default: the model card's)",
     )
     upsample: StrictBool | None = Field(
         None,
-        description="run the model's upsampler (32 -> 64 px) after the DiT (default: the model "
-        "card's; a model without one refuses true)",
+        description=SamplerSettings.model_fields["upsample"].description
+        + " (default: the model card's; a model without one refuses true)",
     )
     seed: StrictInt = Field(0, ge=0, lt=2**62, description="seed of every image's noise")
     formats: list[Annotated[str, Field(max_length=20)]] = Field(
@@ -108,35 +113,19 @@ class DatasetOrder(BaseModel):
         return list(dict.fromkeys(v))
 
 
-# what an order gets when neither it nor the model card says otherwise (the paper's sampler)
-PAPER_SAMPLER = {
-    "guidance": 4.0,
-    "steps": 25,
-    "scheduler": "dpmsolver",
-    "guidance_interval": None,
-    "upsample": False,  # a card whose model carries an upsampler says true
-}
-
-
-def sampler_defaults(card: dict) -> dict:
-    """The sampler settings a model recommends: the card's ``sampler_defaults`` (measured by
-    ``bench/sampler_settings.py``) and ``recommended_guidance``, over the paper's."""
-    out = dict(PAPER_SAMPLER)
-    if card.get("recommended_guidance") is not None:
-        out["guidance"] = float(card["recommended_guidance"])
-    out.update({k: v for k, v in card.get("sampler_defaults", {}).items() if k in PAPER_SAMPLER})
-    return out
-
-
 class GuidanceNotCalibrated(ValueError):
     """The order's guidance lies outside the weights the model's filters were calibrated at."""
+
+
+class FiltersNotCalibrated(ValueError):
+    """Neither the order nor the model card gives a filter threshold."""
 
 
 def consistency_threshold(card: dict, guidance: float) -> float | None:
     """The card's tau_consistency for ``guidance``: linear between the two nearest weights of
     ``filters.tau_consistency_by_guidance``; None when the card has no such table (the single
     ``filters.tau_consistency`` then applies). Raises GuidanceNotCalibrated outside it."""
-    table = card.get("filters", {}).get("tau_consistency_by_guidance")
+    table = (card.get("filters") or {}).get("tau_consistency_by_guidance")
     if not table:
         return None
     points = sorted((float(g), float(v["tau_consistency"])) for g, v in table.items())
@@ -150,22 +139,6 @@ def consistency_threshold(card: dict, guidance: float) -> float | None:
         if g0 <= guidance <= g1:
             return round(t0 + (t1 - t0) * (guidance - g0) / max(g1 - g0, 1e-12), 4)
     return points[0][1]
-
-
-def with_model_defaults(order, card: dict):
-    """A copy of ``order`` (a DatasetOrder or DatasetSpec) with every sampler field it left
-    out taken from the model card, and the consistency threshold calibrated at its guidance
-    when it gave none: what the job record and the dataset card then show."""
-    defaults = sampler_defaults(card)
-    update = {k: v for k, v in defaults.items() if getattr(order, k) is None}
-    if "guidance_interval" in update:  # stored explicitly, so a later card change cannot alter it
-        update["guidance_interval"] = tuple(update["guidance_interval"] or (0.0, 1.0))
-    if order.tau_consistency is None:
-        guidance = update.get("guidance", order.guidance)
-        tau = consistency_threshold(card, float(guidance))
-        if tau is not None:
-            update["tau_consistency"] = tau
-    return order.model_copy(update=update)
 
 
 class DatasetSpec(DatasetOrder):
@@ -185,3 +158,51 @@ class DatasetSpec(DatasetOrder):
         if any(g is not None for g in given) and not all(g is not None for g in given):
             raise ValueError("judge_onnx, judge_gallery and judge_threshold go together")
         return self
+
+
+class ResolvedSpec(DatasetSpec):
+    """A spec with every sampler setting and filter threshold decided: what the pipeline runs
+    and what a job records. Only :func:`resolve_spec` makes one from an order, so the model
+    card is read once, at admission, and a job runs the same settings whatever the card says
+    later."""
+
+    guidance: StrictFloat = Field(ge=LIMITS["guidance"][0], le=LIMITS["guidance"][1])
+    steps: StrictInt = Field(ge=LIMITS["steps"][0], le=LIMITS["steps"][1])
+    scheduler: Literal["dpmsolver", "unipc", "ddim"]
+    guidance_interval: tuple[float, float]
+    upsample: StrictBool
+    tau_consistency: StrictFloat = Field(ge=-1, le=1)
+    tau_leak: StrictFloat = Field(ge=-1, le=1)
+
+
+def resolve_spec(spec: DatasetSpec, card: dict) -> ResolvedSpec:
+    """Fill what ``spec`` leaves out from the model card: the sampler settings from its
+    ``sampler_defaults`` (over the paper's, :class:`vigface.sampling.SamplerSettings`), the
+    consistency threshold calibrated at the order's guidance, ``tau_leak`` from its filters.
+    Raises GuidanceNotCalibrated or FiltersNotCalibrated (ValueErrors naming the field)."""
+    if isinstance(spec, ResolvedSpec):
+        return spec
+    recommended = SamplerSettings.for_model(card).model_dump()
+    values = spec.model_dump()
+    for name, default in recommended.items():
+        if values.get(name) is None:
+            values[name] = default
+    values["guidance_interval"] = tuple(values["guidance_interval"])
+    filters = card.get("filters") or {}
+    if values["tau_consistency"] is None:
+        by_guidance = consistency_threshold(card, float(values["guidance"]))
+        values["tau_consistency"] = (
+            by_guidance if by_guidance is not None else filters.get("tau_consistency")
+        )
+    if values["tau_leak"] is None:
+        values["tau_leak"] = filters.get("tau_leak")
+    missing = [k for k in ("tau_consistency", "tau_leak") if values[k] is None]
+    if missing:
+        raise FiltersNotCalibrated(
+            f"{missing[0]}: the model card has no filter defaults (run `vigface calibrate`) "
+            "and the order gives none"
+        )
+    values["tau_consistency"] = float(values["tau_consistency"])
+    values["tau_leak"] = float(values["tau_leak"])
+    values["guidance"] = float(values["guidance"])
+    return ResolvedSpec.model_validate(values)

@@ -19,7 +19,8 @@ raw descriptors, which are close to unit length):
 real people are always measured with as many identities as the synthetic set, sampled from
 held-out people, at the generator's resolution (:func:`degrade`). It also depends on how many
 images each identity has: a centre averaged from few images is noisy, and noise adds distance
-(the same 120 real people: 0.346 at 2 images each, 0.298 at 10; ``experiments/judge_count_bias.py``).
+(the same 120 real people: 0.346 at 2 images each, 0.298 at 10;
+``experiments/judge_count_bias.py``).
 Held-out people have few images (LFW-112 dev: 4.8 on average, half of them 2) and a dataset
 many, so a set is compared at the real people's image counts (:func:`count_matched`): each
 identity keeps as many images as the real person it is paired with, both sides capped at the
