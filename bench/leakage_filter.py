@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from model_store import resolve
 from vigface.dataset.pose import YAW_BINS, PoseBank, total_variation
 from vigface.generator.artifact import Generator
-from vigface.sampling import ImageRequest, Sampler, image_seed
+from vigface.sampling import ImageRequest, Sampler, SamplerSettings, image_seed
 
 
 def flag_rates(gen, protos, rows, bank, images, tau, args, own_rows=None) -> dict:
@@ -40,9 +40,10 @@ def flag_rates(gen, protos, rows, bank, images, tau, args, own_rows=None) -> dic
                     image_seed(11, int(r), j),
                 )
             )
-    sampler = Sampler(
-        gen.dit, gen.scheduler, "dpmsolver", args.steps, args.guidance, args.batch_size
+    guidance = (
+        SamplerSettings.for_model(gen.card).guidance if args.guidance is None else args.guidance
     )
+    sampler = Sampler(gen.dit, gen.scheduler, "dpmsolver", args.steps, guidance, args.batch_size)
     imgs = np.concatenate([x for _, x in sampler.stream(reqs)])
     emb = gen.fr.embed(imgs, flip=False).numpy()
     real = F.normalize(gen.fr.real_prototypes.float().cpu(), dim=1).numpy()
@@ -77,7 +78,7 @@ def main() -> None:
     ap.add_argument("--virtual", type=int, default=100)
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--guidance", type=float, default=None, help="default: the card's")
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
     gen = Generator.load(resolve(args.model), device="cuda" if torch.cuda.is_available() else "cpu")

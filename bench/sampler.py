@@ -31,7 +31,14 @@ from vigface.generator.diffusion import cfg_combine, sampling_scheduler, trainin
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import render_heatmaps
 from vigface.precision import PRECISIONS, describe_cpu, dtype_name
-from vigface.sampling import ImageRequest, Sampler, image_seed, initial_noise, to_uint8
+from vigface.sampling import (
+    PAPER_SAMPLER,
+    ImageRequest,
+    Sampler,
+    image_seed,
+    initial_noise,
+    to_uint8,
+)
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {
@@ -141,8 +148,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64, help="images for the batched sampler")
     ap.add_argument("--naive-images", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--steps", type=int, default=PAPER_SAMPLER.steps)
+    ap.add_argument("--guidance", type=float, default=PAPER_SAMPLER.guidance, help="the paper's")
     ap.add_argument("--scheduler", default="dpmsolver")
     ap.add_argument(
         "--compile",
