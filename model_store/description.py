@@ -17,8 +17,9 @@ import numpy as np
 
 from model_store import CARD, ModelNotFound, resolve
 from vigface.dataset.pose import PoseBank
+from vigface.model_card import load_card
 from vigface.prototype_set import prototype_set_digest
-from vigface.sampling import SamplerSettings
+from vigface.sampler_settings import SamplerSettings
 
 POSES_FILE = "pose_landmarks.npy"
 PROTOTYPES_FILE = "prototypes.safetensors"
@@ -66,7 +67,10 @@ def locate(
 def describe_folder(name: str, path: Path) -> ModelDescription:
     from safetensors import safe_open
 
-    card = json.loads((path / CARD).read_text()) if (path / CARD).is_file() else {}
+    if (path / "dit").is_dir():  # a generator: its typed card (raises naming a bad field)
+        card = load_card(path)
+    else:  # a stage-1 FR folder: its own training card
+        card = json.loads((path / CARD).read_text()) if (path / CARD).is_file() else {}
     fr = path / "fr" if (path / "fr").is_dir() else path
     if not (fr / PROTOTYPES_FILE).is_file():
         raise ModelNotFound(f"model {name!r} has no prototypes")

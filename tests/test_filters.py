@@ -208,7 +208,7 @@ def test_calibration_draws_with_the_cards_sampler_and_keeps_the_rest_of_the_card
     card_path = model / "model_card.json"
     card = json.loads(card_path.read_text())
     card["sampler_defaults"] = {"guidance": 1.5, "steps": 3, "scheduler": "ddim"}
-    card["judge"] = {"kept": True}
+    card["judge"] = {"name": "kept"}
     card_path.write_text(json.dumps(card))
     data = tiny_generator.parent / "train"
     r = CliRunner().invoke(cli, ["calibrate", "--model", str(model), "--data", str(data),
@@ -219,8 +219,9 @@ def test_calibration_draws_with_the_cards_sampler_and_keeps_the_rest_of_the_card
     assert f["calibration"]["guidance"] == 1.5 and f["calibration"]["steps"] == 3
     assert f["calibration"]["scheduler"] == "ddim" and f["calibration"]["images"] == 5 * 4
     assert f["tau_leak"] == round(f["real_nearest_negative"]["p99"], 4)
-    assert f["tau_consistency"] == round(f["calibration_cos_own"]["p05"], 4)
-    assert after["judge"] == {"kept": True} and after["sampler_defaults"]["steps"] == 3
+    cos_own = json.loads((model / "measurements" / "filters.calibration_cos_own.json").read_text())
+    assert f["tau_consistency"] == round(cos_own["p05"], 4)  # its source: a measurement
+    assert after["judge"]["name"] == "kept" and after["sampler_defaults"]["steps"] == 3
     assert json.loads(r.output.strip().splitlines()[-1]) == {
         "tau_leak": f["tau_leak"], "tau_consistency": f["tau_consistency"]
     }  # fmt: skip

@@ -23,55 +23,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vigface.generator.diffusion import cfg_combine, sampling_scheduler
 from vigface.generator.landmarks import render_heatmaps
 from vigface.precision import autocast, autocast_dtype
 
-
-class SamplerSettings(BaseModel):
-    """How faces are drawn: the one place the paper's sampler lives (g 4, 25 DPM-Solver++
-    steps, guidance at every step, no upsampler). A model card's ``sampler_defaults`` is a
-    SamplerSettings measured for its weights, and an order's own fields override the card's;
-    :func:`vigface.dataset.spec.resolve_spec` applies both, once, when an order is admitted."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
-
-    guidance: float = Field(4.0, ge=0, le=20, description="classifier-free guidance weight g")
-    steps: int = Field(25, ge=1, le=200, description="sampler steps")
-    scheduler: Literal["dpmsolver", "unipc", "ddim"] = Field(
-        "dpmsolver", description="sampler: dpmsolver, unipc or ddim"
-    )
-    guidance_interval: tuple[float, float] = Field(
-        (0.0, 1.0),
-        description="apply guidance only while t/T lies between lo and hi (1 = pure noise); "
-        "0 and 1 = every step",
-    )
-    upsample: bool = Field(
-        False, description="run the model's upsampler (32 -> 64 px) after the DiT"
-    )
-
-    @field_validator("guidance_interval")
-    @classmethod
-    def _interval(cls, v):
-        if not 0 <= v[0] <= v[1] <= 1:
-            raise ValueError("guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1")
-        return v
-
-    @classmethod
-    def for_model(cls, card: dict) -> SamplerSettings:
-        """The settings a model card recommends (its ``sampler_defaults``), over the paper's."""
-        given = card.get("sampler_defaults") or {}
-        return cls(**{k: v for k, v in given.items() if v is not None})
-
-
-PAPER_SAMPLER = SamplerSettings()
+# how faces are drawn; defined apart so that the API process reads it without torch
+from vigface.sampler_settings import PAPER_SAMPLER, SamplerSettings  # noqa: F401
 
 
 def image_seed(job_seed: int, identity_index: int, image_index: int, attempt: int = 0) -> int:

@@ -45,7 +45,7 @@ def sample_cmd(
     """Draw a sample grid and print identity cosines as one JSON line."""
     from vigface.evaluation.identity import identity_fidelity
     from vigface.generator.grid import save_grid
-    from vigface.sampling import SamplerSettings
+    from vigface.sampler_settings import SamplerSettings
 
     if group not in ("virtual", "real"):
         fail("--group must be 'virtual' or 'real'")
@@ -76,17 +76,18 @@ def calibrate_cmd(
     from model_store import resolve
     from vigface.data import DatasetError
     from vigface.dataset.calibrate import calibrate
-    from vigface.dataset.writers import write_json
+    from vigface.model_card import update_card, write_measurement
 
     gen = load_generator(model)
     try:
         filters = calibrate(gen, data, calib_identities=identities)
     except DatasetError as exc:
         fail(str(exc))
-    card_path = resolve(model) / "model_card.json"
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    card["filters"] = filters
-    write_json(card_path, card)
+    entry = resolve(model)
+    # the threshold's source distribution is for people: a measurement beside the card
+    write_measurement(entry, "filters.calibration_cos_own", filters.pop("calibration_cos_own"))
+    kept = (gen.card.get("filters") or {}).get("tau_consistency_by_guidance")
+    update_card(entry, filters=filters | ({"tau_consistency_by_guidance": kept} if kept else {}))
     typer.echo(json.dumps({k: filters[k] for k in ("tau_leak", "tau_consistency")}))
 
 
@@ -105,7 +106,7 @@ def calibrate_guidance_cmd(
     from model_store import resolve
     from vigface.dataset.calibrate import consistency_by_guidance
     from vigface.dataset.spec import LIMITS
-    from vigface.dataset.writers import write_json
+    from vigface.model_card import update_card
 
     lo, hi = LIMITS["guidance"]
     bad = [g for g in guidance if not (math.isfinite(g) and lo <= g <= hi)]
@@ -116,9 +117,10 @@ def calibrate_guidance_cmd(
         fail(f"--model: {model!r} has no model_card.json")
     gen = load_generator(model)
     table = consistency_by_guidance(gen, sorted(set(guidance)), calib_identities=identities)
-    card = json.loads(card_path.read_text())
-    card.setdefault("filters", {})["tau_consistency_by_guidance"] = table
-    write_json(card_path, card)
+    filters = json.loads(card_path.read_text()).get("filters")
+    if not filters:
+        fail(f"--model: {model!r} has no filters yet: run `vigface calibrate` first")
+    update_card(card_path.parent, filters={**filters, "tau_consistency_by_guidance": table})
     typer.echo(json.dumps(table))
 
 
@@ -263,7 +265,6 @@ def judge_cmd(
 
     from model_store import ModelNotFound, read_card, resolve
     from vigface.data import DatasetError
-    from vigface.dataset.writers import write_json
     from vigface.evaluation.judge import (
         DlibJudge,
         cached_gallery,
@@ -327,8 +328,9 @@ def judge_cmd(
             judged.update({"name": judge.name, "real": ref, "resolution": resolution})
         else:  # another one (the upsampler's): kept beside it
             judged.setdefault("real_at", {})[str(resolution)] = ref
-        full["judge"] = judged
-        write_json(path, full)
+        from vigface.model_card import update_card as set_card_sections
+
+        set_card_sections(path.parent, judge=judged)
     typer.echo(json.dumps(result))
 
 

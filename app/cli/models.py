@@ -113,10 +113,10 @@ def models_attach_upsampler(
     import torch
 
     from model_store import ModelNotFound, resolve
-    from vigface.dataset.writers import write_json
     from vigface.fr_model import CARD_FILE
     from vigface.generator.artifact import UPSAMPLER_DIR
     from vigface.generator.upsampler import UpsamplerStage
+    from vigface.model_card import write_card, write_measurement
 
     try:
         entry = resolve(name)
@@ -145,7 +145,32 @@ def models_attach_upsampler(
         (entry / UPSAMPLER_DIR).rename(old)
     tmp.rename(entry / UPSAMPLER_DIR)
     shutil.rmtree(old, ignore_errors=True)
-    card["upsampler"] = {k: v for k, v in stage.card.items() if k != "config"}
-    card.setdefault("sampler_defaults", {})["upsample"] = default_on
-    write_json(card_path, card)
+    summary = {k: v for k, v in stage.card.items() if k not in ("config", "measured")}
+    if "measured" in stage.card:
+        write_measurement(entry, "upsampler.measured", stage.card["measured"])
+    card["upsampler"] = summary
+    card["sampler_defaults"] = {**(card.get("sampler_defaults") or {}), "upsample": default_on}
+    write_card(entry, card)
     typer.echo(str(entry / UPSAMPLER_DIR))
+
+
+@app.command("migrate-card")
+def models_migrate_card(
+    entry: Path = typer.Argument(..., help="a generator folder (or a store name)"),
+) -> None:
+    """Move every key of a card written before measurements moved out into
+    `ENTRY/measurements/KEY.json` and keep the typed card the code reads."""
+    from model_store import ModelNotFound, resolve
+    from vigface.model_card import ModelCardError, migrate_card
+
+    try:
+        folder = entry if entry.is_dir() else resolve(str(entry))
+    except ModelNotFound as exc:
+        fail(str(exc))
+    if not (folder / "model_card.json").is_file():
+        fail(f"ENTRY: {folder} has no model_card.json")
+    try:
+        moved = migrate_card(folder)
+    except ModelCardError as exc:
+        fail(str(exc))
+    typer.echo(f"{folder}: {len(moved)} measurements moved to measurements/: {', '.join(moved)}")

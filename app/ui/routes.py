@@ -33,7 +33,7 @@ from vigface.dataset.pose import YAW_BINS
 from vigface.dataset.report import format_or_na
 from vigface.dataset.spec import LIMITS
 from vigface.dataset.writers import FORMATS
-from vigface.sampling import SamplerSettings
+from vigface.sampler_settings import SamplerSettings
 from workers.db.models import ApiKey, Team
 from workers.settings import Settings
 

@@ -31,7 +31,7 @@ from vigface.dataset.metrics import summary
 from vigface.evaluation.identity import identity_fidelity
 from vigface.generator.artifact import Generator
 from vigface.generator.grid import pose_columns
-from vigface.sampling import SamplerSettings
+from vigface.sampler_settings import SamplerSettings
 
 
 def real_nearest_negative(gen: Generator, data_dir: str | Path) -> np.ndarray:

@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from vigface.dataset.writers import FORMATS
-from vigface.sampling import SamplerSettings
+from vigface.sampler_settings import SamplerSettings
 
 LIMITS = {
     "identities": (1, 100_000),

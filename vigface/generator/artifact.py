@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +22,10 @@ import torch
 from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
-from vigface.fr_model import CARD_FILE, FRModel, ModelFormatError
+from vigface.fr_model import FRModel, ModelFormatError
 from vigface.generator.dit import FaceDiT
 from vigface.generator.upsampler import UpsamplerStage
+from vigface.model_card import load_card, write_card
 
 POSES_FILE = "pose_landmarks.npy"
 UPSAMPLER_DIR = "upsampler"
@@ -62,7 +62,7 @@ class Generator:
             np.save(out / POSES_FILE, np.asarray(self.pose_landmarks, np.float32))
         if self.upsampler is not None:
             self.upsampler.save(out / UPSAMPLER_DIR, dtype=dtype)
-        (out / CARD_FILE).write_text(json.dumps(self.card, indent=2) + "\n")
+        write_card(out, self.card)
         return out
 
     @classmethod
@@ -79,7 +79,7 @@ class Generator:
         dit = dit.to(device).eval()
         scheduler = DDPMScheduler.from_pretrained(entry / "scheduler")
         fr = FRModel.load(entry / "fr", device=device)
-        card = json.loads((entry / CARD_FILE).read_text()) if (entry / CARD_FILE).is_file() else {}
+        card = load_card(entry)
         poses = np.load(entry / POSES_FILE) if (entry / POSES_FILE).is_file() else None
         up = entry / UPSAMPLER_DIR
         upsampler = UpsamplerStage.load(up, device=device) if up.is_dir() else None

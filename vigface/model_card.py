@@ -1,0 +1,210 @@
+"""A generator's model card: what the code reads of a model, typed and validated on load.
+
+``<entry>/model_card.json`` holds provenance (what it was trained on, how, the commands that
+reproduce it), the resolution it draws at, the sampler settings orders get by default, the
+filters' calibration, the outside judge's calibration on real people, and the sample grids.
+Measurements and their history (tables, probes, notes) live beside it in
+``<entry>/measurements/*.json``: people read them, no code does. A card with a key this model
+does not know fails to load with the key named, so a measurement cannot creep back into what
+the code reads; :func:`migrate_card` moves such keys of an older card into ``measurements/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vigface.atomic import atomic_write_text
+from vigface.sampler_settings import SamplerSettings
+
+CARD_FILE = "model_card.json"
+MEASUREMENTS_DIR = "measurements"
+
+
+class ModelCardError(ValueError):
+    """A model card that does not validate; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class GuidanceCalibration(_Strict):
+    """The consistency threshold drawn at one guidance weight (``vigface calibrate-guidance``)."""
+
+    tau_consistency: float = Field(ge=-1, le=1)
+    cos_own_p50: float | None = None
+    images: int | None = None
+
+
+class FilterCalibration(_Strict):
+    """The privacy filter's thresholds (``vigface calibrate``) and what they were drawn from."""
+
+    tau_leak: float = Field(ge=-1, le=1)
+    tau_consistency: float = Field(ge=-1, le=1)
+    tau_consistency_by_guidance: dict[str, GuidanceCalibration] = Field(default_factory=dict)
+    real_nearest_negative: dict | None = Field(
+        None, description="how close real people come to other real identities (a summary)"
+    )
+    calibration: dict | None = Field(None, description="the settings it was drawn with")
+
+
+class JudgeCalibration(_Strict):
+    """Real held-out people's figures under the outside judge, at the generator's resolution
+    (``real``) and others (``real_at``); reports compare every delivered set with them."""
+
+    name: str | None = None
+    resolution: int | None = None
+    real: dict | None = None
+    real_at: dict[str, dict] = Field(default_factory=dict)
+
+
+class ModelCard(_Strict):
+    kind: Literal["generator"] = "generator"
+    name: str = ""
+    # provenance
+    train_data: str | None = None
+    fr_model: str | None = None
+    init_from: str | None = None
+    num_real: int | None = None
+    num_virtual: int | None = None
+    virtual_identity_fraction: float | None = None
+    virtual_identity_holdout: float | None = None
+    dit_parameters: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    train_minutes: float | None = None
+    device: str | None = None
+    precision: str | None = None
+    reproduce: list[str] = Field(default_factory=list)
+    fr_card: dict = Field(default_factory=dict, description="stage 1's own card, as trained")
+    # what orders and reports read
+    sample_size: int | None = Field(None, description="the side the DiT draws at, in pixels")
+    sampler_defaults: SamplerSettings | None = None
+    filters: FilterCalibration | None = None
+    judge: JudgeCalibration | None = None
+    upsampler: dict | None = Field(None, description="the cascade stage, when attached")
+    grids: dict[str, str] = Field(default_factory=dict)
+    grid_note: str | None = None
+    prototype_set: str | None = Field(None, description="digest of W_V, set when loaded")
+
+
+def validate_card(data: dict, source: str | Path = "model card") -> dict:
+    """``data`` checked against :class:`ModelCard`, as the plain dict the code passes around
+    (unset fields left out). Raises ModelCardError naming ``source`` and each bad field."""
+    try:
+        card = ModelCard.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(card)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ModelCardError(
+            f"{source}: {problems} (a card written before measurements moved out: "
+            "`vigface models migrate-card ENTRY`)"
+        ) from exc
+    return card.model_dump(mode="json", exclude_none=True)
+
+
+def load_card(entry: str | Path) -> dict:
+    """The validated card of a generator entry; ``{}`` when it has none."""
+    path = Path(entry) / CARD_FILE
+    if not path.is_file():
+        return {}
+    return validate_card(json.loads(path.read_text()), path)
+
+
+FR_HISTORY = ("virtual_refit_history", "virtual_refit")
+
+
+def card_json(card: dict) -> str:
+    """A card as JSON for people to read: indented, with every list or object of plain values
+    on one line (a judge calibration's hundreds of image counts would fill a screen each)."""
+
+    def encode(value, depth: int) -> str:
+        flat = not isinstance(value, (dict, list)) or all(
+            not isinstance(v, (dict, list))
+            for v in (value.values() if isinstance(value, dict) else value)
+        )
+        if flat:
+            return json.dumps(value)
+        pad, inner = "  " * depth, "  " * (depth + 1)
+        if isinstance(value, dict):
+            items = [f"{inner}{json.dumps(k)}: {encode(v, depth + 1)}" for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+        items = [f"{inner}{encode(v, depth + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+
+    return encode(card, 0) + "\n"
+
+
+def write_card(entry: str | Path, card: dict) -> None:
+    """Validate ``card`` and write it as ``<entry>/model_card.json`` (atomically): a card that
+    would not load is never written."""
+    path = Path(entry) / CARD_FILE
+    validate_card(card, path)
+    atomic_write_text(path, card_json({k: v for k, v in card.items() if v is not None}))
+
+
+def update_card(entry: str | Path, **sections) -> dict:
+    """Set top-level ``sections`` of an entry's card, validate, write; returns the card."""
+    path = Path(entry) / CARD_FILE
+    card = json.loads(path.read_text()) if path.is_file() else {}
+    card.update(sections)
+    write_card(entry, card)
+    return card
+
+
+def write_measurement(entry: str | Path, name: str, value) -> Path:
+    """``<entry>/measurements/<name>.json``: a figure for people, which no code reads."""
+    path = Path(entry) / MEASUREMENTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+    return path
+
+
+def split_card(data: dict) -> tuple[dict, dict[str, object]]:
+    """(what :class:`ModelCard` holds, the rest by measurement name). Nested sections keep
+    their known keys; their unknown ones become ``<section>.<key>`` measurements."""
+    sections = {"filters": FilterCalibration, "judge": JudgeCalibration}
+    card, rest = {}, {}
+    for key, value in data.items():
+        if key not in ModelCard.model_fields:
+            rest[key] = value
+        elif key in sections and isinstance(value, dict):
+            known = sections[key].model_fields
+            card[key] = {k: v for k, v in value.items() if k in known}
+            rest |= {f"{key}.{k}": v for k, v in value.items() if k not in known}
+        elif key == "upsampler" and isinstance(value, dict) and "measured" in value:
+            card[key] = {k: v for k, v in value.items() if k != "measured"}
+            rest["upsampler.measured"] = value["measured"]
+        elif key == "fr_card" and isinstance(value, dict):  # its history stays in fr/
+            card[key] = {k: v for k, v in value.items() if k not in FR_HISTORY}
+            rest |= {f"fr_card.{k}": v for k, v in value.items() if k in FR_HISTORY}
+        else:
+            card[key] = value
+    return card, rest
+
+
+def migrate_card(entry: str | Path) -> list[str]:
+    """Move every key of ``<entry>/model_card.json`` that the code does not read into
+    ``<entry>/measurements/<key>.json`` and keep the typed rest. Idempotent; returns the
+    names moved. A measurement file already there is never overwritten."""
+    entry = Path(entry)
+    path = entry / CARD_FILE
+    data = json.loads(path.read_text())
+    if data.get("recommended_guidance") is not None:  # folded into the sampler defaults
+        data.setdefault("sampler_defaults", {}).setdefault("guidance", data["recommended_guidance"])
+    data.pop("recommended_guidance", None)
+    card, rest = split_card(data)
+    validate_card(card, path)  # the typed rest must load before anything is written
+    for name in rest:
+        target = entry / MEASUREMENTS_DIR / f"{name}.json"
+        if target.exists():
+            raise ModelCardError(f"{target} exists; move it away before migrating again")
+    for name, value in rest.items():
+        write_measurement(entry, name, value)
+    write_card(entry, card)
+    return sorted(rest)
