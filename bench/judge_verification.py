@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from vigface.data import load_bin
-from vigface.evaluation.judge import DlibJudge, degrade
+from vigface.evaluation.judge import OutsideJudge, degrade
 from vigface.evaluation.verification import verification_metrics
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     if args.resolution:
         images = degrade(images, args.resolution)
     t0 = time.perf_counter()
-    emb = DlibJudge().embed(images)
+    emb = OutsideJudge().embed(images)
     seconds = time.perf_counter() - t0
     m = verification_metrics(emb[0::2], emb[1::2], np.asarray(issame))
     m.update({"resolution": args.resolution or 112, "img_per_s": round(len(emb) / seconds, 1)})

@@ -81,9 +81,9 @@ def main() -> None:
     poses = pose_columns(gen.pose_landmarks, args.poses)
     judge = None
     if args.judge:
-        from vigface.evaluation.judge import DlibJudge, identity_distances
+        from vigface.evaluation.judge import OutsideJudge, identity_distances
 
-        judge = DlibJudge()
+        judge = OutsideJudge()
     args.grids.mkdir(parents=True, exist_ok=True)
     rows = []
     for setting in args.settings:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from model_store.loader import load_generator
 from vigface.dataset.pose import PoseBank
-from vigface.evaluation.judge import DlibJudge, cached_gallery, identity_distances
+from vigface.evaluation.judge import OutsideJudge, cached_gallery, identity_distances
 from vigface.generator.landmarks import render_heatmaps
 from vigface.sampling import image_seed, initial_noise, sampling_scheduler, to_uint8
 
@@ -76,7 +76,7 @@ def main() -> None:
     landmarks = torch.from_numpy(poses.landmarks[idx])
     slot = torch.arange(n_ids * per) // per
     seeds = [image_seed(0, int(k) // per, int(k) % per) for k in range(n_ids * per)]
-    judge = DlibJudge()
+    judge = OutsideJudge()
     gallery, _ = cached_gallery(judge, args.real, gen.dit.config.sample_size, args.cache)
     tau_leak = gen.card.get("filters", {}).get("tau_leak", 1.0)
     results = {}

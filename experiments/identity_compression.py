@@ -38,7 +38,7 @@ from model_store import resolve
 from vigface.data import read_landmarks_csv
 from vigface.dataset.metrics import class_centres
 from vigface.dataset.writers import encode_jpeg
-from vigface.evaluation.judge import DlibJudge, degrade, identity_distances, unit_distances
+from vigface.evaluation.judge import OutsideJudge, degrade, identity_distances, unit_distances
 from vigface.generator.artifact import Generator
 from vigface.sampling import ImageRequest, Sampler, image_seed
 
@@ -120,7 +120,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--groups: unknown {sorted(unknown)}; choose from {sorted(groups)}")
     groups = {g: p for g, p in groups.items() if g in args.groups.split(",")}
-    judge = DlibJudge()
+    judge = OutsideJudge()
     t0 = time.time()
     emb = {"real": judge.embed(degrade(real_images, gen.dit.config.sample_size))}
     for group, protos in groups.items():

@@ -30,7 +30,7 @@ import numpy as np
 from vigface.data import AlignedFaceFolder
 from vigface.data.imagefolder import load_rgb
 from vigface.evaluation.judge import (
-    DlibJudge,
+    OutsideJudge,
     degrade,
     embed_folder,
     identity_distances,
@@ -58,7 +58,7 @@ def curve(emb: np.ndarray, labels: np.ndarray, counts: list[int], repeats: int) 
     return out
 
 
-def real_people(root: Path, people: int, max_images: int, resolution: int, judge: DlibJudge):
+def real_people(root: Path, people: int, max_images: int, resolution: int, judge: OutsideJudge):
     """The ``people`` people with the most images, at most ``max_images`` each (seeded)."""
     ds = AlignedFaceFolder.scan(root)
     labels = np.asarray([s.label for s in ds.samples])
@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
-    judge = DlibJudge()
+    judge = OutsideJudge()
     result = {"counts": counts, "repeats": args.repeats, "resolution": args.resolution}
     emb, labels = real_people(args.real, args.people, args.max_images, args.resolution, judge)
     result["real"] = {

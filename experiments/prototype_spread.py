@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from model_store.loader import load_generator
 from vigface.data import AlignedFaceFolder
-from vigface.evaluation.judge import DlibJudge, identity_distances
+from vigface.evaluation.judge import OutsideJudge, identity_distances
 
 
 def farthest_first(sim: np.ndarray, m: int, start: int = 0) -> list[int]:
@@ -73,7 +73,7 @@ def main() -> None:
     images, labels = ds.load_array(112)
     labels = np.asarray(ds.classes)[labels]
     print(f"embedding {len(images)} images of {len(names)} identities", flush=True)
-    emb = DlibJudge().embed(images)
+    emb = OutsideJudge().embed(images)
 
     gen = load_generator(args.model)
     w = F.normalize(gen.fr.virtual_prototypes.float(), dim=1).numpy()[[proto[c] for c in names]]
@@ -99,7 +99,7 @@ def main() -> None:
         "spread_judge": measure(farthest_first(centres @ centres.T, m)),
     }
     card_real = (gen.card.get("judge") or {}).get("real") or {}
-    print(f"\n{m} of the first {len(names)} identities of {args.data}; judge {DlibJudge.name}")
+    print(f"\n{m} of the first {len(names)} identities of {args.data}; judge {OutsideJudge.name}")
     print("| subset | stage-1 nearest-prototype cosine | judge within | judge between |")
     print("|---|---|---|---|")
     for name, r in rows.items():

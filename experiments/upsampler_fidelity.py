@@ -38,7 +38,7 @@ from PIL import Image
 
 from model_store import resolve
 from vigface.data.augment import to_model_input
-from vigface.evaluation.judge import DlibJudge
+from vigface.evaluation.judge import OutsideJudge
 from vigface.evaluation.verification import verification_metrics
 from vigface.generator.artifact import Generator
 from vigface.sampling import initial_noise, to_uint8, upsampler_seed
@@ -126,7 +126,7 @@ def main() -> None:
         ways[f"{low_size}px_upsampler_no_identity"] = upsample(gen, low, False, steps, args.batch)
     ways[f"{size}px_real"] = real_hi
     ways["112px_real"] = orig
-    judge = DlibJudge()
+    judge = OutsideJudge()
     ref = judge.embed(orig)
     bicubic_hi = np.stack(
         [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in low]

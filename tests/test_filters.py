@@ -5,7 +5,7 @@ real-identity augmentation. One test runs a real ONNX judge exported from a trai
 import numpy as np
 import pytest
 
-from vigface.dataset.filters import DatasetFilter, OnnxJudge
+from vigface.dataset.filters import DatasetFilter, LeakageJudge
 from vigface.dataset.metrics import nearest_similarity
 
 D = 8
@@ -29,7 +29,7 @@ OWN = unit(7)  # the virtual prototype drawn for
 
 
 def verdict(filt, emb, **kw):
-    return filt.judge_images(emb[None], OWN[None], np.array([0]), **kw)
+    return filt.image_verdicts(emb[None], OWN[None], np.array([0]), **kw)
 
 
 @pytest.mark.parametrize("delta,leaks", [(-EPS, False), (+EPS, True)])
@@ -112,7 +112,7 @@ def test_identity_mean_on_both_sides(delta, leaks):
     embs = np.stack([base + 0.8 * unit(5), base - 0.8 * unit(5)]).astype(np.float32)
     assert np.allclose(np.linalg.norm(embs, axis=1), 1, atol=1e-6)
     assert (embs @ REAL.T).max() < tau - 0.1  # no single image comes near
-    v = filt.judge_images(embs, np.stack([OWN, OWN]), np.array([0, 0]))
+    v = filt.image_verdicts(embs, np.stack([OWN, OWN]), np.array([0, 0]))
     assert not v.leak_prototypes.any()
     assert filt.identity_leaks(embs) is leaks
 
@@ -121,13 +121,13 @@ def test_augmentation_mode_ignores_the_own_real_row_and_never_leaks():
     tau = 0.5
     filt = DatasetFilter(REAL, tau_consistency=0.9, tau_leak=tau, augmentation=True)
     emb = at_cos(unit(1), unit(2), 0.95)  # real person 1, drawn for W_R row 1
-    v = filt.judge_images(emb[None], REAL[1][None], np.array([1]))
+    v = filt.image_verdicts(emb[None], REAL[1][None], np.array([1]))
     assert v.consistent[0] and not v.leak_prototypes[0] and v.passed[0]
     assert v.nearest_real_id[0] == 2  # the nearest *other* real person is reported
     assert v.nearest_real[0] == pytest.approx(np.sqrt(1 - 0.95**2), abs=1e-5)
     assert not filt.identity_leaks(np.stack([emb, emb]))
     plain = DatasetFilter(REAL, tau_consistency=0.9, tau_leak=tau)
-    assert plain.judge_images(emb[None], REAL[1][None], np.array([1])).leak_prototypes[0]
+    assert plain.image_verdicts(emb[None], REAL[1][None], np.array([1])).leak_prototypes[0]
 
 
 def test_onnx_judge_embeds_and_flags_on_both_sides(tiny_generator, tmp_path):
@@ -140,18 +140,18 @@ def test_onnx_judge_embeds_and_flags_on_both_sides(tiny_generator, tmp_path):
     faces = rng.integers(0, 255, size=(3, 32, 32, 3), dtype=np.uint8)
     gallery_faces = rng.integers(0, 255, size=(4, 112, 112, 3), dtype=np.uint8)
     np.save(tmp_path / "g.npy", np.zeros((1, 4), np.float32))
-    probe = OnnxJudge(onnx, tmp_path / "g.npy", 0.0)
+    probe = LeakageJudge(onnx, tmp_path / "g.npy", 0.0)
     np.save(tmp_path / "g.npy", probe.embed(gallery_faces))
     emb = probe.embed(faces)
     assert emb.shape[0] == 3 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     best = nearest_similarity(emb, np.load(tmp_path / "g.npy"))[0]
     for thr, leaks in ((best.max() - EPS, True), (best.max() + EPS, False)):
-        judge = OnnxJudge(onnx, tmp_path / "g.npy", thr)
+        judge = LeakageJudge(onnx, tmp_path / "g.npy", thr)
         filt = DatasetFilter(REAL[:, :1].repeat(emb.shape[1], 1), -1, 1.0, judge=judge)
-        v = filt.judge_images(emb, emb, np.zeros(3, int), judge_emb=judge.embed(faces))
+        v = filt.image_verdicts(emb, emb, np.zeros(3, int), judge_emb=judge.embed(faces))
         assert bool(v.leak_judge.any()) is leaks
-    with pytest.raises(ValueError, match="judge_onnx"):
-        OnnxJudge(tmp_path / "missing.onnx", tmp_path / "g.npy", 0.5)
+    with pytest.raises(ValueError, match="leakage_judge_onnx"):
+        LeakageJudge(tmp_path / "missing.onnx", tmp_path / "g.npy", 0.5)
 
 
 def test_a_deployment_judge_reaches_every_shard(tiny_generator, tmp_path, monkeypatch):
@@ -169,9 +169,9 @@ def test_a_deployment_judge_reaches_every_shard(tiny_generator, tmp_path, monkey
     np.save(tmp_path / "g.npy", np.eye(4, 32, dtype=np.float32))
     settings = Settings(
         home=tmp_path,
-        judge_onnx=str(onnx),
-        judge_gallery=str(tmp_path / "g.npy"),
-        judge_threshold=0.5,
+        leakage_judge_onnx=str(onnx),
+        leakage_judge_gallery=str(tmp_path / "g.npy"),
+        leakage_judge_threshold=0.5,
     )
     job = Job(
         id="j",
@@ -186,7 +186,7 @@ def test_a_deployment_judge_reaches_every_shard(tiny_generator, tmp_path, monkey
     )
     shard = Shard(index=0, slot_start=0, slot_end=2, prototypes=[0, 1, 2])
     builder = _shard_builder(settings, job, shard)
-    assert isinstance(builder.filter.judge, OnnxJudge) and builder.filter.judge.threshold == 0.5
+    assert isinstance(builder.filter.judge, LeakageJudge) and builder.filter.judge.threshold == 0.5
     plain = _shard_builder(Settings(home=tmp_path), job, shard)
     assert plain.filter.judge is None
 

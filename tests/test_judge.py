@@ -4,7 +4,7 @@ sides, and dlib's descriptor on real pixels."""
 import numpy as np
 import pytest
 
-from vigface.evaluation.judge import DlibJudge, degrade, identity_distances, verdict
+from vigface.evaluation.judge import OutsideJudge, degrade, identity_distances, verdict
 
 
 def _unit(v):
@@ -47,7 +47,7 @@ def test_dlib_descriptor_is_unit_length_and_tells_two_faces_apart(face_folder):
 
     ds = AlignedFaceFolder.scan(face_folder)
     images, labels = ds.load_array(112)
-    judge = DlibJudge()
+    judge = OutsideJudge()
     emb = judge.embed(images[:4])
     assert emb.shape == (4, 128) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert np.allclose(judge.embed(images[:1]), emb[:1], atol=1e-6)  # deterministic
@@ -76,8 +76,8 @@ def test_cli_calibrates_per_resolution_into_the_card(tiny_generator, tmp_path):
     data = make_face_folder(tmp_path / "synthetic", identities=4, per_identity=3, seed=5)
     heldout = make_face_folder(tmp_path / "heldout", identities=5, per_identity=3, seed=6)
     runner = CliRunner()
-    common = ["judge", "--data", str(data), "--model", str(model), "--heldout", str(heldout),
-              "--update-card"]  # fmt: skip
+    common = ["outside-judge", "--data", str(data), "--model", str(model),
+              "--heldout", str(heldout), "--update-card"]  # fmt: skip
     r = runner.invoke(cli, common)  # the DiT's own resolution (16 px) becomes judge.real
     assert r.exit_code == 0, r.output
     judge = json.loads((model / "model_card.json").read_text())["judge"]
@@ -89,7 +89,9 @@ def test_cli_calibrates_per_resolution_into_the_card(tiny_generator, tmp_path):
     assert judge["real"]["resolution"] == 16 and judge["real_at"]["32"]["resolution"] == 32
     out = json.loads(r.output.strip().splitlines()[-1])
     assert out["real"]["resolution"] == 32 and out["as_far_as_real"] is None
-    r = runner.invoke(cli, ["judge", "--data", str(data), "--resolution", "16", "--update-card"])
+    r = runner.invoke(
+        cli, ["outside-judge", "--data", str(data), "--resolution", "16", "--update-card"]
+    )
     assert r.exit_code != 0 and "--update-card needs --model and --heldout" in r.output
 
 

@@ -68,9 +68,9 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
             "identities": shard.slot_end - shard.slot_start,
             "seed": job.spec["seed"] + shard.index,
             # the deployment's independent judge, if it has one (VIGFACE_JUDGE_*)
-            "judge_onnx": settings.judge_onnx,
-            "judge_gallery": settings.judge_gallery,
-            "judge_threshold": settings.judge_threshold,
+            "leakage_judge_onnx": settings.leakage_judge_onnx,
+            "leakage_judge_gallery": settings.leakage_judge_gallery,
+            "leakage_judge_threshold": settings.leakage_judge_threshold,
         }
     )
     out = Path(settings.work_dir) / job.id / f"shard_{shard.index:05d}"
@@ -402,7 +402,7 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
                     b.generate()  # every chunk is present: this only loads them
                     parts.append(b)
                 out = Path(settings.work_dir) / job.id / "dataset"
-                report = write_dataset(parts, out, judge_gallery=settings.judge_real_gallery)
+                report = write_dataset(parts, out, outside_gallery=settings.outside_judge_gallery)
                 if job.evaluate_on:
                     report = add_utility(settings, store, store_call, job, out, report)
                 keys = store_call(lambda: put_dir(store, f"jobs/{job.id}", out))

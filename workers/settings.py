@@ -84,18 +84,22 @@ class Settings(BaseSettings):
     default_monthly_quota: int = Field(1_000_000, ge=0, description="images per team per month")
     session_secret: str = Field("dev-only-change-me", description="signs dashboard cookies")
     webhook_secret: str = Field("dev-only-webhook-secret", description="HMAC key for webhooks")
-    judge_onnx: str | None = Field(
+    leakage_judge_onnx: str | None = Field(
         None, description="independent FR model (insightface ONNX) as a second leakage test"
     )
-    judge_gallery: str | None = Field(None, description=".npy of real embeddings by that model")
-    judge_threshold: float | None = Field(None, description="its cosine threshold for leakage")
+    leakage_judge_gallery: str | None = Field(
+        None, description=".npy of real embeddings by that model"
+    )
+    leakage_judge_threshold: float | None = Field(
+        None, description="its cosine threshold for leakage"
+    )
     probe_steps: int = Field(
         600, ge=1, description="step budget of the utility probe a job's evaluate_on runs"
     )
-    judge_real_gallery: str | None = Field(
+    outside_judge_gallery: str | None = Field(
         None,
-        description=".npz of real people's descriptors by the independent judge (dlib), made "
-        "by `vigface judge`: each report then says how near identities are to real people",
+        description=".npz of real people's descriptors by the outside judge (dlib), made by "
+        "`vigface outside-judge`: each report then says how near identities are to real people",
     )
     webhook_allowed_hosts: list[str] = Field(
         [], description="hosts a webhook may call although they resolve to private addresses"

@@ -144,13 +144,13 @@ def generate_cmd(
         "auto", help="auto (bf16 on CUDA and CPUs with native bf16, else fp32), fp32 or bf16"
     ),
     gallery: str | None = typer.Option(None, help=".npy of real embeddings (any size)"),
-    judge_onnx: str | None = typer.Option(
+    leakage_judge_onnx: str | None = typer.Option(
         None, help="independent FR model (insightface ONNX) as a second leakage test"
     ),
-    judge_gallery: str | None = typer.Option(
+    leakage_judge_gallery: str | None = typer.Option(
         None, help=".npy of real embeddings by the judge model"
     ),
-    judge_threshold: float | None = typer.Option(
+    leakage_judge_threshold: float | None = typer.Option(
         None, help="the judge's own cosine threshold for leakage"
     ),
     start: int = typer.Option(0, help="first prototype row to use"),
@@ -178,9 +178,9 @@ def generate_cmd(
             max_attempts=max_attempts,
             batch_size=batch_size,
             gallery=gallery,
-            judge_onnx=judge_onnx,
-            judge_gallery=judge_gallery,
-            judge_threshold=judge_threshold,
+            leakage_judge_onnx=leakage_judge_onnx,
+            leakage_judge_gallery=leakage_judge_gallery,
+            leakage_judge_threshold=leakage_judge_threshold,
         )
     except ValidationError as exc:
         fail(validation_message(exc))
@@ -230,7 +230,7 @@ def generate_cmd(
     )
 
 
-def judge_cmd(
+def outside_judge_cmd(
     data: Path = typer.Option(
         ..., help="a generated dataset folder (its imagefolder/) or any ImageFolder of faces"
     ),
@@ -266,7 +266,7 @@ def judge_cmd(
     from model_store import ModelNotFound, read_card, resolve
     from vigface.data import DatasetError
     from vigface.evaluation.judge import (
-        DlibJudge,
+        OutsideJudge,
         cached_gallery,
         calibration_at,
         compare,
@@ -293,7 +293,7 @@ def judge_cmd(
         fail("give --resolution or a --model with a dit/ folder")
     if update_card and (model is None or heldout is None):
         fail("--update-card needs --model and --heldout (and --real-data for nearness)")
-    judge = DlibJudge()
+    judge = OutsideJudge()
     try:
         emb, names, _ = embed_folder(judge, folder)  # as delivered: no further degradation
         cache = cache or Path.home() / ".cache" / "vigface"
@@ -401,5 +401,5 @@ def register(app: typer.Typer) -> None:
     app.command("calibrate")(calibrate_cmd)
     app.command("calibrate-guidance")(calibrate_guidance_cmd)
     app.command("generate")(generate_cmd)
-    app.command("judge")(judge_cmd)
+    app.command("outside-judge")(outside_judge_cmd)
     app.command("evaluate-dataset")(evaluate_dataset_cmd)

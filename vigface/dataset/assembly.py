@@ -32,12 +32,12 @@ from vigface.dataset.writers import (
 from vigface.precision import dtype_name
 
 
-def write_dataset(parts: list, out_dir: str | Path, judge_gallery: str | None = None) -> dict:
+def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None = None) -> dict:
     """Write the formats, manifest, card and report of the dataset made of ``parts``.
 
     When the generator's card holds the independent judge's calibration (``judge.real``), the
     report gets the judge's figures for the delivered images beside real people's
-    (``judge_gallery``: real descriptors for nearness to real people, optional)."""
+    (``outside_gallery``: real descriptors for nearness to real people, optional)."""
     out = Path(out_dir)
     t0 = time.perf_counter()
     first, spec = parts[0], parts[0].spec
@@ -102,7 +102,7 @@ def write_dataset(parts: list, out_dir: str | Path, judge_gallery: str | None = 
         "histograms": similarity_histograms(records + rejected),
         "pose": pose_report(parts),
     }
-    judged = judge_report(items, labels, first.gen.card, judge_gallery, card["resolution"])
+    judged = judge_report(items, labels, first.gen.card, outside_gallery, card["resolution"])
     if judged is not None:
         report["judge"] = judged
     from vigface.dataset.report import write_html_report

@@ -85,7 +85,7 @@ class DatasetFilter:
 
     ``real_prototypes`` are the rows of ``W_R`` (normalised here). ``gallery`` is an (M, D)
     array or memory map of real embeddings by the same FR model; ``judge`` an independent model
-    (:class:`OnnxJudge` or anything with ``embed``/``nearest``/``threshold``).
+    (:class:`LeakageJudge` or anything with ``embed``/``nearest``/``threshold``).
     """
 
     def __init__(
@@ -101,7 +101,7 @@ class DatasetFilter:
         self.tau_consistency, self.tau_leak = float(tau_consistency), float(tau_leak)
         self.gallery, self.judge, self.augmentation = gallery, judge, augmentation
 
-    def judge_images(
+    def image_verdicts(
         self,
         emb: np.ndarray,
         own: np.ndarray,
@@ -162,21 +162,21 @@ class DatasetFilter:
         return ", ".join(parts)
 
 
-class OnnxJudge:
+class LeakageJudge:
     """An independent FR model (insightface ONNX, loaded by ``insightface.model_zoo``) with its
     own gallery of real embeddings (``.npy``, normalised rows) and threshold."""
 
     def __init__(self, onnx_path: str | Path, gallery_npy: str | Path, threshold: float):
         import insightface
 
-        for what, p in (("judge_onnx", onnx_path), ("judge_gallery", gallery_npy)):
+        for what, p in (("leakage_judge_onnx", onnx_path), ("leakage_judge_gallery", gallery_npy)):
             if not Path(p).is_file():
                 raise ValueError(f"{what}: {p} is not a file")
         self.model = insightface.model_zoo.get_model(
             str(onnx_path), providers=["CPUExecutionProvider"]
         )
         if self.model is None or type(self.model).__name__ != "ArcFaceONNX":
-            raise ValueError(f"judge_onnx: {onnx_path} is not a recognition model")
+            raise ValueError(f"leakage_judge_onnx: {onnx_path} is not a recognition model")
         self.gallery = np.load(gallery_npy, mmap_mode="r")
         self.threshold = float(threshold)
 

@@ -37,7 +37,7 @@ from vigface.dataset.chunks import (
     ChunkStore,
     Draw,
 )
-from vigface.dataset.filters import DatasetFilter, OnnxJudge
+from vigface.dataset.filters import DatasetFilter, LeakageJudge
 from vigface.dataset.planning import NotEnoughPrototypes, plan_slots
 from vigface.dataset.pose import YAW_BINS, PoseBank
 from vigface.dataset.spec import ResolvedSpec
@@ -106,11 +106,11 @@ class DatasetBuilder:
             slot_images,
         )
         self.tau_c, self.tau_leak = spec.tau_consistency, spec.tau_leak
-        judge = (
-            OnnxJudge(spec.judge_onnx, spec.judge_gallery, spec.judge_threshold)
-            if spec.judge_onnx
-            else None
-        )
+        judge = None
+        if spec.leakage_judge_onnx:
+            judge = LeakageJudge(
+                spec.leakage_judge_onnx, spec.leakage_judge_gallery, spec.leakage_judge_threshold
+            )
         self.filter = DatasetFilter(
             fr.real_prototypes.float().cpu().numpy(),
             self.tau_c,
@@ -171,14 +171,14 @@ class DatasetBuilder:
         self.seconds["sampling"] += time.perf_counter() - t0
         return np.concatenate(results)
 
-    def _judge(self, images: np.ndarray, pending: list[Draw]):
+    def _verdicts(self, images: np.ndarray, pending: list[Draw]):
         """Step 2: FR embeddings and the filters' verdicts for one round of draws."""
         emb = self.gen.fr.embed(images, flip=False).numpy()
         rows = np.array([d.proto for d in pending])
         own = self.protos[rows].float().cpu().numpy()
         judge = self.filter.judge
         judge_emb = judge.embed(images) if judge is not None else None
-        return emb, self.filter.judge_images(emb, own, rows, judge_emb)
+        return emb, self.filter.image_verdicts(emb, own, rows, judge_emb)
 
     def _run_chunk(self, slots: list[int], queue_pos: int) -> ChunkResult:
         res = ChunkResult(
@@ -193,7 +193,7 @@ class DatasetBuilder:
         ]:
             images = self._draw_images(pending)
             t0 = time.perf_counter()
-            emb, verdicts = self._judge(images, pending)
+            emb, verdicts = self._verdicts(images, pending)
             self.counts["generated"] += len(pending)
             self.counts.update(verdicts.counts())
             failed: set[int] = set()

@@ -148,15 +148,23 @@ class DatasetSpec(DatasetOrder):
     max_attempts: int = Field(3, ge=1, le=20, description="draws per image before giving up")
     batch_size: int = Field(32, ge=1, le=1024)
     gallery: str | None = Field(None, description=".npy of real embeddings to check against")
-    judge_onnx: str | None = Field(None, description="independent FR model (ONNX) for leakage")
-    judge_gallery: str | None = Field(None, description=".npy of real embeddings by the judge")
-    judge_threshold: float | None = Field(None, ge=-1, le=1, description="the judge's own")
+    leakage_judge_onnx: str | None = Field(
+        None, description="a second FR model (insightface ONNX) the leakage filter also asks"
+    )
+    leakage_judge_gallery: str | None = Field(
+        None, description=".npy of real embeddings by that model"
+    )
+    leakage_judge_threshold: float | None = Field(
+        None, ge=-1, le=1, description="its own leakage threshold"
+    )
 
     @model_validator(mode="after")
     def _judge_complete(self):
-        given = [self.judge_onnx, self.judge_gallery, self.judge_threshold]
+        given = [self.leakage_judge_onnx, self.leakage_judge_gallery, self.leakage_judge_threshold]
         if any(g is not None for g in given) and not all(g is not None for g in given):
-            raise ValueError("judge_onnx, judge_gallery and judge_threshold go together")
+            raise ValueError(
+                "leakage_judge_onnx, leakage_judge_gallery and leakage_judge_threshold go together"
+            )
         return self
 
 

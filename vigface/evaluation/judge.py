@@ -56,7 +56,7 @@ def _model_files() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
-class DlibJudge:
+class OutsideJudge:
     """dlib's face descriptor on aligned crops of any square size (resized to 112 first)."""
 
     name = JUDGE_NAME
@@ -325,9 +325,9 @@ def calibration_at(card: dict, resolution: int | None) -> dict | None:
 
 
 @lru_cache(maxsize=1)
-def shared_judge() -> DlibJudge:
+def shared_judge() -> OutsideJudge:
     """One judge per process (its models load once)."""
-    return DlibJudge()
+    return OutsideJudge()
 
 
 def judgement(
@@ -370,7 +370,7 @@ def judgement(
     return out
 
 
-def embed_folder(judge: DlibJudge, root: str | Path, resolution: int | None = None):
+def embed_folder(judge: OutsideJudge, root: str | Path, resolution: int | None = None):
     """Descriptors of every image of an ImageFolder (optionally degraded), and class names."""
     from vigface.data import AlignedFaceFolder
 
@@ -381,7 +381,7 @@ def embed_folder(judge: DlibJudge, root: str | Path, resolution: int | None = No
     return judge.embed(images), np.asarray(ds.classes)[labels], images
 
 
-def cached_gallery(judge: DlibJudge, root: str | Path, resolution: int, cache: str | Path):
+def cached_gallery(judge: OutsideJudge, root: str | Path, resolution: int, cache: str | Path):
     """Descriptors of a real ImageFolder at ``resolution``, computed once per folder (the
     training set takes minutes) and kept as ``.npz`` under ``cache`` (descriptors and names
     only, no pixels)."""
