@@ -11,7 +11,7 @@ from starlette.routing import Match
 
 from app.api import jobs, misc
 from app.services import cache
-from app.services.admission import JobError
+from app.services.errors import JobError
 from model_store.storage import open_store
 from workers.db.session import init_db, session_factory
 from workers.settings import Settings, get_settings

@@ -16,21 +16,13 @@ from app.schemas import JobCreate, JobOut, JobPage
 from app.services import cache
 from app.services.admission import cancel_job, create_job, retry_job
 from app.services.links import download_link
-from app.services.views import job_out, job_outs, visible_job, visible_jobs
+from app.services.views import job_or_404, job_out, job_outs, visible_jobs
 from workers.db.models import Job, JobStatus, Team
 from workers.settings import Settings
 
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 413, 422)
 )
-
-
-def job_or_404(db: Session, team: Team, job_id: str) -> Job:
-    """The job if this team may see it; otherwise 404 (never 403: ids of others stay hidden)."""
-    job = visible_job(db, team, job_id)
-    if job is None:
-        raise HTTPException(404, detail=[{"field": "job_id", "message": "no such job"}])
-    return job
 
 
 @router.post(

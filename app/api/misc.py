@@ -14,11 +14,9 @@ from sqlalchemy.orm import Session
 from app.api.deps import current_team, get_db, get_settings_dep
 from app.api.errors import error_responses
 from app.schemas import ModelOut
-from app.services.admission import describe_model
+from app.services.models import model_entries
 from app.services.views import visible_job
-from model_store import list_models
 from workers.db.models import Job, JobStatus, LedgerEntry, Shard, Team
-from workers.ledger import free_prototypes
 from workers.settings import Settings
 
 router = APIRouter()
@@ -26,28 +24,6 @@ router = APIRouter()
 
 class NotReady(BaseModel):
     detail: dict[str, str] = Field(description="each dependency: ok, embedded or the error")
-
-
-def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
-    """Generators in the store with their free virtual identities (from descriptions: the API
-    never loads a generator)."""
-    out = []
-    for entry in list_models():
-        if entry.kind != "generator":
-            continue
-        desc = describe_model(settings, entry.name)
-        out.append(
-            ModelOut(
-                name=entry.name,
-                kind=entry.kind,
-                virtual_identities=desc.virtual_prototypes,
-                free_virtual_identities=free_prototypes(
-                    db, desc.prototype_set, desc.virtual_prototypes
-                ),
-                card=desc.card,
-            )
-        )
-    return out
 
 
 @router.get(

@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import random
-import re
 import time
 import uuid
 from datetime import datetime
@@ -24,11 +23,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.schemas import MODEL_NAME_PATTERN, JobCreate
+from app.schemas import JobCreate
 from app.services import cache
+from app.services.errors import JobError
+from app.services.models import describe_model
 from app.services.views import order_eta_seconds
-from model_store import ModelNotFound, list_models
-from model_store.description import ModelDescription, describe
+from model_store.description import ModelDescription
 from model_store.storage import open_store
 from vigface.dataset.pose import PoseSpecError
 from vigface.dataset.spec import (
@@ -41,14 +41,6 @@ from workers.db.models import TERMINAL, Job, JobStatus, Shard, ShardStatus, Team
 from workers.ledger import allocate, free_prototype_ids, release_unstarted
 from workers.settings import Settings
 from workers.webhooks import refused_address
-
-
-class JobError(ValueError):
-    """A request the service refuses; ``status`` is the HTTP code, ``field`` what is wrong."""
-
-    def __init__(self, status: int, field: str, message: str):
-        super().__init__(message)
-        self.status, self.field, self.message = status, field, message
 
 
 def request_hash(model: str, spec: DatasetSpec, extra: dict) -> str:
@@ -75,26 +67,6 @@ def spares_for(settings: Settings, shard_sizes: list[int]) -> list[int]:
     """Spare prototypes per shard: ``spare_fraction`` of the shard's identities, at least one,
     so a 4-identity job reserves 1 spare, not a full shard's worth."""
     return [max(1, math.ceil(settings.spare_fraction * n)) for n in shard_sizes]
-
-
-MODEL_NAME = re.compile(MODEL_NAME_PATTERN)  # also for the default model and the form
-
-
-def describe_model(settings: Settings, name: str) -> ModelDescription:
-    """The light description of a store entry named in a request (never a path)."""
-    if not MODEL_NAME.fullmatch(name):
-        raise JobError(
-            422, "model", "a model is named by its store name: letters, digits, '.', '_', '-'"
-        )
-    try:
-        return describe(
-            name, settings.storage_url, settings.s3_endpoint_url, str(settings.model_cache)
-        )
-    except ModelNotFound as exc:
-        available = ", ".join(e.name for e in list_models() if e.kind == "generator")
-        raise JobError(
-            422, "model", f"no model named {name!r} (available: {available or 'none'})"
-        ) from exc
 
 
 # concurrent submissions for one prototype set that a request outlasts before its 409

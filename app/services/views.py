@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from fastapi import HTTPException
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
@@ -158,3 +159,11 @@ def order_eta_seconds(db: Session, model: str, images: int) -> float | None:
     )
     ahead = sum(min(max(0, want - done), images) for want, done in live)
     return round((images + ahead) / rate, 1)
+
+
+def job_or_404(db: Session, team: Team, job_id: str) -> Job:
+    """The job if this team may see it; otherwise 404 (never 403: ids of others stay hidden)."""
+    job = visible_job(db, team, job_id)
+    if job is None:
+        raise HTTPException(404, detail=[{"field": "job_id", "message": "no such job"}])
+    return job

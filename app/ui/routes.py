@@ -15,19 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import get_db, get_settings_dep
-from app.api.jobs import job_or_404
-from app.api.misc import model_entries
 from app.schemas import JobCreate
-from app.services.admission import (
-    JobError,
-    cancel_job,
-    create_job,
-    images_used_this_month,
-    retry_job,
-)
+from app.services.admission import cancel_job, create_job, images_used_this_month, retry_job
 from app.services.auth import end_session, hash_key, start_session, team_for_session
+from app.services.errors import JobError
 from app.services.links import download_link
-from app.services.views import job_out, job_outs, visible_jobs
+from app.services.models import model_entries
+from app.services.views import job_or_404, job_out, job_outs, visible_jobs
 from model_store import list_models, resolve
 from vigface.dataset.pose import YAW_BINS
 from vigface.dataset.report import format_or_na
