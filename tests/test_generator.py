@@ -476,3 +476,19 @@ def test_precision_resolution_and_bf16_images_stay_close_to_fp32(monkeypatch):
     b = np.concatenate([im for _, im in half.stream(reqs)]).astype(int)
     assert not np.array_equal(a, b)  # bf16 really ran
     assert np.abs(a - b).mean() < 3  # ... and changes pixels by rounding only
+
+
+def test_each_loss_term_is_a_named_function():
+    """The paper's two terms and the project's extras, each testable alone."""
+    import torch.nn.functional as F
+
+    from vigface.training.dit import denoising_loss, identity_loss, margin_term
+
+    w = F.normalize(torch.randn(4, 8), dim=1)
+    assert torch.allclose(identity_loss(w, w), torch.zeros(4))
+    other = F.normalize(torch.randn(4, 8), dim=1)
+    assert torch.allclose(identity_loss(w, other), 2 - 2 * (w * other).sum(1), atol=1e-6)
+    v = torch.randn(2, 3, 4, 4)
+    assert denoising_loss(v, v) == 0 and denoising_loss(v, v + 1) == 1
+    bank = F.normalize(torch.randn(6, 8), dim=1)
+    assert (margin_term(w, w, bank, margin=0.0) == 0).all()  # own prototype: cos 1, nearest

@@ -188,6 +188,32 @@ def margin_violation(
     return F.relu(margin + hardest - own_cos)
 
 
+def denoising_loss(v_hat: torch.Tensor, v_true: torch.Tensor) -> torch.Tensor:
+    """The paper's diffusion term: mean squared error of the predicted velocity."""
+    return F.mse_loss(v_hat.float(), v_true.float())
+
+
+def identity_loss(f: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """The paper's identity term per image, ``||f_FR(x0_hat) - w||^2``: ``f`` the frozen FR
+    model's unit embedding of the predicted clean image, ``identity`` its unit prototype."""
+    return (f - identity).pow(2).sum(1)
+
+
+def margin_term(
+    f: torch.Tensor, own: torch.Tensor, real_prototypes: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """Not in the paper: per image, how far the embedding falls short of being ``margin``
+    nearer its own prototype than any real one (:func:`margin_violation`)."""
+    return margin_violation(f, own, real_prototypes, margin)
+
+
+def virtual_identity_loss(fr, x0_v: torch.Tensor, w_v: torch.Tensor) -> torch.Tensor:
+    """Not in the paper: faces rendered from virtual prototypes (no training image exists for
+    them) pulled toward their prototype through the frozen FR model."""
+    f = F.normalize(fr(x0_v.clamp(-1, 1)).float(), dim=1)
+    return identity_loss(f, w_v).mean()
+
+
 class DiTLoss(nn.Module):
     """The stage-2 objective for one batch; holds the DiT (trained) and the FR model (frozen)."""
 
@@ -214,15 +240,20 @@ class DiTLoss(nn.Module):
 
     def forward(self, x0, heat, identity, virtual=None):
         """``identity``: (B, D) unit prototypes of the images; ``virtual``: (V, D) unit rows
-        of W_V for the virtual-prototype term (or None)."""
+        of W_V for the virtual-prototype term (or None). Returns (total, the denoising term,
+        the identity term, the virtual-identity term), the last three detached for logging.
+
+        The paper's objective is the first two: :func:`denoising_loss` plus
+        ``identity_loss_weight`` x :func:`identity_loss`. The rest is this project's and off by
+        default in the paper's configs: the timestep weighting and threshold of the identity
+        term, its augmentation, :func:`margin_term` and :func:`virtual_identity_loss`."""
         cfg, b, device = self.cfg, x0.shape[0], x0.device
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), device=device)
         x_t = self.scheduler.add_noise(x0, noise, t)
-        keep = (torch.rand(b, device=device) >= cfg.cond_drop_prob).float()
-        w = identity * keep[:, None]
-        v_hat = self.dit(x_t, t, w, heat)
-        v_loss = F.mse_loss(v_hat.float(), v_target(self.scheduler, x0, noise, t).float())
+        keep = (torch.rand(b, device=device) >= cfg.cond_drop_prob).float()  # CFG: drop w
+        v_hat = self.dit(x_t, t, identity * keep[:, None], heat)
+        v_loss = denoising_loss(v_hat, v_target(self.scheduler, x0, noise, t))
         id_loss = vid_loss = torch.zeros((), device=device)
         abar = signal_fraction(self.scheduler, t)
         omega = abar if cfg.identity_loss_weighting == "alpha_bar" else torch.ones_like(abar)
@@ -232,19 +263,18 @@ class DiTLoss(nn.Module):
             if cfg.identity_augment:
                 x0_hat = augment_for_fr(x0_hat)
             f = F.normalize(self.fr(x0_hat).float(), dim=1)
-            dist = (f - identity[use]).pow(2).sum(1)
+            per_image = identity_loss(f, identity[use])
             if cfg.identity_margin_weight > 0:
-                dist = dist + cfg.identity_margin_weight * margin_violation(
+                per_image = per_image + cfg.identity_margin_weight * margin_term(
                     f, identity[use], self.real_prototypes, cfg.identity_margin
                 )
-            id_loss = (omega[use] * dist).sum() / keep.sum()
+            id_loss = (omega[use] * per_image).sum() / keep.sum()
         n_virtual = round(b * cfg.virtual_identity_fraction) if virtual is not None else 0
         if n_virtual:
             w_v = virtual[torch.randint(0, len(virtual), (n_virtual,), device=device)]
             pose = heat[torch.randint(0, b, (n_virtual,), device=device)]
             x0_v = self.render(w_v, pose, cfg.virtual_identity_steps, cfg.virtual_identity_guidance)
-            f = F.normalize(self.fr(x0_v.clamp(-1, 1)).float(), dim=1)
-            vid_loss = (f - w_v).pow(2).sum(1).mean()
+            vid_loss = virtual_identity_loss(self.fr, x0_v, w_v)
         total = v_loss + cfg.identity_loss_weight * id_loss + cfg.virtual_identity_weight * vid_loss
         return total, v_loss.detach(), id_loss.detach(), vid_loss.detach()
 
