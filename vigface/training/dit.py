@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +69,9 @@ from vigface.generator.diffusion import (
 )
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import CROP_SIZE, render_heatmaps
-from vigface.precision import autocast, autocast_dtype, dtype_name
-from vigface.training.checkpoint import save_checkpoint
+from vigface.precision import autocast
 from vigface.training.distributed import barrier, cleanup, init_distributed
+from vigface.training.run import TrainingRun
 from vigface.training.schedule import diffusion_step
 
 log = logging.getLogger(__name__)
@@ -370,40 +369,24 @@ def train_dit(
         raise DatasetError(f"{len(rows)} images are fewer than one batch of {cfg.batch_size}")
     total = steps_per_epoch * cfg.epochs
 
-    ckpt = out_dir / "checkpoints" / "last.pt"
-    step, elapsed = 0, 0.0
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=ctx.device, weights_only=False)
-        dit.load_state_dict(state["dit"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, elapsed = state["step"], state["elapsed_s"]
-        if ctx.is_main:
-            log.info("resumed from %s at step %d", ckpt, step)
+    run = TrainingRun(
+        out_dir,
+        {"dit": dit, "ema": ema, "optimizer": opt, "scheduler": sched},
+        cfg.max_minutes,
+        is_main=ctx.is_main,
+        device=ctx.device,
+    )
+    step = (run.resume(resume) or {}).get("step", 0)
     model = DDP(loss_module, find_unused_parameters=False) if ctx.enabled else loss_module
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "train_log.jsonl"
 
     def checkpoint():
-        save_checkpoint(
-            ckpt,
-            {
-                "dit": dit.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "step": step,
-                "elapsed_s": elapsed,
-            },
-        )
-        _plot_losses(log_path, out_dir / "loss_curve.png")
+        run.checkpoint(step=step)
+        if ctx.is_main:
+            _plot_losses(run.log_path, out_dir / "loss_curve.png")
 
     bar = tqdm(total=total, initial=step, desc="train-dit", disable=not (progress and ctx.is_main))
     run_v = run_id = run_vid = 0.0
     stopped = False
-    t_last = time.time()
     while step < total:
         epoch = step // steps_per_epoch
         perm = epoch_order(len(rows), cfg.seed + epoch, draw_weights)
@@ -428,9 +411,7 @@ def train_dit(
             run_v += float(v_loss)
             run_id += float(id_loss)
             run_vid += float(vid_loss)
-            now = time.time()
-            elapsed += now - t_last
-            t_last = now
+            run.tick()
             if ctx.is_main and step % cfg.log_every == 0:
                 rec = {
                     "step": step,
@@ -439,20 +420,18 @@ def train_dit(
                     "id_loss": round(run_id / cfg.log_every, 5),
                     "virtual_id_loss": round(run_vid / cfg.log_every, 5),
                     "lr": sched.get_last_lr()[0],
-                    "elapsed_s": round(elapsed, 1),
                 }
                 run_v = run_id = run_vid = 0.0
                 bar.set_postfix(v=rec["v_loss"], id=rec["id_loss"])
-                with log_path.open("a") as f:
-                    f.write(json.dumps(rec) + "\n")
-            if ctx.is_main and (step % cfg.checkpoint_every_steps == 0 or step == total):
+                run.log(rec)
+            if step % cfg.checkpoint_every_steps == 0 or step == total:
                 checkpoint()
-            out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+            out_of_time = run.out_of_time
             if ctx.enabled and cfg.max_minutes is not None:  # all ranks stop at the same step
                 flag = torch.tensor(float(out_of_time), device=ctx.device)
                 torch.distributed.all_reduce(flag)
                 out_of_time = bool(flag > 0)
-            if out_of_time and ctx.is_main:
+            if out_of_time:
                 checkpoint()
             if out_of_time:
                 stopped = True
@@ -485,9 +464,7 @@ def train_dit(
                 "dit_parameters": int(sum(p.numel() for p in dit.parameters())),
                 "steps": step,
                 "batch_size": cfg.batch_size * ctx.world_size,
-                "train_minutes": round(elapsed / 60, 1),
-                "device": str(ctx.device),
-                "precision": dtype_name(autocast_dtype(cfg.precision, ctx.device)),
+                **run.provenance(cfg.precision),
                 "fr_card": fr.card,
             },
             pose_landmarks=landmarks,

@@ -8,7 +8,6 @@ FR artifact (see :mod:`vigface.fr_model`) plus ``checkpoints/last.pt`` for resum
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,9 +25,9 @@ from vigface.data.augment import augment_batch, to_model_input
 from vigface.evaluation.orthogonality import orthogonality
 from vigface.fr_model import FRModel
 from vigface.losses import PrototypeHead, VirtualEmbeddingSampler, num_virtual_per_batch
-from vigface.precision import autocast, autocast_dtype, dtype_name
-from vigface.training.checkpoint import save_checkpoint
+from vigface.precision import autocast
 from vigface.training.distributed import barrier, cleanup, init_distributed
+from vigface.training.run import TrainingRun
 from vigface.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -124,24 +123,19 @@ def train_fr(
         opt, lambda s: warmup_cosine(s, warmup, total_steps, o.min_lr_ratio)
     )
 
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-    start_epoch, elapsed = 0, 0.0
-    if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=ctx.device, weights_only=False)
-        if state["classes"] != classes:
-            raise DatasetError(f"checkpoint {ckpt_path} was trained on other identities")
-        module.load_state_dict(state["module"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, elapsed = state["epoch"], state["elapsed_s"]
-        if ctx.is_main:
-            log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    run = TrainingRun(
+        out_dir,
+        {"module": module, "optimizer": opt, "scheduler": sched},
+        is_main=ctx.is_main,
+        device=ctx.device,
+    )
 
+    def same_identities(state: dict) -> None:
+        if state["classes"] != classes:
+            raise DatasetError(f"checkpoint {run.checkpoint_path} was trained on other identities")
+
+    start_epoch = (run.resume(resume, check=same_identities) or {}).get("epoch", 0)
     model = DDP(module) if ctx.enabled else module
-    log_file = None
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        log_file = (out_dir / "train_log.jsonl").open("a")
     step = start_epoch * steps_per_epoch
     aug_gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1000 + ctx.rank)
     for epoch in range(start_epoch, epochs):
@@ -189,9 +183,8 @@ def train_fr(
                 }
                 running = 0.0
                 bar.set_postfix(loss=rec["loss"], sigma=rec["sigma_mean"])
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
-        elapsed += time.time() - t0
+                run.log(rec)
+        run.tick()
         if ctx.is_main:
             ortho = orthogonality(module.head.real.detach(), module.head.virtual.detach())
             rec = {
@@ -202,26 +195,14 @@ def train_fr(
                 ),
                 "orthogonality": ortho,
             }
-            log_file.write(json.dumps(rec) + "\n")
-            log_file.flush()
+            run.log(rec)
             log.info("epoch %d/%d done in %.0fs", epoch + 1, epochs, rec["epoch_s"])
             if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == epochs:
-                save_checkpoint(
-                    ckpt_path,
-                    {
-                        "module": module.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "epoch": epoch + 1,
-                        "elapsed_s": elapsed,
-                        "classes": classes,
-                    },
-                )
+                run.checkpoint(epoch=epoch + 1, classes=classes)
         barrier(ctx)
 
     result = None
     if ctx.is_main:
-        log_file.close()
         head = module.head
         result = FRModel(
             config=cfg,
@@ -240,9 +221,7 @@ def train_fr(
                 "epochs": epochs,
                 "steps": step,
                 "world_size": ctx.world_size,
-                "device": str(ctx.device),
-                "precision": dtype_name(autocast_dtype(cfg.precision, ctx.device)),
-                "train_minutes": round(elapsed / 60, 1),
+                **run.provenance(cfg.precision),
                 "orthogonality": orthogonality(head.real.detach(), head.virtual.detach()),
             },
         )

@@ -11,9 +11,7 @@ dropped to zeros with ``cond_drop_prob``. EMA weights are what the stage stores.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -27,9 +25,9 @@ from vigface.data.augment import to_model_input
 from vigface.fr_model import FRModel
 from vigface.generator.diffusion import training_scheduler, v_target
 from vigface.generator.upsampler import FaceUpsampler, UpsamplerStage, upsample_input
-from vigface.precision import autocast, autocast_dtype, dtype_name
-from vigface.training.checkpoint import save_checkpoint
+from vigface.precision import autocast
 from vigface.training.dit import load_with_prototype_rows
+from vigface.training.run import TrainingRun
 from vigface.training.schedule import diffusion_step
 
 log = logging.getLogger(__name__)
@@ -106,30 +104,20 @@ def train_upsampler(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
-    ckpt = out_dir / "checkpoints" / "last.pt"
-    step, elapsed = 0, 0.0
+    run = TrainingRun(
+        out_dir,
+        {"model": model, "ema": ema, "optimizer": opt, "scheduler": sched},
+        cfg.max_minutes,
+        device=device,
+    )
+    step = 0
     g = torch.Generator().manual_seed(cfg.seed)
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    if (state := run.resume(resume)) is not None:
         g.set_state(state["rng"])
-        step, elapsed = state["step"], state["elapsed_s"]
-        log.info("resumed from %s at step %d", ckpt, step)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "train_log.jsonl"
-
-    def checkpoint():
-        save_checkpoint(ckpt, {
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "rng": g.get_state(), "step": step,
-            "elapsed_s": elapsed,
-        })  # fmt: skip
+        step = state["step"]
 
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train-upsampler", disable=not progress)
-    running, t_last = 0.0, time.time()
+    running = 0.0
     while step < cfg.max_steps:
         target, base, w = make_batch(hr, rows, protos, cfg, scale, g)
         target, base, w = target.to(device), base.to(device), w.to(device)
@@ -143,18 +131,16 @@ def train_upsampler(
         step += 1
         bar.update(1)
         running += loss.item()
-        now = time.time()
-        elapsed, t_last = elapsed + now - t_last, now
+        run.tick()
         if step % cfg.log_every == 0:
             rec = {"step": step, "v_loss": round(running / cfg.log_every, 5),
-                   "lr": sched.get_last_lr()[0], "elapsed_s": round(elapsed, 1)}  # fmt: skip
+                   "lr": sched.get_last_lr()[0]}  # fmt: skip
             running = 0.0
             bar.set_postfix(v=rec["v_loss"])
-            with log_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-        out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+            run.log(rec)
+        out_of_time = run.out_of_time
         if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps or out_of_time:
-            checkpoint()
+            run.checkpoint(rng=g.get_state(), step=step)
         if out_of_time:
             log.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
             break
@@ -175,9 +161,7 @@ def train_upsampler(
             "steps": step,
             "batch_size": cfg.batch_size,
             "crop_size": cfg.crop_size,
-            "train_minutes": round(elapsed / 60, 1),
-            "device": str(device),
-            "precision": dtype_name(autocast_dtype(cfg.precision, device)),
+            **run.provenance(cfg.precision),
             "config": cfg.model_dump(),
         },
     )

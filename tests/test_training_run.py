@@ -1,0 +1,55 @@
+"""The bookkeeping the three training loops share (vigface/training/run.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vigface.training.run import TrainingRun
+
+
+def test_a_run_resumes_its_state_and_its_clock(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = TrainingRun(tmp_path, {"model": model, "optimizer": opt}, max_minutes=1.0)
+    assert run.resume() is None  # nothing to resume yet
+    run.elapsed = 42.0
+    run.log({"step": 1, "loss": 0.5})
+    run.checkpoint(step=7, rng=[1, 2])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.nn.init.zeros_(model.weight)
+
+    again = TrainingRun(tmp_path, {"model": model, "optimizer": opt}, max_minutes=1.0)
+    assert again.resume(enabled=False) is None and again.elapsed == 0.0
+    extra = again.resume()
+    assert extra == {"step": 7, "rng": [1, 2], "elapsed_s": 42.0}
+    assert again.elapsed == 42.0 and torch.equal(model.weight, before["weight"])
+    record = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[0])
+    assert record == {"step": 1, "loss": 0.5, "elapsed_s": 42.0}
+
+    with pytest.raises(ValueError, match="other identities"):
+
+        def refuse(state):
+            raise ValueError("trained on other identities")
+
+        again.resume(check=refuse)
+
+
+def test_the_budget_stops_a_run_only_past_it(tmp_path):
+    run = TrainingRun(tmp_path, {}, max_minutes=0.5)
+    run.elapsed = 29.0
+    assert not run.out_of_time
+    run.elapsed = 30.0
+    assert run.out_of_time
+    assert not TrainingRun(tmp_path, {}, max_minutes=None).out_of_time
+    assert run.tick() >= 30.0
+
+
+def test_only_the_main_process_writes(tmp_path):
+    run = TrainingRun(tmp_path / "r", {"m": torch.nn.Linear(1, 1)}, is_main=False)
+    run.log({"step": 1})
+    run.checkpoint(step=1)
+    assert not (tmp_path / "r").exists()
+    assert run.provenance("fp32")["precision"] == "float32"

@@ -1,0 +1,92 @@
+"""What every training loop shares: resuming, the JSONL log, the wall-clock budget and the
+provenance its artifact's card records.
+
+A run lives in ``out_dir``: ``checkpoints/last.pt`` (written atomically, so a crash never
+leaves half a checkpoint) and ``train_log.jsonl`` (one JSON object per line, appended across
+resumes). The three loops (stage 1, stage 2, the upsampler) keep their own steps; this class
+keeps the bookkeeping around them the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from vigface.precision import autocast_dtype, dtype_name
+from vigface.training.checkpoint import save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class TrainingRun:
+    """``stateful``: name -> object with ``state_dict``/``load_state_dict`` (model, EMA,
+    optimiser, LR schedule) saved in every checkpoint and restored on resume. Only the main
+    process (``is_main``) writes; every process reads a checkpoint."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        stateful: dict,
+        max_minutes: float | None = None,
+        is_main: bool = True,
+        device: torch.device | str = "cpu",
+    ):
+        self.out_dir = Path(out_dir)
+        self.checkpoint_path = self.out_dir / "checkpoints" / "last.pt"
+        self.log_path = self.out_dir / "train_log.jsonl"
+        self.stateful, self.max_minutes, self.is_main = stateful, max_minutes, is_main
+        self.device = torch.device(device)
+        self.elapsed = 0.0
+        self._t_last = time.time()
+        if is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def resume(self, enabled: bool = True, check=None) -> dict | None:
+        """Restore every stateful object from the last checkpoint; returns the checkpoint's
+        own entries (step, epoch, rng, ...) or None when there is none (or ``enabled`` is
+        False). ``check(state)`` may refuse a checkpoint (raise) before anything loads."""
+        if not (enabled and self.checkpoint_path.is_file()):
+            return None
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if check is not None:
+            check(state)
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(state[name])
+        self.elapsed = state.get("elapsed_s", 0.0)
+        if self.is_main:
+            log.info("resumed from %s", self.checkpoint_path)
+        return {k: v for k, v in state.items() if k not in self.stateful}
+
+    def tick(self) -> float:
+        """Add the wall time since the last tick to ``elapsed`` (checkpointed, so a resumed
+        run's budget counts what earlier sessions spent); returns it in seconds."""
+        now = time.time()
+        self.elapsed, self._t_last = self.elapsed + now - self._t_last, now
+        return self.elapsed
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.max_minutes is not None and self.elapsed >= self.max_minutes * 60
+
+    def log(self, record: dict) -> None:
+        if self.is_main:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps({**record, "elapsed_s": round(self.elapsed, 1)}) + "\n")
+
+    def checkpoint(self, **extra) -> None:
+        """Every stateful object plus ``extra`` (step, epoch, rng, ...) and the elapsed time."""
+        if self.is_main:
+            state = {name: obj.state_dict() for name, obj in self.stateful.items()}
+            save_checkpoint(self.checkpoint_path, {**state, **extra, "elapsed_s": self.elapsed})
+
+    def provenance(self, precision: str) -> dict:
+        """What every artifact's card says about how it was trained."""
+        return {
+            "train_minutes": round(self.elapsed / 60, 1),
+            "device": str(self.device),
+            "precision": dtype_name(autocast_dtype(precision, self.device)),
+        }
