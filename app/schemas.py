@@ -110,3 +110,18 @@ class ErrorOut(BaseModel):
     """Every 4xx answer of the API has this body."""
 
     detail: list[FieldError]
+
+
+def number_kind(name: str) -> type | None:
+    """``int`` or ``float`` for a numeric field of :class:`JobCreate` (None otherwise): how a
+    form's text for it is parsed before the order's strict types see it."""
+    import types
+    import typing
+
+    annotation = JobCreate.model_fields[name].annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation if annotation in (int, float) else None

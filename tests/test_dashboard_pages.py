@@ -157,3 +157,10 @@ def test_the_job_page_shows_the_independent_judge_at_real_peoples_image_counts(
     page = c.get(job_id).text
     assert "What an independent FR model sees" in page and "image counts (" in page
     assert "over every image of this dataset" in page
+
+
+def test_the_models_page_shows_what_the_card_says(ui):
+    api, keys, worker = ui
+    c = login(TestClient(api), keys["alpha"])
+    page = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", c.get("/ui/models").text))
+    assert "Trained on" in page and "Privacy filter tau_leak 1.0, tau_consistency -1.0" in page

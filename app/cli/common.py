@@ -6,6 +6,8 @@ import functools
 import inspect
 import json
 import logging
+import types
+import typing
 from pathlib import Path
 
 import typer
@@ -38,21 +40,34 @@ def order_option(field: str, *param_decls: str, default=None, help: str | None =
     return typer.Option(default, *param_decls, help=text, **kw)
 
 
-# DatasetOrder fields as CLI options: (annotation, extra param decls, how the text is parsed)
+def _option_type(annotation):
+    """(the type typer parses, which of :data:`PARSERS` turns its text into the order's value)
+    for a DatasetOrder field: numbers and flags as themselves, a tuple as "lo,hi", a list as
+    comma-separated text, a str-or-dict (pose) as a preset name or JSON."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    inner = args[0] if optional and len(args) == 1 else annotation
+    if optional and len(args) > 1:  # str | dict
+        return (str, "pose")
+    if typing.get_origin(inner) is typing.Annotated:
+        inner = typing.get_args(inner)[0]
+    origin = typing.get_origin(inner) or inner
+    if origin is tuple:
+        return (str | None, "interval")
+    if origin is list:
+        return (str, "formats")
+    if origin in (int, float, bool):
+        return (origin | None if optional else origin, None)
+    return (str | None if optional else str, None)  # Literal choices arrive as text
+
+
+# every DatasetOrder field as a CLI option: (annotation, extra param decls, parser name), built
+# from the spec's own fields (the sampler's from SamplerSettings), so a new field shows up here
 ORDER_OPTIONS = {
-    "identities": (int, (), None),
-    "images_per_identity": (int, (), None),
-    "pose": (str, (), "pose"),
-    "guidance": (float | None, (), None),
-    "steps": (int | None, (), None),
-    "scheduler": (str | None, (), None),
-    "guidance_interval": (str | None, (), "interval"),
-    "upsample": (bool | None, (), None),
-    "seed": (int, (), None),
-    "formats": (str, ("--format",), "formats"),
-    "tau_consistency": (float | None, (), None),
-    "tau_leak": (float | None, (), None),
-}
+    name: (*_option_type(field.annotation)[:1], ("--format",) if name == "formats" else (),
+           _option_type(field.annotation)[1])
+    for name, field in DatasetOrder.model_fields.items()
+}  # fmt: skip
 
 
 def order_options(**defaults):

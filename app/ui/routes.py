@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import get_db, get_settings_dep
-from app.schemas import JobCreate
+from app.schemas import JobCreate, number_kind
 from app.services.admission import cancel_job, create_job, images_used_this_month, retry_job
 from app.services.auth import end_session, hash_key, start_session, team_for_session
 from app.services.errors import JobError
@@ -235,6 +235,12 @@ DEFAULT_FORM = {
 }
 
 
+# the form's numeric fields, parsed as the order's own types say (JobCreate, SamplerSettings)
+NUMBER_FIELDS = {
+    k: kind for k in DEFAULT_FORM if k in JobCreate.model_fields and (kind := number_kind(k))
+}
+
+
 @router.get("/orders/new")
 def order_form(
     request: Request,
@@ -268,14 +274,7 @@ async def order_submit(
         except ValueError:
             errors["pose"] = "bin weights must be numbers"
     body = {}  # form fields arrive as text; the API's strict types take numbers
-    for k, kind in (
-        ("identities", int),
-        ("images_per_identity", int),
-        ("seed", int),
-        ("guidance", float),
-        ("steps", int),
-        ("priority", int),
-    ):
+    for k, kind in NUMBER_FIELDS.items():
         if form[k] not in (None, ""):
             try:
                 body[k] = kind(form[k])
@@ -320,7 +319,8 @@ def models_page(
         grids = {
             p.stem: f"/ui/models/{m.name}/grids/{p.name}" for p in sorted(grids_dir.glob("*.png"))
         }
-        models.append({**m.model_dump(), "grids": grids})
+        measured = sorted(p.stem for p in (resolve(m.name) / "measurements").glob("*.json"))
+        models.append({**m.model_dump(), "grids": grids, "measurements": measured})
     return page(request, "models.html", team, models=models, nav="models")
 
 
