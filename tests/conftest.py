@@ -245,3 +245,34 @@ def s3_env(moto_server, monkeypatch):
     bucket = f"datasets-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=bucket)
     return moto_server, bucket
+
+
+def embedded_service(tmp_path: Path, default_model: str, **overrides):
+    """(app, settings, API key of team ``alpha``): the embedded service in this process on
+    SQLite and a local store under ``tmp_path``, caches of earlier tests' models cleared."""
+    from app.main import create_app
+    from app.services.auth import create_key, create_team
+    from model_store.description import describe
+    from model_store.loader import load_generator
+    from workers.db.session import get_engine
+    from workers.settings import Settings
+
+    load_generator.cache_clear()
+    describe.cache_clear()
+    get_engine.cache_clear()
+    settings = Settings(
+        **{
+            "database_url": f"sqlite:///{tmp_path}/db.sqlite",
+            "storage_url": f"file://{tmp_path}/objects",
+            "work_dir": tmp_path / "work",
+            "default_model": default_model,
+            "public_url": "http://testserver",
+            "status_cache_seconds": 0,
+            **overrides,
+        }
+    )
+    api = create_app(settings)
+    with api.state.sessions() as db:
+        create_team(db, "alpha", quota=100_000)
+        key = create_key(db, "alpha")
+    return api, settings, key

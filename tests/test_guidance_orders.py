@@ -8,12 +8,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
-from app.services.auth import create_key, create_team
+from conftest import embedded_service
 from model_store import BUNDLED
 from model_store.loader import load_generator
 from workers.embedded import EmbeddedWorker
-from workers.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -23,23 +21,9 @@ def demo_service(tmp_path, monkeypatch):
     if not (BUNDLED / "demo" / "dit").is_dir():
         pytest.skip("the bundled demo model is not installed")
     monkeypatch.delenv("VIGFACE_MODEL_STORE", raising=False)
-    load_generator.cache_clear()
-    from workers.db.session import get_engine
-
-    get_engine.cache_clear()
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/db.sqlite",
-        storage_url=f"file://{tmp_path}/store",
-        work_dir=tmp_path / "work",
-        default_model="demo",
-        shard_identities=10,
-        sampler_batch_size=50,
-        status_cache_seconds=0,
+    api, settings, key = embedded_service(
+        tmp_path, "demo", shard_identities=10, sampler_batch_size=50
     )
-    api = create_app(settings)
-    with api.state.sessions() as db:
-        create_team(db, "alpha", quota=100_000)
-        key = create_key(db, "alpha")
     yield (
         TestClient(api),
         {"Authorization": f"Bearer {key}"},

@@ -200,32 +200,11 @@ def test_judge_calibration_is_taken_at_the_drawn_resolution():
 def test_api_orders_refuse_upsample_on_a_model_without_one(store, tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
-    from app.services.auth import create_key, create_team
-    from model_store.description import describe
-    from model_store.loader import load_generator
-    from workers.db.session import get_engine
+    from conftest import embedded_service
     from workers.embedded import EmbeddedWorker
-    from workers.settings import Settings
 
     monkeypatch.setenv("VIGFACE_MODEL_STORE", str(store))
-    load_generator.cache_clear()
-    describe.cache_clear()
-    get_engine.cache_clear()
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/db.sqlite",
-        storage_url=f"file://{tmp_path}/objects",
-        work_dir=tmp_path / "work",
-        default_model="gen",
-        shard_identities=2,
-        sampler_batch_size=4,
-        public_url="http://testserver",
-        status_cache_seconds=0,
-    )
-    api = create_app(settings)
-    with api.state.sessions() as db:
-        create_team(db, "alpha", quota=1000)
-        key = create_key(db, "alpha")
+    api, settings, key = embedded_service(tmp_path, "gen", shard_identities=2, sampler_batch_size=4)
     client, h = TestClient(api), {"Authorization": f"Bearer {key}"}
     order = {"identities": 2, "images_per_identity": 2, "steps": 2, "tau_leak": 1.0,
              "tau_consistency": -1.0}  # fmt: skip
