@@ -43,6 +43,13 @@ class HeadConfig(_Strict):
     margin: float = Field(0.5, ge=0, lt=1.5)
     num_virtual: int = Field(0, ge=0, description="k virtual prototypes W_V")
     sigma_ema: float = Field(0.9, ge=0, le=1, description="EMA coefficient alpha for sigma^2")
+    sample_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Partial FC: share of the n + k classes whose logits each step computes "
+        "(the batch's own always); 1.0 = the full softmax",
+    )
     virtual_subspace_energy: float | None = Field(
         None,
         gt=0,

@@ -48,10 +48,13 @@ class PrototypeHead(nn.Module):
         embedding_dim: int = 512,
         scale: float = 64.0,
         margin: float = 0.5,
+        sample_rate: float = 1.0,
     ):
         super().__init__()
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate}")
         self.num_real, self.num_virtual = num_real, num_virtual
-        self.scale, self.margin = scale, margin
+        self.scale, self.margin, self.sample_rate = scale, margin, sample_rate
         self.real = nn.Parameter(torch.normal(0, 0.01, (num_real, embedding_dim)))
         self.virtual = nn.Parameter(torch.normal(0, 0.01, (num_virtual, embedding_dim)))
 
@@ -75,16 +78,43 @@ class PrototypeHead(nn.Module):
         return F.cross_entropy(logits, targets)
 
     def logits(self, embeddings, labels, virtual_embeddings=None, virtual_labels=None):
-        """Margin logits and targets: ``b_r`` real rows first, then ``b_v`` virtual rows."""
+        """Margin logits and targets: ``b_r`` real rows first, then ``b_v`` virtual rows.
+
+        With ``sample_rate`` < 1 (Partial FC, An et al. 2022, as insightface's arcface_torch
+        does it) the logits cover only the classes of this batch's own real and virtual rows
+        plus a random ``sample_rate`` share of the others, and the targets are indices into
+        that subset: memory and compute for the head grow with the sample, not with n + k,
+        which is what lets stage 1 hold 100,000+ virtual prototypes. At 1.0 every class is
+        kept in order and the loss and gradients are the full softmax's."""
+        has_virtual = virtual_embeddings is not None and virtual_embeddings.shape[0] > 0
+        v_targets = virtual_labels + self.num_real if has_virtual else labels[:0]
+        index, remap = self.sampled_classes(torch.cat([labels, v_targets]))
         w_real = F.normalize(self.real.float(), dim=1)
         w_virt = F.normalize(self.virtual.float(), dim=1)
-        cos = F.normalize(embeddings.float(), dim=1) @ torch.cat([w_real, w_virt]).T
-        logits = [arcface_logits(cos, labels, self.scale, self.margin)]
-        targets = [labels]
-        if virtual_embeddings is not None and virtual_embeddings.shape[0] > 0:
+        w = torch.cat([w_real, w_virt])
+        w = w if index is None else w[index]
+        cos = F.normalize(embeddings.float(), dim=1) @ w.T
+        logits = [arcface_logits(cos, remap(labels), self.scale, self.margin)]
+        targets = [remap(labels)]
+        if has_virtual:
             f_v = F.normalize(virtual_embeddings.detach().float(), dim=1)
-            cos_v = f_v @ torch.cat([w_real.detach(), w_virt]).T
-            v_targets = virtual_labels + self.num_real
-            logits.append(arcface_logits(cos_v, v_targets, self.scale, self.margin))
-            targets.append(v_targets)
+            w_v = torch.cat([w_real.detach(), w_virt])  # virtual rows never move W_R
+            w_v = w_v if index is None else w_v[index]
+            cos_v = f_v @ w_v.T
+            logits.append(arcface_logits(cos_v, remap(v_targets), self.scale, self.margin))
+            targets.append(remap(v_targets))
         return torch.cat(logits), torch.cat(targets)
+
+    def sampled_classes(self, positives: torch.Tensor):
+        """(the kept class rows in order, or None for all; a function mapping class rows to
+        their column among the kept ones). Every class of ``positives`` is kept."""
+        total = self.num_real + self.num_virtual
+        keep = max(int(self.sample_rate * total), int(positives.unique().numel()))
+        if keep >= total:
+            return None, lambda rows: rows
+        score = torch.rand(total, device=positives.device)
+        score[positives] = 2.0  # above any random score: always kept
+        index = score.topk(keep).indices.sort().values
+        column = torch.full((total,), -1, dtype=torch.long, device=positives.device)
+        column[index] = torch.arange(keep, device=positives.device)
+        return index, lambda rows: column[rows]

@@ -45,6 +45,7 @@ class FRTrainingModule(nn.Module):
             cfg.backbone.embedding_dim,
             scale=cfg.head.scale,
             margin=cfg.head.margin,
+            sample_rate=cfg.head.sample_rate,
         )
         self.sampler = VirtualEmbeddingSampler(cfg.backbone.embedding_dim, cfg.head.sigma_ema)
 
