@@ -18,7 +18,7 @@ import numpy as np
 from model_store import CARD, ModelNotFound, resolve
 from vigface.dataset.pose import PoseBank
 from vigface.model_card import load_card
-from vigface.prototype_set import prototype_set_digest
+from vigface.prototype_set import prototype_set_digest, row_keys
 from vigface.sampler_settings import SamplerSettings
 
 POSES_FILE = "pose_landmarks.npy"
@@ -32,9 +32,15 @@ class ModelDescription:
     kind: str
     card: dict
     virtual_prototypes: int  # rows of W_V: the identities this model can sell
-    prototype_set: str  # digest of W_V (vigface/prototype_set.py): the ledger's key
+    prototype_set: str  # digest of W_V (vigface/prototype_set.py): changes when rows are added
     pose_bank: PoseBank | None
     upsampler_size: int | None = None  # output side of its upsampler/, None without one
+    row_keys: tuple[str, ...] = ()  # each row's own key: what the ledger sells
+
+    @property
+    def lineage(self) -> str:
+        """The key of row 0: shared by every copy and every extension of this W_V."""
+        return self.row_keys[0] if self.row_keys else ""
 
     @property
     def recommended_guidance(self) -> float:
@@ -84,6 +90,7 @@ def describe_folder(name: str, path: Path) -> ModelDescription:
         card=card,
         virtual_prototypes=int(virtual.shape[0]),
         prototype_set=prototype_set_digest(virtual),
+        row_keys=tuple(row_keys(virtual)),
         pose_bank=PoseBank.from_landmarks(np.load(poses)) if poses.is_file() else None,
         upsampler_size=_upsampler_size(path),
     )

@@ -189,9 +189,9 @@ def test_a_submission_that_loses_every_allocation_race_gets_a_409_and_stores_not
     real_free = job_service.free_prototype_ids
     attempts, waits = [], []
 
-    def stale_view(db, prototype_set, total):  # a contender committed one after the read
+    def stale_view(db, desc):  # a contender committed one of these after the read
         attempts.append(1)
-        return [sold[0], *real_free(db, prototype_set, total)]
+        return [sold[0], *real_free(db, desc)]
 
     monkeypatch.setattr(job_service, "free_prototype_ids", stale_view)
     monkeypatch.setattr(job_service, "ALLOCATION_RETRIES", 3)

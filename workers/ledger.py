@@ -1,9 +1,11 @@
 """The identity ledger: which virtual prototypes are sold, to which job.
 
 Every virtual prototype is sold once. A job's prototypes (with spares that replace identities
-the privacy filter drops) are rows of ``identity_ledger`` with a unique (prototype set,
-prototype) key, written in the submission's transaction (:func:`allocate`); what is free is
-what no row holds (:func:`free_prototype_ids`, :func:`free_prototypes`).
+the privacy filter drops) are rows of ``identity_ledger`` keyed by each prototype's own digest
+(unique), written in the submission's transaction (:func:`allocate`, one multi-row insert);
+what is free is every row of the model's W_V whose key no ledger row holds
+(:func:`free_prototype_ids`, :func:`free_prototypes`). Keys are per row, so rows appended to
+W_V later are new identities and rows sold before stay sold, under any copy of the model.
 
 What a job gives back when it ends without delivering (canceled or failed). The rule: a
 job's images count against its team's monthly quota only while it is queued, running or
@@ -16,10 +18,11 @@ the store), so those stay sold to the job, and a retry reuses them.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from workers.db.models import Job, LedgerEntry, Shard, ShardStatus
+from model_store.description import ModelDescription
+from workers.db.models import Job, LedgerEntry, Shard, ShardStatus, utcnow
 
 
 def release_unstarted(db: Session, job: Job) -> list[int]:
@@ -48,24 +51,50 @@ def release_unstarted(db: Session, job: Job) -> list[int]:
     return released
 
 
-def free_prototypes(db: Session, prototype_set: str, total: int) -> int:
-    """How many of a model's ``total`` virtual prototypes no job holds. The ledger is keyed by
-    the prototype set's digest, so every name, copy or re-push of the same W_V counts together."""
-    used = db.scalar(select(func.count()).where(LedgerEntry.prototype_set == prototype_set))
-    return total - int(used)
+def sold_keys(db: Session, lineage: str) -> set[str]:
+    """The keys sold from a model's lineage (it and every copy or extension of it)."""
+    return set(db.scalars(select(LedgerEntry.prototype_key).where(LedgerEntry.lineage == lineage)))
 
 
-def free_prototype_ids(db: Session, prototype_set: str, total: int) -> list[int]:
-    """The free prototype rows of a set of ``total``, in row order."""
-    rows = select(LedgerEntry.prototype_id).where(LedgerEntry.prototype_set == prototype_set)
-    taken = set(db.scalars(rows))
-    return [p for p in range(total) if p not in taken]
+def free_prototypes(db: Session, desc: ModelDescription) -> int:
+    """How many of a model's virtual prototypes no job holds."""
+    sold = sold_keys(db, desc.lineage)
+    return sum(1 for key in desc.row_keys if key not in sold)
 
 
-def allocate(db: Session, model: str, prototype_set: str, ids: list[int], job_id: str) -> None:
-    """Sell ``ids`` to ``job_id``; the caller commits, and a unique-key violation at commit
-    means a concurrent submission took one of them first."""
+def free_prototype_ids(db: Session, desc: ModelDescription) -> list[int]:
+    """The free prototype rows of a model, in row order."""
+    sold = sold_keys(db, desc.lineage)
+    return [i for i, key in enumerate(desc.row_keys) if key not in sold]
+
+
+def allocate(db: Session, desc: ModelDescription, model: str, ids: list[int], job_id: str) -> None:
+    """Sell rows ``ids`` of ``desc``'s W_V to ``job_id``. Flushed with the job at the caller's
+    commit (SQLAlchemy sends them as multi-row INSERTs); a unique-key violation there means a
+    concurrent submission took one of them first."""
+    now = utcnow()
     db.add_all(
-        LedgerEntry(model=model, prototype_set=prototype_set, prototype_id=p, job_id=job_id)
+        LedgerEntry(
+            model=model,
+            prototype_key=desc.row_keys[p],
+            lineage=desc.lineage,
+            prototype_set=desc.prototype_set,
+            prototype_id=p,
+            job_id=job_id,
+            created_at=now,
+        )
         for p in ids
     )
+
+
+def rows_still_held(db: Session, job_id: str, keys_by_row: dict[int, str]) -> bool:
+    """Whether every row index of ``keys_by_row`` still holds the prototype this job bought
+    there (a model re-trained or re-shuffled under the same name would hand other faces)."""
+    bought = dict(
+        db.execute(
+            select(LedgerEntry.prototype_id, LedgerEntry.prototype_key).where(
+                LedgerEntry.job_id == job_id, LedgerEntry.prototype_id.in_(list(keys_by_row))
+            )
+        ).all()
+    )
+    return all(bought.get(row) == key for row, key in keys_by_row.items())

@@ -20,16 +20,17 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from model_store.loader import load_generator
 from model_store.storage import open_store, put_dir, retrying
 from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
 from vigface.dataset.spec import DatasetSpec, ResolvedSpec, resolve_spec
 from vigface.dataset.writers import finite
+from vigface.prototype_set import row_keys
 from workers.db.models import Job, JobStatus, Shard, ShardStatus, utcnow
 from workers.heartbeat import heartbeat
-from workers.ledger import release_unstarted
+from workers.ledger import release_unstarted, rows_still_held
 from workers.settings import Settings
 from workers.webhooks import notify
 
@@ -74,10 +75,14 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
         }
     )
     out = Path(settings.work_dir) / job.id / f"shard_{shard.index:05d}"
-    if job.prototype_set and gen.card["prototype_set"] != job.prototype_set:
+    keys = row_keys(gen.fr.virtual_prototypes[shard.prototypes].float().cpu().numpy())
+    with object_session(job).no_autoflush:
+        bought = dict(zip(shard.prototypes, keys, strict=True))
+        held = rows_still_held(object_session(job), job.id, bought)
+    if not held:
         raise ValueError(
-            f"model {job.model!r} holds other virtual prototypes than when the job was "
-            "ordered (the ledger sold the old ones); order again"
+            f"model {job.model!r} holds other virtual prototypes at this job's rows than when "
+            "it was ordered (the ledger sold those); order again"
         )
     return DatasetBuilder(
         gen,

@@ -37,7 +37,16 @@ from vigface.dataset.spec import (
     GuidanceNotCalibrated,
     resolve_spec,
 )
-from workers.db.models import TERMINAL, Job, JobStatus, Shard, ShardStatus, Team, utcnow
+from workers.db.models import (
+    TERMINAL,
+    Job,
+    JobStatus,
+    LedgerEntry,
+    Shard,
+    ShardStatus,
+    Team,
+    utcnow,
+)
 from workers.ledger import allocate, free_prototype_ids, release_unstarted
 from workers.settings import Settings
 from workers.webhooks import refused_address
@@ -134,7 +143,7 @@ def submit_job(
     ]
     spares = spares_for(settings, [b - a for a, b in bounds])
     need = spec.identities + sum(spares)
-    free = free_prototype_ids(db, desc.prototype_set, desc.virtual_prototypes)
+    free = free_prototype_ids(db, desc)
     if len(free) < need:
         raise JobError(
             409,
@@ -160,7 +169,7 @@ def submit_job(
         progress={"sampled": 0, "identities_done": 0},
     )
     db.add(job)
-    allocate(db, model, desc.prototype_set, alloc, job.id)
+    allocate(db, desc, model, alloc, job.id)
     slots, spare_rows = alloc[: spec.identities], iter(alloc[spec.identities :])
     for i, ((a, b), k) in enumerate(zip(bounds, spares, strict=True)):
         own_spares = [next(spare_rows) for _ in range(k)]
@@ -248,11 +257,12 @@ def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_
     need = sum(len(s.prototypes) for s in released)
     if need:
         desc = describe_model(settings, job.model)
-        if desc.prototype_set != job.prototype_set:
+        held = db.scalar(select(LedgerEntry.lineage).where(LedgerEntry.job_id == job.id).limit(1))
+        if held is not None and held != desc.lineage:
             raise JobError(
                 409, "model", f"model {job.model!r} holds other prototypes now; order again"
             )
-        free = iter(free_prototype_ids(db, desc.prototype_set, desc.virtual_prototypes))
+        free = iter(free_prototype_ids(db, desc))
         for shard in released:
             fresh = [p for p, _ in zip(free, shard.prototypes, strict=False)]
             if len(fresh) < len(shard.prototypes):
@@ -260,7 +270,7 @@ def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_
                     409, "identities", f"model {job.model!r} has too few free virtual identities"
                 )
             shard.prototypes = fresh
-            allocate(db, job.model, job.prototype_set, fresh, job.id)
+            allocate(db, desc, job.model, fresh, job.id)
     for shard in shards:
         if shard.status != ShardStatus.SUCCEEDED:
             shard.status, shard.lease_expires_at, shard.worker = ShardStatus.QUEUED, None, None

@@ -47,9 +47,7 @@ def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
                 name=entry.name,
                 kind=entry.kind,
                 virtual_identities=desc.virtual_prototypes,
-                free_virtual_identities=free_prototypes(
-                    db, desc.prototype_set, desc.virtual_prototypes
-                ),
+                free_virtual_identities=free_prototypes(db, desc),
                 card=desc.card,
             )
         )

@@ -136,10 +136,13 @@ class LedgerEntry(Base):
     is what guarantees it, whatever the process or machine allocating)."""
 
     __tablename__ = "identity_ledger"
-    __table_args__ = (UniqueConstraint("prototype_set", "prototype_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     model: Mapped[str] = mapped_column(String(200))  # the name it was sold under (display)
-    # digest of W_V (vigface/prototype_set.py): every alias or copy of a model shares it
+    # what is sold: the row's own digest (vigface/prototype_set.py row_keys), unique: a row
+    # of W_V is one identity, in every copy, alias or extension of the model that holds it
+    prototype_key: Mapped[str] = mapped_column(String(64), unique=True)
+    lineage: Mapped[str] = mapped_column(String(64), index=True)  # key of the model's row 0
+    # the W_V it was sold from and the row's index there (for people and for retries)
     prototype_set: Mapped[str] = mapped_column(String(64))
     prototype_id: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
