@@ -62,6 +62,18 @@ class JudgeCalibration(_Strict):
     real_at: dict[str, dict] = Field(default_factory=dict)
 
 
+class Capacity(_Strict):
+    """How many virtual identities the model holds and the bounds they were placed under
+    (``vigface extend-virtual``): every row's cosine to a real prototype is at most
+    ``max_real_cos`` and to another virtual one at most ``max_virtual_cos``."""
+
+    virtual_identities: int = Field(ge=0)
+    max_real_cos: float | None = None
+    max_virtual_cos: float | None = None
+    subspace_dims: int | None = None
+    extensions: list[dict] = Field(default_factory=list, description="each run's counts")
+
+
 class ModelCard(_Strict):
     kind: Literal["generator"] = "generator"
     name: str = ""
@@ -87,6 +99,7 @@ class ModelCard(_Strict):
     filters: FilterCalibration | None = None
     judge: JudgeCalibration | None = None
     upsampler: dict | None = Field(None, description="the cascade stage, when attached")
+    capacity: Capacity | None = None
     grids: dict[str, str] = Field(default_factory=dict)
     grid_note: str | None = None
     prototype_set: str | None = Field(None, description="digest of W_V, set when loaded")

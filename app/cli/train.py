@@ -155,6 +155,79 @@ def match_virtual_spectrum_cmd(
     _save_w_v_variant(matched, "virtual_spectrum", model, out, half, variance_ratio_top10=ratios)
 
 
+def extend_virtual_cmd(
+    model: str = typer.Option(..., help="generator folder or store name"),
+    add: int = typer.Option(..., min=1, help="virtual identities to append to W_V"),
+    out: Path = typer.Option(..., help="new generator folder to write (must not exist)"),
+    max_real_cos: float | None = typer.Option(
+        None, help="largest cosine of a new row to a real prototype (default: real people's p99)"
+    ),
+    max_virtual_cos: float | None = typer.Option(
+        None, help="largest cosine of a new row to another virtual one (default: the same)"
+    ),
+    energy: float = typer.Option(0.9, help="share of W_R's energy the face subspace holds"),
+    seed: int = typer.Option(0, help="seed of the draws"),
+) -> None:
+    """Append virtual identities to a generator's W_V, existing rows untouched
+    (vigface/training/virtual_extend.py): a copy of the entry with the longer W_V, its card
+    stating the capacity, the bounds and the rejection counts. Identities sold from the model
+    stay sold in the copy (the ledger keys each row by its own digest)."""
+    import shutil
+
+    import torch
+
+    from model_store import ModelNotFound, resolve
+    from vigface.model_card import load_card, write_card
+    from vigface.training.virtual_extend import CapacityExceeded, extend_virtual
+
+    if out.exists():
+        fail(f"--out: {out} exists; give a new folder")
+    try:
+        entry = Path(model) if Path(model).is_dir() else resolve(model)
+    except ModelNotFound as exc:
+        fail(str(exc))
+    if not (entry / "dit").is_dir():
+        fail(f"--model: {entry} is not a generator entry (no dit/)")
+    fr = load_fr(str(entry / "fr"))
+    try:
+        extended, ext = extend_virtual(fr, add, max_real_cos, max_virtual_cos, energy, seed)
+    except ValueError as exc:  # CapacityExceeded names the counts and the bounds
+        fail(str(exc) if isinstance(exc, CapacityExceeded) else f"--max-*-cos: {exc}")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(entry, tmp, ignore=shutil.ignore_patterns("checkpoints", "measurements"))
+    half = fr.virtual_prototypes.dtype == torch.float16 or _stored_half(entry / "fr")
+    extended.save(tmp / "fr", prototype_dtype=torch.float16 if half else torch.float32)
+    card = load_card(entry)
+    total = int(extended.virtual_prototypes.shape[0])
+    before = card.get("capacity", {}).get("extensions", [])
+    card.update(
+        num_virtual=total,
+        capacity={
+            "virtual_identities": total,
+            "max_real_cos": ext.max_real_cos,
+            "max_virtual_cos": ext.max_virtual_cos,
+            "subspace_dims": ext.subspace_dims,
+            "extensions": [*before, {**ext.__dict__, "from": str(entry)}],
+        },
+    )
+    card.pop("prototype_set", None)
+    write_card(tmp, card)
+    tmp.rename(out)
+    typer.echo(
+        f"{out}: {total} virtual identities ({ext.added} added in {ext.draws} draws; "
+        f"{ext.rejected_near_real} too near a real prototype, {ext.rejected_near_virtual} too "
+        f"near a virtual one; bounds {ext.max_real_cos:.4f} / {ext.max_virtual_cos:.4f})"
+    )
+
+
+def _stored_half(fr_dir: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(fr_dir / "prototypes.safetensors", framework="pt") as f:
+        return f.get_slice("virtual").get_dtype() in ("F16", "BF16")
+
+
 def train_dit_cmd(
     config: Path = typer.Option(..., help="YAML stage-2 config (see vigface/configs/)"),
     data: Path = typer.Option(..., help="aligned-face ImageFolder with <data>_landmarks.csv"),
@@ -225,6 +298,7 @@ def register(app: typer.Typer) -> None:
     app.command("eval-fr")(eval_fr_cmd)
     app.command("refit-virtual")(refit_virtual_cmd)
     app.command("match-virtual-spectrum")(match_virtual_spectrum_cmd)
+    app.command("extend-virtual")(extend_virtual_cmd)
     app.command("train-dit")(train_dit_cmd)
     app.command("train-upsampler")(train_upsampler_cmd)
     app.command("export-onnx")(export_onnx_cmd)

@@ -169,7 +169,6 @@ def submit_job(
         progress={"sampled": 0, "identities_done": 0},
     )
     db.add(job)
-    allocate(db, desc, model, alloc, job.id)
     slots, spare_rows = alloc[: spec.identities], iter(alloc[spec.identities :])
     for i, ((a, b), k) in enumerate(zip(bounds, spares, strict=True)):
         own_spares = [next(spare_rows) for _ in range(k)]
@@ -183,7 +182,8 @@ def submit_job(
                 enqueued_at=utcnow(),  # sent right after the commit (by the caller)
             )
         )
-    try:
+    try:  # one transaction: the job, its shards and its ledger rows, or none of them
+        allocate(db, desc, model, alloc, job.id)
         db.commit()
     except IntegrityError as exc:
         db.rollback()
@@ -255,6 +255,7 @@ def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_
     shards = list(db.scalars(select(Shard).where(Shard.job_id == job.id).order_by(Shard.index)))
     released = [s for s in shards if s.status == ShardStatus.CANCELED and s.attempts == 0]
     need = sum(len(s.prototypes) for s in released)
+    reallocated: list[int] = []
     if need:
         desc = describe_model(settings, job.model)
         held = db.scalar(select(LedgerEntry.lineage).where(LedgerEntry.job_id == job.id).limit(1))
@@ -270,7 +271,7 @@ def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_
                     409, "identities", f"model {job.model!r} has too few free virtual identities"
                 )
             shard.prototypes = fresh
-            allocate(db, desc, job.model, fresh, job.id)
+            reallocated += fresh
     for shard in shards:
         if shard.status != ShardStatus.SUCCEEDED:
             shard.status, shard.lease_expires_at, shard.worker = ShardStatus.QUEUED, None, None
@@ -280,6 +281,8 @@ def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_
     job.cancel_requested = False
     job.progress = {**(job.progress or {}), "retries": (job.progress or {}).get("retries", 0) + 1}
     try:
+        if reallocated:
+            allocate(db, desc, job.model, reallocated, job.id)
         db.commit()
     except IntegrityError as exc:
         db.rollback()
