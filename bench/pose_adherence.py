@@ -23,30 +23,11 @@ import numpy as np
 from PIL import Image
 
 from vigface.data import AlignedFaceFolder
-from vigface.dataset.pose import YAW_BINS, estimate_pose, yaw_bin
+from vigface.dataset.pose import YAW_BINS, estimate_pose
 from vigface.evaluation.judge import degrade
-from vigface.evaluation.shown_pose import ShownPose
+from vigface.evaluation.shown_pose import ShownPose, per_bin
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
-
-
-def per_bin(requested: np.ndarray, shown: np.ndarray) -> dict:
-    rb, sb = yaw_bin(requested), yaw_bin(shown)
-    out = {}
-    for b, name in enumerate(YAW_BINS):
-        sel = rb == b
-        if sel.any():
-            out[name] = {
-                "n": int(sel.sum()),
-                "requested_abs_yaw": round(float(np.abs(requested[sel]).mean()), 1),
-                "shown_abs_yaw": round(float(np.abs(shown[sel]).mean()), 1),
-                "same_bin": round(float((sb[sel] == b).mean()), 3),
-            }
-    return {
-        "pearson": round(float(np.corrcoef(requested, shown)[0, 1]), 3),
-        "same_bin": round(float((rb == sb).mean()), 3),
-        "bins": out,
-    }
 
 
 def main() -> None:

@@ -310,3 +310,22 @@ def test_orders_above_the_size_bound_need_confirmation(service):  # noqa: F811
     assert "11 images" in r.json()["detail"][0]["message"]
     r = client.post("/v1/jobs", json={**over, "confirm_large": True}, headers=h)
     assert r.status_code == 202, r.text
+
+
+def test_reports_show_the_pose_the_faces_show_beside_the_pose_asked(service):  # noqa: F811
+    """The pose section measures the delivered pixels (dlib's 68 points), not the landmarks
+    the order asked for; the model card's real-face reference is shown beside it."""
+    client, keys, worker, api = service
+    h = auth(keys["alpha"])
+    job = client.post(
+        "/v1/jobs", json={**ORDER, "identities": 2, "images_per_identity": 3}, headers=h
+    )
+    drain(worker)
+    report = client.get(f"/v1/jobs/{job.json()['id']}/report", headers=h).json()
+    pose = report["pose"]
+    assert len(pose["shown"]) == len(pose["bins"]) and abs(sum(pose["shown"]) - 1) < 1e-3
+    assert sum(b["n"] for b in pose["shown_by_requested_bin"].values()) == 6
+    assert pose["shown_measured_by"].startswith("dlib")
+    client.post("/ui/login", data={"api_key": keys["alpha"]}, follow_redirects=False)
+    page = client.get(f"/ui/jobs/{job.json()['id']}").text
+    assert "Shown (pixels)" in page and "Real faces asked for it, shown in it" in page

@@ -4,6 +4,7 @@ renamed code fail here rather than when someone runs them a month later."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ def test_every_python_script_answers_help():
         p: subprocess.Popen(
             [sys.executable, str(p), "--help"],
             cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout, whatever is installed
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -100,6 +100,9 @@ class ModelCard(_Strict):
     judge: JudgeCalibration | None = None
     upsampler: dict | None = Field(None, description="the cascade stage, when attached")
     capacity: Capacity | None = None
+    shown_pose_reference: dict | None = Field(
+        None, description="per yaw bin, what real faces asked for it show (vigface calibrate-pose)"
+    )
     grids: dict[str, str] = Field(default_factory=dict)
     grid_note: str | None = None
     prototype_set: str | None = Field(None, description="digest of W_V, set when loaded")

@@ -124,6 +124,28 @@ def calibrate_guidance_cmd(
     typer.echo(json.dumps(table))
 
 
+def calibrate_pose_cmd(
+    model: str = typer.Option(..., help="generator folder or store name"),
+    real: Path = typer.Option(..., help="real aligned faces with their landmarks CSV (held out)"),
+    images: int = typer.Option(1000, min=10, help="real faces to measure"),
+) -> None:
+    """Measure on real faces how often the pixels show the yaw bin their landmarks give
+    (dlib's 68 points at 112 px) and store it in the card (shown_pose_reference): every job
+    report then shows the delivered faces' shown pose beside it."""
+    from model_store import resolve
+    from vigface.data import DatasetError
+    from vigface.evaluation.shown_pose import real_reference
+    from vigface.model_card import update_card
+
+    try:
+        reference = real_reference(real, images)
+    except DatasetError as exc:
+        fail(f"--real: {exc}")
+    reference["source"] = f"{real} ({images} faces at most, 112 px)"
+    update_card(resolve(model), shown_pose_reference=reference)
+    typer.echo(json.dumps(reference))
+
+
 @order_options(identities=1)
 def generate_cmd(
     order: dict,
@@ -400,6 +422,7 @@ def register(app: typer.Typer) -> None:
     app.command("sample")(sample_cmd)
     app.command("calibrate")(calibrate_cmd)
     app.command("calibrate-guidance")(calibrate_guidance_cmd)
+    app.command("calibrate-pose")(calibrate_pose_cmd)
     app.command("generate")(generate_cmd)
     app.command("outside-judge")(outside_judge_cmd)
     app.command("evaluate-dataset")(evaluate_dataset_cmd)

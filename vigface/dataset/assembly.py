@@ -19,7 +19,7 @@ from PIL import Image
 
 from vigface.constants import CROP_SIZE
 from vigface.dataset.metrics import dataset_attributes, summary
-from vigface.dataset.pose import YAW_BINS, total_variation
+from vigface.dataset.pose import YAW_BINS, total_variation, yaw_bin
 from vigface.dataset.writers import (
     ImageRecord,
     encode_jpeg,
@@ -100,7 +100,7 @@ def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None 
             "regeneration_rate": round(counts.get("regenerated", 0) / generated, 4),
         },
         "histograms": similarity_histograms(records + rejected),
-        "pose": pose_report(parts),
+        "pose": pose_report(parts) | shown_pose_report(items, first.gen.card),
     }
     judged = judge_report(items, labels, first.gen.card, outside_gallery, card["resolution"])
     if judged is not None:
@@ -168,6 +168,31 @@ def pose_report(parts: list) -> dict:
         "requested": first.plan.pose_weights.round(4).tolist(),
         "drawn": drawn.round(4).tolist(),
         "total_variation": round(total_variation(drawn, first.plan.pose_weights), 4),
+    }
+
+
+def shown_pose_report(items, card: dict) -> dict:
+    """The pose the delivered faces *show* (dlib's 68 points on the 112-px crops, a model no
+    part of VIGFace trained), per yaw bin and per requested bin, beside what real faces asked
+    for each bin show (the card's ``shown_pose_reference``). A report without this section
+    beats no dataset: an unavailable measurement is reported, never fatal."""
+    try:
+        from vigface.evaluation.shown_pose import ShownPose, per_bin
+
+        images = np.stack(
+            [np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")) for _, jpg in items]
+        )
+        shown = ShownPose().yaw(images)
+    except Exception as exc:  # noqa: BLE001
+        return {"shown_error": f"shown pose unavailable: {exc}"}
+    requested = np.array([r.yaw for r, _ in items])
+    counts = np.bincount(yaw_bin(shown), minlength=len(YAW_BINS))
+    return {
+        "shown": (counts / max(len(shown), 1)).round(4).tolist(),
+        "shown_mean_abs_yaw": round(float(np.abs(shown).mean()), 1),
+        "shown_by_requested_bin": per_bin(requested, shown)["bins"],
+        "real_reference": card.get("shown_pose_reference"),
+        "shown_measured_by": "dlib 68-point shape on the delivered 112-px crops",
     }
 
 

@@ -48,8 +48,12 @@ def _plots(report: dict, out_dir: Path) -> dict[str, str]:
     pose = report["pose"]
     fig, ax = plt.subplots(figsize=(6, 2.8))
     x = np.arange(len(pose["bins"]))
-    ax.bar(x - 0.2, pose["requested"], 0.4, label="requested")
-    ax.bar(x + 0.2, pose["drawn"], 0.4, label="drawn")
+    bars = [("requested", pose["requested"]), ("drawn (landmarks)", pose["drawn"])]
+    if pose.get("shown"):
+        bars.append(("shown (pixels)", pose["shown"]))
+    width = 0.8 / len(bars)
+    for i, (label, shares) in enumerate(bars):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, shares, width, label=label)
     ax.set_xticks(x, pose["bins"], rotation=30, fontsize=7)
     ax.set(ylabel="share of images", title=f"yaw bins (TV distance {pose['total_variation']})")
     ax.legend(fontsize=7)
@@ -110,6 +114,7 @@ def write_html_report(path: Path, report: dict, out_dir: Path) -> None:
         c=report["counts"],
         t=report["thresholds"],
         leak=report["leakage"],
+        pose=report["pose"],
         judge=report.get("judge"),
         utility=report.get("utility"),
         plots=_plots(report, out_dir),
