@@ -81,3 +81,40 @@ def test_sold_identities_stay_sold_in_the_extended_model(tiny_generator, tmp_pat
     r = c.post("/v1/jobs", json={**big, "identities": 200}, headers=h)
     assert r.status_code == 409 and r.json()["detail"][0]["field"] == "identities"
     assert "134 free virtual identities" in r.json()["detail"][0]["message"]
+
+
+def test_a_shard_refuses_a_model_whose_rows_changed_and_runs_on_an_extended_one(
+    tiny_generator, tmp_path, monkeypatch
+):
+    import shutil
+
+    import torch
+    from fastapi.testclient import TestClient
+
+    from conftest import embedded_service
+    from workers.embedded import EmbeddedWorker
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_generator, store / "m")
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(store))
+    api, settings, key = embedded_service(tmp_path, "m", shard_identities=2, sampler_batch_size=4)
+    c, h = TestClient(api), {"Authorization": f"Bearer {key}"}
+    order = {"identities": 2, "images_per_identity": 1, "steps": 2}
+    grown, changed = (c.post("/v1/jobs", json=order, headers=h).json() for _ in range(2))
+    worker = EmbeddedWorker(api.state.sessions, settings)
+    fr = FRModel.load(store / "m" / "fr")
+    extended, _ = extend_virtual(fr, 5, max_real_cos=0.999, max_virtual_cos=0.9999)
+    extended.save(store / "m" / "fr")  # rows appended: every job's rows are where they were
+    from model_store.loader import load_generator
+
+    load_generator.cache_clear()
+    worker.run_once()
+    assert c.get(f"/v1/jobs/{grown['id']}", headers=h).json()["status"] == "succeeded"
+    shuffled = FRModel.load(store / "m" / "fr")
+    shuffled.virtual_prototypes = torch.flip(shuffled.virtual_prototypes, [0])
+    shuffled.save(store / "m" / "fr")  # the same name, other faces at the bought rows
+    load_generator.cache_clear()
+    while worker.run_once():
+        pass
+    failed = c.get(f"/v1/jobs/{changed['id']}", headers=h).json()
+    assert failed["status"] == "failed" and "holds other virtual prototypes" in failed["error"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, object_session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from model_store.loader import load_generator
 from model_store.storage import open_store, put_dir, retrying
@@ -75,15 +75,6 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
         }
     )
     out = Path(settings.work_dir) / job.id / f"shard_{shard.index:05d}"
-    keys = row_keys(gen.fr.virtual_prototypes[shard.prototypes].float().cpu().numpy())
-    with object_session(job).no_autoflush:
-        bought = dict(zip(shard.prototypes, keys, strict=True))
-        held = rows_still_held(object_session(job), job.id, bought)
-    if not held:
-        raise ValueError(
-            f"model {job.model!r} holds other virtual prototypes at this job's rows than when "
-            "it was ordered (the ledger sold those); order again"
-        )
     return DatasetBuilder(
         gen,
         spec,
@@ -94,6 +85,18 @@ def _shard_builder(settings: Settings, job: Job, shard: Shard, **kw) -> DatasetB
         precision=settings.sampler_precision,
         **kw,
     )
+
+
+def check_rows_held(db: Session, gen, job: Job, shard: Shard) -> None:
+    """Refuse to draw a shard if the model now holds other prototypes at the rows this job
+    bought (a model re-trained or re-shuffled under the same name would hand other faces);
+    appended rows (vigface extend-virtual) leave them alone."""
+    keys = row_keys(gen.fr.virtual_prototypes[shard.prototypes].float().cpu().numpy())
+    if not rows_still_held(db, job.id, dict(zip(shard.prototypes, keys, strict=True))):
+        raise ValueError(
+            f"model {job.model!r} holds other virtual prototypes at this job's rows than when "
+            "it was ordered (the ledger sold those); order again"
+        )
 
 
 def recorded_spec(spec: dict, card: dict) -> ResolvedSpec:
@@ -263,6 +266,7 @@ def run_shard(
             with heartbeat(
                 lambda: renew_shard_lease(sessions, settings, shard_id), settings.lease_seconds
             ):
+                check_rows_held(db, load_model(settings, job.model), job, shard)
                 builder = _shard_builder(
                     settings, job, shard, cancel_check=canceled, on_progress=progress
                 )
