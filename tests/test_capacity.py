@@ -118,3 +118,50 @@ def test_a_shard_refuses_a_model_whose_rows_changed_and_runs_on_an_extended_one(
         pass
     failed = c.get(f"/v1/jobs/{changed['id']}", headers=h).json()
     assert failed["status"] == "failed" and "holds other virtual prototypes" in failed["error"]
+
+
+def test_a_small_order_is_not_held_behind_a_500_by_20_one(tiny_generator, tmp_path, monkeypatch):
+    """Shards of live jobs interleave: team beta's 2 x 2 order, placed while alpha's 500 x 20
+    order (10 shards of 50 identities) runs, is done within two shard-times of its submission,
+    through the embedded worker and the Celery path's run_next_shard alike."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from app.services.auth import create_key, create_team
+    from conftest import embedded_service
+    from workers.embedded import EmbeddedWorker
+    from workers.runner import run_next_shard
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_generator, store / "m")
+    fr = FRModel.load(store / "m" / "fr")
+    extend_virtual(fr, 600, max_real_cos=0.999, max_virtual_cos=0.9999)[0].save(store / "m" / "fr")
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(store))
+    api, settings, alpha = embedded_service(tmp_path, "m", sampler_batch_size=64)
+    with api.state.sessions() as db:
+        create_team(db, "beta", quota=100)
+        beta = create_key(db, "beta")
+    c = TestClient(api)
+    order = {"steps": 1, "tau_consistency": -1.0, "tau_leak": 1.0}
+    big = c.post(
+        "/v1/jobs", json={**order, "identities": 500, "images_per_identity": 20},
+        headers={"X-API-Key": alpha},
+    ).json()  # fmt: skip
+    assert big["shards"] == {"queued": 10}, big
+    worker = EmbeddedWorker(api.state.sessions, settings)
+    for _ in range(2):
+        assert worker.run_once()  # the big order is running
+    small = c.post(
+        "/v1/jobs", json={**order, "identities": 2, "images_per_identity": 2},
+        headers={"X-API-Key": beta},
+    ).json()  # fmt: skip
+    assert small["eta_seconds"] is not None  # from the shards the big order has run
+    for _ in range(2):
+        run_next_shard(api.state.sessions, settings)  # as a Celery message does
+        state = c.get(f"/v1/jobs/{small['id']}", headers={"X-API-Key": beta}).json()
+        if state["status"] == "succeeded":
+            break
+    assert state["status"] == "succeeded", state
+    running = c.get(f"/v1/jobs/{big['id']}", headers={"X-API-Key": alpha}).json()
+    assert running["status"] == "running" and running["shards"]["succeeded"] <= 3

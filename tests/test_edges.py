@@ -267,37 +267,6 @@ def test_numbers_and_flags_are_strict(service, value):  # noqa: F811
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == field, (field, r.text)
 
 
-def test_a_small_order_is_not_held_behind_a_big_one(service):  # noqa: F811
-    """Shards of live jobs interleave: team beta's 2 x 2 order, placed while alpha's 8-shard
-    order runs, is done within two shard-times of its submission (embedded worker and the
-    Celery path's run_next_shard alike)."""
-    from workers.runner import run_next_shard
-
-    client, keys, worker, api = service
-    big = client.post(
-        "/v1/jobs",
-        json={**ORDER, "identities": 16, "images_per_identity": 2},
-        headers=auth(keys["alpha"]),
-    ).json()
-    assert big["shards"] == {"queued": 8}, big
-    for _ in range(3):
-        assert worker.run_once()
-    small = client.post(
-        "/v1/jobs",
-        json={**ORDER, "identities": 2, "images_per_identity": 2},
-        headers=auth(keys["beta"]),
-    ).json()
-    assert small["eta_seconds"] is not None  # estimated from the shards alpha's job has run
-    for _ in range(2):
-        run_next_shard(api.state.sessions, api.state.settings)  # as a Celery message does
-        state = client.get(f"/v1/jobs/{small['id']}", headers=auth(keys["beta"])).json()
-        if state["status"] == "succeeded":
-            break
-    assert state["status"] == "succeeded", state
-    running = client.get(f"/v1/jobs/{big['id']}", headers=auth(keys["alpha"])).json()
-    assert running["status"] == "running" and running["shards"]["succeeded"] <= 5
-
-
 def test_orders_above_the_size_bound_need_confirmation(service):  # noqa: F811
     client, keys, worker, api = service
     api.state.settings.confirm_above_images = 10
