@@ -81,7 +81,6 @@ def retrying(
     call: Callable[[], object],
     window_s: float,
     first_wait_s: float = 1.0,
-    on_retry: Callable[[], None] | None = None,
 ):
     """Run ``call`` until it succeeds, waiting 1, 2, 4, ... s (at most 30) between failures,
     for up to ``window_s`` seconds; then raise :class:`StoreUnavailable` from the last error.
@@ -89,8 +88,8 @@ def retrying(
     For object-store outages (an endpoint restarting, a network blip): the store's own client
     retries one request a few times within seconds; this covers an outage of minutes. Any
     exception counts as transient: a key escaping the store (ValueError) is the one permanent
-    error, and it is raised at once. ``on_retry`` runs before each wait (a caller holding a
-    lease renews it there)."""
+    error, and it is raised at once. A caller holding a lease keeps it alive with a heartbeat
+    (:mod:`workers.heartbeat`), whatever this waits."""
     deadline = time.monotonic() + window_s
     wait = first_wait_s
     while True:
@@ -105,8 +104,6 @@ def retrying(
                     f"object store unavailable for {window_s:.0f} s: {exc}"
                 ) from exc
             log.warning("object store call failed (%s); retrying in %.0f s", exc, min(wait, left))
-            if on_retry is not None:
-                on_retry()
             time.sleep(min(wait, left))
             wait = min(wait * 2, 30.0)
 

@@ -104,6 +104,7 @@ def test_every_report_gets_the_independent_judge_when_the_card_is_calibrated():
             items.append((None, buf.getvalue()))
             labels.append(k)
     labels = np.array(labels)
+    items = np.stack([np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")) for _, jpg in items])
     assert judge_report(items, labels, {}, None) is None  # no calibration, no section
     real = {"within": 0.33, "between": 0.32, "centre_to_real": 0.31, "resolution": 32}
     out = judge_report(items, labels, {"judge": {"real": real}}, None)

@@ -51,7 +51,7 @@ class EmbeddedWorker(threading.Thread):
 
     def stop(self, wait_s: float = 120.0) -> None:
         """Stop after the current sampling batch (the shard goes back to the queue); waits up
-        to ``wait_s`` for that, longer only if a finalize step is running."""
+        to ``wait_s`` for the thread (a finalize step under way is not interrupted)."""
         self.stopping.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(wait_s)

@@ -58,8 +58,7 @@ def sold_keys(db: Session, lineage: str) -> set[str]:
 
 def free_prototypes(db: Session, desc: ModelDescription) -> int:
     """How many of a model's virtual prototypes no job holds."""
-    sold = sold_keys(db, desc.lineage)
-    return sum(1 for key in desc.row_keys if key not in sold)
+    return len(free_prototype_ids(db, desc))
 
 
 def free_prototype_ids(db: Session, desc: ModelDescription) -> list[int]:

@@ -31,6 +31,7 @@ from vigface.prototype_set import row_keys
 from workers.db.models import Job, JobStatus, Shard, ShardStatus, utcnow
 from workers.heartbeat import heartbeat
 from workers.ledger import release_unstarted, rows_still_held
+from workers.reconcile import next_queued_shard
 from workers.settings import Settings
 from workers.webhooks import notify
 
@@ -320,8 +321,6 @@ def run_next_shard(
     per shard, and each message runs the fairest queued shard at the time it is taken. So a
     small order sent behind a big one's hundreds of messages runs at the next message, not
     after them; every queued shard still has a message (the reconciler re-sends lost ones)."""
-    from workers.reconcile import next_queued_shard
-
     with sessions() as db:
         shard_id = next_queued_shard(db)
     if shard_id is None:
@@ -349,9 +348,10 @@ def add_utility(settings: Settings, store, store_call, job: Job, out: Path, repo
     return report
 
 
-def claim_finalize(sessions: sessionmaker, settings: Settings, job_id: str) -> Job | None:
-    """Move a job whose shards are done to ``finalizing`` with a lease; None if another worker
-    has it, or if the job was canceled or failed meanwhile."""
+def claim_finalize(sessions: sessionmaker, settings: Settings, job_id: str) -> bool:
+    """Move a job whose shards are done to ``finalizing`` with a lease; False if another
+    worker has it, if the job was canceled or failed meanwhile, or if this start is one too
+    many (the job fails with that reason)."""
     with sessions() as db:
         claimed = db.execute(  # a leased step: stalled_finalizes() re-runs it if this dies
             update(Job)
@@ -363,7 +363,7 @@ def claim_finalize(sessions: sessionmaker, settings: Settings, job_id: str) -> J
         ).rowcount
         db.commit()
         if not claimed:
-            return None
+            return False
         job = db.get(Job, job_id)
         starts = (job.progress or {}).get("finalize_starts", 0) + 1
         job.progress = {**(job.progress or {}), "finalize_starts": starts}
@@ -375,7 +375,7 @@ def claim_finalize(sessions: sessionmaker, settings: Settings, job_id: str) -> J
                 "each time); the shards are kept (POST /v1/jobs/{id}/retry)",
             )
         db.commit()
-        return job if job.status == JobStatus.FINALIZING else None
+        return job.status == JobStatus.FINALIZING
 
 
 def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> None:
@@ -385,7 +385,7 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
     the job still being ``finalizing``: a cancel that came meanwhile stays final, and the
     uploaded files are removed. Any failure, the final database write included (a report the
     database refuses), fails the job with the reason instead of leaving it to be re-run."""
-    if claim_finalize(sessions, settings, job_id) is None:
+    if not claim_finalize(sessions, settings, job_id):
         notify(sessions, settings, job_id)
         return
     keys: list[str] = []

@@ -3,8 +3,8 @@
 Validate the order against the model (its sampler defaults, calibrated guidance, pose bank,
 upsampler), check the team's monthly quota, estimate its time and hold very large orders for an
 explicit confirmation, allocate its own virtual prototypes in the identity ledger
-(:mod:`workers.ledger`: a unique (prototype set, prototype) key makes a double sale impossible
-even under concurrent submissions) and create the shards. Cancel and retry change a job's
+(:mod:`workers.ledger`: each prototype's own key is unique, which makes a double sale
+impossible even under concurrent submissions) and create the shards. Cancel and retry change a job's
 state the same way, so they live here too; read models are in :mod:`app.services.views`.
 """
 
@@ -92,12 +92,13 @@ def submit_job(
     webhook_url: str | None = None,
     idempotency_key: str | None = None,
     evaluate_on: list[str] | None = None,
+    eta_s: float | None = None,
     _attempt: int = 0,
 ) -> tuple[Job, bool]:
     """Create a job (or return the one this idempotency key made). Returns (job, created).
 
     Two teams' submissions can pick the same free prototypes at once; the ledger's unique
-    (prototype set, prototype) key lets one commit, and the other allocates again after a short
+    per-prototype key lets one commit, and the other allocates again after a short
     jittered wait. Every round lets at least one contender commit, so the retry bound
     (``ALLOCATION_RETRIES``) must exceed the number of simultaneous submissions; past it, a 409."""
     if spec.identities > settings.max_identities_per_job:
@@ -166,7 +167,7 @@ def submit_job(
         images_requested=images,
         identities_allocated=need,
         evaluate_on=evaluate_on or None,
-        progress={"sampled": 0, "identities_done": 0},
+        progress={"sampled": 0, "identities_done": 0, "eta_at_submission_s": eta_s},
     )
     db.add(job)
     slots, spare_rows = alloc[: spec.identities], iter(alloc[spec.identities :])
@@ -210,6 +211,7 @@ def submit_job(
                 webhook_url,
                 idempotency_key,
                 evaluate_on,
+                eta_s,
                 _attempt=_attempt + 1,
             )
         raise JobError(
@@ -366,10 +368,9 @@ def create_job(
         body.webhook_url,
         idempotency_key,
         body.evaluate_on,
+        eta,
     )
     if created:
-        job.progress = {**(job.progress or {}), "eta_at_submission_s": eta}
-        db.commit()
         enqueue(job)
         cache.statuses.clear()  # the team's listings change
     return job, created

@@ -123,25 +123,31 @@ def webhook_states(db: Session, job_ids: list[str]) -> dict[str, dict]:
 
 def measured_img_per_s(db: Session, model: str, jobs: int = 20) -> float | None:
     """Images per second one worker delivers for ``model``: the images of finished shards over
-    their seconds (sampling, filtering, writing), over the ``jobs`` latest jobs that finished a
-    shard; None before any shard of this model has finished."""
-    done_images = (
-        select(Shard.job_id, func.sum(Shard.images_done).label("images"))
-        .where(Shard.status == ShardStatus.SUCCEEDED)
-        .group_by(Shard.job_id)
-        .subquery()
+    their seconds (sampling, filtering, writing), over the model's ``jobs`` latest jobs that
+    have run; None before any shard of this model has finished. Two small queries, whatever
+    the history: it runs on every submission."""
+    recent = dict(
+        db.execute(
+            select(Job.id, Job.progress)
+            .where(
+                Job.model == model,
+                Job.status.in_((JobStatus.RUNNING, JobStatus.FINALIZING, JobStatus.SUCCEEDED)),
+            )
+            .order_by(Job.created_at.desc())
+            .limit(jobs)
+        ).all()
     )
-    per_job = (
-        select(Job.progress, done_images.c.images)
-        .join(done_images, done_images.c.job_id == Job.id)
-        .where(Job.model == model)
-        .order_by(Job.created_at.desc())
-        .limit(jobs)
+    if not recent:
+        return None
+    done = db.execute(
+        select(Shard.job_id, func.sum(Shard.images_done))
+        .where(Shard.job_id.in_(list(recent)), Shard.status == ShardStatus.SUCCEEDED)
+        .group_by(Shard.job_id)
     )
     images = seconds = 0.0
-    for progress, done in db.execute(per_job):
-        if (s := (progress or {}).get("shard_seconds")) and done:
-            images, seconds = images + done, seconds + s
+    for job_id, n in done:
+        if (s := (recent[job_id] or {}).get("shard_seconds")) and n:
+            images, seconds = images + n, seconds + s
     return images / seconds if seconds > 0 else None
 
 

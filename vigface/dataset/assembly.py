@@ -100,9 +100,13 @@ def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None 
             "regeneration_rate": round(counts.get("regenerated", 0) / generated, 4),
         },
         "histograms": similarity_histograms(records + rejected),
-        "pose": pose_report(parts) | shown_pose_report(items, first.gen.card),
     }
-    judged = judge_report(items, labels, first.gen.card, outside_gallery, card["resolution"])
+    # the delivered images as decoded from their JPEGs, once, for both outside measurements
+    delivered = np.stack(
+        [np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")) for _, jpg in items]
+    )
+    report["pose"] = pose_report(parts) | shown_pose_report(delivered, records, first.gen.card)
+    judged = judge_report(delivered, labels, first.gen.card, outside_gallery, card["resolution"])
     if judged is not None:
         report["judge"] = judged
     from vigface.dataset.report import write_html_report
@@ -118,7 +122,7 @@ def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None 
 
 
 def judge_report(
-    items, labels, card: dict, gallery: str | None, resolution: int | None = None
+    delivered: np.ndarray, labels, card: dict, gallery: str | None, resolution: int | None = None
 ) -> dict | None:
     """The independent judge on the images as delivered (decoded JPEGs), or None when the
     model has no calibration at the resolution they were drawn at; an unavailable judge is
@@ -131,9 +135,6 @@ def judge_report(
     try:
         from vigface.evaluation.judge import judgement
 
-        delivered = np.stack(
-            [np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")) for _, jpg in items]
-        )
         return judgement(delivered, labels, real, gallery)
     except Exception as exc:  # noqa: BLE001 - a report without this section beats no dataset
         return {"error": f"independent judge unavailable: {exc}"}
@@ -171,7 +172,7 @@ def pose_report(parts: list) -> dict:
     }
 
 
-def shown_pose_report(items, card: dict) -> dict:
+def shown_pose_report(delivered: np.ndarray, records: list[ImageRecord], card: dict) -> dict:
     """The pose the delivered faces *show* (dlib's 68 points on the 112-px crops, a model no
     part of VIGFace trained), per yaw bin and per requested bin, beside what real faces asked
     for each bin show (the card's ``shown_pose_reference``). A report without this section
@@ -179,13 +180,10 @@ def shown_pose_report(items, card: dict) -> dict:
     try:
         from vigface.evaluation.shown_pose import ShownPose, per_bin
 
-        images = np.stack(
-            [np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")) for _, jpg in items]
-        )
-        shown = ShownPose().yaw(images)
+        shown = ShownPose().yaw(delivered)
     except Exception as exc:  # noqa: BLE001
         return {"shown_error": f"shown pose unavailable: {exc}"}
-    requested = np.array([r.yaw for r, _ in items])
+    requested = np.array([r.yaw for r in records])
     counts = np.bincount(yaw_bin(shown), minlength=len(YAW_BINS))
     return {
         "shown": (counts / max(len(shown), 1)).round(4).tolist(),

@@ -135,6 +135,7 @@ class DatasetBuilder:
         self.chunk = max(1, math.ceil(4 * spec.batch_size / spec.images_per_identity))
         self.counts: Counter = Counter()
         self.seconds: Counter = Counter()
+        self._accepted_before = 0  # images of the chunks finished so far (progress reports)
 
     # what the assembly step reads of a part
     @property
