@@ -153,6 +153,9 @@ class DiTModelConfig(_Strict):
     depth: int = Field(12, ge=1)
     num_heads: int = Field(6, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
+    patch_bottleneck: int | None = Field(
+        None, ge=4, description="JiT bottleneck patch embedding width (None: none)"
+    )
 
     @model_validator(mode="after")
     def _divisible(self):
@@ -166,6 +169,12 @@ class DiTModelConfig(_Strict):
 class DiffusionConfig(_Strict):
     num_train_timesteps: int = Field(1000, ge=10)
     beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = "squaredcos_cap_v2"
+    prediction_type: Literal["v_prediction", "sample"] = Field(
+        "v_prediction", description="what the network predicts: v, or the clean image (JiT)"
+    )
+    resolution_shift: float = Field(
+        1.0, gt=0, description="log-SNR moved by -2 log(k): k = side / 64 for large images"
+    )
 
 
 class TrainDiTConfig(_Strict):
@@ -174,6 +183,13 @@ class TrainDiTConfig(_Strict):
     model: DiTModelConfig = DiTModelConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     cond_drop_prob: float = Field(0.1, ge=0, lt=1, description="P(w -> 0) for CFG")
+    pose_drop_prob: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="P(landmarks -> 0), drawn apart from the identity's drop: trains the"
+        " pose-free branch that two-condition guidance (pose_guidance) needs",
+    )
     identity_loss_weight: float = Field(0.1, ge=0, description="lambda of |f(x0_hat) - w|^2")
     identity_loss_min_alpha_bar: float = Field(
         0.5, ge=0, le=1, description="identity loss only where alpha_bar_t >= this (low noise)"

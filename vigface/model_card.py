@@ -95,6 +95,12 @@ class ModelCard(_Strict):
     fr_card: dict = Field(default_factory=dict, description="stage 1's own card, as trained")
     # what orders and reports read
     sample_size: int | None = Field(None, description="the side the DiT draws at, in pixels")
+    prediction_type: Literal["v_prediction", "sample"] | None = Field(
+        None, description="what the DiT predicts (its scheduler/ folder says the same)"
+    )
+    pose_drop_prob: float | None = Field(
+        None, description="landmark dropout in training: > 0 lets orders set pose_guidance"
+    )
     sampler_defaults: SamplerSettings | None = None
     filters: FilterCalibration | None = None
     judge: JudgeCalibration | None = None

@@ -29,6 +29,14 @@ class SamplerSettings(BaseModel):
     upsample: bool = Field(
         False, description="run the model's upsampler (32 -> 64 px) after the DiT"
     )
+    pose_guidance: float = Field(
+        1.0,
+        ge=0,
+        le=20,
+        description="guidance weight of the pose (landmarks) apart from the identity's; 1 = "
+        "pose as conditioned, above 1 turns faces further toward the asked pose (needs a model "
+        "trained with pose dropout)",
+    )
 
     @field_validator("guidance_interval")
     @classmethod

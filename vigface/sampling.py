@@ -1,7 +1,12 @@
 """Batched classifier-free-guidance sampling: the one sampler the CLI, benchmarks and workers use.
 
 Per denoising step, the conditional and unconditional halves (``w`` and ``w = 0``) run in a
-single forward pass of ``2B`` and are combined as ``v_u + g (v_c - v_u)``. With a guidance
+single forward pass of ``2B`` and are combined as ``v_u + g (v_c - v_u)``. With a pose weight
+``g_p != 1`` (two-condition guidance, for models trained with landmark dropout) a third part
+without landmarks joins the same forward (``3B``):
+``u + g_p (u_p - u) + g (u_pw - u_p)``. The network's output may be ``v`` or the clean image
+(x-prediction): guidance is the same affine combination for both, and the solver is built
+with the generator's own prediction type, so this file does not branch on it. With a guidance
 interval (Kynkaenniemi et al., NeurIPS 2024: guidance helps only in the middle of the noise
 range) the two halves run only for timesteps ``t / T`` inside ``[lo, hi]``; elsewhere the
 conditional branch runs alone, a forward of ``B`` (``g = 1``). Requests are streamed in
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vigface.generator.diffusion import cfg_combine, sampling_scheduler
+from vigface.generator.diffusion import cfg_combine, sampling_scheduler, two_condition_cfg
 from vigface.generator.landmarks import render_heatmaps
 from vigface.precision import autocast, autocast_dtype
 
@@ -90,6 +95,7 @@ class Sampler:
             rounding; a shard is only byte-reproducible under the same setting).
         precision: ``"auto"`` (bf16 autocast on CUDA and on CPUs with native bf16, fp32
             elsewhere), ``"fp32"`` or ``"bf16"``; see :mod:`vigface.precision`.
+        pose_guidance: g_p, the landmarks' own weight (1: one-condition CFG as in the paper).
         upsampler: an :class:`~vigface.generator.upsampler.UpsamplerStage` run after the DiT
             (``None``: the DiT's own resolution); ``upsample_steps`` its solver steps.
     """
@@ -107,6 +113,7 @@ class Sampler:
         guidance_interval: tuple[float, float] | None = None,
         upsampler=None,
         upsample_steps: int = 8,
+        pose_guidance: float = PAPER_SAMPLER.pose_guidance,
     ):
         if guidance_interval is not None:
             lo, hi = guidance_interval
@@ -117,6 +124,7 @@ class Sampler:
         self.device = next(dit.parameters()).device
         self.train_scheduler = train_scheduler
         self.scheduler_name, self.steps, self.guidance = scheduler, steps, guidance
+        self.pose_guidance = pose_guidance
         self.batch_size = batch_size
         self.size = dit.config.sample_size
         self.upsampler, self.upsample_steps = upsampler, upsample_steps
@@ -142,16 +150,25 @@ class Sampler:
         x = torch.stack([initial_noise(s, self.size) for s in seeds]).to(self.device)
         x = x * sched.init_noise_sigma
         w = F.normalize(identities.float().to(self.device), dim=1)
-        cond = torch.cat([w, torch.zeros_like(w)])
         heat = render_heatmaps(landmarks.to(self.device), self.size)
-        heat2 = torch.cat([heat, heat])
+        # parts of a guided forward: (w, pose), (0, pose) and, for g_p != 1, (0, no pose)
+        parts = 3 if self.pose_guidance != 1.0 else 2
+        zero = torch.zeros_like(w)
+        cond = torch.cat([w, zero, zero][:parts])
+        heat_parts = torch.cat([heat, heat, torch.zeros_like(heat)][:parts])
         total = self.train_scheduler.config.num_train_timesteps
         for t in sched.timesteps:
             if self.guided(float(t) / total):
-                x_in = sched.scale_model_input(torch.cat([x, x]), t)
+                x_in = sched.scale_model_input(torch.cat([x] * parts), t)
+                tt = t.expand(parts * b).to(self.device)
                 with autocast(self.device, self.precision):
-                    v = self.forward(x_in, t.expand(2 * b).to(self.device), cond, heat2).float()
-                v = cfg_combine(v[:b], v[b:], self.guidance)
+                    v = self.forward(x_in, tt, cond, heat_parts).float()
+                if parts == 3:
+                    v = two_condition_cfg(
+                        v[:b], v[b : 2 * b], v[2 * b :], self.guidance, self.pose_guidance
+                    )
+                else:
+                    v = cfg_combine(v[:b], v[b:], self.guidance)
             else:  # the conditional branch alone: half the work
                 x_in = sched.scale_model_input(x, t)
                 with autocast(self.device, self.precision):
@@ -166,7 +183,7 @@ class Sampler:
 
     def guided(self, t_frac: float) -> bool:
         """Does CFG apply at this point ``t / T`` of the noise range?"""
-        if self.guidance == 1.0:
+        if self.guidance == 1.0 and self.pose_guidance == 1.0:
             return False  # v_u + 1 (v_c - v_u) = v_c: the unconditional half is wasted work
         if self.guidance_interval is None:
             return True
@@ -178,7 +195,8 @@ class Sampler:
         sched = sampling_scheduler(self.train_scheduler, self.scheduler_name)
         sched.set_timesteps(self.steps)
         total = self.train_scheduler.config.num_train_timesteps
-        return float(sum(2 if self.guided(float(t) / total) else 1 for t in sched.timesteps))
+        parts = 3 if self.pose_guidance != 1.0 else 2
+        return float(sum(parts if self.guided(float(t) / total) else 1 for t in sched.timesteps))
 
     def stream(
         self, requests: Iterable[ImageRequest]

@@ -129,6 +129,7 @@ class DatasetBuilder:
             compile=compile,
             precision=precision,
             guidance_interval=spec.guidance_interval,
+            pose_guidance=spec.pose_guidance,
             upsampler=gen.upsampler if spec.upsample else None,
             upsample_steps=upsampler_steps(gen),
         )

@@ -77,6 +77,13 @@ class DatasetOrder(BaseModel):
         description=SamplerSettings.model_fields["guidance_interval"].description
         + " (default: the model card's)",
     )
+    pose_guidance: StrictFloat | None = Field(
+        None,
+        ge=LIMITS["guidance"][0],
+        le=LIMITS["guidance"][1],
+        description=SamplerSettings.model_fields["pose_guidance"].description
+        + " (default: the model card's)",
+    )
     upsample: StrictBool | None = Field(
         None,
         description=SamplerSettings.model_fields["upsample"].description
@@ -115,6 +122,10 @@ class DatasetOrder(BaseModel):
 
 class GuidanceNotCalibrated(ValueError):
     """The order's guidance lies outside the weights the model's filters were calibrated at."""
+
+
+class PoseGuidanceUnsupported(ValueError):
+    """pose_guidance other than 1 on a model that never learnt a pose-free branch."""
 
 
 class FiltersNotCalibrated(ValueError):
@@ -179,6 +190,7 @@ class ResolvedSpec(DatasetSpec):
     scheduler: Literal["dpmsolver", "unipc", "ddim"]
     guidance_interval: tuple[float, float]
     upsample: StrictBool
+    pose_guidance: StrictFloat = Field(ge=LIMITS["guidance"][0], le=LIMITS["guidance"][1])
     tau_consistency: StrictFloat = Field(ge=-1, le=1)
     tau_leak: StrictFloat = Field(ge=-1, le=1)
 
@@ -196,6 +208,12 @@ def resolve_spec(spec: DatasetSpec, card: dict) -> ResolvedSpec:
         if values.get(name) is None:
             values[name] = default
     values["guidance_interval"] = tuple(values["guidance_interval"])
+    values["pose_guidance"] = float(values["pose_guidance"])
+    if values["pose_guidance"] != 1.0 and not card.get("pose_drop_prob"):
+        raise PoseGuidanceUnsupported(
+            "pose_guidance: this model was trained without pose dropout, so it has no "
+            "pose-free branch to guide against; order pose_guidance 1"
+        )
     filters = card.get("filters") or {}
     if values["tau_consistency"] is None:
         by_guidance = consistency_threshold(card, float(values["guidance"]))

@@ -1,15 +1,29 @@
-"""v-prediction arithmetic on top of diffusers' schedulers.
+"""Diffusion arithmetic on top of diffusers' schedulers, for v- and x-prediction.
 
-Training noises with :class:`diffusers.DDPMScheduler` (``prediction_type="v_prediction"``);
-sampling uses ``DPMSolverMultistepScheduler`` (default), ``UniPCMultistepScheduler`` or
-``DDIMScheduler`` built from the same config, so the noise schedule of training and
-sampling cannot drift apart.
+Training noises with :class:`diffusers.DDPMScheduler`; sampling uses
+``DPMSolverMultistepScheduler`` (default), ``UniPCMultistepScheduler`` or ``DDIMScheduler``
+built from the same config, so the noise schedule and the prediction type of training and
+sampling cannot drift apart: a generator's ``scheduler/`` folder says what its network
+predicts, and nothing else in the sampler needs to know.
 
 With ``x_t = a x_0 + b eps`` (``a = sqrt(alpha_bar_t)``, ``b = sqrt(1 - alpha_bar_t)``):
-``v = a eps - b x_0`` and ``x_0 = a x_t - b v``.
+``v = a eps - b x_0``, ``x_0 = a x_t - b v`` and ``v = (a x_t - x_0) / b``.
+
+* ``v_prediction``: the network outputs ``v`` (the 32-px demo);
+* ``sample`` (x-prediction, JiT: Li & He 2025): the network outputs the clean image. On large
+  pixel patches (14 px at 112 px) the clean image lies on a low-dimensional manifold a small
+  transformer can reach, where noise-like targets cannot be. The loss is still taken on
+  ``v`` (JiT's choice), with ``b`` clamped from below so that the lowest-noise steps do not
+  dominate it.
+
+``resolution_shift`` k moves the schedule's log-SNR by ``-2 log k`` (simple diffusion,
+Hoogeboom et al. 2023): at 112 px neighbouring pixels share more of the signal, so the same
+noise level hides less; k = 112/64 puts the 112-px schedule where the cosine one is at 64 px.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from diffusers import (
@@ -26,20 +40,59 @@ SCHEDULERS = {
 }
 
 
-def training_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2"):
+PREDICTION_TYPES = ("v_prediction", "sample")
+# x-prediction's v-loss divides by b = sqrt(1 - alpha_bar); JiT clamps 1 - t at 0.05
+MIN_NOISE_STD = 0.05
+
+
+def shifted_cosine_betas(num_train_timesteps: int, shift: float) -> list[float]:
+    """Betas of the cosine schedule (``squaredcos_cap_v2``) with its log-SNR moved by
+    ``-2 log shift``; ``shift = 1`` gives diffusers' own betas back (tested)."""
+    t = torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
+    abar = torch.cos((t + 0.008) / 1.008 * torch.pi / 2) ** 2
+    abar = abar.clamp(1e-12, 1 - 1e-12)
+    logit = torch.log(abar) - torch.log1p(-abar) - 2 * math.log(shift)
+    shifted = torch.sigmoid(logit)
+    if shift == 1.0:
+        shifted = abar
+    betas = (1 - shifted[1:] / shifted[:-1]).clamp(max=0.999)
+    return betas.tolist()
+
+
+def training_scheduler(
+    num_train_timesteps: int = 1000,
+    beta_schedule: str = "squaredcos_cap_v2",
+    prediction_type: str = "v_prediction",
+    resolution_shift: float = 1.0,
+):
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}")
+    extra = {}
+    if resolution_shift != 1.0:
+        if beta_schedule != "squaredcos_cap_v2":
+            raise ValueError("resolution_shift applies to the squaredcos_cap_v2 schedule only")
+        extra["trained_betas"] = shifted_cosine_betas(num_train_timesteps, resolution_shift)
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_schedule=beta_schedule,
-        prediction_type="v_prediction",
+        prediction_type=prediction_type,
         clip_sample=False,
+        **extra,
     )
 
 
 def sampling_scheduler(train_scheduler, name: str = "dpmsolver"):
+    """The solver ``name`` on the training schedule, predicting what the network predicts."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}")
     cls = SCHEDULERS[name]
-    return cls.from_config(train_scheduler.config, prediction_type="v_prediction")
+    return cls.from_config(
+        train_scheduler.config, prediction_type=prediction_type(train_scheduler)
+    )
+
+
+def prediction_type(scheduler) -> str:
+    return scheduler.config.get("prediction_type", "v_prediction")
 
 
 def _coefficients(scheduler, timesteps: torch.Tensor, like: torch.Tensor):
@@ -55,17 +108,47 @@ def v_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.
     return a * noise - b * x0
 
 
-def predict_x0(scheduler, x_t: torch.Tensor, v: torch.Tensor, timesteps: torch.Tensor):
-    """``x_0 = sqrt(abar) x_t - sqrt(1 - abar) v``: the clean image implied by a predicted v."""
+def predict_x0(scheduler, x_t: torch.Tensor, output: torch.Tensor, timesteps: torch.Tensor):
+    """The clean image implied by the network's output: ``output`` itself under
+    x-prediction, ``sqrt(abar) x_t - sqrt(1 - abar) v`` under v-prediction."""
+    if prediction_type(scheduler) == "sample":
+        return output
     a, b = _coefficients(scheduler, timesteps, x_t)
-    return a * x_t - b * v
+    return a * x_t - b * output
+
+
+def to_velocity(
+    scheduler,
+    x_t: torch.Tensor,
+    output: torch.Tensor,
+    timesteps: torch.Tensor,
+    min_noise_std: float = 0.0,
+):
+    """The velocity implied by the network's output, ``(a x_t - x_0) / b`` under
+    x-prediction (``b`` at least ``min_noise_std``: the training loss's clamp)."""
+    if prediction_type(scheduler) == "v_prediction":
+        return output
+    a, b = _coefficients(scheduler, timesteps, x_t)
+    return (a * x_t - output) / b.clamp(min=min_noise_std)
+
+
+def velocity_loss_target(scheduler, x_t, x0, noise, timesteps):
+    """What the training loss compares the network's velocity with: the true ``v``, or for
+    x-prediction ``(a x_t - x_0) / max(b, MIN_NOISE_STD)`` so that the clamp cancels (the
+    loss is then ``|x0_hat - x0|^2 / max(b, 0.05)^2``, JiT's v-loss)."""
+    if prediction_type(scheduler) == "v_prediction":
+        return v_target(scheduler, x0, noise, timesteps)
+    return to_velocity(scheduler, x_t, x0, timesteps, MIN_NOISE_STD)
 
 
 def ddim_step(scheduler, x_t: torch.Tensor, v: torch.Tensor, t: int, t_prev: int):
     """Deterministic DDIM (eta = 0) from ``t`` to ``t_prev`` for any pair of timesteps, with the
     noise estimate ``eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t``; equals
-    ``DDIMScheduler.step`` on its own grid (tested) but also serves random grids."""
-    x0 = predict_x0(scheduler, x_t, v, torch.tensor([t], device=x_t.device))
+    ``DDIMScheduler.step`` on its own grid (tested) but also serves random grids. ``v`` is
+    the network's output (converted to a velocity under x-prediction)."""
+    tt = torch.tensor([t], device=x_t.device)
+    x0 = predict_x0(scheduler, x_t, v, tt)
+    v = to_velocity(scheduler, x_t, v, tt.expand(len(x_t)))
     a, b = _coefficients(scheduler, torch.tensor([t], device=x_t.device), x_t)
     eps = a * v + b * x_t
     a_prev, b_prev = _coefficients(scheduler, torch.tensor([t_prev], device=x_t.device), x_t)
@@ -78,5 +161,17 @@ def signal_fraction(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
 
 
 def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
-    """Classifier-free guidance: ``v_u + g (v_c - v_u)``; g = 1 is the conditional model."""
+    """Classifier-free guidance: ``v_u + g (v_c - v_u)``; g = 1 is the conditional model.
+    Valid for ``v`` and for ``x_0`` outputs alike: at a given ``x_t`` one is an affine
+    function of the other, so guiding either gives the same step."""
     return v_uncond + guidance * (v_cond - v_uncond)
+
+
+def two_condition_cfg(
+    both: torch.Tensor, pose_only: torch.Tensor, neither: torch.Tensor, guidance: float,
+    pose_guidance: float,
+) -> torch.Tensor:
+    """Guidance with separate weights for two conditions (InstructPix2Pix, Brooks et al.
+    2023): ``u + g_p (u_p - u) + g (u_pw - u_p)`` with ``u`` neither condition, ``u_p`` the
+    pose alone and ``u_pw`` pose and identity. ``g_p = 1`` is :func:`cfg_combine`."""
+    return neither + pose_guidance * (pose_only - neither) + guidance * (both - pose_only)

@@ -9,7 +9,12 @@ wires the VIGFace conditions:
   timestep embedding that drives every adaLN modulation. ``w = 0`` is the unconditional
   branch of classifier-free guidance, as in the paper;
 * pose: five landmark heatmaps concatenated to the noisy image channels before patching;
-* output: the velocity ``v`` (v-prediction), same shape as the image.
+  all-zero heatmaps are the pose-free branch of two-condition guidance;
+* output: what the generator's scheduler says it predicts, the velocity ``v`` or the clean
+  image (x-prediction, JiT), same shape as the image;
+* ``patch_bottleneck``: JiT's bottleneck patch embedding, a linear map of each large pixel
+  patch (14 x 14 x 8 values at 112 px) to a few dimensions before the hidden width, so the
+  input layer does not grow with the patch.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class FaceDiT(ModelMixin, ConfigMixin):
         hidden_size, depth, num_heads, mlp_ratio: transformer size (DiT-S: 384/12/6).
         identity_dim: dimension of the FR prototype.
         landmark_channels: heatmap channels concatenated to the input (5 points).
+        patch_bottleneck: width of JiT's bottleneck patch embedding (None: none).
     """
 
     @register_to_config
@@ -64,6 +70,7 @@ class FaceDiT(ModelMixin, ConfigMixin):
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
         identity_dim: int = 512,
+        patch_bottleneck: int | None = None,
     ):
         super().__init__()
         self.patch_embed = PatchEmbed(
@@ -71,7 +78,10 @@ class FaceDiT(ModelMixin, ConfigMixin):
             width=sample_size,
             patch_size=patch_size,
             in_channels=in_channels + landmark_channels,
-            embed_dim=hidden_size,
+            embed_dim=patch_bottleneck or hidden_size,
+        )
+        self.patch_proj = (
+            nn.Linear(patch_bottleneck, hidden_size) if patch_bottleneck else nn.Identity()
         )
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(256, hidden_size)
@@ -112,7 +122,7 @@ class FaceDiT(ModelMixin, ConfigMixin):
         """sample (B, 3, S, S); timestep (B,); identity (B, D); landmarks (B, 5, S, S)."""
         b, c, s, _ = sample.shape
         p = self.config.patch_size
-        x = self.patch_embed(torch.cat([sample, landmarks.to(sample.dtype)], dim=1))
+        x = self.patch_proj(self.patch_embed(torch.cat([sample, landmarks.to(sample.dtype)], 1)))
         emb = self.condition(timestep, identity.to(sample.dtype))
         for block in self.blocks:
             x = block(x, emb)

@@ -60,12 +60,14 @@ from vigface.dataset.pose import YAW_BINS, PoseBank
 from vigface.fr_model import FRModel
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import (
+    MIN_NOISE_STD,
     cfg_combine,
     ddim_step,
     predict_x0,
     signal_fraction,
+    to_velocity,
     training_scheduler,
-    v_target,
+    velocity_loss_target,
 )
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import CROP_SIZE, render_heatmaps
@@ -146,18 +148,31 @@ def trainable_virtual_prototypes(fr: FRModel, cfg: TrainDiTConfig) -> torch.Tens
     return F.normalize(fr.virtual_prototypes[:count].float(), dim=1)
 
 
-def warm_start(dit: FaceDiT, generator_dir: Path) -> None:
-    """Copy the DiT weights of a saved generator (same architecture) into ``dit``."""
+# what may differ between a warm start and its source: the pixel side of the transformer
+# (patch embedding and output projection are then trained afresh; the blocks carry over)
+PIXEL_SIDE_KEYS = {"sample_size", "patch_size", "patch_bottleneck"}
+
+
+def warm_start(dit: FaceDiT, generator_dir: Path) -> list[str]:
+    """Copy the DiT weights of a saved generator into ``dit``; returns the tensors that stay
+    freshly initialised. The transformer (width, depth, heads) must match; the image side,
+    patch and bottleneck may differ, so a 112-px model on 14-px patches (8 x 8 tokens)
+    starts from the 32-px one on 4-px patches (8 x 8 tokens too) with only its pixel layers
+    new."""
     if not (generator_dir / "dit").is_dir():
         raise DatasetError(f"init_from: {generator_dir} has no dit/ folder (not a generator)")
     src = FaceDiT.from_pretrained(generator_dir / "dit", low_cpu_mem_usage=False)
     mine = {k: v for k, v in dit.config.items() if not k.startswith("_")}
     theirs = {k: v for k, v in src.config.items() if not k.startswith("_")}
-    if mine != theirs:
-        diff = sorted(k for k in mine if mine.get(k) != theirs.get(k))
+    diff = sorted(k for k in mine if mine.get(k) != theirs.get(k) and k not in PIXEL_SIDE_KEYS)
+    if diff:
         raise DatasetError(f"init_from: {generator_dir} has a different DiT ({', '.join(diff)})")
-    dit.load_state_dict({k: v.float() for k, v in src.state_dict().items()})
-    log.info("initialised the DiT from %s", generator_dir)
+    own = dit.state_dict()
+    take = {k: v.float() for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape}
+    dit.load_state_dict(take, strict=False)
+    fresh = sorted(k for k in own if k not in take)
+    log.info("initialised the DiT from %s (%d tensors new: %s)", generator_dir, len(fresh), fresh)
+    return fresh
 
 
 def augment_for_fr(x: torch.Tensor) -> torch.Tensor:
@@ -251,14 +266,18 @@ class DiTLoss(nn.Module):
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), device=device)
         x_t = self.scheduler.add_noise(x0, noise, t)
         keep = (torch.rand(b, device=device) >= cfg.cond_drop_prob).float()  # CFG: drop w
-        v_hat = self.dit(x_t, t, identity * keep[:, None], heat)
-        v_loss = denoising_loss(v_hat, v_target(self.scheduler, x0, noise, t))
+        if cfg.pose_drop_prob > 0:  # the pose-free branch of two-condition guidance
+            keep_pose = (torch.rand(b, device=device) >= cfg.pose_drop_prob).to(heat.dtype)
+            heat = heat * keep_pose[:, None, None, None]
+        out = self.dit(x_t, t, identity * keep[:, None], heat)
+        v_hat = to_velocity(self.scheduler, x_t, out.float(), t, MIN_NOISE_STD)
+        v_loss = denoising_loss(v_hat, velocity_loss_target(self.scheduler, x_t, x0, noise, t))
         id_loss = vid_loss = torch.zeros((), device=device)
         abar = signal_fraction(self.scheduler, t)
         omega = abar if cfg.identity_loss_weighting == "alpha_bar" else torch.ones_like(abar)
         use = (keep > 0) & (abar >= cfg.identity_loss_min_alpha_bar)
         if cfg.identity_loss_weight > 0 and use.any():
-            x0_hat = predict_x0(self.scheduler, x_t[use], v_hat[use].float(), t[use]).clamp(-1, 1)
+            x0_hat = predict_x0(self.scheduler, x_t[use], out[use].float(), t[use]).clamp(-1, 1)
             if cfg.identity_augment:
                 x0_hat = augment_for_fr(x0_hat)
             f = F.normalize(self.fr(x0_hat).float(), dim=1)
@@ -356,7 +375,7 @@ def train_dit(
     dit = FaceDiT(identity_dim=protos.shape[1], **cfg.model.model_dump()).to(ctx.device)
     if cfg.init_from:
         warm_start(dit, Path(cfg.init_from))
-    scheduler = training_scheduler(cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule)
+    scheduler = training_scheduler(**cfg.diffusion.model_dump())
     loss_module = DiTLoss(dit, fr, scheduler, cfg, real_prototypes=protos).to(ctx.device)
     params = list(dit.parameters())
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True)
@@ -461,6 +480,8 @@ def train_dit(
                 "virtual_identity_holdout": cfg.virtual_identity_holdout,
                 "init_from": cfg.init_from,
                 "sample_size": size,
+                "prediction_type": cfg.diffusion.prediction_type,
+                "pose_drop_prob": cfg.pose_drop_prob,
                 "dit_parameters": int(sum(p.numel() for p in dit.parameters())),
                 "steps": step,
                 "batch_size": cfg.batch_size * ctx.world_size,

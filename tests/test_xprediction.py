@@ -1,0 +1,207 @@
+"""The 112-px generator's parts (issue 30): x-prediction, the shifted schedule, JiT's
+bottleneck patch embedding, landmark dropout, two-condition guidance and warm starts across
+pixel sides. Each is checked against the quantity it must equal, on tiny models."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from test_generator import _requests
+from vigface.config import TrainDiTConfig
+from vigface.dataset.spec import DatasetSpec, PoseGuidanceUnsupported, resolve_spec
+from vigface.generator.diffusion import (
+    MIN_NOISE_STD,
+    cfg_combine,
+    predict_x0,
+    sampling_scheduler,
+    shifted_cosine_betas,
+    to_velocity,
+    training_scheduler,
+    two_condition_cfg,
+    v_target,
+    velocity_loss_target,
+)
+from vigface.generator.dit import FaceDiT
+from vigface.sampling import Sampler
+from vigface.training.dit import DiTLoss, warm_start
+
+FILTERS = {"filters": {"tau_consistency": 0.5, "tau_leak": 0.6}}
+
+
+def x_dit(sample_size=28, patch_size=7, bottleneck=8, seed=0):
+    torch.manual_seed(seed)
+    m = FaceDiT(
+        sample_size=sample_size,
+        patch_size=patch_size,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        identity_dim=8,
+        patch_bottleneck=bottleneck,
+    )
+    for p in m.parameters():
+        torch.nn.init.normal_(p, 0, 0.05)
+    return m.eval()
+
+
+def test_the_shifted_schedule_is_diffusers_cosine_at_one_and_noisier_above():
+    ref = DDPMScheduler(beta_schedule="squaredcos_cap_v2").betas.numpy()
+    assert np.allclose(shifted_cosine_betas(1000, 1.0), ref, atol=1e-6)
+    plain, shifted = training_scheduler(), training_scheduler(resolution_shift=1.75)
+    mid = [100, 250, 500, 750]
+    # log-SNR moves by -2 log k at every interior step
+    def log_snr(s, t):
+        a = s.alphas_cumprod[t].double()
+        return torch.log(a / (1 - a))
+    diff = log_snr(shifted, mid) - log_snr(plain, mid)
+    assert torch.allclose(diff, torch.full_like(diff, -2 * np.log(1.75)), atol=0.02)
+    with pytest.raises(ValueError, match="squaredcos_cap_v2"):
+        training_scheduler(beta_schedule="linear", resolution_shift=2.0)
+    with pytest.raises(ValueError, match="prediction_type"):
+        training_scheduler(prediction_type="epsilon")
+
+
+def test_x_prediction_arithmetic_matches_v_prediction():
+    v_sched, x_sched = training_scheduler(), training_scheduler(prediction_type="sample")
+    x0, noise = torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8)
+    t = torch.tensor([0, 10, 200, 500, 800, 999])
+    x_t = v_sched.add_noise(x0, noise, t)
+    v = v_target(v_sched, x0, noise, t)
+    # the clean image a network outputs is the clean image; its velocity is the true v
+    assert torch.equal(predict_x0(x_sched, x_t, x0, t), x0)
+    torch.testing.assert_close(to_velocity(x_sched, x_t, x0, t), v, atol=2e-3, rtol=1e-3)
+    assert torch.equal(to_velocity(v_sched, x_t, v, t), v)
+    # the loss target: with the clamp the loss is |x0_hat - x0|^2 / max(b, 0.05)^2
+    x0_hat = x0 + 0.1 * torch.randn_like(x0)
+    got = (to_velocity(x_sched, x_t, x0_hat, t, MIN_NOISE_STD)
+           - velocity_loss_target(x_sched, x_t, x0, noise, t)).pow(2).mean((1, 2, 3))
+    b = (1 - x_sched.alphas_cumprod[t]).sqrt().clamp(min=MIN_NOISE_STD)
+    want = (x0_hat - x0).pow(2).mean((1, 2, 3)) / b**2
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    # the solvers are built predicting what the training scheduler predicts
+    for name in ("dpmsolver", "unipc", "ddim"):
+        assert sampling_scheduler(x_sched, name).config.prediction_type == "sample"
+        assert sampling_scheduler(v_sched, name).config.prediction_type == "v_prediction"
+
+
+def test_an_x_prediction_solver_step_equals_the_v_prediction_step_it_implies():
+    """Guiding on x0 or on v gives the same step: the sampler need not know the type."""
+    v_sched, x_sched = training_scheduler(), training_scheduler(prediction_type="sample")
+    x = torch.randn(2, 3, 8, 8)
+    x0_c, x0_u = torch.randn_like(x), torch.randn_like(x)
+    sv, sx = sampling_scheduler(v_sched, "ddim"), sampling_scheduler(x_sched, "ddim")
+    sv.set_timesteps(10)
+    sx.set_timesteps(10)
+    t = sv.timesteps[3]
+    tt = t.expand(2)
+    v_c, v_u = to_velocity(x_sched, x, x0_c, tt), to_velocity(x_sched, x, x0_u, tt)
+    step_x = sx.step(cfg_combine(x0_c, x0_u, 3.0), t, x).prev_sample
+    step_v = sv.step(cfg_combine(v_c, v_u, 3.0), t, x).prev_sample
+    torch.testing.assert_close(step_x, step_v, atol=1e-4, rtol=1e-4)
+
+
+def test_two_condition_guidance():
+    both, pose, none = torch.tensor([3.0]), torch.tensor([2.0]), torch.tensor([0.5])
+    torch.testing.assert_close(two_condition_cfg(both, pose, none, 4.0, 1.0),
+                               cfg_combine(both, pose, 4.0))
+    # u + g_p (u_p - u) + g (u_pw - u_p) = 0.5 + 2 * 1.5 + 4 * 1
+    torch.testing.assert_close(two_condition_cfg(both, pose, none, 4.0, 2.0), torch.tensor([7.5]))
+
+
+def test_the_sampler_draws_with_an_x_prediction_dit_and_pose_guidance_adds_a_third_part():
+    dit = x_dit()
+    sched = training_scheduler(prediction_type="sample", resolution_shift=1.75)
+    reqs = _requests(3, rng_seed=0, job_seed=1, image_index=0)
+    plain = Sampler(dit, sched, steps=4, guidance=2.0, batch_size=3, precision="fp32")
+    posed = Sampler(dit, sched, steps=4, guidance=2.0, batch_size=3, precision="fp32",
+                    pose_guidance=3.0)
+    sizes = []
+    orig = dit.forward
+    dit.forward = lambda x, t, w, h: (sizes.append(len(x)), orig(x, t, w, h))[1]
+    posed.forward = plain.forward = dit.forward
+    a = np.concatenate([imgs for _, imgs in plain.stream(reqs)])
+    b = np.concatenate([imgs for _, imgs in posed.stream(reqs)])
+    assert a.shape == (3, 28, 28, 3) and a.dtype == np.uint8
+    assert sizes == [6] * 4 + [9] * 4  # (w, pose), (0, pose) [, (0, no pose)]
+    assert not np.array_equal(a, b)  # the pose weight changes the faces
+    assert (plain.forwards_per_image(), posed.forwards_per_image()) == (8.0, 12.0)
+    # g 1 and g_p 1 is the conditional model alone; g 1 with g_p 2 still guides the pose
+    assert not Sampler(dit, sched, guidance=1.0).guided(0.5)
+    assert Sampler(dit, sched, guidance=1.0, pose_guidance=2.0).guided(0.5)
+
+
+def test_the_saved_scheduler_carries_the_prediction_type_and_the_shifted_schedule(tmp_path):
+    """A generator's scheduler/ folder is what tells the sampler how to read the DiT."""
+    sched = training_scheduler(prediction_type="sample", resolution_shift=1.75)
+    sched.save_pretrained(tmp_path / "scheduler")
+    back = DDPMScheduler.from_pretrained(tmp_path / "scheduler")
+    assert back.config.prediction_type == "sample"
+    torch.testing.assert_close(back.alphas_cumprod, sched.alphas_cumprod)
+    assert sampling_scheduler(back).config.prediction_type == "sample"
+    torch.testing.assert_close(sampling_scheduler(back).alphas_cumprod, sched.alphas_cumprod)
+
+
+def test_landmark_dropout_is_drawn_apart_from_the_identity_dropout():
+    dit = x_dit(sample_size=14, patch_size=7)
+    cfg = TrainDiTConfig(identity_loss_weight=0.0, cond_drop_prob=0.1, pose_drop_prob=0.3)
+    seen_w, seen_pose = [], []
+    orig = dit.forward
+
+    def spy(x, t, w, heat):
+        seen_w.append((w.abs().sum(1) == 0).float())
+        seen_pose.append((heat.abs().sum((1, 2, 3)) == 0).float())
+        return orig(x, t, w, heat)
+
+    dit.forward = spy
+
+    class NoFR:
+        embedder = torch.nn.Identity()
+
+    loss = DiTLoss(dit, NoFR(), training_scheduler(prediction_type="sample"), cfg)
+    for _ in range(40):
+        total, *_ = loss(torch.randn(250, 3, 14, 14), torch.ones(250, 5, 14, 14),
+                         torch.randn(250, 8))
+        assert torch.isfinite(total)
+    w, p = torch.cat(seen_w), torch.cat(seen_pose)
+    assert abs(float(p.mean()) - 0.3) < 0.02 and abs(float(w.mean()) - 0.1) < 0.015
+    assert abs(float((w * p).mean()) - 0.03) < 0.01  # independent draws
+    # and off by default: no landmark is ever dropped
+    seen_pose.clear()
+    DiTLoss(dit, NoFR(), training_scheduler(), TrainDiTConfig(identity_loss_weight=0.0))(
+        torch.randn(50, 3, 14, 14), torch.ones(50, 5, 14, 14), torch.randn(50, 8))
+    assert float(torch.cat(seen_pose).sum()) == 0
+
+
+def test_a_112_px_dit_warm_starts_from_a_32_px_one_of_the_same_transformer(tmp_path):
+    src = FaceDiT(sample_size=16, patch_size=2, hidden_size=32, depth=2, num_heads=2,
+                  identity_dim=8)
+    for p in src.parameters():
+        torch.nn.init.normal_(p, 0, 0.05)
+    src.save_pretrained(tmp_path / "g" / "dit")
+    dst = x_dit(sample_size=56, patch_size=7, bottleneck=8, seed=1)  # 8 x 8 tokens, like src
+    fresh = warm_start(dst, tmp_path / "g")
+    assert set(fresh) == {"patch_embed.proj.weight", "patch_embed.proj.bias",
+                          "patch_proj.weight", "patch_proj.bias",
+                          "proj_out.weight", "proj_out.bias"}
+    s, d = src.state_dict(), dst.state_dict()
+    for k in s:
+        if k not in fresh:
+            assert torch.equal(s[k], d[k]), k
+    wider = FaceDiT(sample_size=16, patch_size=2, hidden_size=64, depth=2, num_heads=2,
+                    identity_dim=8)
+    with pytest.raises(Exception, match="different DiT \\(hidden_size\\)"):
+        warm_start(wider, tmp_path / "g")
+
+
+def test_pose_guidance_needs_a_model_trained_with_landmark_dropout():
+    order = DatasetSpec(identities=1, images_per_identity=1, pose_guidance=2.0)
+    with pytest.raises(PoseGuidanceUnsupported, match="pose_guidance"):
+        resolve_spec(order, FILTERS)
+    got = resolve_spec(order, {**FILTERS, "pose_drop_prob": 0.1})
+    assert got.pose_guidance == 2.0
+    # a card's default applies when the order gives none; 1 needs no dropout
+    card = {**FILTERS, "pose_drop_prob": 0.1, "sampler_defaults": {"pose_guidance": 1.5}}
+    assert resolve_spec(DatasetSpec(identities=1, images_per_identity=1), card).pose_guidance == 1.5
+    plain = resolve_spec(DatasetSpec(identities=1, images_per_identity=1), FILTERS)
+    assert plain.pose_guidance == 1.0
