@@ -78,3 +78,104 @@ def test_stage_one_trains_with_a_sampled_head(face_folder, tmp_path):
     fr = train_fr(TrainFRConfig.model_validate(raw), face_folder, tmp_path / "fr", progress=False)
     assert fr.real_prototypes.shape[0] == 6 and fr.virtual_prototypes.shape[0] == 4
     assert torch.isfinite(fr.real_prototypes).all()
+
+
+# --- prototype rows split across ranks (two gloo processes) -------------------------------
+
+
+def _sharded_worker(rank: int, world: int, port: int, rate: float, queue) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from vigface.losses.partial_fc import ShardedPrototypeHead
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    full, _ = _heads(1.0)
+    head = ShardedPrototypeHead(30, 20, 16, scale=16, margin=0.3, sample_rate=rate)
+    (r0, r1), (v0, v1) = head.real_range, head.virtual_range
+    with torch.no_grad():
+        head.real.copy_(full.real[r0:r1])
+        head.virtual.copy_(full.virtual[v0:v1])
+    emb, labels, v_emb, v_lab = _batch()
+    # each rank brings its half of the batch (5 and 3 real rows; 2 and 1 virtual rows)
+    cut, vcut = (slice(0, 5), slice(0, 2)) if rank == 0 else (slice(5, 8), slice(2, 3))
+    mine = emb.detach()[cut].clone().requires_grad_(True)
+    torch.manual_seed(11 + rank)
+    loss = head(mine, labels[cut], v_emb[vcut], v_lab[vcut])
+    g_emb, g_real, g_virt = torch.autograd.grad(loss, [mine, head.real, head.virtual])
+    real, virtual = head.gather_full()
+    queue.put((rank, float(loss), g_emb, (r0, r1, g_real), (v0, v1, g_virt),
+               real.shape, virtual.shape))
+    dist.destroy_process_group()
+
+
+def _run_sharded(rate: float) -> dict:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_sharded_worker, args=(r, 2, port, rate, queue)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = {}
+    for _ in procs:
+        rank, *rest = queue.get(timeout=120)
+        got[rank] = rest
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return got
+
+
+def test_rows_split_over_two_gloo_ranks_give_the_full_softmax_at_sample_rate_one():
+    full, _ = _heads(1.0)
+    emb, labels, v_emb, v_lab = _batch()
+    loss_full = full(emb, labels, v_emb, v_lab)
+    g_emb, g_real, g_virt = torch.autograd.grad(loss_full, [emb, full.real, full.virtual])
+    got = _run_sharded(1.0)
+    for rank, (loss, ge, (r0, r1, gr), (v0, v1, gv), real_shape, virt_shape) in got.items():
+        assert abs(loss - float(loss_full)) < 1e-5, rank  # every rank: the whole batch's loss
+        assert torch.allclose(gr, g_real[r0:r1], atol=1e-6)  # its slice of W_R's gradient
+        assert torch.allclose(gv, g_virt[v0:v1], atol=1e-6)
+        rows = slice(0, 5) if rank == 0 else slice(5, 8)
+        # own embeddings: the full gradient times the world size (DDP averages it back)
+        assert torch.allclose(ge / 2, g_emb[rows], atol=1e-6)
+        assert real_shape == (30, 16) and virt_shape == (20, 16)
+    assert {got[0][2][:2], got[1][2][:2]} == {(0, 15), (15, 30)}
+
+
+def test_rows_split_over_ranks_with_a_sample_touch_the_batchs_classes_and_a_share():
+    got = _run_sharded(0.2)
+    emb, labels, v_emb, v_lab = _batch()
+    own_real, own_virt = set(labels.tolist()), set(v_lab.tolist())
+    losses = {round(r[0], 6) for r in got.values()}
+    assert len(losses) == 1  # the same loss on every rank
+    for _rank, (_, _, (r0, r1, gr), (v0, v1, gv), *_rest) in got.items():
+        touched_real = {r0 + i for i in torch.nonzero(gr.abs().sum(1)).flatten().tolist()}
+        touched_virt = {v0 + i for i in torch.nonzero(gv.abs().sum(1)).flatten().tolist()}
+        assert {c for c in own_real if r0 <= c < r1} <= touched_real
+        assert {c for c in own_virt if v0 <= c < v1} <= touched_virt
+        # 20 % of this rank's 25 classes (5), or its positives when they are more
+        positives = len({c for c in own_real if r0 <= c < r1}) + len(
+            {c for c in own_virt if v0 <= c < v1})
+        assert len(touched_real) + len(touched_virt) <= max(5, positives)
+
+
+def test_shard_ranges_cover_every_row_once():
+    from vigface.losses.partial_fc import shard_range
+
+    for total in (0, 1, 7, 100_048):
+        for world in (1, 2, 3, 8):
+            ranges = [shard_range(total, r, world) for r in range(world)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == total
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+            sizes = [e - s for s, e in ranges]
+            assert max(sizes) - min(sizes) <= 1

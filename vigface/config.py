@@ -58,11 +58,32 @@ class HeadConfig(_Strict):
         "directions holding this share of their energy (vigface/losses/subspace.py); "
         "None = unconstrained, as in the paper",
     )
+    shard_across_ranks: bool = Field(
+        False,
+        description="under torchrun, split the rows of [W_R; W_V] over the ranks (Partial FC "
+        "as arcface_torch does it: vigface/losses/partial_fc.py); each rank keeps 1/world",
+    )
+
+    @model_validator(mode="after")
+    def _shard_alone(self):
+        if self.shard_across_ranks and self.virtual_subspace_energy is not None:
+            raise ValueError(
+                "virtual_subspace_energy needs the whole W_R on every rank: it cannot be "
+                "combined with shard_across_ranks"
+            )
+        return self
 
 
 class DataConfig(_Strict):
     min_images_per_identity: int = Field(1, ge=1)
     landmarks: str | None = None
+    loader_workers: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="decoding processes per rank for streamed sets (RecordIO, WebDataset); "
+        "an ImageFolder is read into memory once and needs none",
+    )
 
 
 class AugmentConfig(_Strict):

@@ -100,6 +100,26 @@ def _split_on_magic(data: bytes) -> list[bytes]:
     return parts
 
 
+def read_record_at(f, offset: int, path: Path | str, key: int) -> bytes:
+    """The payload of the record starting at byte ``offset`` of the open ``.rec`` file ``f``
+    (its parts joined, the magic put back between them)."""
+    f.seek(offset)
+    chunks = []
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            raise DatasetError(f"{path}: truncated record {key}")
+        magic, lrec = struct.unpack("<II", head)
+        if magic != MAGIC:
+            raise DatasetError(f"{path}: bad magic at record {key}")
+        cflag, length = lrec >> 29, lrec & ((1 << 29) - 1)
+        chunks.append(f.read(length))
+        f.read(-length % 4)
+        if cflag in (0, 3):
+            break
+    return _MAGIC_BYTES.join(chunks)
+
+
 class RecordReader:
     """Random access to an indexed RecordIO file."""
 
@@ -127,21 +147,7 @@ class RecordReader:
         return list(self.offsets)
 
     def read_idx(self, key: int) -> bytes:
-        self._f.seek(self.offsets[key])
-        chunks = []
-        while True:
-            head = self._f.read(8)
-            if len(head) < 8:
-                raise DatasetError(f"{self.path}: truncated record {key}")
-            magic, lrec = struct.unpack("<II", head)
-            if magic != MAGIC:
-                raise DatasetError(f"{self.path}: bad magic at record {key}")
-            cflag, length = lrec >> 29, lrec & ((1 << 29) - 1)
-            chunks.append(self._f.read(length))
-            self._f.read(-length % 4)
-            if cflag in (0, 3):
-                break
-        return _MAGIC_BYTES.join(chunks)
+        return read_record_at(self._f, self.offsets[key], self.path, key)
 
     def close(self) -> None:
         self._f.close()

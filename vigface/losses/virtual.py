@@ -60,6 +60,12 @@ class VirtualEmbeddingSampler(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_var)
             batch_var /= dist.get_world_size()
+        return self.fold(batch_var)
+
+    @torch.no_grad()
+    def fold(self, batch_var: torch.Tensor) -> torch.Tensor:
+        """The EMA step alone, for a batch variance computed elsewhere (the sharded head
+        computes it across ranks, each for the rows whose prototype it holds)."""
         if bool(self.initialized):
             self.variance.mul_(self.alpha).add_((1 - self.alpha) * batch_var)
         else:

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 class TrainingRun:
     """``stateful``: name -> object with ``state_dict``/``load_state_dict`` (model, EMA,
     optimiser, LR schedule) saved in every checkpoint and restored on resume. Only the main
-    process (``is_main``) writes; every process reads a checkpoint."""
+    process (``is_main``) writes; every process reads a checkpoint. With ``shard_rank`` (a
+    model part of which each rank holds its own slice) every rank writes and reads its own
+    checkpoint: ``last.pt`` for rank 0, ``last.rank<r>.pt`` for the others."""
 
     def __init__(
         self,
@@ -34,9 +36,12 @@ class TrainingRun:
         max_minutes: float | None = None,
         is_main: bool = True,
         device: torch.device | str = "cpu",
+        shard_rank: int | None = None,
     ):
         self.out_dir = Path(out_dir)
-        self.checkpoint_path = self.out_dir / "checkpoints" / "last.pt"
+        name = "last.pt" if not shard_rank else f"last.rank{shard_rank}.pt"
+        self.checkpoint_path = self.out_dir / "checkpoints" / name
+        self.writes_checkpoint = is_main or shard_rank is not None
         self.log_path = self.out_dir / "train_log.jsonl"
         self.stateful, self.max_minutes, self.is_main = stateful, max_minutes, is_main
         self.device = torch.device(device)
@@ -79,7 +84,7 @@ class TrainingRun:
 
     def checkpoint(self, **extra) -> None:
         """Every stateful object plus ``extra`` (step, epoch, rng, ...) and the elapsed time."""
-        if self.is_main:
+        if self.writes_checkpoint:
             state = {name: obj.state_dict() for name, obj in self.stateful.items()}
             save_checkpoint(self.checkpoint_path, {**state, **extra, "elapsed_s": self.elapsed})
 
