@@ -5,7 +5,11 @@
 #      achieved TFLOP/s against a bf16 matmul measured in the same run (bench/sampler.py);
 #   2. the same with the default sampler settings' step count (10 DPM-Solver++ steps);
 #   3. training throughput of stage 1 (fr_lfw_small) and stage 2 (dit_b) through the real
-#      trainers on generated faces (bench/train_speed.py).
+#      trainers on generated faces (bench/train_speed.py);
+#   4. when LFW-112 is at $VIGFACE_LFW112 (default ../shared/data/lfw112), the 112-px JiT
+#      generator recipe at GPU size (vigface/configs/dit_lfw112_jit_gpu.yaml) for 6 minutes,
+#      then its sampler against the 32-px demo in one run. Needs the stage-1 model of the
+#      bundled demo, which the checkout carries.
 # Each step has its own time limit; one JSON line per step ends in $OUT (or ./runs) as gpu.jsonl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +31,12 @@ run sampler_dit_b_10 90 python bench/sampler.py --no-compile --dit-config vigfac
   --images 512 --batch-size 128 --naive-images 4 --steps 10 --precision bf16
 run train_speed 180 python bench/train_speed.py --fr-config vigface/configs/fr_lfw_small.yaml \
   --dit-config vigface/configs/dit_b.yaml --steps 200 --device cuda
+lfw="${VIGFACE_LFW112:-../shared/data/lfw112}"
+if [ -d "$lfw/train" ]; then
+  run train_jit112 480 vigface train-dit --config vigface/configs/dit_lfw112_jit_gpu.yaml \
+    --data "$lfw/train" --fr model_store/models/demo/fr --out "$out/jit112_gpu"
+  run sampler_jit112 120 python bench/sampler.py --model "$out/jit112_gpu" --against demo \
+    --images 512 --batch-size 128 --naive-images 4 --steps 10 --guidance 1.75 --precision bf16
+else
+  echo "no LFW-112 at $lfw: the 112-px generator step is skipped" | tee -a "$out/gpu.txt"
+fi

@@ -14,6 +14,13 @@ the fp32 TFLOP/s of a large matmul for scale and the CPU model.
 
     python bench/sampler.py --model demo                   # the bundled generator
     python bench/sampler.py --dit-config vigface/configs/dit_lfw_demo.yaml   # random weights
+
+``--against`` (a model name, folder or train-dit YAML) times a second generator's batched
+sampler in the same run at the same steps, guidance, batch and precision, and reports
+``ratio_vs_against`` (this model's img/s over the other's): how the 112-px generator's cost
+compares with the 32-px one's, for example::
+
+    python bench/sampler.py --model runs/jit112 --against demo --steps 10 --guidance 1.75
 """
 
 from __future__ import annotations
@@ -141,6 +148,23 @@ def matmul_tflops(n: int = 2048, reps: int = 10, device="cpu", dtype=torch.float
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
+def load_dit(spec: str | Path, device):
+    """(DiT, training scheduler, description) of a train-dit YAML (random weights) or of a
+    generator entry (name or folder)."""
+    if str(spec).endswith((".yaml", ".yml")):
+        from vigface.config import TrainDiTConfig, load_config
+
+        cfg = load_config(spec, TrainDiTConfig)
+        dit = FaceDiT(**cfg.model.model_dump()).to(device).eval()
+        return dit, training_scheduler(**cfg.diffusion.model_dump()), str(spec)
+    from model_store import resolve
+    from vigface.generator.artifact import Generator
+
+    entry = Path(spec) if Path(spec).is_dir() else resolve(str(spec))
+    gen = Generator.load(entry, device=device)
+    return gen.dit, gen.scheduler, str(entry)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo", help="generator entry (name or folder)")
@@ -164,25 +188,12 @@ def main() -> None:
         help="the sampler's precision (auto: bf16 on CUDA and CPUs with native bf16); when it "
         "resolves to bf16 the fp32 sampler is timed too and the image difference reported",
     )
+    ap.add_argument("--against", help="another generator (name, folder or YAML) timed alike")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
 
-    if args.dit_config:
-        from vigface.config import TrainDiTConfig, load_config
-
-        cfg = load_config(args.dit_config, TrainDiTConfig)
-        dit = FaceDiT(**cfg.model.model_dump()).to(device).eval()
-        train_sched = training_scheduler(
-            cfg.diffusion.num_train_timesteps, cfg.diffusion.beta_schedule
-        )
-        source = str(args.dit_config)
-    else:
-        from model_store import resolve
-        from vigface.generator.artifact import Generator
-
-        gen = Generator.load(resolve(args.model), device=device)
-        dit, train_sched, source = gen.dit, gen.scheduler, str(resolve(args.model))
+    dit, train_sched, source = load_dit(args.dit_config or args.model, device)
     rng = np.random.default_rng(0)
     d = dit.config.identity_dim
     reqs = [
@@ -201,7 +212,7 @@ def main() -> None:
         f"{dit.config.sample_size}px, device {device}, threads {torch.get_num_threads()}"
     )
 
-    def time_sampler(compile: bool, precision: str) -> dict:
+    def time_sampler(compile: bool, precision: str, dit=dit, train_sched=train_sched) -> dict:
         """Images/s, peak memory (MB), warm-up seconds (incl. compilation) and the images of
         one sampler configuration."""
         sampler = Sampler(
@@ -239,6 +250,17 @@ def main() -> None:
 
     eager = time_sampler(False, args.precision)
     best = time_sampler(True, args.precision) if args.compile else eager
+    against = None
+    if args.against:
+        other, other_sched, other_source = load_dit(args.against, device)
+        print(f"against {other_source}: {other.config.sample_size}px")
+        against = {
+            "source": other_source,
+            "sample_size": other.config.sample_size,
+            "eager": time_sampler(False, args.precision, other, other_sched)["ips"],
+        }
+        if args.compile:
+            against["compiled"] = time_sampler(True, args.precision, other, other_sched)["ips"]
     fp32 = None
     if best["dtype"] != "float32":  # the same sampler in fp32, for speed and image difference
         fp32 = time_sampler(args.compile, "fp32")
@@ -276,6 +298,16 @@ def main() -> None:
         "scheduler": args.scheduler,
         "device": str(device),
     }
+    if against is not None:
+        result["model"] = source
+        result["sample_size"] = dit.config.sample_size
+        result["against"] = against["source"]
+        result["against_sample_size"] = against["sample_size"]
+        result["against_eager_img_per_s"] = round(against["eager"], 3)
+        result["ratio_vs_against_eager"] = round(eager["ips"] / against["eager"], 3)
+        if "compiled" in against:
+            result["against_img_per_s"] = round(against["compiled"], 3)
+            result["ratio_vs_against"] = round(sampler_ips / against["compiled"], 3)
     if fp32 is not None:
         diff = np.abs(best["images"].astype(int) - fp32["images"].astype(int))
         result["fp32_sampler_img_per_s"] = round(fp32["ips"], 3)
