@@ -57,3 +57,18 @@ def test_a_guidance_outside_the_calibration_is_refused_at_admission(demo_service
     r = client.post("/v1/jobs", json=order, headers=h)
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "guidance", r.text
     assert "calibrated for guidance 1 to 6" in r.json()["detail"][0]["message"]
+
+
+def test_pose_guidance_is_refused_on_a_model_without_landmark_dropout(demo_service):
+    """The bundled demo never learnt a pose-free branch: g_p other than 1 is a 422 on the
+    field, and 1 (the same as leaving it out) is accepted and recorded."""
+    client, h, _ = demo_service
+    order = {"identities": 2, "images_per_identity": 1, "pose_guidance": 2.0}
+    r = client.post("/v1/jobs", json=order, headers=h)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "pose_guidance", r.text
+    assert "landmark" in r.text or "pose dropout" in r.text
+    r = client.post("/v1/jobs", json={**order, "pose_guidance": 1.0}, headers=h)
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["pose_guidance"] == 1.0
+    r = client.post("/v1/jobs", json={**order, "pose_guidance": "2"}, headers=h)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "pose_guidance"

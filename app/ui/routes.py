@@ -227,6 +227,7 @@ DEFAULT_FORM = {
     "seed": 0,
     "guidance": None,  # the model's recommendation
     "steps": None,
+    "pose_guidance": None,  # the model's recommendation (1: pose as conditioned)
     "upsample": "",  # "" = the model's default, "true" / "false"
     "priority": 5,
     "pose_preset": "match_training",
