@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=32, help="the generator's drawing side")
     ap.add_argument("--populations", default="100,200,500,1000,2000,5000,10000,20000")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-identities", type=int, help="embed only this many delivered ones")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("runs/judge_cache"))
     ap.add_argument("--out", type=Path, help="PNG of the curves")
@@ -119,6 +120,9 @@ def main() -> None:
     print(f"real: {len(np.unique(real_names))} people with >= {m} images", flush=True)
     real_emb = embed_paths(judge, real_paths, args.resolution, args.cache)
     syn_paths, syn_names = pick_images(folder, m, args.seed)
+    if args.max_identities:
+        keep = np.isin(syn_names, np.unique(syn_names)[: args.max_identities])
+        syn_paths, syn_names = [p for p, k in zip(syn_paths, keep, strict=True) if k], syn_names[keep]
     print(f"delivered: {len(np.unique(syn_names))} identities", flush=True)
     syn_emb = embed_paths(judge, syn_paths, 112, args.cache)  # delivered as they are
 
