@@ -69,13 +69,15 @@ def cmd_make(args) -> dict:
                 lm = poses[rng.integers(len(poses))]
                 yield ImageRequest(virtual[c].numpy(), lm, image_seed(args.seed, c, j)), c
 
-    reqs = list(requests())  # 100K small records of metadata, not pixels
+    labels = [c for c in range(args.classes) for _ in range(args.per_class)]  # draw order
     key = 1
     with RecordWriter(out / "train.rec", out / "train.idx") as w:
         w.write(0, pack(IRHeader(2, np.array([first_id, first_id + args.classes]), 0), b""))
-        for start in range(0, len(reqs), args.batch_size):
-            part = reqs[start : start + args.batch_size]
-            for (_, label), img in zip(part, sampler._run([r for r, _ in part]), strict=True):
+        for start, (_, images) in zip(
+            range(0, n_img, args.batch_size), sampler.stream(r for r, _ in requests()),
+            strict=True,
+        ):  # fmt: skip
+            for label, img in zip(labels[start : start + len(images)], images, strict=True):
                 buf = io.BytesIO()
                 big = Image.fromarray(img).resize((args.size, args.size), Image.BICUBIC)
                 big.save(buf, format="JPEG", quality=90)

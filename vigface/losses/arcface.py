@@ -108,13 +108,23 @@ class PrototypeHead(nn.Module):
     def sampled_classes(self, positives: torch.Tensor):
         """(the kept class rows in order, or None for all; a function mapping class rows to
         their column among the kept ones). Every class of ``positives`` is kept."""
-        total = self.num_real + self.num_virtual
-        keep = max(int(self.sample_rate * total), int(positives.unique().numel()))
-        if keep >= total:
+        index, column = partial_fc_sample(self.num_real + self.num_virtual, positives,
+                                          self.sample_rate)  # fmt: skip
+        if index is None:
             return None, lambda rows: rows
-        score = torch.rand(total, device=positives.device)
-        score[positives] = 2.0  # above any random score: always kept
-        index = score.topk(keep).indices.sort().values
-        column = torch.full((total,), -1, dtype=torch.long, device=positives.device)
-        column[index] = torch.arange(keep, device=positives.device)
         return index, lambda rows: column[rows]
+
+
+def partial_fc_sample(total: int, positives: torch.Tensor, rate: float):
+    """Partial FC's class sample among ``total`` classes: every class in ``positives`` plus
+    random others up to ``rate * total``. Returns (kept classes in order, the column of each
+    class among them or -1), or (None, None) when every class is kept."""
+    keep = max(int(rate * total), int(positives.unique().numel()))
+    if keep >= total:
+        return None, None
+    score = torch.rand(total, device=positives.device)
+    score[positives] = 2.0  # above any random score: always kept
+    index = score.topk(keep).indices.sort().values
+    column = torch.full((total,), -1, dtype=torch.long, device=positives.device)
+    column[index] = torch.arange(keep, device=positives.device)
+    return index, column

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from vigface.losses.arcface import arcface_logits
+from vigface.losses.arcface import arcface_logits, partial_fc_sample
 
 
 def shard_range(total: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -160,16 +160,11 @@ class ShardedPrototypeHead(nn.Module):
 
     def sampled_columns(self, positives: torch.Tensor):
         """Partial FC on this slice: (kept columns in order or None for all, remap)."""
-        total = self.local_classes
-        positives = positives[positives >= 0]
-        keep = max(int(self.sample_rate * total), int(positives.unique().numel()))
-        if keep >= total:
+        index, column = partial_fc_sample(
+            self.local_classes, positives[positives >= 0], self.sample_rate
+        )
+        if index is None:
             return None, lambda cols: cols
-        score = torch.rand(total, device=positives.device)
-        score[positives] = 2.0
-        index = score.topk(keep).indices.sort().values
-        column = torch.full((total,), -1, dtype=torch.long, device=positives.device)
-        column[index] = torch.arange(keep, device=positives.device)
         return index, lambda cols: torch.where(cols >= 0, column[cols.clamp_min(0)], -1)
 
     def forward(
