@@ -31,12 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from vigface.data import AlignedFaceFolder
+from vigface.evaluation.capacity import fit_log_curve, read_capacity, record_judge_capacity
 from vigface.evaluation.judge import OutsideJudge, degrade, identity_distances
 
 
-def pick_images(root: Path, per_identity: int, seed: int):
+def pick_images(root: Path, per_identity: int, seed: int, prefix: str | None = None):
     """(paths, identity names) of ``per_identity`` seeded images of every identity of an
-    ImageFolder that has at least that many."""
+    ImageFolder that has at least that many; names are ``<prefix>/<class>`` (prefix: the
+    folder's name) so that identities of several folders never merge."""
     ds = AlignedFaceFolder.scan(root)
     rng = np.random.default_rng(seed)
     by_class: dict[int, list] = {}
@@ -47,7 +49,7 @@ def pick_images(root: Path, per_identity: int, seed: int):
         if len(files) >= per_identity:
             for i in sorted(rng.choice(len(files), per_identity, replace=False)):
                 paths.append(files[i])
-                names.append(f"{root.name}/{ds.classes[label]}")
+                names.append(f"{prefix or root.name}/{ds.classes[label]}")
     return paths, np.asarray(names)
 
 
@@ -80,7 +82,8 @@ def embed_paths(judge, paths, resolution: int, cache: Path) -> np.ndarray:
 
 def population_figures(emb, names, n: int, repeats: int, seed: int, real_emb=None,
                        real_names=None) -> dict:  # fmt: skip
-    """Mean figures over ``repeats`` random populations of ``n`` identities."""
+    """Mean figures over ``repeats`` random populations of ``n`` identities, and the standard
+    deviation of "between" over them (``between_sd``; 0 for a single population)."""
     people = np.unique(names)
     runs = []
     for r in range(repeats if n < len(people) else 1):
@@ -91,24 +94,45 @@ def population_figures(emb, names, n: int, repeats: int, seed: int, real_emb=Non
         runs.append(identity_distances(emb[keep], names[keep], real_emb, real_names,
                                        exclude_same_name=exclude))  # fmt: skip
     keys = [k for k in ("within", "between", "centre_to_real") if k in runs[0]]
-    return {k: round(float(np.mean([x[k] for x in runs])), 4) for k in keys}
+    out = {k: round(float(np.mean([x[k] for x in runs])), 4) for k in keys}
+    out["between_sd"] = (
+        round(float(np.std([x["between"] for x in runs], ddof=1)), 4) if len(runs) > 1 else 0.0
+    )
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--drawn", required=True, type=Path, help="a delivered dataset folder")
+    ap.add_argument(
+        "--drawn",
+        required=True,
+        help="delivered dataset folders, comma-separated (disjoint identities)",
+    )
     ap.add_argument("--real", required=True, help="comma-separated real ImageFolders")
     ap.add_argument("--images-per-identity", type=int, default=2)
     ap.add_argument("--resolution", type=int, default=32, help="the generator's drawing side")
     ap.add_argument("--populations", default="100,200,500,1000,2000,5000,10000,20000")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sigmas", type=float, default=2.0, help="tolerance, in combined spreads")
     ap.add_argument("--max-identities", type=int, help="embed only this many delivered ones")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("runs/judge_cache"))
     ap.add_argument("--out", type=Path, help="PNG of the curves")
+    ap.add_argument(
+        "--card",
+        action="append",
+        default=[],
+        type=Path,
+        help="generator entry whose card records the capacity (repeatable)",
+    )
+    ap.add_argument("--measured-on", help="the entry the faces came from (for the card)")
     args = ap.parse_args()
+    if args.card and not args.out:
+        ap.error("--card needs --out (the card points at the figure)")
+    for entry in args.card:
+        if not (entry / "model_card.json").is_file():
+            ap.error(f"--card {entry}: no model_card.json there")
 
-    folder = args.drawn / "imagefolder" if (args.drawn / "imagefolder").is_dir() else args.drawn
     judge = OutsideJudge()
     m = args.images_per_identity
     real_paths, real_names = [], []
@@ -119,12 +143,19 @@ def main() -> None:
     real_names = np.asarray(real_names)
     print(f"real: {len(np.unique(real_names))} people with >= {m} images", flush=True)
     real_emb = embed_paths(judge, real_paths, args.resolution, args.cache)
-    syn_paths, syn_names = pick_images(folder, m, args.seed)
+    syn_emb, syn_names = [], []
+    for drawn in map(Path, args.drawn.split(",")):
+        folder = drawn / "imagefolder" if (drawn / "imagefolder").is_dir() else drawn
+        if not folder.is_dir():
+            ap.error(f"--drawn {drawn}: not a folder")
+        paths, names = pick_images(folder, m, args.seed, prefix=drawn.name)
+        syn_emb.append(embed_paths(judge, paths, 112, args.cache))  # delivered as they are
+        syn_names.append(names)
+    syn_emb, syn_names = np.concatenate(syn_emb), np.concatenate(syn_names)
     if args.max_identities:
         keep = np.isin(syn_names, np.unique(syn_names)[: args.max_identities])
-        syn_paths, syn_names = [p for p, k in zip(syn_paths, keep, strict=True) if k], syn_names[keep]
+        syn_emb, syn_names = syn_emb[keep], syn_names[keep]
     print(f"delivered: {len(np.unique(syn_names))} identities", flush=True)
-    syn_emb = embed_paths(judge, syn_paths, 112, args.cache)  # delivered as they are
 
     pops = [int(x) for x in args.populations.split(",")]
     n_real, n_syn = len(np.unique(real_names)), len(np.unique(syn_names))
@@ -134,54 +165,86 @@ def main() -> None:
     syn_rows = {n: population_figures(syn_emb, syn_names, n, args.repeats, args.seed,
                                       real_emb, real_names)
                 for n in [*pops, n_syn] if n <= n_syn}  # fmt: skip
-    ns = np.array(sorted(real_rows))
-    b, a = np.polyfit(np.log(ns), [real_rows[n]["between"] for n in ns], 1)
-    fit = {n: round(float(a + b * np.log(n)), 4) for n in sorted(set(syn_rows) | set(pops))}
-    distinct = [n for n in sorted(syn_rows) if syn_rows[n]["between"] >= fit[n]]
-    failing = [n for n in sorted(syn_rows) if syn_rows[n]["between"] < fit[n]]
-    capacity = max((n for n in distinct if not any(f < n for f in failing)), default=0)
+    fit = fit_log_curve({n: r["between"] for n, r in real_rows.items()})
+    reading = read_capacity(
+        {n: r["between"] for n, r in syn_rows.items()},
+        {n: r["between_sd"] for n, r in syn_rows.items()},
+        fit,
+        args.sigmas,
+    )
     result = {
         "judge": judge.name,
         "images_per_identity": m,
         "real_resolution": args.resolution,
         "real": {str(k): v for k, v in real_rows.items()},
         "delivered": {str(k): v for k, v in syn_rows.items()},
-        "real_between_fit": {"a": round(float(a), 4), "b_per_ln_n": round(float(b), 4),
-                             "at": {str(k): v for k, v in fit.items()}},  # fmt: skip
-        "capacity": capacity,
-        "capacity_rule": "largest population up to which every measured population's "
-        "between-centre distance is at least real people's (fitted)",
-        "measured_up_to": max(syn_rows),
+        "real_between_fit": {
+            "a": round(fit.a, 4),
+            "b_per_ln_n": round(fit.b, 4),
+            "residual_rms": round(fit.residual_rms, 4),
+        },  # fmt: skip
+        "rows": reading.rows,
+        "capacity": reading.capacity,
+        "bounded": reading.bounded,
+        "measured_up_to": reading.measured_up_to,
+        "capacity_rule": f"largest population up to which every measured population's "
+        f"between-centre distance is at least real people's fit less {args.sigmas:g} combined "
+        "spreads (fit residual, random populations)",
     }
-    print(f"{'N':>7} {'real':>7} {'fit':>7} {'drawn':>7} {'within r/d':>13} {'to real':>7}")
+    print(
+        f"{'N':>7} {'real':>7} {'fit':>7} {'drawn':>7} {'tol':>6} {'within r/d':>13} {'to real':>7}"
+    )
+    tol = {r["identities"]: r["tolerance"] for r in reading.rows}
     for n in sorted(set(real_rows) | set(syn_rows)):
         r, s = real_rows.get(n, {}), syn_rows.get(n, {})
-        print(f"{n:>7} {r.get('between', ''):>7} {fit.get(n, ''):>7} {s.get('between', ''):>7} "
-              f"{r.get('within', '')!s:>6}/{s.get('within', '')!s:<6} "
+        print(f"{n:>7} {r.get('between', ''):>7} {round(fit(n), 4):>7} {s.get('between', ''):>7} "
+              f"{tol.get(n, ''):>6} {r.get('within', '')!s:>6}/{s.get('within', '')!s:<6} "
               f"{s.get('centre_to_real', '')!s:>7}")  # fmt: skip
-    print(f"capacity: {capacity} (measured up to {max(syn_rows)} identities)")
+    verdict = "" if reading.bounded else " or more: no measured population failed"
+    print(f"capacity: {reading.capacity}{verdict} (measured up to {reading.measured_up_to})")
     if args.out:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(list(real_rows), [v["between"] for v in real_rows.values()], "o-",
-                label=f"real people (LFW, {args.resolution} px)")  # fmt: skip
-        xs = sorted(fit)
-        ax.plot(xs, [fit[x] for x in xs], "--", label="real, fitted a + b ln N")
-        ax.plot(list(syn_rows), [v["between"] for v in syn_rows.values()], "s-",
-                label="delivered identities")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel("identities in the population")
-        ax.set_ylabel("dlib: mean distance to the nearest other centre")
-        ax.set_title(f"Distinctness by population ({m} images each; higher: more distinct)")
-        ax.legend()
-        fig.tight_layout()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.out, dpi=100)
+        plot(args.out, real_rows, syn_rows, fit, reading, args.resolution, m)
+    for entry in args.card:
+        summary = {"judge": judge.name, "identities": reading.capacity,
+                   "measured_up_to": reading.measured_up_to, "bounded": reading.bounded,
+                   "images_per_identity": m, "real_resolution": args.resolution,
+                   "tolerance_sigmas": args.sigmas,
+                   "measured_on": args.measured_on or args.drawn}  # fmt: skip
+        record_judge_capacity(entry, summary, result, args.out)
+        print(f"recorded in {entry}/model_card.json", flush=True)
     print(json.dumps(result))
+
+
+def plot(out: Path, real_rows, syn_rows, fit, reading, resolution: int, m: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(list(real_rows), [v["between"] for v in real_rows.values()], "o-",
+            label=f"real people (LFW, {resolution} px)")  # fmt: skip
+    xs = np.geomspace(min([*real_rows, *syn_rows]), max([*real_rows, *syn_rows]), 50)
+    ys = np.array([fit(x) for x in xs])
+    ax.plot(xs, ys, "--", color="C0", label="real, fitted a + b ln N")
+    band = [r["tolerance"] for r in reading.rows]
+    ns = [r["identities"] for r in reading.rows]
+    ax.fill_between(ns, [fit(n) - t for n, t in zip(ns, band, strict=True)],
+                    [fit(n) + t for n, t in zip(ns, band, strict=True)], color="C0", alpha=0.15,
+                    label="tolerance")  # fmt: skip
+    ax.plot(list(syn_rows), [v["between"] for v in syn_rows.values()], "s-", color="C1",
+            label="delivered identities")  # fmt: skip
+    if reading.capacity:
+        ax.axvline(reading.capacity, color="C1", ls=":", label=f"capacity {reading.capacity:,}"
+                   + ("" if reading.bounded else "+"))  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("identities in the population")
+    ax.set_ylabel("dlib: mean distance to the nearest other centre")
+    ax.set_title(f"Distinctness by population ({m} images each; higher: more distinct)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Dashboard pages through the ASGI app (no browser): rendering, auth, validation, isolation."""
 
+import json
 import re
 
 import pytest
@@ -164,3 +165,35 @@ def test_the_models_page_shows_what_the_card_says(ui):
     c = login(TestClient(api), keys["alpha"])
     page = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", c.get("/ui/models").text))
     assert "Trained on" in page and "Privacy filter tau_leak 1.0, tau_consistency -1.0" in page
+
+
+def test_the_models_page_shows_the_judged_capacity_and_its_curve(tiny_generator, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    import shutil
+
+    from vigface.evaluation.capacity import record_judge_capacity
+
+    entry = tmp_path / "store" / "judged"
+    shutil.copytree(tiny_generator, entry)
+    png = tmp_path / "curve.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\ncurve")
+    summary = {"judge": "dlib", "identities": 5000, "measured_up_to": 20000, "bounded": True,
+               "images_per_identity": 2, "real_resolution": 32, "tolerance_sigmas": 2.0,
+               "measured_on": "runs/store/demo100k"}  # fmt: skip
+    record_judge_capacity(entry, summary, {"rows": []}, png)
+    api, keys, _ = make_ui(entry, tmp_path, monkeypatch)
+    c = login(TestClient(api), keys["alpha"])
+    html = c.get("/ui/models").text
+    page = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    assert "Identities as distinct as real people 5,000 (outside judge dlib" in page
+    assert "measured up to 20,000 identities" in page and "or more" not in page
+    assert 'src="/ui/models/judged/capacity.png"' in html
+    r = c.get("/ui/models/judged/capacity.png")
+    assert r.status_code == 200 and r.content == png.read_bytes()
+    assert c.get("/ui/models/nope/capacity.png").status_code == 404
+    # a card whose figure points outside its entry is not served
+    card = json.loads((entry / "model_card.json").read_text())
+    card["capacity"]["judge"]["figure"] = "../../curve.png"
+    (entry / "model_card.json").write_text(json.dumps(card))
+    load_generator.cache_clear()
+    assert c.get("/ui/models/judged/capacity.png").status_code == 404

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
-
 from test_generator import _requests
+
 from vigface.config import TrainDiTConfig
 from vigface.dataset.spec import DatasetSpec, PoseGuidanceUnsupported, resolve_spec
 from vigface.generator.diffusion import (

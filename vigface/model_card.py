@@ -62,16 +62,34 @@ class JudgeCalibration(_Strict):
     real_at: dict[str, dict] = Field(default_factory=dict)
 
 
+class JudgeCapacity(_Strict):
+    """The largest population of delivered identities that the outside judge finds as distinct
+    as real people (``bench/judge_capacity.py --card``; the rule is in
+    :mod:`vigface.evaluation.capacity`). The whole curve is in ``measurements/``."""
+
+    judge: str
+    identities: int = Field(ge=0, description="the capacity read off the curve")
+    measured_up_to: int = Field(ge=1, description="the largest population measured")
+    bounded: bool = Field(description="a measured population failed (else: at least this)")
+    images_per_identity: int = Field(ge=1)
+    real_resolution: int = Field(ge=1)
+    tolerance_sigmas: float = Field(gt=0)
+    measured_on: str = Field(description="the store entry the faces were drawn from")
+    figure: str | None = Field(None, description="the curve, a PNG inside the entry")
+
+
 class Capacity(_Strict):
     """How many virtual identities the model holds and the bounds they were placed under
     (``vigface extend-virtual``): every row's cosine to a real prototype is at most
-    ``max_real_cos`` and to another virtual one at most ``max_virtual_cos``."""
+    ``max_real_cos`` and to another virtual one at most ``max_virtual_cos``; and how many of
+    them an outside judge still finds as distinct as real people (``judge``)."""
 
     virtual_identities: int = Field(ge=0)
     max_real_cos: float | None = None
     max_virtual_cos: float | None = None
     subspace_dims: int | None = None
     extensions: list[dict] = Field(default_factory=list, description="each run's counts")
+    judge: JudgeCapacity | None = None
 
 
 class ModelCard(_Strict):

@@ -27,6 +27,7 @@ from vigface.dataset.pose import YAW_BINS
 from vigface.dataset.report import format_or_na
 from vigface.dataset.spec import LIMITS
 from vigface.dataset.writers import FORMATS
+from vigface.model_card import load_card
 from vigface.sampler_settings import SamplerSettings
 from workers.db.models import ApiKey, Team
 from workers.settings import Settings
@@ -321,8 +322,25 @@ def models_page(
             p.stem: f"/ui/models/{m.name}/grids/{p.name}" for p in sorted(grids_dir.glob("*.png"))
         }
         measured = sorted(p.stem for p in (resolve(m.name) / "measurements").glob("*.json"))
-        models.append({**m.model_dump(), "grids": grids, "measurements": measured})
+        judged = (m.card.get("capacity") or {}).get("judge") or {}
+        figure = f"/ui/models/{m.name}/capacity.png" if judged.get("figure") else None
+        models.append(
+            {**m.model_dump(), "grids": grids, "measurements": measured, "capacity_figure": figure}
+        )
     return page(request, "models.html", team, models=models, nav="models")
+
+
+@router.get("/models/{name}/capacity.png")
+def model_capacity_figure(name: str, team: Team = Depends(session_team)) -> FileResponse:
+    """The outside judge's capacity curve the card points at (inside the entry only)."""
+    if name not in {e.name for e in list_models()}:  # a store name, never a path
+        raise HTTPException(404, detail=[{"field": "name", "message": "no such model"}])
+    entry = resolve(name).resolve()
+    figure = ((load_card(entry).get("capacity") or {}).get("judge") or {}).get("figure")
+    path = (entry / figure).resolve() if figure else None
+    if path is None or entry not in path.parents or not path.is_file() or path.suffix != ".png":
+        raise HTTPException(404, detail=[{"field": "name", "message": "no capacity figure"}])
+    return FileResponse(path)
 
 
 @router.get("/models/{name}/grids/{file}")

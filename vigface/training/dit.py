@@ -168,7 +168,9 @@ def warm_start(dit: FaceDiT, generator_dir: Path) -> list[str]:
     if diff:
         raise DatasetError(f"init_from: {generator_dir} has a different DiT ({', '.join(diff)})")
     own = dit.state_dict()
-    take = {k: v.float() for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape}
+    take = {
+        k: v.float() for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape
+    }
     dit.load_state_dict(take, strict=False)
     fresh = sorted(k for k in own if k not in take)
     log.info("initialised the DiT from %s (%d tensors new: %s)", generator_dir, len(fresh), fresh)
