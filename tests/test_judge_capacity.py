@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_face_folder
 
+from conftest import make_face_folder
 from vigface.evaluation.capacity import (
     FIGURE,
     LogFit,
