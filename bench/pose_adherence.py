@@ -4,6 +4,12 @@ the pixels, vigface/evaluation/shown_pose.py), per yaw bin; real faces first, at
 degraded to the generator's resolution, to show what the measurement itself gets right.
 
     python bench/pose_adherence.py --model demo          # 40 identities x 8, uniform_yaw
+    python bench/pose_adherence.py --model M --resolution 112 \
+        --pose '{"left_35_60": 0.5, "right_35_60": 0.5}' --pose-guidance 2 --identity-check
+
+``--pose-guidance`` passes the order's pose weight (models trained with landmark dropout).
+``--identity-check`` also draws the same identities frontal and prints the outside judge's
+within-identity distance for both: turning a face must not cost it its identity.
 
 Prints one table (per requested yaw bin: count, mean |requested|, mean |shown| for real and
 generated faces, and how often the shown yaw falls in the requested bin); the last line is
@@ -41,6 +47,9 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=32, help="the generator's sample size")
     ap.add_argument("--out", type=Path, default=Path("runs/pose_adherence"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pose-guidance", type=float, help="the order's pose_guidance")
+    ap.add_argument("--identity-check", action="store_true",
+                    help="judge within-identity distance against a frontal draw")  # fmt: skip
     args = ap.parse_args()
     shown = ShownPose()
 
@@ -52,22 +61,8 @@ def main() -> None:
     real_112 = per_bin(requested, shown.yaw(images))
     real_low = per_bin(requested, shown.yaw(degrade(images, args.resolution)))
 
-    data = args.out / f"{args.model}_{args.pose}"
-    if not (data / "report.json").is_file():
-        subprocess.run(
-            [sys.executable, "-m", "app.cli", "generate", "--model", args.model,
-             "--identities", str(args.identities),
-             "--images-per-identity", str(args.images_per_identity),
-             "--pose", args.pose, "--seed", str(args.seed), "--out", str(data)],
-            check=True,
-        )  # fmt: skip
-    rows = [r for r in csv.DictReader((data / "manifest.csv").open()) if r["accepted"] == "True"]
-    gen = np.stack(
-        [
-            np.asarray(Image.open(data / "imagefolder" / r["identity"] / f"{r['index']}.jpg"))
-            for r in rows
-        ]
-    )
+    data = draw(args, args.pose)
+    rows, gen = delivered(data)
     asked = estimate_pose(
         np.array([[float(r[f"{a}{i}"]) for i in range(1, 6) for a in "xy"] for r in rows])
     )[:, 0]
@@ -87,8 +82,56 @@ def main() -> None:
         if g:
             print(f"| {name} | {g['n']} | {g['requested_abs_yaw']} | {g['shown_abs_yaw']} | "
                   f"{g['same_bin']} | {rl.get('n', 0)} | {rl.get('same_bin', '-')} |")  # fmt: skip
-    print(json.dumps({"real_112": real_112, f"real_{args.resolution}": real_low,
-                      "generated": synthetic, "model": args.model, "pose": args.pose}))  # fmt: skip
+    shown_yaw = np.abs(shown.yaw(gen))
+    shown_yaw = shown_yaw[np.isfinite(shown_yaw)]
+    turned = float(((shown_yaw >= 35) & (shown_yaw < 60)).mean())
+    print(f"every generated face: mean shown |yaw| {shown_yaw.mean():.1f} deg; "
+          f"{100 * turned:.1f} % show 35-60 deg (either side)")  # fmt: skip
+    result = {"real_112": real_112, f"real_{args.resolution}": real_low, "generated": synthetic,
+              "model": args.model, "pose": args.pose, "pose_guidance": args.pose_guidance,
+              "mean_shown_abs_yaw": round(float(shown_yaw.mean()), 2),
+              "shown_35_60": round(turned, 4)}  # fmt: skip
+    if args.identity_check:
+        from vigface.evaluation.judge import OutsideJudge, identity_distances
+
+        judge = OutsideJudge()
+        frontal_rows, frontal = delivered(draw(args, "frontal"))
+        within = {}
+        for name, rs, imgs in (("asked", rows, gen), ("frontal", frontal_rows, frontal)):
+            labels = np.array([r["identity"] for r in rs])
+            within[name] = round(identity_distances(judge.embed(imgs), labels)["within"], 4)
+        print(f"judge within-identity: asked pose {within['asked']}, frontal {within['frontal']} "
+              f"(turned - frontal {within['asked'] - within['frontal']:+.4f})")  # fmt: skip
+        result["judge_within"] = within
+    print(json.dumps(result))
+
+
+def draw(args, pose: str) -> Path:
+    """Generate (or reuse) the order's dataset through the CLI, as a user would."""
+    tag = "" if args.pose_guidance is None else f"_gp{args.pose_guidance:g}"
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in pose)[:60]
+    data = args.out / f"{Path(args.model).name}_{safe}{tag}_s{args.seed}"
+    if not (data / "report.json").is_file():
+        cmd = [sys.executable, "-m", "app.cli", "generate", "--model", args.model,
+               "--identities", str(args.identities),
+               "--images-per-identity", str(args.images_per_identity),
+               "--pose", pose, "--seed", str(args.seed), "--out", str(data)]  # fmt: skip
+        if args.pose_guidance is not None:
+            cmd += ["--pose-guidance", str(args.pose_guidance)]
+        subprocess.run(cmd, check=True)
+    return data
+
+
+def delivered(data: Path):
+    """(accepted manifest rows, their images) of a generated dataset."""
+    rows = [r for r in csv.DictReader((data / "manifest.csv").open()) if r["accepted"] == "True"]
+    images = np.stack(
+        [
+            np.asarray(Image.open(data / "imagefolder" / r["identity"] / f"{r['index']}.jpg"))
+            for r in rows
+        ]
+    )
+    return rows, images
 
 
 if __name__ == "__main__":
