@@ -23,6 +23,12 @@ def test_distance_figures_on_hand_built_descriptors():
     c0 = _unit(e[0] + e[1])
     between = np.linalg.norm(c0 - e[2])  # each centre's nearest other centre is the other one
     assert d["between"] == pytest.approx(between, abs=1e-6)
+    assert d["spread"] == pytest.approx(between, abs=1e-6)  # two identities: the one pair
+    c = _unit(e[0] + 0.1 * e[1])
+    three = identity_distances(np.stack([e[0], e[1], c]), np.arange(3))
+    pairs = [np.linalg.norm(e[0] - e[1]), np.linalg.norm(e[0] - c), np.linalg.norm(e[1] - c)]
+    assert three["spread"] == pytest.approx(np.mean(pairs), abs=1e-6)
+    assert three["spread"] > three["between"]  # nearest neighbours are nearer than the mean
     to_real = (min(np.linalg.norm(c0 - r) for r in real) + np.linalg.norm(e[2] - real[1])) / 2
     assert d["centre_to_real"] == pytest.approx(to_real, abs=1e-6)
     # a real person is not compared with their own images
@@ -30,6 +36,18 @@ def test_distance_figures_on_hand_built_descriptors():
     assert own["centre_to_real"] == pytest.approx(
         (min(np.linalg.norm(c0 - r) for r in real) + np.linalg.norm(e[2] - real[0])) / 2, abs=1e-6
     )
+
+
+@pytest.mark.parametrize("delta,ok", [(-1e-3, False), (1e-3, True)])
+def test_spread_verdict_on_both_sides_and_absent_for_old_calibrations(delta, ok):
+    real = {"within": 0.4, "between": 0.6, "spread": 0.9, "resolution": 112}
+    syn = {"within": 0.3, "between": 0.7, "spread": 0.9 + delta}
+    v = verdict(syn, real)
+    assert v["as_spread_as_real"] is ok
+    assert ("as spread out as real people" in v["text"]) is ok
+    assert ("more crowded than real people" in v["text"]) is not ok
+    old = verdict(syn, {k: x for k, x in real.items() if k != "spread"})
+    assert old["as_spread_as_real"] is None and "spread" not in old["text"]
 
 
 @pytest.mark.parametrize("delta,ok", [(-1e-3, False), (1e-3, True)])

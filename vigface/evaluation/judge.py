@@ -13,7 +13,10 @@ raw descriptors, which are close to unit length):
 * ``between``: mean over identities of the distance from its centre (normalised mean
   descriptor) to the nearest other identity centre of the same set;
 * ``centre_to_real``: mean over identities of the distance from its centre to the nearest
-  image of a real person (for real people: of another real person).
+  image of a real person (for real people: of another real person);
+* ``spread``: mean distance between all pairs of identity centres. ``between`` looks at each
+  identity's nearest neighbour only; a population can pass it and still sit in a smaller
+  region of face space than real people do, which ``spread`` shows.
 
 ``between`` depends on how many identities a set holds (more identities, nearer neighbours), so
 real people are always measured with as many identities as the synthetic set, sampled from
@@ -124,12 +127,15 @@ def identity_distances(
             d = unit_distances(f, f)
             within.append(d[np.triu_indices(len(f), 1)].mean())
     cc = unit_distances(centres, centres)
+    n = len(classes)
+    spread = float((cc.sum() - np.trace(cc)) / (n * (n - 1))) if n > 1 else float("nan")
     np.fill_diagonal(cc, np.inf)
     out = {
-        "identities": int(len(classes)),
+        "identities": int(n),
         "images": int(len(emb)),
         "within": float(np.mean(within)) if within else float("nan"),
-        "between": float(cc.min(1).mean()) if len(classes) > 1 else float("nan"),
+        "between": float(cc.min(1).mean()) if n > 1 else float("nan"),
+        "spread": spread,
     }
     if real_emb is not None:
         d = unit_distances(centres, np.asarray(real_emb, np.float32))
@@ -163,7 +169,7 @@ def keep_counts(labels: np.ndarray, counts: np.ndarray, rng: np.random.Generator
 
 
 def _mean_figures(runs: list[dict]) -> dict:
-    keys = [k for k in ("within", "between", "centre_to_real") if k in runs[0]]
+    keys = [k for k in ("within", "between", "spread", "centre_to_real") if k in runs[0]]
     return {k: float(np.mean([r[k] for r in runs])) for k in keys}
 
 
@@ -275,13 +281,23 @@ def verdict(synthetic: dict, real: dict) -> dict:
         + f" (within {synthetic['within']:.3f} vs {real['within']:.3f}, between centres "
         f"{synthetic['between']:.3f} vs {real['between']:.3f})"
     )
+    spread = None
+    if "spread" in synthetic and "spread" in real:  # calibrations before it lack it
+        spread = bool(synthetic["spread"] >= real["spread"])
+        sentence += (
+            ", "
+            + ("as spread out as real people" if spread else "more crowded than real people")
+            + f" (mean distance between centres {synthetic['spread']:.3f} vs "
+            f"{real['spread']:.3f})"
+        )
     if "centre_to_real" not in synthetic or "centre_to_real" not in real:
         sentence += (
             f", {where}; nearness to real people was not measured (it needs a gallery of real "
             "people, --real-data or VIGFACE_JUDGE_REAL_GALLERY in the service, and a "
             "calibration that measured it)."
         )
-        return {"as_distinct_as_real": bool(distinct), "as_far_as_real": None, "text": sentence}
+        return {"as_distinct_as_real": bool(distinct), "as_far_as_real": None,
+                "as_spread_as_real": spread, "text": sentence}  # fmt: skip
     far = synthetic["centre_to_real"] >= real["centre_to_real"]
     sentence += (
         " and "
@@ -293,7 +309,8 @@ def verdict(synthetic: dict, real: dict) -> dict:
         + f" (centre to nearest real {synthetic['centre_to_real']:.3f} vs "
         f"{real['centre_to_real']:.3f}), {where}."
     )
-    return {"as_distinct_as_real": bool(distinct), "as_far_as_real": bool(far), "text": sentence}
+    return {"as_distinct_as_real": bool(distinct), "as_far_as_real": bool(far),
+            "as_spread_as_real": spread, "text": sentence}  # fmt: skip
 
 
 def compare(
