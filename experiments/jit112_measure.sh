@@ -6,7 +6,7 @@
 #      judge's within-identity distance against a frontal draw of the same order;
 #   3. the outside judge on 200 x 10 at the defaults against held-out real people at 112 px.
 # Usage: experiments/jit112_measure.sh runs/models/jit112_b [pose guidances, default "1 2 3"]
-# Writes runs/measure112/<entry>/*.json (the last JSON line of each step).
+# JUDGE=0 skips step 3. Writes runs/measure112/<entry>/*.json (the last JSON line of each step).
 set -euo pipefail
 ENTRY=${1:?usage: $0 ENTRY [GUIDANCES]}
 GUIDANCES=${2:-1 2 3}
@@ -22,10 +22,11 @@ for gp in $GUIDANCES; do
     --pose '{"left_35_60": 0.5, "right_35_60": 0.5}' --pose-guidance "$gp" --identity-check \
     --out "$OUT/pose" 2>/dev/null | grep -v '^{"out"' | tee "$OUT/pose_gp$gp.txt" | tail -n 3
 done
-if [ ! -f "$OUT/judge.json" ]; then
+if [ "${JUDGE:-1}" = 1 ] && [ ! -f "$OUT/judge.json" ]; then
   vigface generate --model "$ENTRY" --identities 200 --images-per-identity 10 --seed 0 \
     --out "$OUT/judge_200x10" 2>/dev/null | tail -n 1 > "$OUT/judge_generate.json"
   vigface outside-judge --data "$OUT/judge_200x10" --model "$ENTRY" --heldout "$DATA/dev" \
     --real-data "$DATA/train" --update-card | tail -n 1 > "$OUT/judge.json"
 fi
-python -c "import json; r=json.load(open('$OUT/judge.json')); print(r['text'])"
+[ -f "$OUT/judge.json" ] && python -c "import json; print(json.load(open('$OUT/judge.json'))['text'])"
+exit 0
