@@ -9,13 +9,15 @@ Beside it, the same figures for real people: every person of ``--real`` folders 
 that many images, the same number of images each, degraded to ``--resolution`` (the side the
 generator draws at; 112 = no degradation) exactly as the writer delivers a generated face.
 Real people's "between" is fitted ``a + b ln N`` to carry it past the real set's size; the
-capacity is the largest population whose delivered identities stay at least that distinct.
+capacity is the largest population up to which the delivered identities stay at least that
+distinct, within a tolerance for noise (the rule: ``vigface/evaluation/capacity.py``).
+``--card ENTRY`` records it in a generator's card, with the curve in its ``measurements/``.
 
     vigface generate --model runs/store/demo100k --identities 5000 --images-per-identity 2 \\
         --out runs/judgecurve/draw5k
     python bench/judge_capacity.py --drawn runs/judgecurve/draw5k \\
         --real ../shared/data/lfw112/train,../shared/data/lfw112/dev --resolution 32 \\
-        --out docs/experiments/2026-12-05-capacity-judge.png
+        --out curve.png --card model_store/models/demo
 
 Descriptors are cached (``--cache``; numbers and names only, no pixels), so re-plotting or
 adding populations does not embed again. The last line is one JSON object.
