@@ -188,6 +188,11 @@ def test_a_112_px_dit_warm_starts_from_a_32_px_one_of_the_same_transformer(tmp_p
     for k in s:
         if k not in fresh:
             assert torch.equal(s[k], d[k]), k
+    posed = FaceDiT(sample_size=56, patch_size=7, hidden_size=32, depth=2, num_heads=2,
+                    identity_dim=8, patch_bottleneck=8, pose_embedding=True)
+    fresh = warm_start(posed, tmp_path / "g")
+    assert {k for k in fresh if k.startswith("pose_embed.")} == {
+        "pose_embed.0.weight", "pose_embed.0.bias", "pose_embed.2.weight", "pose_embed.2.bias"}
     wider = FaceDiT(sample_size=16, patch_size=2, hidden_size=64, depth=2, num_heads=2,
                     identity_dim=8)
     with pytest.raises(Exception, match="different DiT \\(hidden_size\\)"):
@@ -205,3 +210,35 @@ def test_pose_guidance_needs_a_model_trained_with_landmark_dropout():
     assert resolve_spec(DatasetSpec(identities=1, images_per_identity=1), card).pose_guidance == 1.5
     plain = resolve_spec(DatasetSpec(identities=1, images_per_identity=1), FILTERS)
     assert plain.pose_guidance == 1.0
+
+
+def test_the_pose_embedding_reads_the_points_back_and_adds_nothing_when_pose_is_dropped(tmp_path):
+    from vigface.generator.landmarks import render_heatmaps
+
+    m = FaceDiT(sample_size=56, patch_size=7, hidden_size=32, depth=2, num_heads=2,
+                identity_dim=8, patch_bottleneck=8, pose_embedding=True).eval()
+    points = torch.tensor([[[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]],
+                           [[30.0, 50.0], [60.0, 52.0], [35.0, 70.0], [32.0, 90.0], [55.0, 91.0]]])
+    heat = render_heatmaps(points, 56)
+    seen = {}
+    m.pose_embed[0].register_forward_hook(lambda mod, inp, out: seen.update(coords=inp[0]))
+    x, t, w = torch.randn(2, 3, 56, 56), torch.tensor([10, 500]), torch.randn(2, 8)
+    # zero-initialised: a model warm-started without it draws exactly as before
+    plain = FaceDiT(sample_size=56, patch_size=7, hidden_size=32, depth=2, num_heads=2,
+                    identity_dim=8, patch_bottleneck=8)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if "pose_embed" not in k})
+    with torch.no_grad():
+        assert torch.allclose(m(x, t, w, heat), plain(x, t, w, heat))
+    # the coordinates it reads are the points, in [-1, 1] of the crop
+    expected = (points / 112 * 2 - 1).flatten(1)
+    assert torch.allclose(seen["coords"], expected, atol=0.01)
+    # trained (non-zero) weights: pose changes the condition, dropped heatmaps add nothing
+    for p in m.pose_embed.parameters():
+        torch.nn.init.normal_(p, 0, 0.1)
+    with torch.no_grad():
+        assert (m.pose_condition(heat)[0] - m.pose_condition(heat)[1]).abs().max() > 1e-3
+        assert torch.equal(m.pose_condition(torch.zeros_like(heat)), torch.zeros(2, 32))
+    m.save_pretrained(tmp_path / "dit")
+    again = FaceDiT.from_pretrained(tmp_path / "dit")
+    assert again.config.pose_embedding and torch.equal(
+        again.pose_embed[0].weight, m.pose_embed[0].weight)

@@ -177,6 +177,9 @@ class DiTModelConfig(_Strict):
     patch_bottleneck: int | None = Field(
         None, ge=4, description="JiT bottleneck patch embedding width (None: none)"
     )
+    pose_embedding: bool = Field(
+        False, description="also add the landmark coordinates to every block's condition"
+    )
 
     @model_validator(mode="after")
     def _divisible(self):

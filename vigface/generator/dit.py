@@ -10,6 +10,10 @@ wires the VIGFace conditions:
   branch of classifier-free guidance, as in the paper;
 * pose: five landmark heatmaps concatenated to the noisy image channels before patching;
   all-zero heatmaps are the pose-free branch of two-condition guidance;
+* ``pose_embedding``: the five points also as coordinates, read back off the heatmaps
+  (each heatmap's centre of mass) and added to the condition like the identity, so every
+  block's modulation knows the pose, not only the few tokens that hold a landmark. Dropped
+  (all-zero) heatmaps add nothing: the pose-free branch is unchanged;
 * output: what the generator's scheduler says it predicts, the velocity ``v`` or the clean
   image (x-prediction, JiT), same shape as the image;
 * ``patch_bottleneck``: JiT's bottleneck patch embedding, a linear map of each large pixel
@@ -56,6 +60,7 @@ class FaceDiT(ModelMixin, ConfigMixin):
         identity_dim: dimension of the FR prototype.
         landmark_channels: heatmap channels concatenated to the input (5 points).
         patch_bottleneck: width of JiT's bottleneck patch embedding (None: none).
+        pose_embedding: add the landmark coordinates to the condition (see module doc).
     """
 
     @register_to_config
@@ -71,6 +76,7 @@ class FaceDiT(ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         identity_dim: int = 512,
         patch_bottleneck: int | None = None,
+        pose_embedding: bool = False,
     ):
         super().__init__()
         self.patch_embed = PatchEmbed(
@@ -87,6 +93,15 @@ class FaceDiT(ModelMixin, ConfigMixin):
         self.time_embed = TimestepEmbedding(256, hidden_size)
         self.identity_embed = nn.Sequential(
             nn.Linear(identity_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.pose_embed = (
+            nn.Sequential(
+                nn.Linear(2 * landmark_channels, hidden_size),
+                nn.SiLU(),
+                nn.Linear(hidden_size, hidden_size),
+            )
+            if pose_embedding
+            else None
         )
         self.blocks = nn.ModuleList(
             DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
@@ -107,10 +122,27 @@ class FaceDiT(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.norm_out.linear.bias)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
+        if self.pose_embed is not None:
+            # starts as "no pose" so a warm start from a model without it is unchanged
+            nn.init.zeros_(self.pose_embed[-1].weight)
+            nn.init.zeros_(self.pose_embed[-1].bias)
 
     def condition(self, timestep: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         t = self.time_embed(self.time_proj(timestep).to(identity.dtype))
         return t + self.identity_embed(identity)
+
+    def pose_condition(self, landmarks: torch.Tensor) -> torch.Tensor:
+        """(B, K, S, S) heatmaps in [-1, 1] -> (B, hidden): each map's centre of mass in
+        [-1, 1] coordinates through the pose MLP; zero for all-zero (dropped) heatmaps."""
+        heat = (landmarks.float() + 1) / 2
+        s = heat.shape[-1]
+        grid = (torch.arange(s, device=heat.device, dtype=heat.dtype) + 0.5) / s * 2 - 1
+        mass = heat.sum((-2, -1)).clamp_min(1e-6)
+        x = (heat.sum(-2) * grid).sum(-1) / mass
+        y = (heat.sum(-1) * grid).sum(-1) / mass
+        coords = torch.stack([x, y], -1).flatten(1)  # (B, 2K)
+        present = landmarks.flatten(1).abs().amax(1, keepdim=True) > 0
+        return self.pose_embed(coords.to(landmarks.dtype)) * present.to(landmarks.dtype)
 
     def forward(
         self,
@@ -124,6 +156,8 @@ class FaceDiT(ModelMixin, ConfigMixin):
         p = self.config.patch_size
         x = self.patch_proj(self.patch_embed(torch.cat([sample, landmarks.to(sample.dtype)], 1)))
         emb = self.condition(timestep, identity.to(sample.dtype))
+        if self.pose_embed is not None:
+            emb = emb + self.pose_condition(landmarks.to(sample.dtype))
         for block in self.blocks:
             x = block(x, emb)
         x = self.proj_out(self.norm_out(x, emb))

@@ -151,6 +151,8 @@ def trainable_virtual_prototypes(fr: FRModel, cfg: TrainDiTConfig) -> torch.Tens
 # what may differ between a warm start and its source: the pixel side of the transformer
 # (patch embedding and output projection are then trained afresh; the blocks carry over)
 PIXEL_SIDE_KEYS = {"sample_size", "patch_size", "patch_bottleneck"}
+# layers a warm start may add: they start as their zero-initialised "no effect" state
+ADDED_LAYER_KEYS = {"pose_embedding"}
 
 
 def warm_start(dit: FaceDiT, generator_dir: Path) -> list[str]:
@@ -158,13 +160,14 @@ def warm_start(dit: FaceDiT, generator_dir: Path) -> list[str]:
     freshly initialised. The transformer (width, depth, heads) must match; the image side,
     patch and bottleneck may differ, so a 112-px model on 14-px patches (8 x 8 tokens)
     starts from the 32-px one on 4-px patches (8 x 8 tokens too) with only its pixel layers
-    new."""
+    new. Layers the source lacks (``pose_embedding``) start fresh too."""
     if not (generator_dir / "dit").is_dir():
         raise DatasetError(f"init_from: {generator_dir} has no dit/ folder (not a generator)")
     src = FaceDiT.from_pretrained(generator_dir / "dit", low_cpu_mem_usage=False)
     mine = {k: v for k, v in dit.config.items() if not k.startswith("_")}
     theirs = {k: v for k, v in src.config.items() if not k.startswith("_")}
-    diff = sorted(k for k in mine if mine.get(k) != theirs.get(k) and k not in PIXEL_SIDE_KEYS)
+    may_differ = PIXEL_SIDE_KEYS | ADDED_LAYER_KEYS
+    diff = sorted(k for k in mine if mine.get(k) != theirs.get(k) and k not in may_differ)
     if diff:
         raise DatasetError(f"init_from: {generator_dir} has a different DiT ({', '.join(diff)})")
     own = dit.state_dict()
