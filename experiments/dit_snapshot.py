@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
-from vigface.config import TrainDiTConfig, load_config
+from vigface.config import TrainDiTConfig, load_config, parse_overrides
 from vigface.data import AlignedFaceFolder
 from vigface.fr_model import FRModel
 from vigface.generator.artifact import Generator
@@ -36,10 +36,17 @@ def main() -> None:
     ap.add_argument("--data", required=True, type=Path, help="the run's training folder")
     ap.add_argument("--fr", required=True, type=Path, help="the run's stage-1 model folder")
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="the run's --set overrides (repeatable), e.g. model.pose_embedding=true",
+    )
     args = ap.parse_args()
     if args.out.exists():
         raise SystemExit(f"{args.out} exists")
-    cfg = load_config(args.config, TrainDiTConfig)
+    cfg = load_config(args.config, TrainDiTConfig, overrides=parse_overrides(args.overrides))
     fr = FRModel.load(args.fr)
     dit = FaceDiT(identity_dim=fr.real_prototypes.shape[1], **cfg.model.model_dump())
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
@@ -58,14 +65,18 @@ def main() -> None:
         "sample_size": cfg.model.sample_size,
         "prediction_type": cfg.diffusion.prediction_type,
         "pose_drop_prob": cfg.pose_drop_prob,
+        "pose_balance": cfg.pose_balance,
+        "pose_embedding": cfg.model.pose_embedding,
         "dit_parameters": int(sum(p.numel() for p in dit.parameters())),
         "steps": int(state["step"]),
         "batch_size": cfg.batch_size,
         "train_minutes": round(state.get("elapsed_s", 0.0) / 60, 1),
         "fr_card": fr.card,
-        "reproduce": [f"python experiments/dit_snapshot.py --config {args.config} "
-                      f"--checkpoint {args.checkpoint} --data {args.data} --fr {args.fr} "
-                      f"--out {args.out}"],  # fmt: skip
+        "reproduce": [
+            f"python experiments/dit_snapshot.py --config {args.config} "
+            f"--checkpoint {args.checkpoint} --data {args.data} --fr {args.fr} "
+            f"--out {args.out}" + "".join(f" --set {o}" for o in args.overrides)
+        ],  # fmt: skip
     }
     gen = Generator(dit=dit.eval(), scheduler=training_scheduler(**cfg.diffusion.model_dump()),
                     fr=fr, card=card, pose_landmarks=poses)  # fmt: skip
