@@ -119,6 +119,12 @@ class ModelCard(_Strict):
     pose_drop_prob: float | None = Field(
         None, description="landmark dropout in training: > 0 lets orders set pose_guidance"
     )
+    pose_balance: float | None = Field(
+        None, description="training draws weighted (images in their |yaw| bin)^-pose_balance"
+    )
+    pose_embedding: bool | None = Field(
+        None, description="the DiT also adds the landmark coordinates to its condition"
+    )
     sampler_defaults: SamplerSettings | None = None
     filters: FilterCalibration | None = None
     judge: JudgeCalibration | None = None

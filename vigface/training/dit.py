@@ -487,6 +487,8 @@ def train_dit(
                 "sample_size": size,
                 "prediction_type": cfg.diffusion.prediction_type,
                 "pose_drop_prob": cfg.pose_drop_prob,
+                "pose_balance": cfg.pose_balance,
+                "pose_embedding": cfg.model.pose_embedding,
                 "dit_parameters": int(sum(p.numel() for p in dit.parameters())),
                 "steps": step,
                 "batch_size": cfg.batch_size * ctx.world_size,
