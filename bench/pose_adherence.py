@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/pose_adherence"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pose-guidance", type=float, help="the order's pose_guidance")
+    ap.add_argument("--spares", type=int, help="the order's spares (default: the service's)")
     ap.add_argument("--identity-check", action="store_true",
                     help="judge within-identity distance against a frontal draw")  # fmt: skip
     args = ap.parse_args()
@@ -118,6 +119,8 @@ def draw(args, pose: str) -> Path:
                "--pose", pose, "--seed", str(args.seed), "--out", str(data)]  # fmt: skip
         if args.pose_guidance is not None:
             cmd += ["--pose-guidance", str(args.pose_guidance)]
+        if args.spares is not None:
+            cmd += ["--spares", str(args.spares)]
         subprocess.run(cmd, check=True)
     return data
 
