@@ -6,7 +6,9 @@
 #      judge's within-identity distance against a frontal draw of the same order;
 #   3. the outside judge on 200 x 10 at the defaults against held-out real people at 112 px.
 # Usage: experiments/jit112_measure.sh runs/models/jit112_b [pose guidances, default "1 2 3"]
-# JUDGE=0 skips step 3. Writes runs/measure112/<entry>/*.json (the last JSON line of each step).
+# JUDGE=0 skips step 3. SPARES (default 40): spares of the 40-identity pose orders (turned faces
+# fail the consistency filter more often than the calibration's).
+# Writes runs/measure112/<entry>/*.json (the last JSON line of each step).
 set -euo pipefail
 ENTRY=${1:?usage: $0 ENTRY [GUIDANCES]}
 GUIDANCES=${2:-1 2 3}
@@ -20,7 +22,9 @@ fi
 for gp in $GUIDANCES; do
   python bench/pose_adherence.py --model "$ENTRY" --resolution 112 \
     --pose '{"left_35_60": 0.5, "right_35_60": 0.5}' --pose-guidance "$gp" --identity-check \
-    --out "$OUT/pose" 2>/dev/null | grep -v '^{"out"' | tee "$OUT/pose_gp$gp.txt" | tail -n 3
+    --spares "${SPARES:-40}" --out "$OUT/pose" 2>"$OUT/pose_gp$gp.err" \
+    | grep -v '^{"out"' | tee "$OUT/pose_gp$gp.txt" | tail -n 3 \
+    || { echo "pose at g_p $gp failed: see $OUT/pose_gp$gp.err" >&2; exit 1; }
 done
 if [ "${JUDGE:-1}" = 1 ] && [ ! -f "$OUT/judge.json" ]; then
   vigface generate --model "$ENTRY" --identities 200 --images-per-identity 10 --seed 0 \
