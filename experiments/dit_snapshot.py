@@ -27,6 +27,7 @@ from vigface.fr_model import FRModel
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import training_scheduler
 from vigface.generator.dit import FaceDiT
+from vigface.training.dit import generator_card
 
 
 def main() -> None:
@@ -56,27 +57,13 @@ def main() -> None:
     ds = AlignedFaceFolder.scan(args.data)
     poses = np.stack([s.landmarks for s in ds.samples]).astype(np.float32)
     card = {
-        "kind": "generator",
-        "train_data": str(args.data),
-        "fr_model": str(args.fr),
-        "num_real": int(fr.real_prototypes.shape[0]),
-        "num_virtual": int(fr.virtual_prototypes.shape[0]),
-        "init_from": cfg.init_from,
-        "sample_size": cfg.model.sample_size,
-        "prediction_type": cfg.diffusion.prediction_type,
-        "pose_drop_prob": cfg.pose_drop_prob,
-        "pose_balance": cfg.pose_balance,
-        "pose_embedding": cfg.model.pose_embedding,
-        "dit_parameters": int(sum(p.numel() for p in dit.parameters())),
-        "steps": int(state["step"]),
-        "batch_size": cfg.batch_size,
+        **generator_card(cfg, args.data, args.fr, fr, dit, state["step"]),
         "train_minutes": round(state.get("elapsed_s", 0.0) / 60, 1),
-        "fr_card": fr.card,
         "reproduce": [
             f"python experiments/dit_snapshot.py --config {args.config} "
             f"--checkpoint {args.checkpoint} --data {args.data} --fr {args.fr} "
             f"--out {args.out}" + "".join(f" --set {o}" for o in args.overrides)
-        ],  # fmt: skip
+        ],
     }
     gen = Generator(dit=dit.eval(), scheduler=training_scheduler(**cfg.diffusion.model_dump()),
                     fr=fr, card=card, pose_landmarks=poses)  # fmt: skip

@@ -180,6 +180,32 @@ def warm_start(dit: FaceDiT, generator_dir: Path) -> list[str]:
     return fresh
 
 
+def generator_card(
+    cfg: TrainDiTConfig, data_dir: Path, fr_dir: Path, fr: FRModel, dit: FaceDiT, step: int
+) -> dict:
+    """The card fields a trained generator carries: what it was trained on and how. One place,
+    so a snapshot of a run (experiments/dit_snapshot.py) says the same as the run's end."""
+    return {
+        "kind": "generator",
+        "train_data": str(data_dir),
+        "fr_model": str(fr_dir),
+        "num_real": int(fr.real_prototypes.shape[0]),
+        "num_virtual": int(fr.virtual_prototypes.shape[0]),
+        "virtual_identity_fraction": cfg.virtual_identity_fraction,
+        "virtual_identity_holdout": cfg.virtual_identity_holdout,
+        "init_from": cfg.init_from,
+        "sample_size": cfg.model.sample_size,
+        "prediction_type": cfg.diffusion.prediction_type,
+        "pose_drop_prob": cfg.pose_drop_prob,
+        "pose_balance": cfg.pose_balance,
+        "pose_embedding": cfg.model.pose_embedding,
+        "dit_parameters": int(sum(p.numel() for p in dit.parameters())),
+        "steps": int(step),
+        "batch_size": cfg.batch_size,
+        "fr_card": fr.card,
+    }
+
+
 def augment_for_fr(x: torch.Tensor) -> torch.Tensor:
     """Random horizontal flip and a random shift of up to 2 px (edges replicated), per image:
     cheap views under which a face keeps its identity and a pixel trick usually does not."""
@@ -476,24 +502,9 @@ def train_dit(
             scheduler=scheduler,
             fr=fr,
             card={
-                "kind": "generator",
-                "train_data": str(data_dir),
-                "fr_model": str(fr_dir),
-                "num_real": int(fr.real_prototypes.shape[0]),
-                "num_virtual": int(fr.virtual_prototypes.shape[0]),
-                "virtual_identity_fraction": cfg.virtual_identity_fraction,
-                "virtual_identity_holdout": cfg.virtual_identity_holdout,
-                "init_from": cfg.init_from,
-                "sample_size": size,
-                "prediction_type": cfg.diffusion.prediction_type,
-                "pose_drop_prob": cfg.pose_drop_prob,
-                "pose_balance": cfg.pose_balance,
-                "pose_embedding": cfg.model.pose_embedding,
-                "dit_parameters": int(sum(p.numel() for p in dit.parameters())),
-                "steps": step,
+                **generator_card(cfg, data_dir, fr_dir, fr, dit, step),
                 "batch_size": cfg.batch_size * ctx.world_size,
                 **run.provenance(cfg.precision),
-                "fr_card": fr.card,
             },
             pose_landmarks=landmarks,
         )
