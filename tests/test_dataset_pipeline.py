@@ -286,3 +286,37 @@ def test_real_augment_fills_small_classes_from_their_own_prototypes(tiny_generat
         ],
     )
     assert r.exit_code == 2 and "--real-data" in r.output
+
+
+def test_each_draw_meets_its_pose_bins_threshold(tiny_generator, tmp_path):
+    """Per-pose thresholds reach the filter through the builder's own draw and verdict steps:
+    with one yaw bin held to an impossible threshold and the others open, every draw of that
+    bin fails consistency and every other draw passes."""
+    from vigface.dataset.chunks import Draw
+    from vigface.dataset.pose import YAW_BINS
+
+    gen = Generator.load(tiny_generator)
+    frontal = np.asarray(gen.pose_landmarks, np.float32).reshape(-1, 5, 2)
+    turned = frontal.copy()  # the nose moved half an eye distance: about 42 degrees of yaw
+    turned[:, 2, 0] += 0.5 * (turned[:, 1, 0] - turned[:, 0, 0])
+    gen.pose_landmarks = np.concatenate([frontal, turned])
+    spec = resolve_spec(
+        _spec(identities=6, tau_consistency=-1.0, tau_leak=1.0, pose="uniform_yaw"), gen.card
+    )
+    probe = DatasetBuilder(gen, spec, tmp_path / "a", progress=False)
+    slots = range(len(probe.slot_images))
+    bin_of = {
+        (s, j): YAW_BINS[probe.bank.bins[probe.plan.pose_row(s, j)]]
+        for s in slots
+        for j in range(probe.slot_images[s])
+    }
+    closed = sorted(bin_of.values())[0]
+    assert len(set(bin_of.values())) > 1  # both sides of the threshold are drawn
+    by_pose = {b: -1.0 for b in YAW_BINS} | {closed: 1.0}
+    spec = spec.model_copy(update={"tau_consistency_by_pose": by_pose})
+    builder = DatasetBuilder(gen, spec, tmp_path / "b", progress=False)
+    assert f"{closed} 1" in builder.filter.describe()
+    pending = [Draw(s, builder.candidates[s], j, 0) for (s, j) in bin_of]
+    _, verdicts = builder._verdicts(builder._draw_images(pending), pending)
+    assert list(verdicts.consistent) == [bin_of[(d.slot, d.index)] != closed for d in pending]
+    assert builder.draw_settings()["tau_consistency_by_pose"] == by_pose  # a resume must match

@@ -298,3 +298,43 @@ def test_reports_show_the_pose_the_faces_show_beside_the_pose_asked(service):  #
     client.post("/ui/login", data={"api_key": keys["alpha"]}, follow_redirects=False)
     page = client.get(f"/ui/jobs/{job.json()['id']}").text
     assert "Shown (pixels)" in page and "Real faces asked for it, shown in it" in page
+
+
+def test_each_pose_bin_keeps_its_calibrated_distance_from_the_guidance_threshold():
+    """Per-pose thresholds move with the order's guidance (the guidance table), keep each
+    |yaw| group's calibrated offset, fill a group the bank lacked from the nearest one, and
+    give way to a threshold the order sets itself."""
+    from vigface.dataset.pose import YAW_BINS
+    from vigface.dataset.spec import DatasetSpec, ResolvedSpec, pose_thresholds, resolve_spec
+
+    by_guidance = {"1": {"tau_consistency": 0.50}, "4": {"tau_consistency": 0.40}}
+    by_pose = {
+        "frontal": {"tau_consistency": 0.45, "guidance": 4.0},
+        "15_35": {"tau_consistency": 0.40, "guidance": 4.0},
+        "35_60": {"tau_consistency": 0.30, "guidance": 4.0},
+    }
+    card = {
+        "filters": {
+            "tau_consistency": 0.40,
+            "tau_leak": 0.5,
+            "tau_consistency_by_guidance": by_guidance,
+            "tau_consistency_by_pose": by_pose,
+        }
+    }
+    at4 = pose_thresholds(card, 4.0, 0.40)
+    assert at4["frontal"] == 0.45 and at4["left_15_35"] == at4["right_15_35"] == 0.40
+    assert at4["left_35_60"] == at4["right_35_60"] == 0.30
+    assert at4["left_60+"] == at4["right_60+"] == 0.30  # nearest calibrated group
+    at1 = pose_thresholds(card, 1.0, 0.50)  # the guidance table moves every group by +0.10
+    assert at1["frontal"] == 0.55 and at1["left_35_60"] == 0.40
+    resolved = resolve_spec(DatasetSpec(identities=2, images_per_identity=2, guidance=1.0), card)
+    assert resolved.tau_consistency == 0.50 and resolved.tau_consistency_by_pose == at1
+    own = DatasetSpec(identities=2, images_per_identity=2, guidance=1.0, tau_consistency=0.2)
+    assert resolve_spec(own, card).tau_consistency_by_pose is None
+    del card["filters"]["tau_consistency_by_pose"]
+    assert pose_thresholds(card, 4.0, 0.4) is None
+    with pytest.raises(ValueError, match="one threshold in"):
+        ResolvedSpec.model_validate(
+            resolved.model_dump() | {"tau_consistency_by_pose": {"frontal": 0.3}}
+        )
+    assert set(at4) == set(YAW_BINS)

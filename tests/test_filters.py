@@ -222,10 +222,44 @@ def test_calibration_draws_with_the_cards_sampler_and_keeps_the_rest_of_the_card
     cos_own = json.loads((model / "measurements" / "filters.calibration_cos_own.json").read_text())
     assert f["tau_consistency"] == round(cos_own["p05"], 4)  # its source: a measurement
     assert after["judge"]["name"] == "kept" and after["sampler_defaults"]["steps"] == 3
+    by_pose = f["tau_consistency_by_pose"]
+    assert by_pose and set(by_pose) <= {"frontal", "15_35", "35_60", "60+"}
+    for group in by_pose.values():  # each group drawn like the pooled one, at its own poses
+        assert group["images"] == 5 * 4 and group["guidance"] == 1.5
+        assert -1 <= group["tau_consistency"] <= group["cos_own_p50"] <= 1
     assert json.loads(r.output.strip().splitlines()[-1]) == {
-        "tau_leak": f["tau_leak"], "tau_consistency": f["tau_consistency"]
+        "tau_leak": f["tau_leak"], "tau_consistency": f["tau_consistency"],
+        "tau_consistency_by_pose": {g: v["tau_consistency"] for g, v in by_pose.items()},
     }  # fmt: skip
     r = CliRunner().invoke(cli, ["calibrate", "--model", str(model), "--data",
                                  str(tmp_path / "missing")])  # fmt: skip
     assert r.exit_code != 0
     assert json.loads(card_path.read_text())["filters"] == f  # a failed run leaves the card
+    r = CliRunner().invoke(cli, ["calibrate", "--model", str(model), "--data", str(data),
+                                 "--identities", "5", "--no-pose-groups"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "tau_consistency_by_pose" not in json.loads(card_path.read_text())["filters"] or not (
+        json.loads(card_path.read_text())["filters"]["tau_consistency_by_pose"]
+    )  # recalibrated without groups: the old groups belonged to the old draw
+
+
+@pytest.mark.parametrize("delta,ok", [(-EPS, False), (+EPS, True)])
+def test_each_image_meets_its_own_pose_bins_threshold_on_both_sides(delta, ok):
+    """With per-pose thresholds, a turned face is held to its bin's (lower) threshold and a
+    frontal face to the frontal one; the single threshold applies without bins."""
+    from vigface.dataset.pose import YAW_BINS
+
+    by_pose = {b: 0.5 for b in YAW_BINS} | {"left_35_60": 0.3, "right_35_60": 0.3}
+    filt = DatasetFilter(REAL, tau_consistency=0.4, tau_leak=0.9, tau_consistency_by_pose=by_pose)
+    turned = at_cos(OWN, unit(5), 0.3 + delta)
+    frontal = at_cos(OWN, unit(5), 0.5 + delta)
+    embs = np.stack([turned, frontal, turned])
+    v = filt.image_verdicts(
+        embs, np.stack([OWN] * 3), np.zeros(3, int), pose_bins=["left_35_60", "frontal", "frontal"]
+    )
+    assert list(v.consistent) == [ok, ok, False]  # the same face fails the frontal threshold
+    plain = filt.image_verdicts(embs, np.stack([OWN] * 3), np.zeros(3, int))
+    assert list(plain.consistent) == [False, True, False]  # no bins: the single 0.4
+    with pytest.raises(ValueError, match="2 pose bins for 3 images"):
+        filt.image_verdicts(embs, np.stack([OWN] * 3), np.zeros(3, int), pose_bins=["frontal"] * 2)
+    assert "left_35_60 0.3" in filt.describe()

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vigface.atomic import atomic_write_text
 from vigface.sampler_settings import SamplerSettings
@@ -40,12 +40,33 @@ class GuidanceCalibration(_Strict):
     images: int | None = None
 
 
+class PoseGroupCalibration(GuidanceCalibration):
+    """The consistency threshold drawn at the poses of one |yaw| group (``vigface calibrate``),
+    at the guidance weights it names."""
+
+    guidance: float | None = None
+    pose_guidance: float | None = None
+
+
 class FilterCalibration(_Strict):
     """The privacy filter's thresholds (``vigface calibrate``) and what they were drawn from."""
 
     tau_leak: float = Field(ge=-1, le=1)
     tau_consistency: float = Field(ge=-1, le=1)
     tau_consistency_by_guidance: dict[str, GuidanceCalibration] = Field(default_factory=dict)
+    tau_consistency_by_pose: dict[str, PoseGroupCalibration] = Field(
+        default_factory=dict, description="per |yaw| group: frontal, 15_35, 35_60, 60+"
+    )
+
+    @field_validator("tau_consistency_by_pose")
+    @classmethod
+    def _pose_groups(cls, v):
+        from vigface.dataset.pose import YAW_GROUPS
+
+        unknown = sorted(set(v) - set(YAW_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown |yaw| groups {unknown}; groups are {YAW_GROUPS}")
+        return v
     real_nearest_negative: dict | None = Field(
         None, description="how close real people come to other real identities (a summary)"
     )

@@ -71,11 +71,16 @@ def calibrate_cmd(
     model: str = typer.Option(..., help="generator folder or store name"),
     data: Path = typer.Option(..., help="the real training ImageFolder of its FR model"),
     identities: int = typer.Option(50, min=2, help="virtual prototypes drawn for tau_consistency"),
+    pose_groups: bool = typer.Option(
+        True,
+        help="also calibrate tau_consistency per |yaw| group of the pose bank (frontal, 15-35, "
+        "35-60): each image then meets its own pose's threshold",
+    ),
 ) -> None:
     """Derive the filter defaults (tau_leak, tau_consistency) and store them in the card."""
     from model_store import resolve
     from vigface.data import DatasetError
-    from vigface.dataset.calibrate import calibrate
+    from vigface.dataset.calibrate import calibrate, consistency_by_pose
     from vigface.model_card import update_card, write_measurement
 
     gen = load_generator(model)
@@ -83,12 +88,19 @@ def calibrate_cmd(
         filters = calibrate(gen, data, calib_identities=identities)
     except DatasetError as exc:
         fail(str(exc))
+    if pose_groups and gen.pose_landmarks is not None:
+        filters["tau_consistency_by_pose"] = consistency_by_pose(gen, calib_identities=identities)
     entry = resolve(model)
     # the threshold's source distribution is for people: a measurement beside the card
     write_measurement(entry, "filters.calibration_cos_own", filters.pop("calibration_cos_own"))
     kept = (gen.card.get("filters") or {}).get("tau_consistency_by_guidance")
     update_card(entry, filters=filters | ({"tau_consistency_by_guidance": kept} if kept else {}))
-    typer.echo(json.dumps({k: filters[k] for k in ("tau_leak", "tau_consistency")}))
+    shown = {k: filters[k] for k in ("tau_leak", "tau_consistency")}
+    if filters.get("tau_consistency_by_pose"):
+        shown["tau_consistency_by_pose"] = {
+            g: v["tau_consistency"] for g, v in filters["tau_consistency_by_pose"].items()
+        }
+    typer.echo(json.dumps(shown))
 
 
 def calibrate_guidance_cmd(

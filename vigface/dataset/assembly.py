@@ -83,7 +83,15 @@ def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None 
     generated = max(counts.get("generated", 0), 1)
     report = {
         "dataset": card,
-        "thresholds": {"tau_consistency": first.tau_c, "tau_leak": first.tau_leak},
+        "thresholds": {
+            "tau_consistency": first.tau_c,
+            "tau_leak": first.tau_leak,
+            **(
+                {"tau_consistency_by_pose": first.spec.tau_consistency_by_pose}
+                if first.spec.tau_consistency_by_pose
+                else {}
+            ),
+        },
         "attributes": dataset_attributes(embs, labels),
         "cos_own": summary([r.cos_own for r in records]),
         "leakage": {

@@ -30,6 +30,7 @@ from vigface.data import AlignedFaceFolder
 from vigface.dataset.metrics import summary
 from vigface.evaluation.identity import identity_fidelity
 from vigface.generator.artifact import Generator
+from vigface.dataset.pose import YAW_BINS, YAW_GROUPS, PoseBank, yaw_group
 from vigface.generator.grid import pose_columns
 from vigface.sampler_settings import SamplerSettings
 
@@ -75,6 +76,52 @@ def consistency_by_guidance(
     """:func:`consistency_at` for each guidance, keyed by the guidance written as ``%g``."""
     s = SamplerSettings.for_model(gen.card).model_dump() if sampler is None else sampler
     return {f"{g:g}": consistency_at(gen, g, s, calib_identities) for g in sorted(guidances)}
+
+
+def group_poses(landmarks: np.ndarray, group: str, count: int) -> np.ndarray | None:
+    """``count`` landmark sets of the |yaw| ``group``, spread over its yaw range and taken
+    from both sides in turn (None when the bank has no pose in the group)."""
+    bank = PoseBank.from_landmarks(landmarks)
+    names = np.array([yaw_group(YAW_BINS[b]) for b in bank.bins])
+    rows = np.flatnonzero(names == group)
+    if len(rows) == 0:
+        return None
+    rows = rows[np.argsort(np.abs(bank.angles[rows, 0]), kind="stable")]
+    picks = rows[np.linspace(0, len(rows) - 1, count).round().astype(int)]
+    return bank.landmarks[picks]
+
+
+def consistency_by_pose(
+    gen: Generator, calib_identities: int = 50, poses: int = 4, sampler: dict | None = None
+) -> dict[str, dict]:
+    """tau_consistency per |yaw| group of the entry's pose bank, each drawn at ``poses`` poses
+    of that group for the same ``calib_identities`` prototypes, at the card's sampler
+    defaults (or ``sampler``), pose guidance included. Groups the bank lacks are left out."""
+    if gen.pose_landmarks is None:
+        raise ValueError("the generator entry has no pose landmarks (pose_landmarks.npy)")
+    s = SamplerSettings.for_model(gen.card).model_dump() if sampler is None else sampler
+    interval = s.get("guidance_interval")
+    k = gen.fr.virtual_prototypes.shape[0]
+    table = {}
+    for group in YAW_GROUPS:
+        cols = group_poses(gen.pose_landmarks, group, poses)
+        if cols is None:
+            continue
+        fid = identity_fidelity(
+            gen, "virtual", min(calib_identities, k), cols, float(s["guidance"]),
+            int(s["steps"]), seed=987654, scheduler=s["scheduler"],
+            guidance_interval=tuple(interval) if interval else None,
+            pose_guidance=float(s.get("pose_guidance", 1.0)),
+        )  # fmt: skip
+        cos_own = np.array(fid["cos_own_all"])
+        table[group] = {
+            "tau_consistency": round(float(np.percentile(cos_own, 5)), 4),
+            "cos_own_p50": round(float(np.percentile(cos_own, 50)), 4),
+            "images": int(fid["images"]),
+            "guidance": float(s["guidance"]),
+            "pose_guidance": float(s.get("pose_guidance", 1.0)),
+        }
+    return table
 
 
 def calibrate(

@@ -96,9 +96,11 @@ class DatasetFilter:
         gallery: np.ndarray | None = None,
         judge: Judge | None = None,
         augmentation: bool = False,
+        tau_consistency_by_pose: dict[str, float] | None = None,
     ):
         self.real = unit_rows(real_prototypes)
         self.tau_consistency, self.tau_leak = float(tau_consistency), float(tau_leak)
+        self.tau_by_pose = dict(tau_consistency_by_pose or {})
         self.gallery, self.judge, self.augmentation = gallery, judge, augmentation
 
     def image_verdicts(
@@ -107,10 +109,12 @@ class DatasetFilter:
         own: np.ndarray,
         own_rows: np.ndarray,
         judge_emb: np.ndarray | None = None,
+        pose_bins: list[str] | None = None,
     ) -> Verdicts:
         """Verdicts for embeddings ``emb`` (N, D) drawn for prototypes ``own`` (N, D), which are
         rows ``own_rows`` of W_V (virtual) or W_R (augmentation). ``judge_emb`` are the judge's
-        embeddings of the same images (required when a judge is configured)."""
+        embeddings of the same images (required when a judge is configured). ``pose_bins``
+        names each image's yaw bin: with per-pose thresholds, each image meets its bin's."""
         emb = np.asarray(emb, np.float32)
         own = unit_rows(own)
         n = len(emb)
@@ -133,11 +137,19 @@ class DatasetFilter:
             cos_own=cos_own,
             nearest_real=near,
             nearest_real_id=near_id,
-            consistent=cos_own >= self.tau_consistency,
+            consistent=cos_own >= self.consistency_thresholds(pose_bins, n),
             leak_prototypes=leak_p,
             leak_gallery=leak_g,
             leak_judge=leak_j,
         )
+
+    def consistency_thresholds(self, pose_bins: list[str] | None, n: int) -> np.ndarray:
+        """Each image's tau_consistency: its pose bin's where per-pose thresholds are set."""
+        if not self.tau_by_pose or pose_bins is None:
+            return np.full(n, self.tau_consistency, np.float32)
+        if len(pose_bins) != n:
+            raise ValueError(f"{len(pose_bins)} pose bins for {n} images")
+        return np.array([self.tau_by_pose[b] for b in pose_bins], np.float32)
 
     def identity_leaks(self, embs: np.ndarray) -> bool:
         """Does the normalised mean of one identity's embeddings come closer than ``tau_leak``
@@ -151,6 +163,9 @@ class DatasetFilter:
     def describe(self) -> str:
         """One line naming every active test and its threshold (for error messages)."""
         parts = [f"consistency (cos_own >= {self.tau_consistency:g})"]
+        if self.tau_by_pose:
+            per = ", ".join(f"{b} {t:g}" for b, t in self.tau_by_pose.items())
+            parts[0] = f"consistency (cos_own >= the pose bin's threshold: {per})"
         if self.augmentation:
             parts.append("no leakage tests (real-identity augmentation)")
         else:

@@ -118,6 +118,7 @@ class DatasetBuilder:
             gallery=np.load(spec.gallery, mmap_mode="r") if spec.gallery else None,
             judge=judge,
             augmentation=self.kind == "real",
+            tau_consistency_by_pose=spec.tau_consistency_by_pose,
         )
         self.sampler = Sampler(
             gen.dit,
@@ -180,7 +181,8 @@ class DatasetBuilder:
         own = self.protos[rows].float().cpu().numpy()
         judge = self.filter.judge
         judge_emb = judge.embed(images) if judge is not None else None
-        return emb, self.filter.image_verdicts(emb, own, rows, judge_emb)
+        bins = [YAW_BINS[self.bank.bins[self.plan.pose_row(d.slot, d.index)]] for d in pending]
+        return emb, self.filter.image_verdicts(emb, own, rows, judge_emb, pose_bins=bins)
 
     def _run_chunk(self, slots: list[int], queue_pos: int) -> ChunkResult:
         res = ChunkResult(
@@ -280,6 +282,11 @@ class DatasetBuilder:
             **self.spec.model_dump(mode="json", exclude={"formats"}),
             "tau_consistency": float(self.tau_c),
             "tau_leak": float(self.tau_leak),
+            **(
+                {"tau_consistency_by_pose": self.spec.tau_consistency_by_pose}
+                if self.spec.tau_consistency_by_pose
+                else {}
+            ),
             "candidates": candidates.hexdigest()[:16],
         }
 

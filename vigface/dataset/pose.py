@@ -36,6 +36,13 @@ YAW_BINS = [
     "right_60+",
 ]
 PRESETS = ("match_training", "frontal", "uniform_yaw")
+# |yaw| groups: a bin and its mirror image share one (the filters are calibrated per group)
+YAW_GROUPS = ["frontal", "15_35", "35_60", "60+"]
+
+
+def yaw_group(bin_name: str) -> str:
+    """The |yaw| group of a bin of :data:`YAW_BINS`: ``left_35_60`` -> ``35_60``."""
+    return bin_name.removeprefix("left_").removeprefix("right_")
 
 
 class PoseSpecError(ValueError):

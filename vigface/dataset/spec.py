@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from vigface.dataset.pose import YAW_BINS, YAW_GROUPS, yaw_group
 from vigface.dataset.writers import FORMATS
 from vigface.sampler_settings import SamplerSettings
 
@@ -152,6 +153,35 @@ def consistency_threshold(card: dict, guidance: float) -> float | None:
     return points[0][1]
 
 
+def pose_thresholds(card: dict, guidance: float, base: float) -> dict[str, float] | None:
+    """tau_consistency for each bin of :data:`YAW_BINS` at ``guidance``, from the card's
+    ``filters.tau_consistency_by_pose`` (None when the card has none). ``base`` is the
+    threshold the order gets at its guidance; each |yaw| group keeps its calibrated distance
+    from the threshold at the guidance the groups were drawn at, so the guidance table still
+    moves every group. A group the bank lacked takes the nearest calibrated one."""
+    filters = card.get("filters") or {}
+    table = filters.get("tau_consistency_by_pose")
+    if not table:
+        return None
+    drawn_at = next(iter(table.values())).get("guidance")
+    try:
+        ref = consistency_threshold(card, float(drawn_at)) if drawn_at is not None else None
+    except GuidanceNotCalibrated:
+        ref = None
+    if ref is None:
+        ref = filters.get("tau_consistency", base)
+    calibrated = [g for g in YAW_GROUPS if g in table]
+    out = {}
+    for name in YAW_BINS:
+        group = yaw_group(name)
+        if group not in table:
+            i = YAW_GROUPS.index(group)
+            group = min(calibrated, key=lambda g: abs(YAW_GROUPS.index(g) - i))
+        tau = base + float(table[group]["tau_consistency"]) - float(ref)
+        out[name] = round(min(1.0, max(-1.0, tau)), 4)
+    return out
+
+
 class DatasetSpec(DatasetOrder):
     """An order plus how this run executes it (the pipeline's full input)."""
 
@@ -192,7 +222,19 @@ class ResolvedSpec(DatasetSpec):
     upsample: StrictBool
     pose_guidance: StrictFloat = Field(ge=LIMITS["guidance"][0], le=LIMITS["guidance"][1])
     tau_consistency: StrictFloat = Field(ge=-1, le=1)
+    tau_consistency_by_pose: dict[str, StrictFloat] | None = Field(
+        None,
+        description="each yaw bin's own tau_consistency (from the card's per-pose calibration; "
+        "None when the order gave tau_consistency or the card has none)",
+    )
     tau_leak: StrictFloat = Field(ge=-1, le=1)
+
+    @field_validator("tau_consistency_by_pose")
+    @classmethod
+    def _pose_bins(cls, v):
+        if v is not None and (set(v) != set(YAW_BINS) or any(not -1 <= t <= 1 for t in v.values())):
+            raise ValueError(f"one threshold in [-1, 1] per bin of {YAW_BINS}")
+        return v
 
 
 def resolve_spec(spec: DatasetSpec, card: dict) -> ResolvedSpec:
@@ -220,6 +262,10 @@ def resolve_spec(spec: DatasetSpec, card: dict) -> ResolvedSpec:
         values["tau_consistency"] = (
             by_guidance if by_guidance is not None else filters.get("tau_consistency")
         )
+        if values["tau_consistency"] is not None:
+            values["tau_consistency_by_pose"] = pose_thresholds(
+                card, float(values["guidance"]), float(values["tau_consistency"])
+            )
     if values["tau_leak"] is None:
         values["tau_leak"] = filters.get("tau_leak")
     missing = [k for k in ("tau_consistency", "tau_leak") if values[k] is None]

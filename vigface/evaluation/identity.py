@@ -29,6 +29,7 @@ def identity_fidelity(
     scheduler: str = "dpmsolver",
     rows: tuple[int, int] | None = None,
     guidance_interval: tuple[float, float] | None = None,
+    pose_guidance: float = 1.0,
 ) -> dict:
     """``poses`` is (P, 5, 2): each identity gets one image per pose. The identities are
     spread evenly over the prototype rows ``rows = (first, end)`` (default: all of them)."""
@@ -53,6 +54,7 @@ def identity_fidelity(
         guidance,
         batch_size,
         guidance_interval=guidance_interval,
+        pose_guidance=pose_guidance,
     )
     t0 = time.perf_counter()
     images = np.concatenate([imgs for _, imgs in sampler.stream(reqs)])
@@ -75,6 +77,7 @@ def identity_fidelity(
         "steps": steps,
         "scheduler": scheduler,
         "guidance_interval": list(guidance_interval) if guidance_interval else None,
+        "pose_guidance": pose_guidance,
         "sampling_seconds": round(seconds, 3),
         "cos_own_mean": round(float(cos_own.mean()), 4),
         "cos_own_std": round(float(cos_own.std()), 4),
