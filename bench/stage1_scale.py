@@ -108,8 +108,15 @@ def _loader_rate(data: str, size: int, workers: int, batches: int, batch_size: i
 
     torch.set_num_threads(1)
     ds = open_face_stream(data, size)
-    aug = AugmentConfig(flip=True, shift=3, scale_jitter=0.05, brightness=0.2, contrast=0.2,
-                        saturation=0.2, grayscale_p=0.1)  # fr_lfw_small.yaml's augmentation
+    aug = AugmentConfig(
+        flip=True,
+        shift=3,
+        scale_jitter=0.05,
+        brightness=0.2,
+        contrast=0.2,
+        saturation=0.2,
+        grayscale_p=0.1,
+    )  # fr_lfw_small.yaml's augmentation
     loader = iter(face_loader(ds, batch_size, workers, seed=0, epoch=0))
     g = torch.Generator().manual_seed(0)
     for _ in range(2):  # warm-up: worker start, first reads

@@ -238,8 +238,9 @@ def test_calibration_draws_with_the_cards_sampler_and_keeps_the_rest_of_the_card
     r = CliRunner().invoke(cli, ["calibrate", "--model", str(model), "--data", str(data),
                                  "--identities", "5", "--no-pose-groups"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "tau_consistency_by_pose" not in json.loads(card_path.read_text())["filters"] or not (
-        json.loads(card_path.read_text())["filters"]["tau_consistency_by_pose"]
+    assert (
+        "tau_consistency_by_pose" not in json.loads(card_path.read_text())["filters"]
+        or not (json.loads(card_path.read_text())["filters"]["tau_consistency_by_pose"])
     )  # recalibrated without groups: the old groups belonged to the old draw
 
 

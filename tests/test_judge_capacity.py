@@ -94,9 +94,7 @@ def test_capacity_is_recorded_in_the_card_and_a_bad_one_changes_nothing(tiny_gen
     assert loaded["capacity"]["judge"]["figure"] == FIGURE
     assert loaded["capacity"]["virtual_identities"] == loaded["num_virtual"]
     assert (entry / FIGURE).read_bytes() == png.read_bytes()
-    assert json.loads((entry / "measurements" / "judge_capacity.json").read_text()) == {
-        "rows": [1]
-    }
+    assert json.loads((entry / "measurements" / "judge_capacity.json").read_text()) == {"rows": [1]}
     with pytest.raises(ValueError, match="no model card"):
         record_judge_capacity(tmp_path / "empty", _summary(), {}, None)
 

@@ -107,8 +107,9 @@ def _sharded_worker(rank: int, world: int, port: int, rate: float, queue) -> Non
     loss = head(mine, labels[cut], v_emb[vcut], v_lab[vcut])
     g_emb, g_real, g_virt = torch.autograd.grad(loss, [mine, head.real, head.virtual])
     real, virtual = head.gather_full()
-    queue.put((rank, float(loss), g_emb, (r0, r1, g_real), (v0, v1, g_virt),
-               real.shape, virtual.shape))
+    queue.put(
+        (rank, float(loss), g_emb, (r0, r1, g_real), (v0, v1, g_virt), real.shape, virtual.shape)
+    )
     dist.destroy_process_group()
 
 
@@ -165,7 +166,8 @@ def test_rows_split_over_ranks_with_a_sample_touch_the_batchs_classes_and_a_shar
         assert {c for c in own_virt if v0 <= c < v1} <= touched_virt
         # 20 % of this rank's 25 classes (5), or its positives when they are more
         positives = len({c for c in own_real if r0 <= c < r1}) + len(
-            {c for c in own_virt if v0 <= c < v1})
+            {c for c in own_virt if v0 <= c < v1}
+        )
         assert len(touched_real) + len(touched_virt) <= max(5, positives)
 
 

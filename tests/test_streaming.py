@@ -74,9 +74,11 @@ def test_the_recordio_reader_keeps_an_index_not_the_images(tmp_path):
 
 def test_loader_processes_give_every_image_once_per_epoch_in_a_seeded_order(tmp_path):
     ds = RecordIOFaces(_recordio(tmp_path / "rec"), size=28)
+
     def labels(epoch, workers, rank=0, world=1):
         loader = face_loader(ds, 8, workers, seed=3, epoch=epoch, rank=rank, world_size=world)
         return torch.cat([y for _, y in loader]).tolist()
+
     a, b = labels(0, 2), labels(0, 0)
     assert a == b  # worker processes change nothing but speed
     assert sorted(a) == sorted(lab for _, lab in _items())
@@ -157,8 +159,11 @@ def test_torchrun_two_gloo_ranks_with_prototype_rows_split(tmp_path, tiny_config
     # the backbone's weights are the same on both ranks: DDP averaged their gradients and
     # one gradient norm over both slices clipped them alike (BatchNorm's running statistics
     # are each rank's own until DDP broadcasts rank 0's at the next forward)
-    weights = [k for k in r0["module"] if k.startswith("backbone.") and "running" not in k
-               and "num_batches" not in k]
+    weights = [
+        k
+        for k in r0["module"]
+        if k.startswith("backbone.") and "running" not in k and "num_batches" not in k
+    ]
     assert len(weights) > 10
     for key in weights:
         assert torch.equal(r0["module"][key], r1["module"][key]), key

@@ -50,10 +50,12 @@ def test_the_shifted_schedule_is_diffusers_cosine_at_one_and_noisier_above():
     assert np.allclose(shifted_cosine_betas(1000, 1.0), ref, atol=1e-6)
     plain, shifted = training_scheduler(), training_scheduler(resolution_shift=1.75)
     mid = [100, 250, 500, 750]
+
     # log-SNR moves by -2 log k at every interior step
     def log_snr(s, t):
         a = s.alphas_cumprod[t].double()
         return torch.log(a / (1 - a))
+
     diff = log_snr(shifted, mid) - log_snr(plain, mid)
     assert torch.allclose(diff, torch.full_like(diff, -2 * np.log(1.75)), atol=0.02)
     with pytest.raises(ValueError, match="squaredcos_cap_v2"):
@@ -74,8 +76,14 @@ def test_x_prediction_arithmetic_matches_v_prediction():
     assert torch.equal(to_velocity(v_sched, x_t, v, t), v)
     # the loss target: with the clamp the loss is |x0_hat - x0|^2 / max(b, 0.05)^2
     x0_hat = x0 + 0.1 * torch.randn_like(x0)
-    got = (to_velocity(x_sched, x_t, x0_hat, t, MIN_NOISE_STD)
-           - velocity_loss_target(x_sched, x_t, x0, noise, t)).pow(2).mean((1, 2, 3))
+    got = (
+        (
+            to_velocity(x_sched, x_t, x0_hat, t, MIN_NOISE_STD)
+            - velocity_loss_target(x_sched, x_t, x0, noise, t)
+        )
+        .pow(2)
+        .mean((1, 2, 3))
+    )
     b = (1 - x_sched.alphas_cumprod[t]).sqrt().clamp(min=MIN_NOISE_STD)
     want = (x0_hat - x0).pow(2).mean((1, 2, 3)) / b**2
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
@@ -103,8 +111,9 @@ def test_an_x_prediction_solver_step_equals_the_v_prediction_step_it_implies():
 
 def test_two_condition_guidance():
     both, pose, none = torch.tensor([3.0]), torch.tensor([2.0]), torch.tensor([0.5])
-    torch.testing.assert_close(two_condition_cfg(both, pose, none, 4.0, 1.0),
-                               cfg_combine(both, pose, 4.0))
+    torch.testing.assert_close(
+        two_condition_cfg(both, pose, none, 4.0, 1.0), cfg_combine(both, pose, 4.0)
+    )
     # u + g_p (u_p - u) + g (u_pw - u_p) = 0.5 + 2 * 1.5 + 4 * 1
     torch.testing.assert_close(two_condition_cfg(both, pose, none, 4.0, 2.0), torch.tensor([7.5]))
 
@@ -114,8 +123,9 @@ def test_the_sampler_draws_with_an_x_prediction_dit_and_pose_guidance_adds_a_thi
     sched = training_scheduler(prediction_type="sample", resolution_shift=1.75)
     reqs = _requests(3, rng_seed=0, job_seed=1, image_index=0)
     plain = Sampler(dit, sched, steps=4, guidance=2.0, batch_size=3, precision="fp32")
-    posed = Sampler(dit, sched, steps=4, guidance=2.0, batch_size=3, precision="fp32",
-                    pose_guidance=3.0)
+    posed = Sampler(
+        dit, sched, steps=4, guidance=2.0, batch_size=3, precision="fp32", pose_guidance=3.0
+    )
     sizes = []
     orig = dit.forward
     dit.forward = lambda x, t, w, h: (sizes.append(len(x)), orig(x, t, w, h))[1]
@@ -160,8 +170,9 @@ def test_landmark_dropout_is_drawn_apart_from_the_identity_dropout():
 
     loss = DiTLoss(dit, NoFR(), training_scheduler(prediction_type="sample"), cfg)
     for _ in range(40):
-        total, *_ = loss(torch.randn(250, 3, 14, 14), torch.ones(250, 5, 14, 14),
-                         torch.randn(250, 8))
+        total, *_ = loss(
+            torch.randn(250, 3, 14, 14), torch.ones(250, 5, 14, 14), torch.randn(250, 8)
+        )
         assert torch.isfinite(total)
     w, p = torch.cat(seen_w), torch.cat(seen_pose)
     assert abs(float(p.mean()) - 0.3) < 0.02 and abs(float(w.mean()) - 0.1) < 0.015
@@ -169,32 +180,52 @@ def test_landmark_dropout_is_drawn_apart_from_the_identity_dropout():
     # and off by default: no landmark is ever dropped
     seen_pose.clear()
     DiTLoss(dit, NoFR(), training_scheduler(), TrainDiTConfig(identity_loss_weight=0.0))(
-        torch.randn(50, 3, 14, 14), torch.ones(50, 5, 14, 14), torch.randn(50, 8))
+        torch.randn(50, 3, 14, 14), torch.ones(50, 5, 14, 14), torch.randn(50, 8)
+    )
     assert float(torch.cat(seen_pose).sum()) == 0
 
 
 def test_a_112_px_dit_warm_starts_from_a_32_px_one_of_the_same_transformer(tmp_path):
-    src = FaceDiT(sample_size=16, patch_size=2, hidden_size=32, depth=2, num_heads=2,
-                  identity_dim=8)
+    src = FaceDiT(
+        sample_size=16, patch_size=2, hidden_size=32, depth=2, num_heads=2, identity_dim=8
+    )
     for p in src.parameters():
         torch.nn.init.normal_(p, 0, 0.05)
     src.save_pretrained(tmp_path / "g" / "dit")
     dst = x_dit(sample_size=56, patch_size=7, bottleneck=8, seed=1)  # 8 x 8 tokens, like src
     fresh = warm_start(dst, tmp_path / "g")
-    assert set(fresh) == {"patch_embed.proj.weight", "patch_embed.proj.bias",
-                          "patch_proj.weight", "patch_proj.bias",
-                          "proj_out.weight", "proj_out.bias"}
+    assert set(fresh) == {
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "patch_proj.weight",
+        "patch_proj.bias",
+        "proj_out.weight",
+        "proj_out.bias",
+    }
     s, d = src.state_dict(), dst.state_dict()
     for k in s:
         if k not in fresh:
             assert torch.equal(s[k], d[k]), k
-    posed = FaceDiT(sample_size=56, patch_size=7, hidden_size=32, depth=2, num_heads=2,
-                    identity_dim=8, patch_bottleneck=8, pose_embedding=True)
+    posed = FaceDiT(
+        sample_size=56,
+        patch_size=7,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        identity_dim=8,
+        patch_bottleneck=8,
+        pose_embedding=True,
+    )
     fresh = warm_start(posed, tmp_path / "g")
     assert {k for k in fresh if k.startswith("pose_embed.")} == {
-        "pose_embed.0.weight", "pose_embed.0.bias", "pose_embed.2.weight", "pose_embed.2.bias"}
-    wider = FaceDiT(sample_size=16, patch_size=2, hidden_size=64, depth=2, num_heads=2,
-                    identity_dim=8)
+        "pose_embed.0.weight",
+        "pose_embed.0.bias",
+        "pose_embed.2.weight",
+        "pose_embed.2.bias",
+    }
+    wider = FaceDiT(
+        sample_size=16, patch_size=2, hidden_size=64, depth=2, num_heads=2, identity_dim=8
+    )
     with pytest.raises(Exception, match="different DiT \\(hidden_size\\)"):
         warm_start(wider, tmp_path / "g")
 
@@ -215,17 +246,36 @@ def test_pose_guidance_needs_a_model_trained_with_landmark_dropout():
 def test_the_pose_embedding_reads_the_points_back_and_adds_nothing_when_pose_is_dropped(tmp_path):
     from vigface.generator.landmarks import render_heatmaps
 
-    m = FaceDiT(sample_size=56, patch_size=7, hidden_size=32, depth=2, num_heads=2,
-                identity_dim=8, patch_bottleneck=8, pose_embedding=True).eval()
-    points = torch.tensor([[[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]],
-                           [[30.0, 50.0], [60.0, 52.0], [35.0, 70.0], [32.0, 90.0], [55.0, 91.0]]])
+    m = FaceDiT(
+        sample_size=56,
+        patch_size=7,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        identity_dim=8,
+        patch_bottleneck=8,
+        pose_embedding=True,
+    ).eval()
+    points = torch.tensor(
+        [
+            [[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]],
+            [[30.0, 50.0], [60.0, 52.0], [35.0, 70.0], [32.0, 90.0], [55.0, 91.0]],
+        ]
+    )
     heat = render_heatmaps(points, 56)
     seen = {}
     m.pose_embed[0].register_forward_hook(lambda mod, inp, out: seen.update(coords=inp[0]))
     x, t, w = torch.randn(2, 3, 56, 56), torch.tensor([10, 500]), torch.randn(2, 8)
     # zero-initialised: a model warm-started without it draws exactly as before
-    plain = FaceDiT(sample_size=56, patch_size=7, hidden_size=32, depth=2, num_heads=2,
-                    identity_dim=8, patch_bottleneck=8)
+    plain = FaceDiT(
+        sample_size=56,
+        patch_size=7,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        identity_dim=8,
+        patch_bottleneck=8,
+    )
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if "pose_embed" not in k})
     with torch.no_grad():
         assert torch.allclose(m(x, t, w, heat), plain(x, t, w, heat))
@@ -241,4 +291,5 @@ def test_the_pose_embedding_reads_the_points_back_and_adds_nothing_when_pose_is_
     m.save_pretrained(tmp_path / "dit")
     again = FaceDiT.from_pretrained(tmp_path / "dit")
     assert again.config.pose_embedding and torch.equal(
-        again.pose_embed[0].weight, m.pose_embed[0].weight)
+        again.pose_embed[0].weight, m.pose_embed[0].weight
+    )

@@ -67,6 +67,7 @@ class FilterCalibration(_Strict):
         if unknown:
             raise ValueError(f"unknown |yaw| groups {unknown}; groups are {YAW_GROUPS}")
         return v
+
     real_nearest_negative: dict | None = Field(
         None, description="how close real people come to other real identities (a summary)"
     )

@@ -86,9 +86,7 @@ def sampling_scheduler(train_scheduler, name: str = "dpmsolver"):
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}")
     cls = SCHEDULERS[name]
-    return cls.from_config(
-        train_scheduler.config, prediction_type=prediction_type(train_scheduler)
-    )
+    return cls.from_config(train_scheduler.config, prediction_type=prediction_type(train_scheduler))
 
 
 def prediction_type(scheduler) -> str:
@@ -168,7 +166,10 @@ def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance: float) -
 
 
 def two_condition_cfg(
-    both: torch.Tensor, pose_only: torch.Tensor, neither: torch.Tensor, guidance: float,
+    both: torch.Tensor,
+    pose_only: torch.Tensor,
+    neither: torch.Tensor,
+    guidance: float,
     pose_guidance: float,
 ) -> torch.Tensor:
     """Guidance with separate weights for two conditions (InstructPix2Pix, Brooks et al.

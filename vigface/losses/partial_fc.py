@@ -150,9 +150,7 @@ class ShardedPrototypeHead(nn.Module):
         """Each row's column among this slice's classes ([own real rows; own virtual rows]),
         -1 when its class lives on another rank."""
         (r0, r1), (v0, v1) = self.real_range, self.virtual_range
-        real_col = torch.where(
-            (real_labels >= r0) & (real_labels < r1), real_labels - r0, -1
-        )
+        real_col = torch.where((real_labels >= r0) & (real_labels < r1), real_labels - r0, -1)
         virt_col = torch.where(
             (virtual_labels >= v0) & (virtual_labels < v1), virtual_labels - v0 + (r1 - r0), -1
         )
