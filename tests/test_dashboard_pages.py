@@ -197,3 +197,35 @@ def test_the_models_page_shows_the_judged_capacity_and_its_curve(tiny_generator,
     (entry / "model_card.json").write_text(json.dumps(card))
     load_generator.cache_clear()
     assert c.get("/ui/models/judged/capacity.png").status_code == 404
+
+
+def test_a_job_shows_the_per_pose_thresholds_it_ran_with(tiny_generator, tmp_path, monkeypatch):
+    """A card calibrated per pose group: the job records one threshold per yaw bin, and its
+    page and report show them."""
+    import shutil
+
+    entry = tmp_path / "store" / "posed"
+    shutil.copytree(tiny_generator, entry)
+    card = json.loads((entry / "model_card.json").read_text())
+    card["filters"]["tau_consistency_by_pose"] = {
+        "frontal": {"tau_consistency": -0.5, "guidance": 4.0},
+        "35_60": {"tau_consistency": -0.75, "guidance": 4.0},
+    }
+    (entry / "model_card.json").write_text(json.dumps(card))
+    api, keys, worker = make_ui(entry, tmp_path, monkeypatch)
+    c = login(TestClient(api), keys["alpha"])
+    r = c.post("/v1/jobs", json={"identities": 2, "images_per_identity": 2, "steps": 2,
+                                 "guidance": 4.0, "pose": "frontal"},
+               headers={"Authorization": f"Bearer {keys['alpha']}"})  # fmt: skip
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    while worker.run_once():
+        pass
+    page = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", c.get(f"/ui/jobs/{job_id}").text))
+    assert "succeeded" in page
+    assert "per yaw bin: left_60+ -0.750, left_35_60 -0.750, left_15_35 -0.500" in page
+    assert "frontal -0.500" in page  # -1 (pooled) + the group's calibrated distance
+    reports = list((tmp_path / "store" / "jobs").rglob("report.json"))
+    assert len(reports) == 1
+    thresholds = json.loads(reports[0].read_text())["thresholds"]
+    assert thresholds["tau_consistency_by_pose"]["frontal"] == -0.5
