@@ -208,8 +208,10 @@ def test_a_job_shows_the_per_pose_thresholds_it_ran_with(tiny_generator, tmp_pat
     shutil.copytree(tiny_generator, entry)
     card = json.loads((entry / "model_card.json").read_text())
     card["filters"]["tau_consistency_by_pose"] = {
-        "frontal": {"tau_consistency": -0.5, "guidance": 4.0},
-        "35_60": {"tau_consistency": -0.75, "guidance": 4.0},
+        "1": {
+            "frontal": {"tau_consistency": -0.5, "guidance": 4.0},
+            "35_60": {"tau_consistency": -0.75, "guidance": 4.0},
+        }
     }
     (entry / "model_card.json").write_text(json.dumps(card))
     api, keys, worker = make_ui(entry, tmp_path, monkeypatch)

@@ -302,18 +302,26 @@ def test_reports_show_the_pose_the_faces_show_beside_the_pose_asked(service):  #
 
 def test_each_pose_bin_keeps_its_calibrated_distance_from_the_guidance_threshold():
     """Per-pose thresholds move with the order's guidance (the guidance table), keep each
-    |yaw| group's calibrated offset, fill a group the bank lacked from the nearest one, and
-    give way to a threshold the order sets itself."""
+    |yaw| group's calibrated offset at the order's pose guidance, fill a group the bank lacked
+    from the nearest one, and give way to a threshold the order sets itself."""
     from vigface.dataset.pose import YAW_BINS
     from vigface.dataset.spec import DatasetSpec, ResolvedSpec, pose_thresholds, resolve_spec
 
     by_guidance = {"1": {"tau_consistency": 0.50}, "4": {"tau_consistency": 0.40}}
     by_pose = {
-        "frontal": {"tau_consistency": 0.45, "guidance": 4.0},
-        "15_35": {"tau_consistency": 0.40, "guidance": 4.0},
-        "35_60": {"tau_consistency": 0.30, "guidance": 4.0},
+        "1": {
+            "frontal": {"tau_consistency": 0.45, "guidance": 4.0},
+            "15_35": {"tau_consistency": 0.40, "guidance": 4.0},
+            "35_60": {"tau_consistency": 0.30, "guidance": 4.0},
+        },
+        "3": {
+            "frontal": {"tau_consistency": 0.35, "guidance": 4.0},
+            "15_35": {"tau_consistency": 0.30, "guidance": 4.0},
+            "35_60": {"tau_consistency": 0.20, "guidance": 4.0},
+        },
     }
     card = {
+        "pose_drop_prob": 0.1,
         "filters": {
             "tau_consistency": 0.40,
             "tau_leak": 0.5,
@@ -331,6 +339,15 @@ def test_each_pose_bin_keeps_its_calibrated_distance_from_the_guidance_threshold
     assert resolved.tau_consistency == 0.50 and resolved.tau_consistency_by_pose == at1
     own = DatasetSpec(identities=2, images_per_identity=2, guidance=1.0, tau_consistency=0.2)
     assert resolve_spec(own, card).tau_consistency_by_pose is None
+    # the order's pose guidance picks the groups' table: between two weights, linear; outside
+    # them, the nearest
+    assert pose_thresholds(card, 4.0, 0.40, pose_guidance=2.0)["frontal"] == 0.40
+    assert pose_thresholds(card, 4.0, 0.40, pose_guidance=3.0)["left_35_60"] == 0.20
+    assert pose_thresholds(card, 4.0, 0.40, pose_guidance=5.0) == pose_thresholds(
+        card, 4.0, 0.40, pose_guidance=3.0
+    )
+    pushed = DatasetSpec(identities=2, images_per_identity=2, guidance=4.0, pose_guidance=3.0)
+    assert resolve_spec(pushed, card).tau_consistency_by_pose["frontal"] == 0.35
     del card["filters"]["tau_consistency_by_pose"]
     assert pose_thresholds(card, 4.0, 0.4) is None
     with pytest.raises(ValueError, match="one threshold in"):

@@ -222,15 +222,22 @@ def test_calibration_draws_with_the_cards_sampler_and_keeps_the_rest_of_the_card
     cos_own = json.loads((model / "measurements" / "filters.calibration_cos_own.json").read_text())
     assert f["tau_consistency"] == round(cos_own["p05"], 4)  # its source: a measurement
     assert after["judge"]["name"] == "kept" and after["sampler_defaults"]["steps"] == 3
-    by_pose = f["tau_consistency_by_pose"]
+    assert list(f["tau_consistency_by_pose"]) == ["1"]  # the card's pose guidance
+    by_pose = f["tau_consistency_by_pose"]["1"]
     assert by_pose and set(by_pose) <= {"frontal", "15_35", "35_60", "60+"}
     for group in by_pose.values():  # each group drawn like the pooled one, at its own poses
         assert group["images"] == 5 * 4 and group["guidance"] == 1.5
+        assert group["pose_guidance"] == 1.0
         assert -1 <= group["tau_consistency"] <= group["cos_own_p50"] <= 1
     assert json.loads(r.output.strip().splitlines()[-1]) == {
         "tau_leak": f["tau_leak"], "tau_consistency": f["tau_consistency"],
-        "tau_consistency_by_pose": {g: v["tau_consistency"] for g, v in by_pose.items()},
+        "tau_consistency_by_pose": {"1": {g: v["tau_consistency"] for g, v in by_pose.items()}},
     }  # fmt: skip
+    for bad in ("nan", "99"):
+        r = CliRunner().invoke(cli, ["calibrate", "--model", str(model), "--data", str(data),
+                                     "--pose-guidance", bad])  # fmt: skip
+        assert r.exit_code != 0 and "--pose-guidance" in r.output
+        assert json.loads(card_path.read_text())["filters"] == f
     r = CliRunner().invoke(cli, ["calibrate", "--model", str(model), "--data",
                                  str(tmp_path / "missing")])  # fmt: skip
     assert r.exit_code != 0

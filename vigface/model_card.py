@@ -54,8 +54,9 @@ class FilterCalibration(_Strict):
     tau_leak: float = Field(ge=-1, le=1)
     tau_consistency: float = Field(ge=-1, le=1)
     tau_consistency_by_guidance: dict[str, GuidanceCalibration] = Field(default_factory=dict)
-    tau_consistency_by_pose: dict[str, PoseGroupCalibration] = Field(
-        default_factory=dict, description="per |yaw| group: frontal, 15_35, 35_60, 60+"
+    tau_consistency_by_pose: dict[str, dict[str, PoseGroupCalibration]] = Field(
+        default_factory=dict,
+        description="per pose guidance weight, then per |yaw| group: frontal, 15_35, 35_60, 60+",
     )
 
     @field_validator("tau_consistency_by_pose")
@@ -63,9 +64,14 @@ class FilterCalibration(_Strict):
     def _pose_groups(cls, v):
         from vigface.dataset.pose import YAW_GROUPS
 
-        unknown = sorted(set(v) - set(YAW_GROUPS))
-        if unknown:
-            raise ValueError(f"unknown |yaw| groups {unknown}; groups are {YAW_GROUPS}")
+        for weight, groups in v.items():
+            try:
+                float(weight)
+            except ValueError:
+                raise ValueError(f"{weight!r} is not a pose guidance weight") from None
+            unknown = sorted(set(groups) - set(YAW_GROUPS))
+            if unknown:
+                raise ValueError(f"unknown |yaw| groups {unknown}; groups are {YAW_GROUPS}")
         return v
 
     real_nearest_negative: dict | None = Field(

@@ -76,20 +76,35 @@ def calibrate_cmd(
         help="also calibrate tau_consistency per |yaw| group of the pose bank (frontal, 15-35, "
         "35-60): each image then meets its own pose's threshold",
     ),
+    pose_guidance: list[float] = typer.Option(
+        None,
+        "--pose-guidance",
+        help="a pose guidance weight to draw the pose groups at (repeat; default: the card's)",
+    ),
 ) -> None:
     """Derive the filter defaults (tau_leak, tau_consistency) and store them in the card."""
     from model_store import resolve
     from vigface.data import DatasetError
     from vigface.dataset.calibrate import calibrate, consistency_by_pose
+    from vigface.dataset.spec import LIMITS
     from vigface.model_card import update_card, write_measurement
 
+    lo, hi = LIMITS["guidance"]
+    bad = [g for g in pose_guidance or [] if not (math.isfinite(g) and lo <= g <= hi)]
+    if bad:
+        fail(f"--pose-guidance: each weight must lie in [{lo:g}, {hi:g}]; got {bad}")
     gen = load_generator(model)
+    pushed = any(g != 1.0 for g in pose_guidance or [])
+    if pushed and not gen.card.get("pose_drop_prob"):
+        fail("--pose-guidance: this model was trained without pose dropout; only 1 applies")
     try:
         filters = calibrate(gen, data, calib_identities=identities)
     except DatasetError as exc:
         fail(str(exc))
     if pose_groups and gen.pose_landmarks is not None:
-        filters["tau_consistency_by_pose"] = consistency_by_pose(gen, calib_identities=identities)
+        filters["tau_consistency_by_pose"] = consistency_by_pose(
+            gen, calib_identities=identities, pose_guidances=pose_guidance or None
+        )
     entry = resolve(model)
     # the threshold's source distribution is for people: a measurement beside the card
     write_measurement(entry, "filters.calibration_cos_own", filters.pop("calibration_cos_own"))
@@ -98,7 +113,8 @@ def calibrate_cmd(
     shown = {k: filters[k] for k in ("tau_leak", "tau_consistency")}
     if filters.get("tau_consistency_by_pose"):
         shown["tau_consistency_by_pose"] = {
-            g: v["tau_consistency"] for g, v in filters["tau_consistency_by_pose"].items()
+            w: {g: v["tau_consistency"] for g, v in groups.items()}
+            for w, groups in filters["tau_consistency_by_pose"].items()
         }
     typer.echo(json.dumps(shown))
 

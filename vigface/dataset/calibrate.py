@@ -92,36 +92,44 @@ def group_poses(landmarks: np.ndarray, group: str, count: int) -> np.ndarray | N
 
 
 def consistency_by_pose(
-    gen: Generator, calib_identities: int = 50, poses: int = 4, sampler: dict | None = None
-) -> dict[str, dict]:
+    gen: Generator,
+    calib_identities: int = 50,
+    poses: int = 4,
+    sampler: dict | None = None,
+    pose_guidances: list[float] | None = None,
+) -> dict[str, dict[str, dict]]:
     """tau_consistency per |yaw| group of the entry's pose bank, each drawn at ``poses`` poses
     of that group for the same ``calib_identities`` prototypes, at the card's sampler
-    defaults (or ``sampler``), pose guidance included. Groups the bank lacks are left out."""
+    defaults (or ``sampler``), once per pose guidance weight (default: the card's): pushing
+    the pose moves faces from their prototype too. Keyed by the pose guidance written as
+    ``%g``, then by group; groups the bank lacks are left out."""
     if gen.pose_landmarks is None:
         raise ValueError("the generator entry has no pose landmarks (pose_landmarks.npy)")
     s = SamplerSettings.for_model(gen.card).model_dump() if sampler is None else sampler
     interval = s.get("guidance_interval")
     k = gen.fr.virtual_prototypes.shape[0]
-    table = {}
-    for group in YAW_GROUPS:
-        cols = group_poses(gen.pose_landmarks, group, poses)
-        if cols is None:
-            continue
-        fid = identity_fidelity(
-            gen, "virtual", min(calib_identities, k), cols, float(s["guidance"]),
-            int(s["steps"]), seed=987654, scheduler=s["scheduler"],
-            guidance_interval=tuple(interval) if interval else None,
-            pose_guidance=float(s.get("pose_guidance", 1.0)),
-        )  # fmt: skip
-        cos_own = np.array(fid["cos_own_all"])
-        table[group] = {
-            "tau_consistency": round(float(np.percentile(cos_own, 5)), 4),
-            "cos_own_p50": round(float(np.percentile(cos_own, 50)), 4),
-            "images": int(fid["images"]),
-            "guidance": float(s["guidance"]),
-            "pose_guidance": float(s.get("pose_guidance", 1.0)),
-        }
-    return table
+    weights = sorted(set(pose_guidances or [float(s.get("pose_guidance", 1.0))]))
+    tables: dict[str, dict[str, dict]] = {}
+    for gp in weights:
+        table = tables.setdefault(f"{gp:g}", {})
+        for group in YAW_GROUPS:
+            cols = group_poses(gen.pose_landmarks, group, poses)
+            if cols is None:
+                continue
+            fid = identity_fidelity(
+                gen, "virtual", min(calib_identities, k), cols, float(s["guidance"]),
+                int(s["steps"]), seed=987654, scheduler=s["scheduler"],
+                guidance_interval=tuple(interval) if interval else None, pose_guidance=gp,
+            )  # fmt: skip
+            cos_own = np.array(fid["cos_own_all"])
+            table[group] = {
+                "tau_consistency": round(float(np.percentile(cos_own, 5)), 4),
+                "cos_own_p50": round(float(np.percentile(cos_own, 50)), 4),
+                "images": int(fid["images"]),
+                "guidance": float(s["guidance"]),
+                "pose_guidance": gp,
+            }
+    return tables
 
 
 def calibrate(

@@ -153,31 +153,41 @@ def consistency_threshold(card: dict, guidance: float) -> float | None:
     return points[0][1]
 
 
-def pose_thresholds(card: dict, guidance: float, base: float) -> dict[str, float] | None:
-    """tau_consistency for each bin of :data:`YAW_BINS` at ``guidance``, from the card's
+def pose_thresholds(
+    card: dict, guidance: float, base: float, pose_guidance: float = 1.0
+) -> dict[str, float] | None:
+    """tau_consistency for each bin of :data:`YAW_BINS`, from the card's
     ``filters.tau_consistency_by_pose`` (None when the card has none). ``base`` is the
-    threshold the order gets at its guidance; each |yaw| group keeps its calibrated distance
-    from the threshold at the guidance the groups were drawn at, so the guidance table still
-    moves every group. A group the bank lacked takes the nearest calibrated one."""
+    threshold the order gets at its ``guidance``; each |yaw| group keeps its calibrated
+    distance from the threshold at the guidance the groups were drawn at, so the guidance
+    table still moves every group. The groups' table is the one of the order's
+    ``pose_guidance``: linear between the two nearest calibrated weights, the nearest one
+    outside them. A group the bank lacked takes the nearest calibrated group."""
     filters = card.get("filters") or {}
-    table = filters.get("tau_consistency_by_pose")
-    if not table:
+    tables = filters.get("tau_consistency_by_pose")
+    if not tables:
         return None
-    drawn_at = next(iter(table.values())).get("guidance")
+    weights = sorted((float(w), groups) for w, groups in tables.items())
+    gp = min(max(pose_guidance, weights[0][0]), weights[-1][0])
+    lo = max((w for w in weights if w[0] <= gp), key=lambda w: w[0])
+    hi = min((w for w in weights if w[0] >= gp), key=lambda w: w[0])
+    frac = 0.0 if hi[0] == lo[0] else (gp - lo[0]) / (hi[0] - lo[0])
+    drawn_at = next(iter(lo[1].values())).get("guidance")
     try:
         ref = consistency_threshold(card, float(drawn_at)) if drawn_at is not None else None
     except GuidanceNotCalibrated:
         ref = None
     if ref is None:
         ref = filters.get("tau_consistency", base)
-    calibrated = [g for g in YAW_GROUPS if g in table]
+    calibrated = [g for g in YAW_GROUPS if g in lo[1] and g in hi[1]]
     out = {}
     for name in YAW_BINS:
         group = yaw_group(name)
-        if group not in table:
+        if group not in calibrated:
             i = YAW_GROUPS.index(group)
             group = min(calibrated, key=lambda g: abs(YAW_GROUPS.index(g) - i))
-        tau = base + float(table[group]["tau_consistency"]) - float(ref)
+        t_lo, t_hi = (float(t[1][group]["tau_consistency"]) for t in (lo, hi))
+        tau = base + t_lo + (t_hi - t_lo) * frac - float(ref)
         out[name] = round(min(1.0, max(-1.0, tau)), 4)
     return out
 
@@ -264,7 +274,10 @@ def resolve_spec(spec: DatasetSpec, card: dict) -> ResolvedSpec:
         )
         if values["tau_consistency"] is not None:
             values["tau_consistency_by_pose"] = pose_thresholds(
-                card, float(values["guidance"]), float(values["tau_consistency"])
+                card,
+                float(values["guidance"]),
+                float(values["tau_consistency"]),
+                float(values["pose_guidance"]),
             )
     if values["tau_leak"] is None:
         values["tau_leak"] = filters.get("tau_leak")
