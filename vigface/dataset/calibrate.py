@@ -17,6 +17,14 @@
   drawn at the default guidance turned most draws at another guidance into redraws (an order
   at g 4 ran out of spares). Orders take the threshold of their own guidance, interpolated
   between calibrated weights; a guidance outside them is refused at admission.
+* ``tau_consistency_by_pose``: the same percentile drawn at poses of each |yaw| group
+  (frontal, 15-35, 35-60 degrees, either side) of the entry's pose bank, at each pose guidance
+  asked for. A turned face can land further from its prototype than a frontal one of the same
+  identity, so each draw is held to its own group's threshold
+  (:func:`vigface.dataset.spec.pose_thresholds`): an order takes the groups' table of its own
+  pose guidance (linear between calibrated weights, the nearest outside them), moved with its
+  guidance by the guidance table. On the 112-px entry the groups differ by up to 0.03 and
+  pose guidance 3 moves them by about 0.01.
 """
 
 from __future__ import annotations
@@ -100,8 +108,8 @@ def consistency_by_pose(
 ) -> dict[str, dict[str, dict]]:
     """tau_consistency per |yaw| group of the entry's pose bank, each drawn at ``poses`` poses
     of that group for the same ``calib_identities`` prototypes, at the card's sampler
-    defaults (or ``sampler``), once per pose guidance weight (default: the card's): pushing
-    the pose moves faces from their prototype too. Keyed by the pose guidance written as
+    defaults (or ``sampler``), once per pose guidance weight (default: the card's). Keyed by
+    the pose guidance written as
     ``%g``, then by group; groups the bank lacks are left out."""
     if gen.pose_landmarks is None:
         raise ValueError("the generator entry has no pose landmarks (pose_landmarks.npy)")
