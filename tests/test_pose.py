@@ -107,3 +107,16 @@ def test_pose_balance_is_validated():
     assert TrainDiTConfig(pose_balance=0.75).pose_balance == 0.75
     with pytest.raises(ValidationError, match="pose_balance"):
         TrainDiTConfig(pose_balance=1.5)
+
+
+def test_calibration_takes_each_yaw_groups_poses_from_one_bank():
+    from vigface.dataset.calibrate import group_poses
+
+    yaws = np.concatenate([np.zeros(5), np.linspace(36, 58, 6), -np.linspace(37, 55, 4)])
+    bank = PoseBank.from_landmarks(np.stack([_turned(y) for y in yaws]))
+    turned = group_poses(bank, "35_60", 4)
+    got = np.abs(estimate_pose(turned)[:, 0])
+    assert turned.shape == (4, 5, 2) and ((got >= 35) & (got < 60)).all()
+    assert got.min() < 38 and got.max() > 55  # spread over the group's range, not one pose
+    assert np.abs(estimate_pose(group_poses(bank, "frontal", 2))[:, 0]).max() < 1
+    assert group_poses(bank, "15_35", 3) is None  # the bank has no face in that group

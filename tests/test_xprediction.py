@@ -293,3 +293,61 @@ def test_the_pose_embedding_reads_the_points_back_and_adds_nothing_when_pose_is_
     assert again.config.pose_embedding and torch.equal(
         again.pose_embed[0].weight, m.pose_embed[0].weight
     )
+
+
+@pytest.mark.parametrize("pose_embedding", [False, True])
+def test_the_pose_part_computed_once_is_the_one_convolution_patch_embedding(pose_embedding):
+    """encode_pose + the image slice must be the patch embedding of the concatenation it
+    replaces, and the sampler must encode each batch's landmarks once, not at every step."""
+    from vigface.generator.dit import PoseCondition
+    from vigface.generator.landmarks import render_heatmaps
+
+    torch.manual_seed(0)
+    m = FaceDiT(
+        sample_size=28,
+        patch_size=7,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        identity_dim=8,
+        patch_bottleneck=8,
+        pose_embedding=pose_embedding,
+    )
+    for p in m.parameters():
+        torch.nn.init.normal_(p, 0, 0.05)
+    m.eval()
+    points = torch.tensor([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
+    heat = render_heatmaps(torch.stack([points, points + 6.0, points - 4.0]), 28)
+    heat[2] = 0  # a dropped (pose-free) row
+    x, t, w = torch.randn(3, 3, 28, 28), torch.tensor([10, 500, 900]), torch.randn(3, 8)
+    with torch.no_grad():
+        # the path before the split: one convolution over image and heatmaps together
+        tokens = m.patch_proj(m.patch_embed(torch.cat([x, heat], 1)))
+        pose = m.encode_pose(heat)
+        split = m.patch_proj(
+            torch.nn.functional.conv2d(x, m.patch_embed.proj.weight[:, :3], stride=7)
+            .flatten(2)
+            .transpose(1, 2)
+            + pose.tokens
+        )
+        assert torch.allclose(split, tokens, atol=1e-5)
+        assert (pose.embedding is not None) == pose_embedding
+        if pose_embedding:
+            assert torch.allclose(pose.embedding, m.pose_condition(heat))
+            assert torch.equal(pose.embedding[2], torch.zeros(32))
+        # forward takes heatmaps or their encoding, with the same result
+        assert torch.equal(m(x, t, w, heat), m(x, t, w, pose))
+        head = pose.head(2)
+        assert isinstance(head, PoseCondition) and head.tokens.shape[0] == 2
+        assert torch.equal(m(x[:2], t[:2], w[:2], heat[:2]), m(x[:2], t[:2], w[:2], head))
+        # the pose really reaches the output
+        assert (m(x, t, w, heat) - m(x, t, w, torch.zeros_like(heat))).abs().max() > 1e-4
+
+    calls = []
+    encode = m.encode_pose
+    m.encode_pose = lambda h: calls.append(h.shape[0]) or encode(h)
+    sched = training_scheduler(prediction_type="sample")
+    Sampler(m, sched, steps=5, guidance=2.0, pose_guidance=2.0, precision="fp32").sample(
+        torch.randn(2, 8), torch.stack([points, points]), [1, 2]
+    )
+    assert calls == [6]  # one encoding of the three guided parts, for all five steps

@@ -9,7 +9,8 @@ without landmarks joins the same forward (``3B``):
 with the generator's own prediction type, so this file does not branch on it. With a guidance
 interval (Kynkaenniemi et al., NeurIPS 2024: guidance helps only in the middle of the noise
 range) the two halves run only for timesteps ``t / T`` inside ``[lo, hi]``; elsewhere the
-conditional branch runs alone, a forward of ``B`` (``g = 1``). Requests are streamed in
+conditional branch runs alone, a forward of ``B`` (``g = 1``). The landmarks' part of the
+forward is encoded once per batch (:meth:`FaceDiT.encode_pose`), not at every step. Requests are streamed in
 batches, so memory stays flat however many images are asked for.
 
 With an upsampler (the cascade's second stage, :mod:`vigface.generator.upsampler`) each batch's
@@ -156,13 +157,16 @@ class Sampler:
         zero = torch.zeros_like(w)
         cond = torch.cat([w, zero, zero][:parts])
         heat_parts = torch.cat([heat, heat, torch.zeros_like(heat)][:parts])
+        # the landmarks' part of every forward does not change between steps: encode it once
+        pose_parts = self.dit.encode_pose(heat_parts)
+        pose = pose_parts.head(b)
         total = self.train_scheduler.config.num_train_timesteps
         for t in sched.timesteps:
             if self.guided(float(t) / total):
                 x_in = sched.scale_model_input(torch.cat([x] * parts), t)
                 tt = t.expand(parts * b).to(self.device)
                 with autocast(self.device, self.precision):
-                    v = self.forward(x_in, tt, cond, heat_parts).float()
+                    v = self.forward(x_in, tt, cond, pose_parts).float()
                 if parts == 3:
                     v = two_condition_cfg(
                         v[:b], v[b : 2 * b], v[2 * b :], self.guidance, self.pose_guidance
@@ -172,7 +176,7 @@ class Sampler:
             else:  # the conditional branch alone: half the work
                 x_in = sched.scale_model_input(x, t)
                 with autocast(self.device, self.precision):
-                    v = self.forward(x_in, t.expand(b).to(self.device), cond[:b], heat).float()
+                    v = self.forward(x_in, t.expand(b).to(self.device), cond[:b], pose).float()
             x = sched.step(v, t, x).prev_sample
         if self.upsampler is not None:
             noise = torch.stack([initial_noise(upsampler_seed(s), self.output_size) for s in seeds])

@@ -86,10 +86,9 @@ def consistency_by_guidance(
     return {f"{g:g}": consistency_at(gen, g, s, calib_identities) for g in sorted(guidances)}
 
 
-def group_poses(landmarks: np.ndarray, group: str, count: int) -> np.ndarray | None:
+def group_poses(bank: PoseBank, group: str, count: int) -> np.ndarray | None:
     """``count`` landmark sets of the |yaw| ``group``, spread over its yaw range and taken
     from both sides in turn (None when the bank has no pose in the group)."""
-    bank = PoseBank.from_landmarks(landmarks)
     names = np.array([yaw_group(YAW_BINS[b]) for b in bank.bins])
     rows = np.flatnonzero(names == group)
     if len(rows) == 0:
@@ -117,11 +116,12 @@ def consistency_by_pose(
     interval = s.get("guidance_interval")
     k = gen.fr.virtual_prototypes.shape[0]
     weights = sorted(set(pose_guidances or [float(s.get("pose_guidance", 1.0))]))
+    bank = PoseBank.from_landmarks(gen.pose_landmarks)  # the pose fit runs once, not per group
     tables: dict[str, dict[str, dict]] = {}
     for gp in weights:
         table = tables.setdefault(f"{gp:g}", {})
         for group in YAW_GROUPS:
-            cols = group_poses(gen.pose_landmarks, group, poses)
+            cols = group_poses(bank, group, poses)
             if cols is None:
                 continue
             fid = identity_fidelity(

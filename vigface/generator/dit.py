@@ -19,11 +19,21 @@ wires the VIGFace conditions:
 * ``patch_bottleneck``: JiT's bottleneck patch embedding, a linear map of each large pixel
   patch (14 x 14 x 8 values at 112 px) to a few dimensions before the hidden width, so the
   input layer does not grow with the patch.
+
+The patch embedding is linear, so the landmarks' share of it (their slice of the patch
+convolution, its bias and the position embedding) and the pose embedding do not depend on the
+noisy image or the timestep: :meth:`FaceDiT.encode_pose` computes them once, in fp32, and the
+sampler passes that :class:`PoseCondition` to every denoising step instead of re-convolving
+the heatmaps 25 times (``docs/experiments/2026-12-06-sampler-pose-cache.md``). ``forward``
+takes either the heatmaps or a :class:`PoseCondition`; the weights are the same.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
@@ -31,6 +41,23 @@ from diffusers.models.embeddings import PatchEmbed, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 from torch import nn
+
+
+class PoseCondition(NamedTuple):
+    """What a batch's landmarks add to a forward, from :meth:`FaceDiT.encode_pose`.
+
+    tokens: (B, N, E) the heatmaps' share of the patch embedding, with its bias and the
+    position embedding; embedding: (B, hidden) the pose embedding, or ``None`` for a model
+    without one.
+    """
+
+    tokens: torch.Tensor
+    embedding: torch.Tensor | None
+
+    def head(self, n: int) -> PoseCondition:
+        """The first ``n`` rows (the conditional part of a guided batch)."""
+        emb = None if self.embedding is None else self.embedding[:n]
+        return PoseCondition(self.tokens[:n], emb)
 
 
 class DiTBlock(nn.Module):
@@ -144,20 +171,40 @@ class FaceDiT(ModelMixin, ConfigMixin):
         present = landmarks.flatten(1).abs().amax(1, keepdim=True) > 0
         return self.pose_embed(coords.to(landmarks.dtype)) * present.to(landmarks.dtype)
 
+    def encode_pose(self, landmarks: torch.Tensor) -> PoseCondition:
+        """(B, 5, S, S) heatmaps -> their part of every forward, in fp32 (outside autocast:
+        computed once, so its precision costs nothing)."""
+        embed = self.patch_embed
+        c = self.config.in_channels
+        with torch.autocast(landmarks.device.type, enabled=False):
+            heat = landmarks.float()
+            tokens = F.conv2d(
+                heat, embed.proj.weight[:, c:].float(), embed.proj.bias.float(),
+                stride=self.config.patch_size,
+            ).flatten(2).transpose(1, 2)
+            if embed.pos_embed is not None:
+                tokens = tokens + embed.pos_embed.float()
+            emb = self.pose_condition(heat) if self.pose_embed is not None else None
+        return PoseCondition(tokens, emb)
+
     def forward(
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor,
         identity: torch.Tensor,
-        landmarks: torch.Tensor,
+        landmarks: torch.Tensor | PoseCondition,
     ) -> torch.Tensor:
-        """sample (B, 3, S, S); timestep (B,); identity (B, D); landmarks (B, 5, S, S)."""
+        """sample (B, 3, S, S); timestep (B,); identity (B, D); landmarks (B, 5, S, S)
+        heatmaps or their :class:`PoseCondition`."""
         b, c, s, _ = sample.shape
         p = self.config.patch_size
-        x = self.patch_proj(self.patch_embed(torch.cat([sample, landmarks.to(sample.dtype)], 1)))
+        pose = landmarks if isinstance(landmarks, PoseCondition) else self.encode_pose(landmarks)
+        x = F.conv2d(sample, self.patch_embed.proj.weight[:, :c], stride=p)
+        x = x.flatten(2).transpose(1, 2)
+        x = self.patch_proj((x + pose.tokens).to(x.dtype))
         emb = self.condition(timestep, identity.to(sample.dtype))
-        if self.pose_embed is not None:
-            emb = emb + self.pose_condition(landmarks.to(sample.dtype))
+        if pose.embedding is not None:
+            emb = emb + pose.embedding.to(emb.dtype)
         for block in self.blocks:
             x = block(x, emb)
         x = self.proj_out(self.norm_out(x, emb))
