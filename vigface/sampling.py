@@ -10,8 +10,8 @@ with the generator's own prediction type, so this file does not branch on it. Wi
 interval (Kynkaenniemi et al., NeurIPS 2024: guidance helps only in the middle of the noise
 range) the two halves run only for timesteps ``t / T`` inside ``[lo, hi]``; elsewhere the
 conditional branch runs alone, a forward of ``B`` (``g = 1``). The landmarks' part of the
-forward is encoded once per batch (:meth:`FaceDiT.encode_pose`), not at every step. Requests are streamed in
-batches, so memory stays flat however many images are asked for.
+forward is encoded once per batch (:meth:`FaceDiT.encode_pose`), not at every step. Requests
+are streamed in batches, so memory stays flat however many images are asked for.
 
 With an upsampler (the cascade's second stage, :mod:`vigface.generator.upsampler`) each batch's
 32-px faces are then upsampled, conditioned on the same prototypes, with the residual's

@@ -178,10 +178,16 @@ class FaceDiT(ModelMixin, ConfigMixin):
         c = self.config.in_channels
         with torch.autocast(landmarks.device.type, enabled=False):
             heat = landmarks.float()
-            tokens = F.conv2d(
-                heat, embed.proj.weight[:, c:].float(), embed.proj.bias.float(),
-                stride=self.config.patch_size,
-            ).flatten(2).transpose(1, 2)
+            tokens = (
+                F.conv2d(
+                    heat,
+                    embed.proj.weight[:, c:].float(),
+                    embed.proj.bias.float(),
+                    stride=self.config.patch_size,
+                )
+                .flatten(2)
+                .transpose(1, 2)
+            )
             if embed.pos_embed is not None:
                 tokens = tokens + embed.pos_embed.float()
             emb = self.pose_condition(heat) if self.pose_embed is not None else None
