@@ -227,13 +227,16 @@ def test_cancel_gives_back_quota_and_unstarted_identities(deploy, tmp_path):
     svc, client, _, _ = deploy()
     start_worker(svc, "worker", tmp_path)
     free_before = free_identities(svc, client)
-    order = {**ORDER, "identities": 6}  # 3 shards; one worker runs them one at a time
+    order = {**ORDER, "identities": 10}  # 5 shards; one worker runs them one at a time
     job = client.post("/v1/jobs", json=order).json()
     wait_job(client, job["id"], lambda j: j["progress"].get("sampled", 0) > 0, what="sampling")
     canceled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
     assert canceled["status"] == "canceled"
     released = canceled["progress"]["identities_released"]
-    assert released >= 2 * 3  # shards 2 and 3 (2 identities + 1 spare each) never started
+    # whole shards (2 identities + 1 spare each) that never started go back; how many depends
+    # on how far the worker got before the cancel landed (a fast shard may finish first), so
+    # the test asks for at least the last ones, never a fixed count
+    assert released >= 2 * 3 and released % 3 == 0, released
     free_after = free_identities(svc, client)
     assert free_after == free_before - (canceled["identities_allocated"] - released)
     # the quota is whole again: an order of the full quota fits
