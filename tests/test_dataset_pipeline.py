@@ -110,26 +110,31 @@ def test_the_real_filters_reject_on_both_sides_and_replace_identities(tiny_gener
     run with thresholds between those values must reject exactly the draws beyond them."""
     gen = Generator.load(tiny_generator)
     cands = list(range(7, 40))
-    open_run = DatasetBuilder(
+    opened = DatasetBuilder(
         gen,
         resolve_spec(_spec(tau_consistency=-1.0, tau_leak=1.0), gen.card),
         tmp_path / "a",
         cands,
         progress=False,
-    ).run()
+    )
+    with pytest.raises(RuntimeError, match="once generate"):
+        opened.unused_spares  # noqa: B018 (unknown before the draws)
+    open_run = opened.run()
     assert open_run["counts"]["accepted"] == 6
+    assert opened.unused_spares == cands[3:]  # no drop: every spare can be sold again
     rows = list(csv.DictReader((tmp_path / "a" / "manifest.csv").open()))
     own = sorted(float(r["cos_own"]) for r in rows)
     near = sorted(float(r["nearest_real_cos"]) for r in rows)
     tau_c = (own[1] + own[2]) / 2  # the two lowest first draws fail consistency
     tau_l = (near[-2] + near[-1]) / 2  # the highest first draw leaks
-    report = DatasetBuilder(
+    filtered = DatasetBuilder(
         gen,
         resolve_spec(_spec(tau_consistency=tau_c, tau_leak=tau_l), gen.card),
         tmp_path / "b",
         cands,
         progress=False,
-    ).run()
+    )
+    report = filtered.run()
     rows = list(csv.DictReader((tmp_path / "b" / "manifest.csv").open()))
     for r in rows:
         own_ok, leak_ok = float(r["cos_own"]) >= tau_c, float(r["nearest_real_cos"]) <= tau_l
@@ -150,6 +155,9 @@ def test_the_real_filters_reject_on_both_sides_and_replace_identities(tiny_gener
     assert c["rejected_leakage_prototypes"] == sum(r["passed_leakage"] == "False" for r in refused)
     assert c["identities_replaced"] == c["identities_dropped"]
     assert c["identities_replaced"] == len({r["prototype_id"] for r in rows}) - 3
+    # the spares taken are the first of the queue; the rest were never drawn
+    assert filtered.unused_spares == cands[3 + c["identities_replaced"] :]
+    assert c["identities_replaced"] >= 1
 
 
 def test_running_out_of_prototypes_is_a_clear_error(tiny_generator, tmp_path):

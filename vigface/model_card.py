@@ -48,6 +48,18 @@ class PoseGroupCalibration(GuidanceCalibration):
     pose_guidance: float | None = None
 
 
+class DropRate(_Strict):
+    """How often the filters dropped an identity in a real run at the card's thresholds
+    (``vigface calibrate-drops``); admission sizes spares from it (``vigface.dataset.spares``)."""
+
+    per_image_failure: float = Field(ge=0, lt=1)
+    identities_drawn: int = Field(ge=1, description="slots plus replacements")
+    identities_dropped: int = Field(ge=0)
+    images_per_identity: int = Field(ge=1)
+    settings: dict = Field(default_factory=dict, description="the run's sampler settings")
+    measured_on: str = Field("", description="the run's folder when it was recorded")
+
+
 class FilterCalibration(_Strict):
     """The privacy filter's thresholds (``vigface calibrate``) and what they were drawn from."""
 
@@ -74,6 +86,9 @@ class FilterCalibration(_Strict):
                 raise ValueError(f"unknown |yaw| groups {unknown}; groups are {YAW_GROUPS}")
         return v
 
+    drop_rate: DropRate | None = Field(
+        None, description="measured after the thresholds; recalibrating them clears it"
+    )
     real_nearest_negative: dict | None = Field(
         None, description="how close real people come to other real identities (a summary)"
     )

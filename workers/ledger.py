@@ -14,6 +14,11 @@ job gives its whole order back. A virtual prototype is released only if none of 
 have been written anywhere: the prototypes of shards that never started (``queued``, no
 attempt). A shard that ever ran may have written images of its prototypes (to a work disk, to
 the store), so those stay sold to the job, and a retry reuses them.
+
+What a shard gives back when it succeeds: the spares no dropped identity took
+(:func:`release_unused_spares`). The builder saves each chunk with its position in the spare
+queue, so no image of a spare past that position exists anywhere; admission can reserve
+spares for the bad case without keeping them from later orders.
 """
 
 from __future__ import annotations
@@ -49,6 +54,26 @@ def release_unstarted(db: Session, job: Job) -> list[int]:
         "identities_released": (job.progress or {}).get("identities_released", 0) + len(released),
     }
     return released
+
+
+def release_unused_spares(db: Session, job: Job, unused: list[int]) -> int:
+    """Release a succeeded shard's ``unused`` spare prototypes from ``job``'s ledger rows and
+    take them off its allocation (an atomic update: shards of one job finish concurrently).
+    Returns how many rows went back; the caller records it and commits."""
+    if not unused:
+        return 0
+    gone = db.execute(
+        delete(LedgerEntry).where(
+            LedgerEntry.job_id == job.id, LedgerEntry.prototype_id.in_(unused)
+        )
+    ).rowcount
+    if gone:
+        db.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(identities_allocated=Job.identities_allocated - gone)
+        )
+    return gone
 
 
 def sold_keys(db: Session, lineage: str) -> set[str]:

@@ -30,7 +30,7 @@ from vigface.dataset.writers import finite
 from vigface.prototype_set import row_keys
 from workers.db.models import Job, JobStatus, Shard, ShardStatus, utcnow
 from workers.heartbeat import heartbeat
-from workers.ledger import release_unstarted, rows_still_held
+from workers.ledger import release_unstarted, release_unused_spares, rows_still_held
 from workers.reconcile import next_queued_shard
 from workers.settings import Settings
 from workers.webhooks import notify
@@ -282,9 +282,13 @@ def run_shard(
             shard.images_done = (shard.slot_end - shard.slot_start) * job.spec[
                 "images_per_identity"
             ]
+            spares_back = release_unused_spares(db, job, builder.unused_spares)
             db.refresh(job)  # progress was updated by other sessions meanwhile
-            seconds = (job.progress or {}).get("shard_seconds", 0) + time.perf_counter() - t0
-            job.progress = {**(job.progress or {}), "shard_seconds": round(seconds, 2)}
+            prog = dict(job.progress or {})
+            seconds = prog.get("shard_seconds", 0) + time.perf_counter() - t0
+            prog["shard_seconds"] = round(seconds, 2)
+            prog["spares_released"] = prog.get("spares_released", 0) + spares_back
+            job.progress = prog
             db.commit()
         except Stopping:
             db.refresh(job)

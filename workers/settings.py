@@ -51,7 +51,16 @@ class Settings(BaseSettings):
         "auto", description="auto: bf16 on CUDA and CPUs with native bf16, else fp32"
     )
     shard_identities: int = Field(50, ge=1, description="identities per shard (one task)")
-    spare_fraction: float = Field(0.2, ge=0, description="extra prototypes reserved per job")
+    spare_fraction: float = Field(
+        0.2, ge=0, description="spare prototypes reserved per shard, as a share of its identities"
+    )
+    spare_confidence: float = Field(
+        0.999,
+        gt=0,
+        lt=1,
+        description="with a measured drop rate in the model card: reserve enough spares that a "
+        "shard runs out at most this rarely (1 - confidence); unused ones go back",
+    )
     lease_seconds: int = Field(
         120,
         ge=10,

@@ -82,7 +82,8 @@ def calibrate_cmd(
         help="a pose guidance weight to draw the pose groups at (repeat; default: the card's)",
     ),
 ) -> None:
-    """Derive the filter defaults (tau_leak, tau_consistency) and store them in the card."""
+    """Derive the filter defaults (tau_leak, tau_consistency) and store them in the card. A
+    drop rate measured at the old thresholds (calibrate-drops) is cleared with them."""
     from model_store import resolve
     from vigface.data import DatasetError
     from vigface.dataset.calibrate import calibrate, consistency_by_pose
@@ -117,6 +118,67 @@ def calibrate_cmd(
             for w, groups in filters["tau_consistency_by_pose"].items()
         }
     typer.echo(json.dumps(shown))
+
+
+def calibrate_drops_cmd(
+    model: str = typer.Option(..., help="generator folder or store name"),
+    dataset: Path = typer.Option(..., help="a `vigface generate` output folder (its report.json)"),
+) -> None:
+    """Record in the card how often the filters dropped an identity in a real run at the
+    card's thresholds; orders then reserve spares from it (vigface/dataset/spares.py).
+    Recalibrating the thresholds (`vigface calibrate`) clears it."""
+    from pydantic import ValidationError
+
+    from model_store import resolve
+    from vigface.dataset.spares import per_image_failure
+    from vigface.dataset.spec import DatasetSpec, resolve_spec
+    from vigface.model_card import update_card
+
+    path = dataset / "report.json"
+    try:
+        report = json.loads(path.read_text())
+        drawn_by, spec = report["dataset"]["model"], report["dataset"]["spec"]
+        counts, run_thresholds = report["counts"], report["thresholds"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        fail(f"--dataset: {path} is not a `vigface generate` report ({exc})")
+    gen = load_generator(model)
+    if drawn_by != gen.card.get("name", ""):
+        fail(f"--dataset: drawn by model {drawn_by!r}, not {gen.card.get('name', '')!r}")
+    if spec.get("mode") != "virtual":
+        fail("--dataset: a run of virtual identities is needed (real classes are not replaced)")
+    order = {k: v for k, v in spec.items() if k in DatasetSpec.model_fields}
+    order |= {"tau_consistency": None, "tau_leak": None}
+    try:  # the thresholds the card gives this run's settings today
+        card_spec = resolve_spec(DatasetSpec.model_validate(order), gen.card)
+    except (ValidationError, ValueError) as exc:
+        fail(f"--dataset: its settings do not resolve against the card: {exc}")
+    now = {
+        "tau_consistency": card_spec.tau_consistency,
+        "tau_leak": card_spec.tau_leak,
+        "tau_consistency_by_pose": card_spec.tau_consistency_by_pose,
+    }
+    then = {k: run_thresholds.get(k) for k in now}
+    if now != then:
+        fail(
+            f"--dataset: drawn at thresholds {then}, the card gives {now}: the order set its own "
+            "or the card was recalibrated since; draw again at the card's"
+        )
+    m = int(spec["images_per_identity"])
+    drawn = int(spec["identities"]) + int(counts.get("identities_replaced", 0))
+    dropped = int(counts.get("identities_dropped", 0))
+    rate = {
+        "per_image_failure": round(per_image_failure(dropped, drawn, m), 6),
+        "identities_drawn": drawn,
+        "identities_dropped": dropped,
+        "images_per_identity": m,
+        "settings": {
+            k: spec.get(k) for k in ("guidance", "pose_guidance", "steps", "scheduler", "pose")
+        },
+        "measured_on": str(dataset),
+    }
+    filters = dict(gen.card.get("filters") or {})
+    update_card(resolve(model), filters={**filters, "drop_rate": rate})
+    typer.echo(json.dumps(rate))
 
 
 def calibrate_guidance_cmd(
@@ -184,7 +246,8 @@ def generate_cmd(
         None,
         min=0,
         help="most identities replaced after the filters drop them (default: 20 percent of "
-        "--identities, at least 2); the run stops with a per-filter count when they run out",
+        "--identities, at least 2, or more where the card's measured drop rate needs them); "
+        "the run stops with a per-filter count when they run out",
     ),
     batch_size: int = typer.Option(32),
     compile_: bool = typer.Option(
@@ -216,6 +279,7 @@ def generate_cmd(
     from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes
     from vigface.dataset.planning import real_augment_plan
     from vigface.dataset.pose import PoseSpecError
+    from vigface.dataset.spares import spares_for_order
     from vigface.dataset.spec import DatasetSpec, resolve_spec
     from vigface.precision import PRECISIONS
 
@@ -239,9 +303,12 @@ def generate_cmd(
         spec = resolve_spec(spec, gen.card)
     except ValueError as exc:
         fail(str(exc))
-    spare_count = max(2, math.ceil(0.2 * spec.identities)) if spares is None else spares
+    if spares is None:  # as the service reserves them, but at least 2
+        spares = max(
+            2, spares_for_order(gen.card, spec.identities, spec.images_per_identity, 0.2, 0.999)
+        )
     total = gen.fr.virtual_prototypes.shape[0]
-    candidates = list(range(start, min(total, start + spec.identities + spare_count)))
+    candidates = list(range(start, min(total, start + spec.identities + spares)))
     slot_images = None
     if mode == "real_augment":
         if real_data is None:
@@ -450,6 +517,7 @@ def register(app: typer.Typer) -> None:
     app.command("sample")(sample_cmd)
     app.command("calibrate")(calibrate_cmd)
     app.command("calibrate-guidance")(calibrate_guidance_cmd)
+    app.command("calibrate-drops")(calibrate_drops_cmd)
     app.command("calibrate-pose")(calibrate_pose_cmd)
     app.command("generate")(generate_cmd)
     app.command("outside-judge")(outside_judge_cmd)

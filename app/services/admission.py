@@ -31,6 +31,7 @@ from app.services.views import order_eta_seconds
 from model_store.description import ModelDescription
 from model_store.storage import open_store
 from vigface.dataset.pose import PoseSpecError
+from vigface.dataset.spares import spares_for_order
 from vigface.dataset.spec import (
     DatasetSpec,
     FiltersNotCalibrated,
@@ -73,10 +74,19 @@ def images_used_this_month(db: Session, team: Team) -> int:
     return int(db.scalar(q))
 
 
-def spares_for(settings: Settings, shard_sizes: list[int]) -> list[int]:
-    """Spare prototypes per shard: ``spare_fraction`` of the shard's identities, at least one,
-    so a 4-identity job reserves 1 spare, not a full shard's worth."""
-    return [max(1, math.ceil(settings.spare_fraction * n)) for n in shard_sizes]
+def spares_for(
+    settings: Settings, card: dict, images_per_identity: int, shard_sizes: list[int]
+) -> list[int]:
+    """Spare prototypes per shard: ``spare_fraction`` of the shard's identities (at least one,
+    so a 4-identity job reserves 1, not a full shard's worth), or more where the model's
+    measured drop rate says the shard would run out more often than ``1 - spare_confidence``
+    (:mod:`vigface.dataset.spares`). Unused spares go back when the shard succeeds."""
+    return [
+        spares_for_order(
+            card, n, images_per_identity, settings.spare_fraction, settings.spare_confidence
+        )
+        for n in shard_sizes
+    ]
 
 
 # concurrent submissions for one prototype set that a request outlasts before its 409
@@ -143,7 +153,7 @@ def submit_job(
         (i * settings.shard_identities, min(spec.identities, (i + 1) * settings.shard_identities))
         for i in range(n_shards)
     ]
-    spares = spares_for(settings, [b - a for a, b in bounds])
+    spares = spares_for(settings, desc.card, spec.images_per_identity, [b - a for a, b in bounds])
     need = spec.identities + sum(spares)
     free = free_prototype_ids(db, desc)
     if len(free) < need:

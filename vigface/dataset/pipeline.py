@@ -138,6 +138,7 @@ class DatasetBuilder:
         self.counts: Counter = Counter()
         self.seconds: Counter = Counter()
         self._accepted_before = 0  # images of the chunks finished so far (progress reports)
+        self.queue_pos: int | None = None  # next unused candidate, once generate() has run
 
     # what the assembly step reads of a part
     @property
@@ -323,7 +324,19 @@ class DatasetBuilder:
                 self.on_progress("accepted", self._accepted_before)
                 self.on_progress("identities_done", len(slots))
         bar.close()
+        self.queue_pos = queue_pos
         return self.chunks
+
+    @property
+    def unused_spares(self) -> list[int]:
+        """The spare prototypes no dropped identity took, once :meth:`generate` has run. A
+        chunk is saved with its queue position and a rerun replays the same replacements, so
+        no image of these is in any saved chunk: the service can sell them again."""
+        if self.queue_pos is None:
+            raise RuntimeError("unused_spares is known once generate() has run")
+        if self.kind != "virtual":
+            return []
+        return [int(p) for p in self.candidates[self.queue_pos :]]
 
     def run(self) -> dict:
         """Generate, then write the dataset and its report into ``out_dir``."""
