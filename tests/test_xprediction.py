@@ -29,7 +29,9 @@ from vigface.training.dit import DiTLoss, warm_start
 FILTERS = {"filters": {"tau_consistency": 0.5, "tau_leak": 0.6}}
 
 
-def x_dit(sample_size=28, patch_size=7, bottleneck=8, seed=0):
+def x_dit(sample_size=28, patch_size=7, bottleneck=8, seed=0, pose_embedding=False, randomize=True):
+    """A 2-block pixel-patch DiT; ``randomize`` replaces its initialisation (zero-initialised
+    output and pose layers) with small random weights, as a trained model has."""
     torch.manual_seed(seed)
     m = FaceDiT(
         sample_size=sample_size,
@@ -39,9 +41,11 @@ def x_dit(sample_size=28, patch_size=7, bottleneck=8, seed=0):
         num_heads=2,
         identity_dim=8,
         patch_bottleneck=bottleneck,
+        pose_embedding=pose_embedding,
     )
-    for p in m.parameters():
-        torch.nn.init.normal_(p, 0, 0.05)
+    if randomize:
+        for p in m.parameters():
+            torch.nn.init.normal_(p, 0, 0.05)
     return m.eval()
 
 
@@ -206,16 +210,7 @@ def test_a_112_px_dit_warm_starts_from_a_32_px_one_of_the_same_transformer(tmp_p
     for k in s:
         if k not in fresh:
             assert torch.equal(s[k], d[k]), k
-    posed = FaceDiT(
-        sample_size=56,
-        patch_size=7,
-        hidden_size=32,
-        depth=2,
-        num_heads=2,
-        identity_dim=8,
-        patch_bottleneck=8,
-        pose_embedding=True,
-    )
+    posed = x_dit(sample_size=56, pose_embedding=True, randomize=False)
     fresh = warm_start(posed, tmp_path / "g")
     assert {k for k in fresh if k.startswith("pose_embed.")} == {
         "pose_embed.0.weight",
@@ -246,16 +241,7 @@ def test_pose_guidance_needs_a_model_trained_with_landmark_dropout():
 def test_the_pose_embedding_reads_the_points_back_and_adds_nothing_when_pose_is_dropped(tmp_path):
     from vigface.generator.landmarks import render_heatmaps
 
-    m = FaceDiT(
-        sample_size=56,
-        patch_size=7,
-        hidden_size=32,
-        depth=2,
-        num_heads=2,
-        identity_dim=8,
-        patch_bottleneck=8,
-        pose_embedding=True,
-    ).eval()
+    m = x_dit(sample_size=56, pose_embedding=True, randomize=False)
     points = torch.tensor(
         [
             [[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]],
@@ -267,15 +253,7 @@ def test_the_pose_embedding_reads_the_points_back_and_adds_nothing_when_pose_is_
     m.pose_embed[0].register_forward_hook(lambda mod, inp, out: seen.update(coords=inp[0]))
     x, t, w = torch.randn(2, 3, 56, 56), torch.tensor([10, 500]), torch.randn(2, 8)
     # zero-initialised: a model warm-started without it draws exactly as before
-    plain = FaceDiT(
-        sample_size=56,
-        patch_size=7,
-        hidden_size=32,
-        depth=2,
-        num_heads=2,
-        identity_dim=8,
-        patch_bottleneck=8,
-    )
+    plain = x_dit(sample_size=56, randomize=False)
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if "pose_embed" not in k})
     with torch.no_grad():
         assert torch.allclose(m(x, t, w, heat), plain(x, t, w, heat))
@@ -302,20 +280,7 @@ def test_the_pose_part_computed_once_is_the_one_convolution_patch_embedding(pose
     from vigface.generator.dit import PoseCondition
     from vigface.generator.landmarks import render_heatmaps
 
-    torch.manual_seed(0)
-    m = FaceDiT(
-        sample_size=28,
-        patch_size=7,
-        hidden_size=32,
-        depth=2,
-        num_heads=2,
-        identity_dim=8,
-        patch_bottleneck=8,
-        pose_embedding=pose_embedding,
-    )
-    for p in m.parameters():
-        torch.nn.init.normal_(p, 0, 0.05)
-    m.eval()
+    m = x_dit(sample_size=28, pose_embedding=pose_embedding)
     points = torch.tensor([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
     heat = render_heatmaps(torch.stack([points, points + 6.0, points - 4.0]), 28)
     heat[2] = 0  # a dropped (pose-free) row

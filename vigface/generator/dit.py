@@ -172,8 +172,9 @@ class FaceDiT(ModelMixin, ConfigMixin):
         return self.pose_embed(coords.to(landmarks.dtype)) * present.to(landmarks.dtype)
 
     def encode_pose(self, landmarks: torch.Tensor) -> PoseCondition:
-        """(B, 5, S, S) heatmaps -> their part of every forward, in fp32 (outside autocast:
-        computed once, so its precision costs nothing)."""
+        """(B, 5, S, S) heatmaps -> their part of every forward, in fp32 (outside autocast).
+        The sampler computes it once per batch, so there its precision costs nothing; in
+        training it runs every step, a 5-channel convolution beside the image's 3."""
         embed = self.patch_embed
         c = self.config.in_channels
         with torch.autocast(landmarks.device.type, enabled=False):
