@@ -57,23 +57,17 @@ def release_unstarted(db: Session, job: Job) -> list[int]:
 
 
 def release_unused_spares(db: Session, job: Job, unused: list[int]) -> int:
-    """Release a succeeded shard's ``unused`` spare prototypes from ``job``'s ledger rows and
-    take them off its allocation (an atomic update: shards of one job finish concurrently).
-    Returns how many rows went back; the caller records it and commits."""
+    """Release a succeeded shard's ``unused`` spare prototypes from ``job``'s ledger rows.
+    Returns how many rows went back; the caller records it (``progress.spares_released``;
+    ``identities_allocated`` stays what admission reserved, as with ``identities_released``)
+    and commits."""
     if not unused:
         return 0
-    gone = db.execute(
+    return db.execute(
         delete(LedgerEntry).where(
             LedgerEntry.job_id == job.id, LedgerEntry.prototype_id.in_(unused)
         )
     ).rowcount
-    if gone:
-        db.execute(
-            update(Job)
-            .where(Job.id == job.id)
-            .values(identities_allocated=Job.identities_allocated - gone)
-        )
-    return gone
 
 
 def sold_keys(db: Session, lineage: str) -> set[str]:
