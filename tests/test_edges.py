@@ -327,7 +327,7 @@ def test_each_pose_bin_keeps_its_calibrated_distance_from_the_guidance_threshold
             "tau_leak": 0.5,
             "tau_consistency_by_guidance": by_guidance,
             "tau_consistency_by_pose": by_pose,
-        }
+        },
     }
     at4 = pose_thresholds(card, 4.0, 0.40)
     assert at4["frontal"] == 0.45 and at4["left_15_35"] == at4["right_15_35"] == 0.40

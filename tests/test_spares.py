@@ -156,6 +156,8 @@ def test_the_fraction_stays_the_floor_and_the_measured_rate_raises_it():
     assert small >= 4 and large > 10  # a 5-identity shard with one spare ran out 1 in 3
     assert spares_for_order(card, 50, 1, 0.2, 0.999) == 10  # one image: rarely dropped
     assert spares_for_order(card, 50, 50, 0.2, 0.999) > large  # many images: often
+    # measured at the card's thresholds: an order with its own gets the fraction
+    assert spares_for_order(card, 50, 10, 0.2, 0.999, own_thresholds=True) == 10
 
 
 def _tiny_run(store, tmp_path, name, *extra):
@@ -213,6 +215,8 @@ def test_a_measured_drop_rate_reserves_more_spares(tiny_generator, tmp_path, mon
     q = 1 - (1 - rate["per_image_failure"]) ** 3
     expected = spares_needed(3, q, settings.spare_confidence, cap=1000)
     assert job["identities_allocated"] == 3 + expected and expected > 1  # the fraction's 1
+    own = c.post("/v1/jobs", json={**order, "tau_leak": 0.9}, headers=h).json()
+    assert own["identities_allocated"] == 3 + 1  # not measured at its thresholds
 
     # refusals: thresholds the order set itself, a folder without a report, another model
     own_thresholds = _tiny_run(store, tmp_path, "own", "--tau-consistency", "0.1")

@@ -131,7 +131,7 @@ def calibrate_drops_cmd(
 
     from model_store import resolve
     from vigface.dataset.spares import per_image_failure
-    from vigface.dataset.spec import DatasetSpec, resolve_spec
+    from vigface.dataset.spec import DatasetSpec, card_thresholds
     from vigface.model_card import update_card
 
     path = dataset / "report.json"
@@ -147,16 +147,10 @@ def calibrate_drops_cmd(
     if spec.get("mode") != "virtual":
         fail("--dataset: a run of virtual identities is needed (real classes are not replaced)")
     order = {k: v for k, v in spec.items() if k in DatasetSpec.model_fields}
-    order |= {"tau_consistency": None, "tau_leak": None}
     try:  # the thresholds the card gives this run's settings today
-        card_spec = resolve_spec(DatasetSpec.model_validate(order), gen.card)
+        now = card_thresholds(DatasetSpec.model_validate(order), gen.card)
     except (ValidationError, ValueError) as exc:
         fail(f"--dataset: its settings do not resolve against the card: {exc}")
-    now = {
-        "tau_consistency": card_spec.tau_consistency,
-        "tau_leak": card_spec.tau_leak,
-        "tau_consistency_by_pose": card_spec.tau_consistency_by_pose,
-    }
     then = {k: run_thresholds.get(k) for k in now}
     if now != then:
         fail(
@@ -280,7 +274,7 @@ def generate_cmd(
     from vigface.dataset.planning import real_augment_plan
     from vigface.dataset.pose import PoseSpecError
     from vigface.dataset.spares import spares_for_order
-    from vigface.dataset.spec import DatasetSpec, resolve_spec
+    from vigface.dataset.spec import DatasetSpec, at_card_thresholds, resolve_spec
     from vigface.precision import PRECISIONS
 
     if precision not in PRECISIONS:
@@ -304,9 +298,9 @@ def generate_cmd(
     except ValueError as exc:
         fail(str(exc))
     if spares is None:  # as the service reserves them, but at least 2
-        spares = max(
-            2, spares_for_order(gen.card, spec.identities, spec.images_per_identity, 0.2, 0.999)
-        )
+        own = not at_card_thresholds(spec, gen.card)
+        m = spec.images_per_identity
+        spares = max(2, spares_for_order(gen.card, spec.identities, m, 0.2, 0.999, own))
     total = gen.fr.virtual_prototypes.shape[0]
     candidates = list(range(start, min(total, start + spec.identities + spares)))
     slot_images = None

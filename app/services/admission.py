@@ -37,6 +37,8 @@ from vigface.dataset.spec import (
     FiltersNotCalibrated,
     GuidanceNotCalibrated,
     PoseGuidanceUnsupported,
+    ResolvedSpec,
+    at_card_thresholds,
     resolve_spec,
 )
 from workers.db.models import (
@@ -75,7 +77,7 @@ def images_used_this_month(db: Session, team: Team) -> int:
 
 
 def spares_for(
-    settings: Settings, card: dict, images_per_identity: int, shard_sizes: list[int]
+    settings: Settings, card: dict, spec: ResolvedSpec, shard_sizes: list[int]
 ) -> list[int]:
     """Spare prototypes per shard: ``spare_fraction`` of the shard's identities (at least one,
     so a 4-identity job reserves 1, not a full shard's worth), or more where the model's
@@ -83,7 +85,12 @@ def spares_for(
     (:mod:`vigface.dataset.spares`). Unused spares go back when the shard succeeds."""
     return [
         spares_for_order(
-            card, n, images_per_identity, settings.spare_fraction, settings.spare_confidence
+            card,
+            n,
+            spec.images_per_identity,
+            settings.spare_fraction,
+            settings.spare_confidence,
+            own_thresholds=not at_card_thresholds(spec, card),
         )
         for n in shard_sizes
     ]
@@ -153,7 +160,7 @@ def submit_job(
         (i * settings.shard_identities, min(spec.identities, (i + 1) * settings.shard_identities))
         for i in range(n_shards)
     ]
-    spares = spares_for(settings, desc.card, spec.images_per_identity, [b - a for a, b in bounds])
+    spares = spares_for(settings, desc.card, spec, [b - a for a, b in bounds])
     need = spec.identities + sum(spares)
     free = free_prototype_ids(db, desc)
     if len(free) < need:

@@ -58,14 +58,20 @@ def spares_needed(identities: int, drop_prob: float, confidence: float, cap: int
 
 
 def spares_for_order(
-    card: dict, identities: int, images_per_identity: int, fraction: float, confidence: float
+    card: dict,
+    identities: int,
+    images_per_identity: int,
+    fraction: float,
+    confidence: float,
+    own_thresholds: bool = False,
 ) -> int:
     """Spares for a block of ``identities``: ``fraction`` of them (at least one), or more where
     the card's measured drop rate says the block would run out more often than
-    ``1 - confidence``."""
+    ``1 - confidence``. The rate was measured at the card's thresholds: an order that sets
+    its own (``own_thresholds``) gets the fraction."""
     floor = max(1, math.ceil(fraction * identities))
     rate = ((card or {}).get("filters") or {}).get("drop_rate")
-    if not rate:
+    if not rate or own_thresholds:
         return floor
     q = drop_probability(float(rate["per_image_failure"]), images_per_identity)
     return max(floor, spares_needed(identities, q, confidence, cap=20 * identities + 100))

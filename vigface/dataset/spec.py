@@ -291,3 +291,19 @@ def resolve_spec(spec: DatasetSpec, card: dict) -> ResolvedSpec:
     values["tau_leak"] = float(values["tau_leak"])
     values["guidance"] = float(values["guidance"])
     return ResolvedSpec.model_validate(values)
+
+
+THRESHOLDS = ("tau_consistency", "tau_leak", "tau_consistency_by_pose")
+
+
+def card_thresholds(spec: DatasetSpec, card: dict) -> dict:
+    """The filter thresholds the card gives ``spec``'s sampler settings, whatever the order
+    set itself: what a run must have used for its drop rate to describe the card's filters."""
+    order = spec.model_dump(include=set(DatasetSpec.model_fields))
+    resolved = resolve_spec(DatasetSpec.model_validate(order | dict.fromkeys(THRESHOLDS[:2])), card)
+    return {k: getattr(resolved, k) for k in THRESHOLDS}
+
+
+def at_card_thresholds(spec: ResolvedSpec, card: dict) -> bool:
+    """Whether a resolved spec runs the card's own thresholds (the order set none)."""
+    return {k: getattr(spec, k) for k in THRESHOLDS} == card_thresholds(spec, card)
