@@ -225,6 +225,15 @@ def test_a_measured_drop_rate_reserves_more_spares(tiny_generator, tmp_path, mon
             cli, ["calibrate-drops", "--model", str(store / "m"), "--dataset", str(folder)]
         )
         assert r.exit_code == 2 and "--dataset" in r.output and why in r.output, r.output
+    hopeless = tmp_path / "hopeless"  # a report edited so that every identity dropped
+    hopeless.mkdir()
+    edited = json.loads((run / "report.json").read_text())
+    edited["counts"]["identities_dropped"] = 6 + edited["counts"]["identities_replaced"]
+    (hopeless / "report.json").write_text(json.dumps(edited))
+    r = runner.invoke(
+        cli, ["calibrate-drops", "--model", str(store / "m"), "--dataset", str(hopeless)]
+    )
+    assert r.exit_code == 2 and "were dropped" in r.output, r.output
     card["name"] = "another"
     card_path.write_text(json.dumps(card))
     r = runner.invoke(cli, ["calibrate-drops", "--model", str(store / "m"), "--dataset", str(run)])

@@ -160,6 +160,8 @@ def calibrate_drops_cmd(
     m = int(spec["images_per_identity"])
     drawn = int(spec["identities"]) + int(counts.get("identities_replaced", 0))
     dropped = int(counts.get("identities_dropped", 0))
+    if dropped >= drawn:
+        fail(f"--dataset: all {drawn} identities drawn were dropped; fix the model or filters")
     rate = {
         "per_image_failure": round(per_image_failure(dropped, drawn, m), 6),
         "identities_drawn": drawn,
