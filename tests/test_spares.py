@@ -217,6 +217,10 @@ def test_a_measured_drop_rate_reserves_more_spares(tiny_generator, tmp_path, mon
     assert job["identities_allocated"] == 3 + expected and expected > 1  # the fraction's 1
     own = c.post("/v1/jobs", json={**order, "tau_leak": 0.9}, headers=h).json()
     assert own["identities_allocated"] == 3 + 1  # not measured at its thresholds
+    many = {**order, "images_per_identity": 100}  # nearly every identity would be dropped
+    r = c.post("/v1/jobs", json=many, headers=h)
+    assert r.status_code == 409 and r.json()["detail"][0]["field"] == "identities", r.text
+    assert "at 100 images per identity the filters drop" in r.text
 
     # refusals: thresholds the order set itself, a folder without a report, another model
     own_thresholds = _tiny_run(store, tmp_path, "own", "--tau-consistency", "0.1")

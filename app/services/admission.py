@@ -31,7 +31,7 @@ from app.services.views import order_eta_seconds
 from model_store.description import ModelDescription
 from model_store.storage import open_store
 from vigface.dataset.pose import PoseSpecError
-from vigface.dataset.spares import spares_for_order
+from vigface.dataset.spares import drop_probability, spares_for_order
 from vigface.dataset.spec import (
     DatasetSpec,
     FiltersNotCalibrated,
@@ -164,12 +164,20 @@ def submit_job(
     need = spec.identities + sum(spares)
     free = free_prototype_ids(db, desc)
     if len(free) < need:
+        rate = (desc.card.get("filters") or {}).get("drop_rate")
+        why = ""
+        if rate and at_card_thresholds(spec, desc.card):
+            q = drop_probability(rate["per_image_failure"], spec.images_per_identity)
+            why = (
+                f"; at {spec.images_per_identity} images per identity the filters drop "
+                f"{q:.1%} of this model's identities (its card's measured drop rate)"
+            )
         raise JobError(
             409,
             "identities",
             f"model {model!r} has {len(free)} free virtual identities; the job needs {need} "
             f"({spec.identities} identities + {sum(spares)} spares that replace identities the "
-            "privacy filter drops)",
+            f"privacy filter drops{why})",
         )
     alloc = free[:need]
     job = Job(
