@@ -278,6 +278,7 @@ def generate_cmd(
     from vigface.dataset.spares import spares_for_order
     from vigface.dataset.spec import DatasetSpec, at_card_thresholds, resolve_spec
     from vigface.precision import PRECISIONS
+    from workers.settings import Settings
 
     if precision not in PRECISIONS:
         fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -299,10 +300,13 @@ def generate_cmd(
         spec = resolve_spec(spec, gen.card)
     except ValueError as exc:
         fail(str(exc))
-    if spares is None:  # as the service reserves them, but at least 2
+    if spares is None:  # as the service reserves them by default, but at least 2
         own = not at_card_thresholds(spec, gen.card)
+        fraction, confidence = (
+            Settings.model_fields[k].default for k in ("spare_fraction", "spare_confidence")
+        )
         m = spec.images_per_identity
-        spares = max(2, spares_for_order(gen.card, spec.identities, m, 0.2, 0.999, own))
+        spares = max(2, spares_for_order(gen.card, spec.identities, m, fraction, confidence, own))
     total = gen.fr.virtual_prototypes.shape[0]
     candidates = list(range(start, min(total, start + spec.identities + spares)))
     slot_images = None

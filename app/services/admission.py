@@ -77,23 +77,26 @@ def images_used_this_month(db: Session, team: Team) -> int:
 
 
 def spares_for(
-    settings: Settings, card: dict, spec: ResolvedSpec, shard_sizes: list[int]
+    settings: Settings, card: dict, spec: ResolvedSpec, shard_sizes: list[int], measured: bool
 ) -> list[int]:
     """Spare prototypes per shard: ``spare_fraction`` of the shard's identities (at least one,
     so a 4-identity job reserves 1, not a full shard's worth), or more where the model's
-    measured drop rate says the shard would run out more often than ``1 - spare_confidence``
-    (:mod:`vigface.dataset.spares`). Unused spares go back when the shard succeeds."""
-    return [
-        spares_for_order(
+    measured drop rate applies (``measured``: the order runs the card's thresholds) and says
+    the shard would run out more often than ``1 - spare_confidence``
+    (:mod:`vigface.dataset.spares`). Shards share a size but the last: one computation each.
+    Unused spares go back when the shard succeeds."""
+    by_size = {
+        n: spares_for_order(
             card,
             n,
             spec.images_per_identity,
             settings.spare_fraction,
             settings.spare_confidence,
-            own_thresholds=not at_card_thresholds(spec, card),
+            own_thresholds=not measured,
         )
-        for n in shard_sizes
-    ]
+        for n in set(shard_sizes)
+    }
+    return [by_size[n] for n in shard_sizes]
 
 
 # concurrent submissions for one prototype set that a request outlasts before its 409
@@ -160,13 +163,14 @@ def submit_job(
         (i * settings.shard_identities, min(spec.identities, (i + 1) * settings.shard_identities))
         for i in range(n_shards)
     ]
-    spares = spares_for(settings, desc.card, spec, [b - a for a, b in bounds])
+    rate = (desc.card.get("filters") or {}).get("drop_rate")
+    measured = bool(rate) and at_card_thresholds(spec, desc.card)
+    spares = spares_for(settings, desc.card, spec, [b - a for a, b in bounds], measured)
     need = spec.identities + sum(spares)
     free = free_prototype_ids(db, desc)
     if len(free) < need:
-        rate = (desc.card.get("filters") or {}).get("drop_rate")
         why = ""
-        if rate and at_card_thresholds(spec, desc.card):
+        if measured:
             q = drop_probability(rate["per_image_failure"], spec.images_per_identity)
             why = (
                 f"; at {spec.images_per_identity} images per identity the filters drop "
