@@ -34,17 +34,40 @@ def models_add(
     name: str = typer.Option(..., help="entry name"),
     store: Path = typer.Option(BUNDLED, help="store folder"),
     half: bool = typer.Option(True, help="store DiT weights and prototypes in float16"),
+    continues: str | None = typer.Option(
+        None,
+        help="the entry RUN warm-started from (train-dit --set init_from=ENTRY): make one entry "
+        "of both, steps and logs over every leg; thresholds must be calibrated again",
+    ),
+    leg_command: str = typer.Option(
+        "", help="with --continues: the train-dit command of this leg, for the card"
+    ),
+    replace: bool = typer.Option(
+        False, help="with --continues: replace the continued entry itself (--name is its name)"
+    ),
 ) -> None:
     """Copy a trained model into a store folder, without checkpoints."""
     import shutil
 
     import torch
 
+    from model_store import ModelNotFound, resolve
+    from model_store.legs import NotAContinuation, merge_leg
     from vigface.fr_model import FRModel, ModelFormatError
     from vigface.generator.artifact import Generator
 
     dest = store / name
-    if dest.exists():
+    prev = None
+    if continues is not None:
+        try:
+            prev = resolve(continues)
+        except ModelNotFound as exc:
+            fail(f"--continues: {exc}")
+        if not (run_dir / "dit").is_dir() or not (prev / "dit").is_dir():
+            fail("--continues: RUN and the continued entry must both be generators (dit/)")
+    if replace and (prev is None or dest.resolve() != prev.resolve()):
+        fail("--replace replaces only the entry --continues names (give --name as its name)")
+    if dest.exists() and not replace:
         fail(f"{dest} exists; remove it first or pick another --name")
     dtype = torch.float16 if half else torch.float32
     tmp = store / f".{name}.tmp"
@@ -61,9 +84,23 @@ def models_add(
         src = run_dir / extra
         if src.is_file():
             shutil.copy2(src, tmp / extra)
-        elif src.is_dir():
+        elif src.is_dir() and prev is None:  # a continuation's grids are drawn again
             shutil.copytree(src, tmp / extra)
+    if prev is not None:
+        try:
+            left = merge_leg(prev, run_dir, tmp, continues, leg_command or "(not given)")
+        except NotAContinuation as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            fail(f"--continues: {exc}")
+        if left:
+            typer.echo(f"left behind (measured on the previous weights): {', '.join(left)}")
+        typer.echo(f"calibrate before orders: vigface calibrate --model {dest} --data DATA")
+    old = store / f".{name}.old"  # swap by renames: the entry is never missing
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
     tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
     typer.echo(str(dest))
 
 

@@ -354,7 +354,7 @@ class DiTLoss(nn.Module):
         raise ValueError("steps must be >= 1")
 
 
-def _plot_losses(log_path: Path, out_png: Path) -> None:
+def plot_losses(log_path: Path, out_png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,7 +432,7 @@ def train_dit(
     def checkpoint():
         run.checkpoint(step=step)
         if ctx.is_main:
-            _plot_losses(run.log_path, out_dir / "loss_curve.png")
+            plot_losses(run.log_path, out_dir / "loss_curve.png")
 
     bar = tqdm(total=total, initial=step, desc="train-dit", disable=not (progress and ctx.is_main))
     run_v = run_id = run_vid = 0.0
