@@ -109,8 +109,9 @@ def continued_card(prev_card: dict, run_card: dict, prev_name: str, leg_command:
     return card
 
 
-def joined_log(prev: Path, run: Path, prev_steps: int) -> str:
-    """``prev``'s train log, then ``run``'s with its steps and seconds shifted on."""
+def joined_log(prev: Path, run: Path, prev_steps: int, run_steps: int) -> str:
+    """``prev``'s train log, then ``run``'s with its steps and seconds shifted on (without
+    lines past the run's last step: a run killed and resumed may have logged steps twice)."""
     out = []
     last_elapsed = 0.0
     prev_log = prev / "train_log.jsonl"
@@ -125,6 +126,8 @@ def joined_log(prev: Path, run: Path, prev_steps: int) -> str:
             if not line.strip():
                 continue
             rec = json.loads(line)
+            if int(rec.get("step", 0)) > run_steps:
+                continue
             if "step" in rec:
                 rec["step"] = int(rec["step"]) + prev_steps
             if "elapsed_s" in rec:
@@ -153,7 +156,9 @@ def merge_leg(prev: Path, run: Path, entry: Path, prev_name: str, leg_command: s
     legs = [*previous_legs(prev, prev_card), leg]
     write_card(entry, continued_card(prev_card, run_card, prev_name, leg_command))
     write_measurement(entry, LEGS, legs)
-    (entry / "train_log.jsonl").write_text(joined_log(prev, run, int(prev_card.get("steps") or 0)))
+    (entry / "train_log.jsonl").write_text(
+        joined_log(prev, run, int(prev_card.get("steps") or 0), int(run_card.get("steps") or 0))
+    )
     plot_losses(entry / "train_log.jsonl", entry / "loss_curve.png")
     left = [f"card: {k}" for k in ("filters", "grids") if prev_card.get(k)]
     if (prev_card.get("capacity") or {}).get("judge"):

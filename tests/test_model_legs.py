@@ -62,6 +62,8 @@ def test_a_leg_folds_into_its_entry(tmp_path: Path, store: Path, tiny_generator:
         data, tiny_generator.parent / "fr", entry, tmp_path / "leg", identity_loss_weight=0.3
     )
     leg_card = json.loads((leg / "model_card.json").read_text())
+    with (leg / "train_log.jsonl").open("a") as f:  # a killed run's line past its last step
+        f.write(json.dumps({"step": leg_card["steps"] + 5, "v_loss": 9.0}) + "\n")
 
     r = runner.invoke(
         app,
@@ -89,7 +91,7 @@ def test_a_leg_folds_into_its_entry(tmp_path: Path, store: Path, tiny_generator:
     assert not (entry / "measurements" / "identity_fidelity.json").exists()
 
     steps = [json.loads(x)["step"] for x in (entry / "train_log.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps) and steps[-1] > before["steps"]
+    assert steps == sorted(steps) and before["steps"] < steps[-1] <= card["steps"]
     new_weights = load_file(entry / "dit" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(new_weights[k], old_weights[k]) for k in old_weights)
     assert not list(store.glob(".tiny*"))  # no temporary or old folder left

@@ -53,3 +53,23 @@ def test_only_the_main_process_writes(tmp_path):
     run.checkpoint(step=1)
     assert not (tmp_path / "r").exists()
     assert run.provenance("fp32")["precision"] == "float32"
+
+
+@pytest.mark.parametrize("key", ["step", "epoch"])
+def test_a_resumed_run_drops_the_log_lines_its_checkpoint_does_not_hold(tmp_path, key):
+    """A run killed between checkpoints logged steps it will train again: on resume the log
+    keeps the lines up to the checkpoint (its step, or its epoch count for a per-epoch loop),
+    so a log read later has every step once."""
+    model = torch.nn.Linear(1, 1)
+    run = TrainingRun(tmp_path, {"model": model})
+    for i in range(1, 7):
+        run.log({key: i, "loss": 1.0 / i})
+    run.checkpoint(**{key: 4})
+    run.log({"note": "a line without a step or epoch"})
+    TrainingRun(tmp_path, {"model": model}).resume()
+    kept = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r.get(key) for r in kept] == [1, 2, 3, 4, None]
+    # the checkpoint at the last logged line keeps everything
+    run.checkpoint(**{key: 9})
+    TrainingRun(tmp_path, {"model": model}).resume()
+    assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 5

@@ -3,8 +3,9 @@ provenance its artifact's card records.
 
 A run lives in ``out_dir``: ``checkpoints/last.pt`` (written atomically, so a crash never
 leaves half a checkpoint) and ``train_log.jsonl`` (one JSON object per line, appended across
-resumes). The three loops (stage 1, stage 2, the upsampler) keep their own steps; this class
-keeps the bookkeeping around them the same.
+resumes; lines a killed run wrote after its last checkpoint are dropped on resume, as those
+steps are trained again). The three loops (stage 1, stage 2, the upsampler) keep their own
+steps; this class keeps the bookkeeping around them the same.
 """
 
 from __future__ import annotations
@@ -63,8 +64,23 @@ class TrainingRun:
             obj.load_state_dict(state[name])
         self.elapsed = state.get("elapsed_s", 0.0)
         if self.is_main:
+            self._drop_log_after(state.get("step"), state.get("epoch"))
             log.info("resumed from %s", self.checkpoint_path)
         return {k: v for k, v in state.items() if k not in self.stateful}
+
+    def _drop_log_after(self, step: int | None, epoch: int | None) -> None:
+        """Keep the log lines the checkpoint holds: those up to its step (or, for a loop that
+        checkpoints per epoch, its epoch count), so a resumed run does not log steps twice."""
+        key, last = ("step", step) if step is not None else ("epoch", epoch)
+        if last is None or not self.log_path.is_file():
+            return
+        lines = self.log_path.read_text().splitlines()
+        kept = [x for x in lines if not x.strip() or json.loads(x).get(key, 0) <= last]
+        if len(kept) != len(lines):
+            from vigface.atomic import atomic_write_text
+
+            atomic_write_text(self.log_path, "".join(x + "\n" for x in kept))
+            log.info("dropped %d log lines past %s %d", len(lines) - len(kept), key, last)
 
     def tick(self) -> float:
         """Add the wall time since the last tick to ``elapsed`` (checkpointed, so a resumed
