@@ -34,6 +34,8 @@ LEGS = "training_legs"
 CARRIED_MEASUREMENTS = {"training_curve.json"}
 # card sections that describe real people, stage 1 or product choices, not the weights
 CARRIED_SECTIONS = ("name", "judge", "shown_pose_reference", "sampler_defaults", "upsampler")
+# what a leg's entry in training_legs.json takes from that leg's card
+LEG_KEYS = ("steps", "train_minutes", "precision", "device", "batch_size")
 
 
 class NotAContinuation(ValueError):
@@ -53,10 +55,10 @@ def _dit_config(entry: Path) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
-def check_continuation(prev: Path, entry: Path) -> None:
+def check_continuation(prev: Path, entry: Path, run_card: dict) -> None:
     """Raise :class:`NotAContinuation` unless ``entry`` (a run as ``vigface models add``
-    stored it) warm-started from ``prev`` with the same stage-1 model and transformer."""
-    run_card = json.loads((entry / CARD_FILE).read_text())
+    stored it, with card ``run_card``) warm-started from ``prev`` with the same stage-1 model
+    and transformer."""
     init = run_card.get("init_from")
     if not init:
         raise NotAContinuation(f"{entry} did not warm-start (its card has no init_from)")
@@ -76,8 +78,7 @@ def previous_legs(prev: Path, card: dict) -> list[dict]:
     path = prev / MEASUREMENTS_DIR / f"{LEGS}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    keys = ("steps", "train_minutes", "precision", "device", "batch_size")
-    return [{k: card[k] for k in keys if card.get(k) is not None}]
+    return [{k: card[k] for k in LEG_KEYS if card.get(k) is not None}]
 
 
 def continued_card(prev_card: dict, run_card: dict, prev_name: str, leg_command: str) -> dict:
@@ -109,9 +110,8 @@ def continued_card(prev_card: dict, run_card: dict, prev_name: str, leg_command:
     return card
 
 
-def joined_log(prev: Path, run: Path, prev_steps: int, run_steps: int) -> str:
-    """``prev``'s train log, then ``run``'s with its steps and seconds shifted on (without
-    lines past the run's last step: a run killed and resumed may have logged steps twice)."""
+def joined_log(prev: Path, run: Path, prev_steps: int) -> str:
+    """``prev``'s train log, then ``run``'s with its steps and seconds shifted on."""
     out = []
     last_elapsed = 0.0
     prev_log = prev / "train_log.jsonl"
@@ -126,8 +126,6 @@ def joined_log(prev: Path, run: Path, prev_steps: int, run_steps: int) -> str:
             if not line.strip():
                 continue
             rec = json.loads(line)
-            if int(rec.get("step", 0)) > run_steps:
-                continue
             if "step" in rec:
                 rec["step"] = int(rec["step"]) + prev_steps
             if "elapsed_s" in rec:
@@ -141,24 +139,18 @@ def merge_leg(prev: Path, run: Path, entry: Path, prev_name: str, leg_command: s
     ``prev``. Returns what was left behind (it described the previous weights)."""
     from vigface.training.dit import plot_losses
 
-    check_continuation(prev, entry)
-    prev_card = json.loads((prev / CARD_FILE).read_text())
     run_card = json.loads((entry / CARD_FILE).read_text())
+    check_continuation(prev, entry, run_card)
+    prev_card = json.loads((prev / CARD_FILE).read_text())
     config_path = run / "train_config.json"
-    leg = {
-        k: run_card[k]
-        for k in ("steps", "train_minutes", "precision", "device", "batch_size")
-        if run_card.get(k) is not None
-    }
+    leg = {k: run_card[k] for k in LEG_KEYS if run_card.get(k) is not None}
     leg["init_from"] = f"{prev_name} at {prev_card.get('steps')} steps"
     if config_path.is_file():
         leg["config"] = json.loads(config_path.read_text())
     legs = [*previous_legs(prev, prev_card), leg]
     write_card(entry, continued_card(prev_card, run_card, prev_name, leg_command))
     write_measurement(entry, LEGS, legs)
-    (entry / "train_log.jsonl").write_text(
-        joined_log(prev, run, int(prev_card.get("steps") or 0), int(run_card.get("steps") or 0))
-    )
+    (entry / "train_log.jsonl").write_text(joined_log(prev, run, int(prev_card.get("steps") or 0)))
     plot_losses(entry / "train_log.jsonl", entry / "loss_curve.png")
     left = [f"card: {k}" for k in ("filters", "grids") if prev_card.get(k)]
     if (prev_card.get("capacity") or {}).get("judge"):

@@ -62,8 +62,6 @@ def test_a_leg_folds_into_its_entry(tmp_path: Path, store: Path, tiny_generator:
         data, tiny_generator.parent / "fr", entry, tmp_path / "leg", identity_loss_weight=0.3
     )
     leg_card = json.loads((leg / "model_card.json").read_text())
-    with (leg / "train_log.jsonl").open("a") as f:  # a killed run's line past its last step
-        f.write(json.dumps({"step": leg_card["steps"] + 5, "v_loss": 9.0}) + "\n")
 
     r = runner.invoke(
         app,
