@@ -326,3 +326,49 @@ class TrainUpsamplerConfig(_Strict):
         if self.crop_size % 2 ** (len(self.model.block_out_channels) - 1):
             raise ValueError("crop_size must be divisible by 2^(levels - 1)")
         return self
+
+
+class AutoencoderModelConfig(_Strict):
+    """The face autoencoder's size; see :mod:`vigface.generator.autoencoder`."""
+
+    block_out_channels: list[int] = Field([32, 64, 128], min_length=2, max_length=4)
+    latent_channels: int = Field(4, ge=1, le=16)
+    layers_per_block: int = Field(1, ge=1, le=3)
+    norm_num_groups: int = Field(16, ge=1)
+    mid_block_attention: bool = False
+
+    @model_validator(mode="after")
+    def _groups(self):
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError("norm_num_groups must divide every block_out_channels entry")
+        return self
+
+
+class TrainAutoencoderConfig(_Strict):
+    """Everything ``vigface train-autoencoder`` needs besides the data, FR model and output."""
+
+    model: AutoencoderModelConfig = AutoencoderModelConfig()
+    sample_size: int = Field(112, ge=16, description="side of the faces it encodes")
+    l1_weight: float = Field(1.0, ge=0, description="pixel L1")
+    perceptual_weight: float = Field(
+        0.5, ge=0, description="distance of the frozen FR backbone's unit-normalised feature maps"
+    )
+    identity_weight: float = Field(
+        0.1, ge=0, description="1 - cos of the FR embeddings of a face and its reconstruction"
+    )
+    kl_weight: float = Field(1e-6, ge=0, description="KL of the posterior, summed per image")
+    train_encoder: bool = Field(
+        True, description="false: the decoder alone (the latent space, and generators in it, stay)"
+    )
+    flip: bool = True
+    lr: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    max_steps: int = Field(100000, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="stop (and save) after this long")
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+    log_every: int = Field(20, ge=1)
+    checkpoint_every_steps: int = Field(100, ge=1)
+    threads: int | None = Field(None, ge=1)
+    precision: Precision = Field("auto", description="autocast: bf16 where native (auto)")

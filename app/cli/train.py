@@ -281,6 +281,43 @@ def train_upsampler_cmd(
         fail(str(exc))
 
 
+def train_autoencoder_cmd(
+    config: Path = typer.Option(..., help="YAML autoencoder config (see vigface/configs/)"),
+    data: Path = typer.Option(..., help="aligned-face ImageFolder (112-px crops)"),
+    fr: str = typer.Option(..., help="stage-1 FR model folder or store name (perceptual term)"),
+    out: Path = typer.Option(..., help="output run folder; the model lands in <out>/autoencoder"),
+    init_from: str | None = typer.Option(
+        None, help="autoencoder folder, or a store entry with one, whose weights start the run"
+    ),
+    resume: bool = typer.Option(True, help="continue from <out>/checkpoints/last.pt if present"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if any)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key (repeatable)"),
+    verbose: bool = False,
+) -> None:
+    """Train the face autoencoder latent generators draw in (vigface/generator/autoencoder.py)."""
+    from model_store import ModelNotFound, resolve
+    from vigface.config import ConfigError, TrainAutoencoderConfig, load_config, parse_overrides
+    from vigface.data import DatasetError
+    from vigface.fr_model import ModelFormatError
+    from vigface.training.autoencoder import train_autoencoder
+
+    setup_logging(verbose)
+    try:
+        cfg = load_config(config, TrainAutoencoderConfig, parse_overrides(set_))
+        start = None
+        if init_from:
+            start = Path(init_from) if Path(init_from).is_dir() else resolve(init_from)
+            if (start / "autoencoder").is_dir():
+                start = start / "autoencoder"
+            if not (start / "config.json").is_file():
+                fail(f"--init-from: {init_from} holds no autoencoder (no config.json)")
+        train_autoencoder(
+            cfg, data, resolve(fr, part="fr"), out, resume=resume, device=device, init_from=start
+        )
+    except (ConfigError, DatasetError, ModelNotFound, ModelFormatError) as exc:
+        fail(str(exc))
+
+
 def export_onnx_cmd(
     model: str = typer.Option(..., help="model folder or model-store name"),
     out: Path = typer.Option(..., help="output .onnx file"),
@@ -301,4 +338,5 @@ def register(app: typer.Typer) -> None:
     app.command("extend-virtual")(extend_virtual_cmd)
     app.command("train-dit")(train_dit_cmd)
     app.command("train-upsampler")(train_upsampler_cmd)
+    app.command("train-autoencoder")(train_autoencoder_cmd)
     app.command("export-onnx")(export_onnx_cmd)

@@ -105,6 +105,16 @@ class IResNet(nn.Module):
         layers += [IBasicBlock(planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def feature_maps(self, x: torch.Tensor, stages: int = 3) -> list[torch.Tensor]:
+        """The stem's and the first ``stages`` stages' outputs: the feature maps a perceptual
+        loss compares (any input side; they are convolutional)."""
+        x = self.prelu(self.bn1(self.conv1(x)))
+        maps = [x]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4)[:stages]:
+            x = layer(x)
+            maps.append(x)
+        return maps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, input_size, input_size) RGB scaled to [-1, 1]."""
         x = self.prelu(self.bn1(self.conv1(x)))
