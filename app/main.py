@@ -12,28 +12,9 @@ from starlette.routing import Match
 from app.api import jobs, misc
 from app.services import cache
 from app.services.errors import JobError
+from jobstore.session import init_db, session_factory
+from jobstore.settings import Settings, get_settings
 from model_store.storage import open_store
-from workers.db.session import init_db, session_factory
-from workers.settings import Settings, get_settings
-
-
-def celery_dispatch(settings: Settings):
-    """(enqueue a job's shards, enqueue one shard, enqueue a finalize) through Celery."""
-    from workers.celery_app import make_celery
-
-    celery = make_celery(settings)
-
-    def enqueue_shard(shard_id: int, priority: int = 5) -> None:
-        celery.send_task("vigface.run_shard", args=[shard_id], queue="gpu", priority=priority)
-
-    def enqueue(job) -> None:
-        for shard in job.shards:
-            enqueue_shard(shard.id, job.priority)
-
-    def enqueue_finalize(job_id: str) -> None:
-        celery.send_task("vigface.finalize_job", args=[job_id], queue="gpu")
-
-    return enqueue, enqueue_shard, enqueue_finalize
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -130,9 +111,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # embedded mode: the worker thread polls the database, nothing to send
     if settings.broker_url:
-        app.state.enqueue, app.state.enqueue_shard, app.state.enqueue_finalize = celery_dispatch(
-            settings
-        )
+        from workers.celery_app import CeleryDispatch
+
+        dispatch = CeleryDispatch(settings)
+        app.state.enqueue = dispatch.enqueue
+        app.state.enqueue_shard = dispatch.enqueue_shard
+        app.state.enqueue_finalize = dispatch.enqueue_finalize
     else:
         app.state.enqueue = app.state.enqueue_shard = app.state.enqueue_finalize = lambda *a: None
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from model_store import resolve
-from vigface.dataset.pose import YAW_BINS, PoseBank, total_variation
+from vigface.pose import YAW_BINS, PoseBank, total_variation
 from vigface.generator.artifact import Generator
 from vigface.sampling import ImageRequest, Sampler, SamplerSettings, image_seed
 

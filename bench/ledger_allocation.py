@@ -36,8 +36,8 @@ def main() -> None:
     from app.services.admission import create_job
     from app.services.auth import create_team
     from app.services.models import describe_model
-    from workers.db.session import init_db, session_factory
-    from workers.settings import Settings
+    from jobstore.session import init_db, session_factory
+    from jobstore.settings import Settings
 
     admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
     name = args.model_dir.name
@@ -76,7 +76,7 @@ def main() -> None:
                     f"and {shards} shards in one transaction: {total:.3f} s"
                 )
         finally:
-            from workers.db.session import get_engine
+            from jobstore.session import get_engine
 
             get_engine.cache_clear()
             with admin.connect() as c:

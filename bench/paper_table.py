@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from vigface.data import AlignedFaceFolder
-from vigface.evaluation.utility import dataset_utility, probe_config
+from vigface.training.probe import dataset_utility, probe_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
 

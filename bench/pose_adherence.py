@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from vigface.data import AlignedFaceFolder
-from vigface.dataset.pose import YAW_BINS, estimate_pose
+from vigface.pose import YAW_BINS, estimate_pose
 from vigface.evaluation.judge import degrade
 from vigface.evaluation.shown_pose import ShownPose, per_bin
 

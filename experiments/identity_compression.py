@@ -36,7 +36,7 @@ from PIL import Image
 
 from model_store import resolve
 from vigface.data import read_landmarks_csv
-from vigface.dataset.metrics import class_centres
+from vigface.evaluation.metrics import class_centres
 from vigface.dataset.writers import encode_jpeg
 from vigface.evaluation.judge import OutsideJudge, degrade, identity_distances, unit_distances
 from vigface.generator.artifact import Generator

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from model_store import CARD, ModelNotFound, resolve
-from vigface.dataset.pose import PoseBank
+from vigface.pose import PoseBank
 from vigface.model_card import load_card
 from vigface.prototype_set import prototype_set_digest, row_keys
 from vigface.sampler_settings import SamplerSettings

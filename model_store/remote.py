@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from model_store.digest import file_sha256
+
 SKIP = {"checkpoints"}
 
 
@@ -30,7 +32,7 @@ def content_hash(folder: str | Path) -> str:
     h = hashlib.sha256()
     for p in _files(folder):
         h.update(p.relative_to(folder).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).hexdigest().encode() + b"\n")
+        h.update(file_sha256(p).encode() + b"\n")
     return h.hexdigest()
 
 

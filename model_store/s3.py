@@ -17,7 +17,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from model_store.storage import file_sha256
+from model_store.digest import file_sha256
 from vigface.atomic import atomic_path
 
 

@@ -8,15 +8,16 @@ URL of its own, so callers pass ``plain_link`` (key -> URL of the API route that
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+import tenacity
+
+from model_store.digest import file_sha256
 from vigface.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,6 @@ class ObjectStore(Protocol):
     def link(self, key: str, plain_link: Callable[[str], str]) -> str: ...
 
     def ping(self) -> None: ...
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(2**20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def put_dir(store: ObjectStore, prefix: str, src: str | Path) -> list[str]:
@@ -90,22 +83,22 @@ def retrying(
     exception counts as transient: a key escaping the store (ValueError) is the one permanent
     error, and it is raised at once. A caller holding a lease keeps it alive with a heartbeat
     (:mod:`workers.heartbeat`), whatever this waits."""
-    deadline = time.monotonic() + window_s
-    wait = first_wait_s
-    while True:
-        try:
-            return call()
-        except ValueError:
-            raise
-        except Exception as exc:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise StoreUnavailable(
-                    f"object store unavailable for {window_s:.0f} s: {exc}"
-                ) from exc
-            log.warning("object store call failed (%s); retrying in %.0f s", exc, min(wait, left))
-            time.sleep(min(wait, left))
-            wait = min(wait * 2, 30.0)
+    retryer = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(window_s),
+        wait=tenacity.wait_exponential(multiplier=first_wait_s, max=30.0),
+        retry=tenacity.retry_if_not_exception_type(ValueError),
+        before_sleep=lambda state: log.warning(
+            "object store call failed (%s); retrying in %.0f s",
+            state.outcome.exception(),
+            state.next_action.sleep,
+        ),
+        reraise=False,
+    )
+    try:
+        return retryer(call)
+    except tenacity.RetryError as exc:
+        last = exc.last_attempt.exception()
+        raise StoreUnavailable(f"object store unavailable for {window_s:.0f} s: {last}") from last
 
 
 class LocalStore:

@@ -252,10 +252,10 @@ def embedded_service(tmp_path: Path, default_model: str, **overrides):
     SQLite and a local store under ``tmp_path``, caches of earlier tests' models cleared."""
     from app.main import create_app
     from app.services.auth import create_key, create_team
+    from jobstore.session import get_engine
+    from jobstore.settings import Settings
     from model_store.description import describe
     from model_store.loader import load_generator
-    from workers.db.session import get_engine
-    from workers.settings import Settings
 
     load_generator.cache_clear()
     describe.cache_clear()

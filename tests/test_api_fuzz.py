@@ -13,8 +13,8 @@ from schemathesis.checks import positive_data_acceptance
 from app.main import create_app
 from app.services.auth import create_key, create_team
 from conftest import postgres_url
+from jobstore.settings import Settings
 from model_store.loader import load_generator
-from workers.settings import Settings
 
 pytestmark = pytest.mark.slow
 CASES_PER_OPERATION = 90  # x 13 operations x 2 databases: over 2,000 generated requests
@@ -32,7 +32,7 @@ def fuzz_app(request, tiny_generator, tmp_path_factory):
 def _fuzz_app(request, tiny_generator, tmp_path_factory):
     load_generator.cache_clear()
     tmp = tmp_path_factory.mktemp("fuzz")
-    from workers.db.session import get_engine
+    from jobstore.session import get_engine
 
     get_engine.cache_clear()
     s = Settings(

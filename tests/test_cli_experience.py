@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from app.client import APIError
-from workers.settings import Settings
+from jobstore.settings import Settings
 
 
 def _vigface(args, cwd, env):
@@ -63,7 +63,7 @@ def test_eta_uses_the_workers_sampling_rate_and_ignores_stale_workers():
     from datetime import timedelta
 
     from app.services.views import sampling_rate
-    from workers.db.models import Job, JobStatus, utcnow
+    from jobstore.models import Job, JobStatus, utcnow
 
     now = utcnow()
     job = Job(status=JobStatus.RUNNING, images_requested=100, images_done=40)

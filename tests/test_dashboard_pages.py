@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
+from jobstore.settings import Settings
 from model_store.loader import load_generator
 from workers.embedded import EmbeddedWorker
-from workers.settings import Settings
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_pages_render_and_orders_go_through_the_api_path(ui):
 
 
 def test_a_failed_job_can_be_retried_from_its_page(ui):
-    from workers.db.models import Job, Shard
+    from jobstore.models import Job, Shard
 
     api, keys, worker = ui
     c = login(TestClient(api), keys["alpha"])

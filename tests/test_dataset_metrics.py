@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vigface.dataset.metrics import (
+from vigface.evaluation.metrics import (
     certainty_ratio,
     class_consistency,
     class_separability,

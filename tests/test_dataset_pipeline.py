@@ -301,7 +301,7 @@ def test_each_draw_meets_its_pose_bins_threshold(tiny_generator, tmp_path):
     with one yaw bin held to an impossible threshold and the others open, every draw of that
     bin fails consistency and every other draw passes."""
     from vigface.dataset.chunks import Draw
-    from vigface.dataset.pose import YAW_BINS
+    from vigface.pose import YAW_BINS
 
     gen = Generator.load(tiny_generator)
     frontal = np.asarray(gen.pose_landmarks, np.float32).reshape(-1, 5, 2)

@@ -11,7 +11,7 @@ import typer.main
 import yaml
 
 from app.cli import app
-from workers.settings import Settings
+from jobstore.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

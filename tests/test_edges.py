@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from test_service_api import ORDER, auth, drain, service  # noqa: F401  (the fixture)
 
-from vigface.dataset.metrics import dataset_attributes
+from jobstore.models import Job, JobStatus, Shard, ShardStatus
+from vigface.evaluation.metrics import dataset_attributes
 from vigface.dataset.writers import finite, write_json
-from workers.db.models import Job, JobStatus, Shard, ShardStatus
 
 
 def test_undefined_attributes_are_null_with_the_reason(tmp_path):
@@ -104,7 +104,7 @@ def test_a_stopping_worker_gives_its_shard_back_and_the_next_start_finishes_it(s
 def test_a_shard_whose_worker_dies_at_every_start_fails_the_job(service):  # noqa: F811
     from datetime import timedelta
 
-    from workers.db.models import utcnow
+    from jobstore.models import utcnow
 
     client, keys, worker, api = service
     h = auth(keys["alpha"])
@@ -132,7 +132,7 @@ def test_a_shard_whose_worker_dies_at_every_start_fails_the_job(service):  # noq
 def test_a_finalize_that_never_finishes_fails_the_job(service):  # noqa: F811
     from datetime import timedelta
 
-    from workers.db.models import utcnow
+    from jobstore.models import utcnow
 
     client, keys, worker, api = service
     h = auth(keys["alpha"])
@@ -304,7 +304,7 @@ def test_each_pose_bin_keeps_its_calibrated_distance_from_the_guidance_threshold
     """Per-pose thresholds move with the order's guidance (the guidance table), keep each
     |yaw| group's calibrated offset at the order's pose guidance, fill a group the bank lacked
     from the nearest one, and give way to a threshold the order sets itself."""
-    from vigface.dataset.pose import YAW_BINS
+    from vigface.pose import YAW_BINS
     from vigface.dataset.spec import DatasetSpec, ResolvedSpec, pose_thresholds, resolve_spec
 
     by_guidance = {"1": {"tau_consistency": 0.50}, "4": {"tau_consistency": 0.40}}

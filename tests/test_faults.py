@@ -67,7 +67,7 @@ def deploy(tiny_generator, s3_env, tmp_path):
         svc = Service(env, tmp_path)
         started.append((svc, proxy, redis_server))
         from app.services.auth import create_key, create_team
-        from workers.db.session import init_db, session_factory
+        from jobstore.session import init_db, session_factory
 
         init_db(env["VIGFACE_DATABASE_URL"])
         with session_factory(env["VIGFACE_DATABASE_URL"])() as db:
@@ -275,7 +275,7 @@ def test_ctrl_c_of_the_embedded_service_mid_job_then_restart(tiny_generator, tmp
     from pathlib import Path
 
     from app.services.auth import create_key, create_team
-    from workers.db.session import init_db, session_factory
+    from jobstore.session import init_db, session_factory
 
     home = tmp_path / "home"
     model = "demo" if (BUNDLED / "demo" / "dit").is_dir() else tiny_generator.name
@@ -306,7 +306,7 @@ def test_ctrl_c_of_the_embedded_service_mid_job_then_restart(tiny_generator, tmp
         log = (tmp_path / "api.log").read_text()
         assert "terminate called" not in log and "goes back to the queue" in log
         with session_factory(db_url)() as db:
-            from workers.db.models import Job
+            from jobstore.models import Job
 
             stopped = db.get(Job, job["id"])
             assert stopped.status == "running" and stopped.progress.get("given_back")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vigface.dataset.filters import DatasetFilter, LeakageJudge
-from vigface.dataset.metrics import nearest_similarity
+from vigface.evaluation.metrics import nearest_similarity
 
 D = 8
 EPS = 1e-3
@@ -156,12 +156,12 @@ def test_onnx_judge_embeds_and_flags_on_both_sides(tiny_generator, tmp_path):
 
 def test_a_deployment_judge_reaches_every_shard(tiny_generator, tmp_path, monkeypatch):
     """VIGFACE_JUDGE_* settings put the independent judge into the workers' filters."""
+    from jobstore.models import Job, Shard
+    from jobstore.settings import Settings
     from model_store.loader import load_generator
     from vigface.export.onnx import export_backbone
     from vigface.fr_model import FRModel
-    from workers.db.models import Job, Shard
     from workers.runner import _shard_builder
-    from workers.settings import Settings
 
     monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
     load_generator.cache_clear()
@@ -255,7 +255,7 @@ def test_calibration_draws_with_the_cards_sampler_and_keeps_the_rest_of_the_card
 def test_each_image_meets_its_own_pose_bins_threshold_on_both_sides(delta, ok):
     """With per-pose thresholds, a turned face is held to its bin's (lower) threshold and a
     frontal face to the frontal one; the single threshold applies without bins."""
-    from vigface.dataset.pose import YAW_BINS
+    from vigface.pose import YAW_BINS
 
     by_pose = {b: 0.5 for b in YAW_BINS} | {"left_35_60": 0.3, "right_35_60": 0.3}
     filt = DatasetFilter(REAL, tau_consistency=0.4, tau_leak=0.9, tau_consistency_by_pose=by_pose)

@@ -10,10 +10,10 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.services.auth import create_key, create_team
 from conftest import postgres_url
+from jobstore.models import LedgerEntry
+from jobstore.settings import Settings
 from model_store.description import describe
 from model_store.loader import load_generator
-from workers.db.models import LedgerEntry
-from workers.settings import Settings
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def api(tiny_generator, tmp_path, monkeypatch):
     monkeypatch.setenv("VIGFACE_MODEL_STORE", str(store))
     load_generator.cache_clear()
     describe.cache_clear()
-    from workers.db.session import get_engine
+    from jobstore.session import get_engine
 
     get_engine.cache_clear()
     settings = Settings(
@@ -105,7 +105,7 @@ def test_cancel_gives_back_quota_and_the_prototypes_of_shards_that_never_ran(api
     free = {m["name"]: m["free_virtual_identities"] for m in c.get("/v1/models", headers=h).json()}
     job = c.post("/v1/jobs", json=ORDER, headers=h).json()
     with app.state.sessions() as db:  # shard 0 ran (a worker claimed it), shard 1 never did
-        from workers.db.models import Shard
+        from jobstore.models import Shard
 
         first = db.query(Shard).filter_by(job_id=job["id"], index=0).one()
         first.attempts, first.status = 1, "running"
@@ -121,7 +121,7 @@ def test_cancel_gives_back_quota_and_the_prototypes_of_shards_that_never_ran(api
     # the quota is back: an order of the whole quota fits again
     with app.state.sessions() as db:
         from app.services.admission import images_used_this_month
-        from workers.db.models import Team
+        from jobstore.models import Team
 
         assert images_used_this_month(db, db.query(Team).filter_by(name="alpha").one()) == 0
 
@@ -131,7 +131,7 @@ def test_thirty_concurrent_submissions_against_room_for_ten(api):
     with app.state.sessions() as db:
         from sqlalchemy import update
 
-        from workers.db.models import Team
+        from jobstore.models import Team
 
         db.execute(update(Team).where(Team.name == "alpha").values(monthly_quota=30))
         db.commit()
@@ -176,7 +176,7 @@ def test_a_submission_that_loses_every_allocation_race_gets_a_409_and_stores_not
     from types import SimpleNamespace
 
     from app.services import admission as job_service
-    from workers.db.models import Job, Shard
+    from jobstore.models import Job, Shard
 
     app, keys = api
     c = TestClient(app)

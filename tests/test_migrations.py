@@ -7,8 +7,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from conftest import postgres_url
+from jobstore.migrate import upgrade
 from model_store.description import describe
-from workers.db.migrate import upgrade
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

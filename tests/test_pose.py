@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vigface.dataset.pose import YAW_BINS, PoseBank, PoseSpecError, estimate_pose, total_variation
+from vigface.pose import YAW_BINS, PoseBank, PoseSpecError, estimate_pose, total_variation
 
 # insightface's 112x112 ArcFace template: the frontal reference
 TEMPLATE = np.array(

@@ -7,12 +7,12 @@ from sqlalchemy import func, select, text
 
 from app.services.views import visible_jobs
 from conftest import postgres_url
-from workers.db.models import Job, Shard, Team
+from jobstore.models import Job, Shard, Team
 
 
 @pytest.fixture
 def pg():
-    from workers.db.session import get_engine, init_db, session_factory
+    from jobstore.session import get_engine, init_db, session_factory
 
     url = postgres_url()
     get_engine.cache_clear()
@@ -60,8 +60,8 @@ def test_a_status_call_costs_three_statements_whatever_the_jobs_size(tmp_path):
 
     from app.main import create_app
     from app.services.auth import create_key, create_team
-    from workers.db.session import get_engine
-    from workers.settings import Settings
+    from jobstore.session import get_engine
+    from jobstore.settings import Settings
 
     url = postgres_url()
     get_engine.cache_clear()

@@ -9,13 +9,13 @@ from sqlalchemy import update
 from app.schemas import JobCreate
 from app.services.admission import create_job
 from app.services.auth import create_team
+from jobstore.models import Job, JobStatus, Shard, utcnow
+from jobstore.session import init_db, session_factory
+from jobstore.settings import Settings
 from model_store.description import describe
 from model_store.loader import load_generator
 from workers import runner
-from workers.db.models import Job, JobStatus, Shard, utcnow
-from workers.db.session import init_db, session_factory
 from workers.reaper import Reaper
-from workers.settings import Settings
 
 
 @pytest.fixture

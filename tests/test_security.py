@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
+from jobstore.settings import Settings
 from model_store.description import describe
 from model_store.loader import load_generator
-from workers.settings import Settings
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(client):
 def test_a_session_never_acts_for_a_key_that_replaced_its_key_row(client):
     """A session is bound to the key itself: a new key (of another team) written into the
     old key's row id does not inherit the old cookie."""
-    from workers.db.models import ApiKey, Team
+    from jobstore.models import ApiKey, Team
 
     c, key, _ = client
     c.post("/ui/login", data={"api_key": key}, follow_redirects=False)

@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.services.auth import create_key, create_team
 from conftest import postgres_url
+from jobstore.settings import Settings
 from model_store.loader import load_generator
 from workers.embedded import EmbeddedWorker
-from workers.settings import Settings
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -18,7 +18,7 @@ def service(request, tiny_generator, tmp_path, monkeypatch):
     monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
     load_generator.cache_clear()
     url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else postgres_url()
-    from workers.db.session import get_engine
+    from jobstore.session import get_engine
 
     get_engine.cache_clear()
     settings = Settings(
@@ -217,7 +217,7 @@ def test_status_polls_share_an_answer_for_the_ttl_and_writes_clear_it(service):
     """Production default: polls within VIGFACE_STATUS_CACHE_SECONDS share one answer (a
     worker's progress shows a second later); a write through the API shows at once."""
     from app.services import cache
-    from workers.db.models import Job
+    from jobstore.models import Job
 
     client, keys, worker, api = service
     cache.configure(auth_seconds=2.0, status_seconds=1.0)

@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.services.auth import create_key, create_team
 from conftest import postgres_url
+from jobstore.settings import Settings
 from model_store import BUNDLED
 from model_store.loader import load_generator
-from workers.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,7 +47,7 @@ def deployment(tiny_generator, s3_env, tmp_path, monkeypatch, redis_url):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     load_generator.cache_clear()
-    from workers.db.session import get_engine
+    from jobstore.session import get_engine
 
     get_engine.cache_clear()
     settings = Settings()

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import embedded_service
-from workers.db.models import Job, LedgerEntry, Shard
+from jobstore.models import Job, LedgerEntry, Shard
 from workers.embedded import EmbeddedWorker
 
 ORDER = {"identities": 3, "images_per_identity": 1, "steps": 2, "seed": 5}

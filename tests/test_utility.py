@@ -13,7 +13,7 @@ import torch
 from test_service_api import _toy_bin
 
 from conftest import make_face_folder
-from vigface.evaluation.utility import dataset_utility, merge_sources, probe_config
+from vigface.training.probe import dataset_utility, merge_sources, probe_config
 
 
 def _cli(*args, env=None):

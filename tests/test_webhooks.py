@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from workers.webhooks import attempt_delivery, deliver_due, notify, sign
+from jobstore.webhooks import attempt_delivery, deliver_due, notify, sign
 
 
 @pytest.fixture
@@ -47,9 +47,9 @@ def test_signature_is_standard_webhooks():
 def _outbox(tmp_path, url, **kw):
     """A database with one job whose webhook is ``url``, its outbox row, and the settings."""
     from app.services.auth import create_team
-    from workers.db.models import Job, JobStatus
-    from workers.db.session import init_db, session_factory
-    from workers.settings import Settings
+    from jobstore.models import Job, JobStatus
+    from jobstore.session import init_db, session_factory
+    from jobstore.settings import Settings
 
     settings = Settings(
         database_url=f"sqlite:///{tmp_path}/db.sqlite",
@@ -67,11 +67,11 @@ def _outbox(tmp_path, url, **kw):
         db.add(job)
         db.commit()
         job_id = job.id
-    return sessions, settings, job_id, notify(sessions, settings, job_id)
+    return sessions, settings, job_id, notify(sessions, job_id)
 
 
 def _deliver_until_settled(sessions, settings, delivery_id):
-    from workers.db.models import WebhookDelivery
+    from jobstore.models import WebhookDelivery
 
     for _ in range(200):
         status = attempt_delivery(sessions, settings, delivery_id)
@@ -86,7 +86,7 @@ def test_delivery_retries_until_accepted_and_logs_attempts(receiver, tmp_path):
     url, state = receiver
     state["fail_first"] = 2
     sessions, settings, job_id, delivery = _outbox(tmp_path, url)
-    assert notify(sessions, settings, job_id) is None  # one event per job state
+    assert notify(sessions, job_id) is None  # one event per job state
     row = _deliver_until_settled(sessions, settings, delivery)
     assert row.status == "delivered" and row.attempts == 3 and row.last_error is None
     assert len(state["calls"]) == 3
@@ -120,9 +120,9 @@ def test_job_completion_sends_a_signed_webhook(receiver, tiny_generator, tmp_pat
 
     from app.main import create_app
     from app.services.auth import create_key, create_team
+    from jobstore.settings import Settings
     from model_store.loader import load_generator
     from workers.embedded import EmbeddedWorker
-    from workers.settings import Settings
 
     url, state = receiver
     monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
@@ -178,7 +178,7 @@ def test_job_completion_sends_a_signed_webhook(receiver, tiny_generator, tmp_pat
     ],
 )
 def test_webhooks_to_private_addresses_are_refused_unless_allowed(url):
-    from workers.webhooks import refused_address
+    from jobstore.webhooks import refused_address
 
     assert "private, loopback or reserved" in refused_address(url, [])
     from urllib.parse import urlparse

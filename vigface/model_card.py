@@ -74,7 +74,7 @@ class FilterCalibration(_Strict):
     @field_validator("tau_consistency_by_pose")
     @classmethod
     def _pose_groups(cls, v):
-        from vigface.dataset.pose import YAW_GROUPS
+        from vigface.pose import YAW_GROUPS
 
         for weight, groups in v.items():
             try:

@@ -1,6 +1,6 @@
-"""What runs jobs: the job store, the identity ledger, the shard runner (Celery GPU workers or
-the embedded worker thread), the reaper and the webhook outbox.
+"""What runs jobs: the shard runner (Celery GPU workers or the embedded worker thread), the
+finalize step, the reaper and the reconciler's queries.
 
-Layering: workers call the core package ``vigface`` and ``model_store``; the API in
-``app`` enqueues their tasks. Nothing here is imported by the core.
+Layering: workers build on the job store (``jobstore``), the model store and the core package
+``vigface``; the API in ``app`` enqueues their tasks. Nothing below imports them.
 """

@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from celery import Celery
 
-from workers.settings import Settings, get_settings
+from jobstore.settings import Settings, get_settings
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -40,3 +42,36 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 
 celery_app = make_celery()
+
+
+class CeleryDispatch:
+    """How the API and the reaper hand work to Celery workers: by task name, so nothing here
+    imports the tasks (or torch)."""
+
+    def __init__(self, settings: Settings):
+        self.celery = make_celery(settings)
+
+    def enqueue_shard(self, shard_id: int, priority: int = 5) -> None:
+        self.celery.send_task("vigface.run_shard", args=[shard_id], queue="gpu", priority=priority)
+
+    def enqueue(self, job) -> None:
+        """Every shard of a newly admitted job."""
+        for shard in job.shards:
+            self.enqueue_shard(shard.id, job.priority)
+
+    def enqueue_finalize(self, job_id: str) -> None:
+        self.celery.send_task("vigface.finalize_job", args=[job_id], queue="gpu")
+
+    def deliver_webhook(self, delivery_id: int) -> None:
+        self.celery.send_task("vigface.deliver_webhook", args=[delivery_id], queue="webhooks")
+
+
+def webhook_sender(settings: Settings):
+    """The ``deliver`` callable of :func:`jobstore.webhooks.notify`: a Celery task where there
+    is a broker; none embedded (the worker thread sweeps the outbox)."""
+    return _dispatch(settings.broker_url).deliver_webhook if settings.broker_url else None
+
+
+@lru_cache
+def _dispatch(broker_url: str) -> CeleryDispatch:
+    return CeleryDispatch(get_settings().model_copy(update={"broker_url": broker_url}))

@@ -13,10 +13,10 @@ import threading
 
 from sqlalchemy.orm import sessionmaker
 
+from jobstore.settings import Settings
+from jobstore.webhooks import deliver_due
 from workers.reconcile import next_queued_shard, stalled_finalizes
 from workers.runner import finalize_job, run_shard
-from workers.settings import Settings
-from workers.webhooks import deliver_due
 
 log = logging.getLogger(__name__)
 

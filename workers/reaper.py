@@ -19,9 +19,9 @@ import threading
 
 from sqlalchemy.orm import sessionmaker
 
+from jobstore.settings import Settings
+from jobstore.webhooks import deliver_due
 from workers.reconcile import requeue_expired, resend_queued, stalled_finalizes
-from workers.settings import Settings
-from workers.webhooks import deliver_due
 
 log = logging.getLogger(__name__)
 

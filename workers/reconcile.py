@@ -11,8 +11,8 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from workers.db.models import LIVE, Job, JobStatus, Shard, ShardStatus, utcnow
-from workers.settings import Settings
+from jobstore.models import LIVE, Job, JobStatus, Shard, ShardStatus, utcnow
+from jobstore.settings import Settings
 
 
 def requeue_expired(sessions: sessionmaker, enqueue_shard) -> list[int]:

@@ -22,21 +22,29 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobstore.ledger import release_unstarted, release_unused_spares, rows_still_held
+from jobstore.models import Job, JobStatus, Shard, ShardStatus, utcnow
+from jobstore.settings import Settings
+from jobstore.webhooks import notify
 from model_store.loader import load_generator
 from model_store.storage import open_store, put_dir, retrying
 from vigface.dataset.pipeline import Canceled, DatasetBuilder, write_dataset
 from vigface.dataset.spec import DatasetSpec, ResolvedSpec, resolve_spec
 from vigface.dataset.writers import finite
 from vigface.prototype_set import row_keys
-from workers.db.models import Job, JobStatus, Shard, ShardStatus, utcnow
 from workers.heartbeat import heartbeat
-from workers.ledger import release_unstarted, release_unused_spares, rows_still_held
 from workers.reconcile import next_queued_shard
-from workers.settings import Settings
-from workers.webhooks import notify
 
 log = logging.getLogger(__name__)
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def announce(sessions: sessionmaker, settings: Settings, job_id: str) -> None:
+    """The job reached a final state: its webhook goes into the outbox, and to a Celery
+    worker where there is a broker."""
+    from workers.celery_app import webhook_sender
+
+    notify(sessions, job_id, webhook_sender(settings))
 
 
 def worker_stats(img_per_s: float) -> dict:
@@ -221,7 +229,7 @@ def run_shard(
                 "worker died each time); the job stops here (POST /v1/jobs/{id}/retry)",
             )
             db.commit()
-            notify(sessions, settings, job.id)
+            announce(sessions, settings, job.id)
             return shard.status
         if job.status == JobStatus.QUEUED:
             job.status, job.started_at = JobStatus.RUNNING, utcnow()
@@ -305,7 +313,7 @@ def run_shard(
             shard.status = ShardStatus.FAILED
             fail_job(db, job, f"shard {shard.index}: {exc}")
             db.commit()
-            notify(sessions, settings, job.id)
+            announce(sessions, settings, job.id)
             return shard.status
         pending = db.scalar(
             select(Shard.id).where(Shard.job_id == job.id, Shard.status != ShardStatus.SUCCEEDED)
@@ -337,7 +345,7 @@ def add_utility(settings: Settings, store, store_call, job: Job, out: Path, repo
     benchmark the job asked for to report.json and report.html."""
     from vigface.dataset.report import write_html_report
     from vigface.dataset.writers import write_json
-    from vigface.evaluation.utility import dataset_utility, probe_config
+    from vigface.training.probe import dataset_utility, probe_config
 
     work = Path(settings.work_dir) / job.id / "probe"
     bins = {}
@@ -390,7 +398,7 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
     uploaded files are removed. Any failure, the final database write included (a report the
     database refuses), fails the job with the reason instead of leaving it to be re-run."""
     if not claim_finalize(sessions, settings, job_id):
-        notify(sessions, settings, job_id)
+        announce(sessions, settings, job_id)
         return
     keys: list[str] = []
     store = open_store(settings.storage_url, settings.s3_endpoint_url)
@@ -443,7 +451,7 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
                 fail_job(db, job, f"finalize: {exc}")
                 db.commit()
             remove_keys(store, keys)
-    notify(sessions, settings, job_id)
+    announce(sessions, settings, job_id)
 
 
 def remove_keys(store, keys: list[str]) -> None:

@@ -7,10 +7,10 @@ from functools import lru_cache
 
 from celery.signals import worker_process_init
 
+from jobstore.session import session_factory
+from jobstore.settings import get_settings
 from workers.celery_app import celery_app
-from workers.db.session import session_factory
 from workers.runner import finalize_job, load_model, run_next_shard
-from workers.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def finalize_job_task(job_id: str) -> None:
 @celery_app.task(name="vigface.deliver_webhook", bind=True, max_retries=None)
 def deliver_webhook_task(self, delivery_id: int) -> str:
     """One attempt; a pending delivery is retried after the outbox's back-off."""
-    from workers.db.models import DeliveryStatus, WebhookDelivery
-    from workers.webhooks import attempt_delivery, backoff
+    from jobstore.models import DeliveryStatus, WebhookDelivery
+    from jobstore.webhooks import attempt_delivery, backoff
 
     settings = get_settings()
     status = attempt_delivery(_sessions(), settings, delivery_id)

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from app.services import cache
 from app.services.auth import hash_key, team_for_key, team_for_session
-from workers.db.models import Team
-from workers.settings import Settings
+from jobstore.models import Team
+from jobstore.settings import Settings
 
 
 def get_settings_dep(request: Request) -> Settings:

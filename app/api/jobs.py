@@ -17,8 +17,8 @@ from app.services import cache
 from app.services.admission import cancel_job, create_job, retry_job
 from app.services.links import download_link
 from app.services.views import job_or_404, job_out, job_outs, visible_jobs
-from workers.db.models import Job, JobStatus, Team
-from workers.settings import Settings
+from jobstore.models import Job, JobStatus, Team
+from jobstore.settings import Settings
 
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"], responses=error_responses(400, 401, 404, 413, 422)

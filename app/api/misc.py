@@ -16,8 +16,8 @@ from app.api.errors import error_responses
 from app.schemas import ModelOut
 from app.services.models import model_entries
 from app.services.views import visible_job
-from workers.db.models import Job, JobStatus, LedgerEntry, Shard, Team
-from workers.settings import Settings
+from jobstore.models import Job, JobStatus, LedgerEntry, Shard, Team
+from jobstore.settings import Settings
 
 router = APIRouter()
 

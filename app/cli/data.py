@@ -271,14 +271,14 @@ def generate_cmd(
     """Generate a dataset: sample, filter, write the formats, report.json and report.html."""
     from pydantic import ValidationError
 
+    from jobstore.settings import Settings
     from vigface.data import DatasetError
     from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes
     from vigface.dataset.planning import real_augment_plan
-    from vigface.dataset.pose import PoseSpecError
+    from vigface.pose import PoseSpecError
     from vigface.dataset.spares import spares_for_order
     from vigface.dataset.spec import DatasetSpec, at_card_thresholds, resolve_spec
     from vigface.precision import PRECISIONS
-    from workers.settings import Settings
 
     if precision not in PRECISIONS:
         fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -479,7 +479,7 @@ def evaluate_dataset_cmd(
     from app.cli.jobs import _call, _client
     from vigface.config import ConfigError
     from vigface.data import DatasetError
-    from vigface.evaluation.utility import dataset_utility, probe_config
+    from vigface.training.probe import dataset_utility, probe_config
 
     if not data and not job:
         fail("give --data DIR or --job ID (repeatable; all of them train together)")

@@ -110,9 +110,9 @@ def models_push(
     name: str | None = typer.Option(None, help="entry name (default: the folder name)"),
 ) -> None:
     """Upload a model to the configured object store (VIGFACE_STORAGE_URL) by content hash."""
+    from jobstore.settings import get_settings
     from model_store.remote import push
     from model_store.storage import open_store
-    from workers.settings import get_settings
 
     settings = get_settings()
     try:

@@ -17,8 +17,8 @@ admin_app = typer.Typer(
 
 
 def _sessions():
-    from workers.db.session import init_db, session_factory
-    from workers.settings import get_settings
+    from jobstore.session import init_db, session_factory
+    from jobstore.settings import get_settings
 
     settings = get_settings()
     init_db(settings.database_url)
@@ -84,9 +84,9 @@ def add_benchmark_cmd(
 
     from app.schemas import BENCHMARK_NAME_PATTERN
     from app.services.admission import benchmark_key
+    from jobstore.settings import get_settings
     from model_store.storage import open_store
     from vigface.data import DatasetError, load_bin
-    from workers.settings import get_settings
 
     if not re.fullmatch(BENCHMARK_NAME_PATTERN, name):
         fail(f"NAME: letters, digits, '.', '_', '-' (at most 100), not {name!r}")
@@ -117,7 +117,7 @@ def serve_cmd(
     import uvicorn
 
     from app.main import create_app
-    from workers.settings import get_settings
+    from jobstore.settings import get_settings
 
     settings = get_settings().model_copy(
         update={"host": host or get_settings().host, "port": port or get_settings().port}
@@ -133,7 +133,7 @@ def serve_cmd(
     if workers > 1:
         # the processes build their app from the environment: give them the served address
         os.environ["VIGFACE_HOST"], os.environ["VIGFACE_PORT"] = settings.host, str(settings.port)
-        from workers.db.session import init_db, session_factory
+        from jobstore.session import init_db, session_factory
 
         init_db(settings.database_url)  # once, before the processes race to migrate
         start_reaper(settings, session_factory(settings.database_url))
@@ -202,10 +202,11 @@ def warn_if_home_served(settings) -> None:
 
 def start_reaper(settings, sessions) -> None:
     """One reconciler per deployment's API (in the supervising process with --workers)."""
-    from app.main import celery_dispatch
+    from workers.celery_app import CeleryDispatch
     from workers.reaper import Reaper
 
-    _, enqueue_shard, enqueue_finalize = celery_dispatch(settings)
+    dispatch = CeleryDispatch(settings)
+    enqueue_shard, enqueue_finalize = dispatch.enqueue_shard, dispatch.enqueue_finalize
     Reaper(sessions, settings, enqueue_shard, enqueue_finalize).start()
 
 
@@ -219,7 +220,7 @@ def quickstart_cmd(
     from sqlalchemy import select
 
     from app.services.auth import create_key, create_team
-    from workers.db.models import Team
+    from jobstore.models import Team
 
     sessions, settings = _sessions()
     with sessions() as db:
@@ -250,7 +251,7 @@ def worker_cmd(
     concurrency: int = typer.Option(1, help="processes: one per GPU"),
 ) -> None:
     """Start a Celery GPU worker (needs VIGFACE_BROKER_URL)."""
-    from workers.settings import get_settings
+    from jobstore.settings import get_settings
 
     if not get_settings().broker_url:
         fail("VIGFACE_BROKER_URL is not set: the worker needs a broker (or use `vigface serve`)")

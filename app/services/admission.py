@@ -3,7 +3,7 @@
 Validate the order against the model (its sampler defaults, calibrated guidance, pose bank,
 upsampler), check the team's monthly quota, estimate its time and hold very large orders for an
 explicit confirmation, allocate its own virtual prototypes in the identity ledger
-(:mod:`workers.ledger`: each prototype's own key is unique, which makes a double sale
+(:mod:`jobstore.ledger`: each prototype's own key is unique, which makes a double sale
 impossible even under concurrent submissions) and create the shards. Cancel and retry change a job's
 state the same way, so they live here too; read models are in :mod:`app.services.views`.
 """
@@ -28,9 +28,22 @@ from app.services import cache
 from app.services.errors import JobError
 from app.services.models import describe_model
 from app.services.views import order_eta_seconds
+from jobstore.ledger import allocate, free_prototype_ids, release_unstarted
+from jobstore.models import (
+    TERMINAL,
+    Job,
+    JobStatus,
+    LedgerEntry,
+    Shard,
+    ShardStatus,
+    Team,
+    utcnow,
+)
+from jobstore.settings import Settings
+from jobstore.webhooks import refused_address
 from model_store.description import ModelDescription
 from model_store.storage import open_store
-from vigface.dataset.pose import PoseSpecError
+from vigface.pose import PoseSpecError
 from vigface.dataset.spares import drop_probability, spares_for_order
 from vigface.dataset.spec import (
     DatasetSpec,
@@ -41,19 +54,6 @@ from vigface.dataset.spec import (
     at_card_thresholds,
     resolve_spec,
 )
-from workers.db.models import (
-    TERMINAL,
-    Job,
-    JobStatus,
-    LedgerEntry,
-    Shard,
-    ShardStatus,
-    Team,
-    utcnow,
-)
-from workers.ledger import allocate, free_prototype_ids, release_unstarted
-from workers.settings import Settings
-from workers.webhooks import refused_address
 
 
 def request_hash(model: str, spec: DatasetSpec, extra: dict) -> str:
@@ -253,7 +253,7 @@ def submit_job(
 def cancel_job(db: Session, job: Job) -> Job:
     """Idempotent: a finished job stays as it is; a queued or running one is canceled
     (running shards stop at their next sampling batch). What it gives back follows
-    :mod:`workers.ledger`: its images to the quota, the prototypes of shards that never
+    :mod:`jobstore.ledger`: its images to the quota, the prototypes of shards that never
     started."""
     if job.status in TERMINAL:
         return job

@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.services import cache
-from workers.db.models import ApiKey, DashboardSession, Team, utcnow
+from jobstore.models import ApiKey, DashboardSession, Team, utcnow
 
 KEY_PREFIX = "vgf_"
 

@@ -9,38 +9,42 @@ process, the admin CLI) show within the TTL.
 from __future__ import annotations
 
 import threading
-import time
-from collections import OrderedDict
-from typing import Any
+
+import cachetools
 
 
 class TTLCache:
+    """``cachetools.TTLCache`` behind a lock (the API answers from many threads); a TTL of 0
+    turns it off."""
+
     def __init__(self, seconds: float, max_items: int = 10_000):
-        self.seconds, self.max_items = seconds, max_items
-        self._items: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self.max_items = max_items
         self._lock = threading.Lock()
+        self.seconds = seconds
+
+    @property
+    def seconds(self) -> float:
+        return self._seconds
+
+    @seconds.setter
+    def seconds(self, value: float) -> None:
+        with self._lock:
+            self._seconds = value
+            self._items = cachetools.TTLCache(self.max_items, ttl=value) if value > 0 else None
 
     def get(self, key):
-        if self.seconds <= 0:
-            return None
         with self._lock:
-            hit = self._items.get(key)
-            if hit is None or hit[0] < time.monotonic():
-                return None
-            return hit[1]
+            return None if self._items is None else self._items.get(key)
 
     def put(self, key, value) -> None:
-        if self.seconds <= 0:
-            return
         with self._lock:
-            self._items[key] = (time.monotonic() + self.seconds, value)
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+            if self._items is not None:
+                self._items[key] = value
 
     def clear(self) -> None:
         with self._lock:
-            self._items.clear()
+            if self._items is not None:
+                self._items.clear()
 
 
 # process-wide: auth.revoke_key / end_session clear them wherever they are called from

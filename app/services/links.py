@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from jobstore.settings import Settings
 from model_store.storage import ObjectStore
-from workers.settings import Settings
 
 
 def plain_link(settings: Settings) -> Callable[[str], str]:

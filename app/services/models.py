@@ -9,10 +9,10 @@ from sqlalchemy.orm import Session
 
 from app.schemas import MODEL_NAME_PATTERN, ModelOut
 from app.services.errors import JobError
+from jobstore.ledger import free_prototypes
+from jobstore.settings import Settings
 from model_store import ModelNotFound, list_models
 from model_store.description import ModelDescription, describe
-from workers.ledger import free_prototypes
-from workers.settings import Settings
 
 MODEL_NAME = re.compile(MODEL_NAME_PATTERN)  # also for the default model and the form
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
 from app.schemas import JobOut
-from workers.db.models import Job, JobStatus, Shard, ShardStatus, Team, WebhookDelivery, utcnow
+from jobstore.models import Job, JobStatus, Shard, ShardStatus, Team, WebhookDelivery, utcnow
 
 
 def visible_job(db: Session, team: Team, job_id: str) -> Job | None:

@@ -22,15 +22,15 @@ from app.services.errors import JobError
 from app.services.links import download_link
 from app.services.models import model_entries
 from app.services.views import job_or_404, job_out, job_outs, visible_jobs
+from jobstore.models import ApiKey, Team
+from jobstore.settings import Settings
 from model_store import list_models, resolve
-from vigface.dataset.pose import YAW_BINS
+from vigface.pose import YAW_BINS
 from vigface.dataset.report import format_or_na
 from vigface.dataset.spec import LIMITS
 from vigface.dataset.writers import FORMATS
 from vigface.model_card import load_card
 from vigface.sampler_settings import SamplerSettings
-from workers.db.models import ApiKey, Team
-from workers.settings import Settings
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["format"] = format_or_na  # "n/a" for a metric a report leaves undefined
@@ -69,7 +69,8 @@ def csrf_token(request: Request) -> str:
 
 
 def check_csrf(request: Request, token: str) -> None:
-    if not token or token != request.session.get("csrf"):
+    expected = request.session.get("csrf")
+    if not (token and expected and secrets.compare_digest(token.encode(), expected.encode())):
         raise HTTPException(
             403, detail=[{"field": "csrf", "message": "stale form; reload the page"}]
         )

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from vigface.constants import CROP_SIZE
-from vigface.dataset.metrics import dataset_attributes, summary
-from vigface.dataset.pose import YAW_BINS, total_variation, yaw_bin
+from vigface.evaluation.metrics import dataset_attributes, summary
+from vigface.pose import YAW_BINS, total_variation, yaw_bin
 from vigface.dataset.writers import (
     ImageRecord,
     encode_jpeg,

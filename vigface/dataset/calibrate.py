@@ -35,8 +35,8 @@ import numpy as np
 import torch.nn.functional as F
 
 from vigface.data import AlignedFaceFolder
-from vigface.dataset.metrics import summary
-from vigface.dataset.pose import YAW_BINS, YAW_GROUPS, PoseBank, yaw_group
+from vigface.evaluation.metrics import summary
+from vigface.pose import YAW_BINS, YAW_GROUPS, PoseBank, yaw_group
 from vigface.evaluation.identity import identity_fidelity
 from vigface.generator.artifact import Generator
 from vigface.generator.grid import pose_columns

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vigface.dataset.metrics import nearest_similarity
+from vigface.evaluation.metrics import nearest_similarity
 
 
 def unit_rows(x) -> np.ndarray:

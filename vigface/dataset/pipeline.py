@@ -39,7 +39,7 @@ from vigface.dataset.chunks import (
 )
 from vigface.dataset.filters import DatasetFilter, LeakageJudge
 from vigface.dataset.planning import NotEnoughPrototypes, plan_slots
-from vigface.dataset.pose import YAW_BINS, PoseBank
+from vigface.pose import YAW_BINS, PoseBank
 from vigface.dataset.spec import ResolvedSpec
 from vigface.dataset.writers import ImageRecord
 from vigface.generator.artifact import Generator

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vigface.dataset.pose import PoseBank
+from vigface.pose import PoseBank
 
 
 class NotEnoughPrototypes(ValueError):

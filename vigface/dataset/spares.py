@@ -11,7 +11,7 @@ each image fails independently, that is a per-image failure rate ``f`` and an or
 ``m`` images per identity drops each identity with ``q = 1 - (1 - f)^m``. The spares a block
 of ``n`` identities needs are then the failures before ``n`` successes, a negative binomial;
 the count reserved is its ``confidence`` quantile. Spares a shard did not use go back to the
-ledger when it succeeds (``workers.ledger.release_unused_spares``), so reserving for the bad
+ledger when it succeeds (``jobstore.ledger.release_unused_spares``), so reserving for the bad
 case keeps nothing from later orders.
 """
 

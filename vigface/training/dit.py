@@ -56,7 +56,7 @@ from tqdm import tqdm
 from vigface.config import TrainDiTConfig
 from vigface.data import AlignedFaceFolder, DatasetError
 from vigface.data.augment import to_model_input
-from vigface.dataset.pose import YAW_BINS, PoseBank
+from vigface.pose import YAW_BINS, PoseBank
 from vigface.fr_model import FRModel
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import (

@@ -9,8 +9,8 @@ POST recorded on that row (``attempts``, ``last_error``, ``next_attempt_at`` wit
 back-off); after ``webhook_max_attempts`` the row is ``failed``. Who makes the attempts:
 
 * with a broker, the Celery task ``vigface.deliver_webhook`` (retried by Celery with the same
-  back-off); the reaper also sweeps due rows, so a lost task message delays, never loses, an
-  event;
+  back-off), handed to :func:`notify` as its ``deliver`` callable by the workers; the reaper
+  also sweeps due rows, so a lost task message delays, never loses, an event;
 * embedded, the in-process worker sweeps due rows between shards.
 
 The job's API record shows the delivery's state (``webhook``).
@@ -26,6 +26,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import urlparse
 
@@ -34,8 +35,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from workers.db.models import DeliveryStatus, Job, WebhookDelivery, utcnow
-from workers.settings import Settings
+from jobstore.models import DeliveryStatus, Job, WebhookDelivery, utcnow
+from jobstore.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,11 @@ def post_once(url: str, secret: str, msg_id: str, payload: dict, timeout: float 
     return None if r.status_code < 300 else f"HTTP {r.status_code}"
 
 
-def notify(sessions: sessionmaker, settings: Settings, job_id: str) -> int | None:
-    """Write the outbox row for a job's final state (once) and hand it to a worker."""
+def notify(
+    sessions: sessionmaker, job_id: str, deliver: Callable[[int], None] | None = None
+) -> int | None:
+    """Write the outbox row for a job's final state (once) and hand its id to ``deliver``
+    (a broker's task queue); without one, the next sweep (:func:`deliver_due`) sends it."""
     with sessions() as db:
         job = db.get(Job, job_id)
         if job is None or not job.webhook_url:
@@ -120,10 +124,8 @@ def notify(sessions: sessionmaker, settings: Settings, job_id: str) -> int | Non
             db.rollback()
             return None
         delivery_id = row.id
-    if settings.broker_url:
-        from workers.tasks import deliver_webhook_task
-
-        deliver_webhook_task.delay(delivery_id)
+    if deliver is not None:
+        deliver(delivery_id)
     return delivery_id
 
 

@@ -1,4 +1,5 @@
-"""What a dataset is worth: train a probe FR model on it and verify on benchmark pairs.
+"""What a dataset is worth (the utility probe): train a probe FR model on it and verify on
+benchmark pairs. It lives with the trainers because it is one; evaluation measures only.
 
 The probe is stage 1's trainer without virtual prototypes, one fixed recipe
 (``configs/fr_probe.yaml``) and a fixed step budget for every dataset, so two datasets (real,
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from vigface.config import TrainFRConfig, load_config
 from vigface.data import AlignedFaceFolder, DatasetError, load_bin
+from vigface.evaluation.verification import evaluate_pairs
+from vigface.training.fr import train_fr
 
 log = logging.getLogger(__name__)
 PROBE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fr_probe.yaml"
@@ -77,9 +80,6 @@ def dataset_utility(
 
     Returns ``{"recipe", "train", "benchmarks": {name: {"accuracy", "accuracy_std", ...}}}``.
     Benchmarks are read first, so a bad ``.bin`` fails before minutes of training."""
-    from vigface.evaluation.verification import evaluate_pairs
-    from vigface.training.fr import train_fr
-
     cfg = cfg or probe_config()
     pairs = {name: load_bin(path) for name, path in benchmarks.items()}
     work = Path(work_dir)

@@ -37,7 +37,7 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 def init_db(url: str) -> None:
     """Bring the schema to the latest migration (Alembic)."""
-    from workers.db.migrate import upgrade
+    from jobstore.migrate import upgrade
 
     ensure_sqlite_dir(url)
     upgrade(url)

@@ -26,8 +26,8 @@ from __future__ import annotations
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from jobstore.models import Job, LedgerEntry, Shard, ShardStatus, utcnow
 from model_store.description import ModelDescription
-from workers.db.models import Job, LedgerEntry, Shard, ShardStatus, utcnow
 
 
 def release_unstarted(db: Session, job: Job) -> list[int]:
