@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from model_store import resolve
-from vigface.pose import YAW_BINS, PoseBank, total_variation
 from vigface.generator.artifact import Generator
+from vigface.pose import YAW_BINS, PoseBank, total_variation
 from vigface.sampling import ImageRequest, Sampler, SamplerSettings, image_seed
 
 

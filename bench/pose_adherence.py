@@ -29,9 +29,9 @@ import numpy as np
 from PIL import Image
 
 from vigface.data import AlignedFaceFolder
-from vigface.pose import YAW_BINS, estimate_pose
 from vigface.evaluation.judge import degrade
 from vigface.evaluation.shown_pose import ShownPose, per_bin
+from vigface.pose import YAW_BINS, estimate_pose
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
 

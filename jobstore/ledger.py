@@ -9,7 +9,7 @@ W_V later are new identities and rows sold before stay sold, under any copy of t
 
 What a job gives back when it ends without delivering (canceled or failed). The rule: a
 job's images count against its team's monthly quota only while it is queued, running or
-succeeded (see ``app.services.admission.images_used_this_month``), so a canceled or failed
+succeeded (see ``app.services.quota.images_used_this_month``), so a canceled or failed
 job gives its whole order back. A virtual prototype is released only if none of its images can
 have been written anywhere: the prototypes of shards that never started (``queued``, no
 attempt). A shard that ever ran may have written images of its prototypes (to a work disk, to

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
+import tenacity
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def ensure_sqlite_dir(url: str) -> None:
@@ -41,3 +49,31 @@ def init_db(url: str) -> None:
 
     ensure_sqlite_dir(url)
     upgrade(url)
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """A database error that a new connection can get past: the server restarted or failed
+    over, a pooler dropped us, an idle session was terminated, or the server does not answer
+    yet. SQLite's "database is locked" is one too (another writer holds it)."""
+    return isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def retry_db(call: Callable[[], T], window_s: float = 60.0, first_wait_s: float = 0.2) -> T:
+    """Run ``call`` (one short transaction in its own session) again after a lost connection,
+    with back-off 0.2, 0.4 ... 5 s for up to ``window_s``; other errors are raised at once. A
+    worker's bookkeeping goes through here, so a database restart delays a shard, never fails
+    its job."""
+    retryer = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(window_s),
+        wait=tenacity.wait_exponential(multiplier=first_wait_s, max=5.0),
+        retry=tenacity.retry_if_exception(lost_connection),
+        before_sleep=lambda state: log.warning(
+            "database unavailable (%s); retrying in %.1f s",
+            type(state.outcome.exception()).__name__,
+            state.next_action.sleep,
+        ),
+        reraise=True,
+    )
+    return retryer(call)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from model_store import CARD, ModelNotFound, resolve
-from vigface.pose import PoseBank
 from vigface.model_card import load_card
+from vigface.pose import PoseBank
 from vigface.prototype_set import prototype_set_digest, row_keys
 from vigface.sampler_settings import SamplerSettings
 

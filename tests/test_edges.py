@@ -13,8 +13,8 @@ import pytest
 from test_service_api import ORDER, auth, drain, service  # noqa: F401  (the fixture)
 
 from jobstore.models import Job, JobStatus, Shard, ShardStatus
-from vigface.evaluation.metrics import dataset_attributes
 from vigface.dataset.writers import finite, write_json
+from vigface.evaluation.metrics import dataset_attributes
 
 
 def test_undefined_attributes_are_null_with_the_reason(tmp_path):
@@ -55,7 +55,7 @@ def test_one_identity_or_one_image_jobs_finish(service, shape):  # noqa: F811
 def test_cancel_while_finalizing_is_final(service, monkeypatch):  # noqa: F811
     """The cancel lands while the dataset is being written: the job stays canceled, nothing is
     delivered, and the uploaded files are removed."""
-    import workers.runner as runner
+    import workers.finalize as runner
 
     client, keys, worker, api = service
     h = auth(keys["alpha"])
@@ -304,8 +304,8 @@ def test_each_pose_bin_keeps_its_calibrated_distance_from_the_guidance_threshold
     """Per-pose thresholds move with the order's guidance (the guidance table), keep each
     |yaw| group's calibrated offset at the order's pose guidance, fill a group the bank lacked
     from the nearest one, and give way to a threshold the order sets itself."""
-    from vigface.pose import YAW_BINS
     from vigface.dataset.spec import DatasetSpec, ResolvedSpec, pose_thresholds, resolve_spec
+    from vigface.pose import YAW_BINS
 
     by_guidance = {"1": {"tau_consistency": 0.50}, "4": {"tau_consistency": 0.40}}
     by_pose = {

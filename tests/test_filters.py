@@ -161,7 +161,8 @@ def test_a_deployment_judge_reaches_every_shard(tiny_generator, tmp_path, monkey
     from model_store.loader import load_generator
     from vigface.export.onnx import export_backbone
     from vigface.fr_model import FRModel
-    from workers.runner import _shard_builder
+    from workers.builders import shard_builder
+    from workers.shard_state import Claim
 
     monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
     load_generator.cache_clear()
@@ -185,9 +186,9 @@ def test_a_deployment_judge_reaches_every_shard(tiny_generator, tmp_path, monkey
         },
     )
     shard = Shard(index=0, slot_start=0, slot_end=2, prototypes=[0, 1, 2])
-    builder = _shard_builder(settings, job, shard)
+    builder = shard_builder(settings, Claim.of(job, shard))
     assert isinstance(builder.filter.judge, LeakageJudge) and builder.filter.judge.threshold == 0.5
-    plain = _shard_builder(Settings(home=tmp_path), job, shard)
+    plain = shard_builder(Settings(home=tmp_path), Claim.of(job, shard))
     assert plain.filter.judge is None
 
 

@@ -120,7 +120,7 @@ def test_cancel_gives_back_quota_and_the_prototypes_of_shards_that_never_ran(api
     assert after["tiny"] == free["tiny"] - len(kept)
     # the quota is back: an order of the whole quota fits again
     with app.state.sessions() as db:
-        from app.services.admission import images_used_this_month
+        from app.services.quota import images_used_this_month
         from jobstore.models import Team
 
         assert images_used_this_month(db, db.query(Team).filter_by(name="alpha").one()) == 0
@@ -175,7 +175,7 @@ def test_a_submission_that_loses_every_allocation_race_gets_a_409_and_stores_not
     exactly that many jittered waits, and leaves no job, shard or ledger row behind."""
     from types import SimpleNamespace
 
-    from app.services import admission as job_service
+    from app.services import submission as job_service
     from jobstore.models import Job, Shard
 
     app, keys = api

@@ -78,7 +78,8 @@ def test_spares_that_replaced_a_dropped_identity_stay_sold(tiny_generator, tmp_p
     """No stub: an open run of the very shard the job will get (same rows, seed, settings)
     gives each slot's first draw; the order's threshold then sits just above the lowest, so
     that identity is dropped (one attempt) and at least one spare is drawn, the rest not."""
-    from workers.runner import _shard_builder
+    from workers.builders import shard_builder
+    from workers.shard_state import Claim
 
     api, settings, c, h = _service(tiny_generator, tmp_path, monkeypatch)
     free = _free(c, h)
@@ -87,7 +88,7 @@ def test_spares_that_replaced_a_dropped_identity_stay_sold(tiny_generator, tmp_p
     with api.state.sessions() as db:
         job, shard = db.get(Job, probe["id"]), db.query(Shard).filter_by(job_id=probe["id"]).one()
         rows = list(shard.prototypes)
-        builder = _shard_builder(settings, job, shard)
+        builder = shard_builder(settings, Claim.of(job, shard))
     builder.run()
     with (builder.out / "manifest.csv").open() as f:
         first = sorted(float(r["cos_own"]) for r in csv.DictReader(f))

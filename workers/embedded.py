@@ -15,8 +15,9 @@ from sqlalchemy.orm import sessionmaker
 
 from jobstore.settings import Settings
 from jobstore.webhooks import deliver_due
+from workers.finalize import finalize_job
 from workers.reconcile import next_queued_shard, stalled_finalizes
-from workers.runner import finalize_job, run_shard
+from workers.runner import run_shard
 
 log = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ def stalled_finalizes(sessions: sessionmaker) -> list[str]:
     return done + expired
 
 
-def next_queued_shard(db: Session) -> int | None:
+def next_queued_shard(db: Session, exclude: set[int] | frozenset = frozenset()) -> int | None:
     """The shard that runs next: a queued shard of a live job (or a running one whose lease
     expired), by priority, then **interleaved across jobs**: the lowest shard index first, so
     every job's first shard goes before any job's second. A 2 x 2 order placed behind a
@@ -126,4 +126,6 @@ def next_queued_shard(db: Session) -> int | None:
         .order_by(Job.priority.desc(), Shard.index, Job.created_at, Shard.id)
         .limit(1)
     )
+    if exclude:  # shards this worker just lost a claim race for
+        q = q.where(Shard.id.not_in(exclude))
     return db.scalar(q)

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers over :mod:`workers.runner`."""
+"""Celery tasks: thin wrappers over :mod:`workers.runner` and :mod:`workers.finalize`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from celery.signals import worker_process_init
 
 from jobstore.session import session_factory
 from jobstore.settings import get_settings
+from workers.builders import load_model
 from workers.celery_app import celery_app
-from workers.runner import finalize_job, load_model, run_next_shard
+from workers.finalize import finalize_job
+from workers.runner import run_next_shard
 
 log = logging.getLogger(__name__)
 

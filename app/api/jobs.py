@@ -14,7 +14,8 @@ from app.api.deps import current_team, get_db, get_settings_dep
 from app.api.errors import error_responses
 from app.schemas import JobCreate, JobOut, JobPage
 from app.services import cache
-from app.services.admission import cancel_job, create_job, retry_job
+from app.services.admission import create_job
+from app.services.lifecycle import cancel_job, retry_job
 from app.services.links import download_link
 from app.services.views import job_or_404, job_out, job_outs, visible_jobs
 from jobstore.models import Job, JobStatus, Team

@@ -275,9 +275,9 @@ def generate_cmd(
     from vigface.data import DatasetError
     from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes
     from vigface.dataset.planning import real_augment_plan
-    from vigface.pose import PoseSpecError
     from vigface.dataset.spares import spares_for_order
     from vigface.dataset.spec import DatasetSpec, at_card_thresholds, resolve_spec
+    from vigface.pose import PoseSpecError
     from vigface.precision import PRECISIONS
 
     if precision not in PRECISIONS:

@@ -16,20 +16,22 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import get_db, get_settings_dep
 from app.schemas import JobCreate, number_kind
-from app.services.admission import cancel_job, create_job, images_used_this_month, retry_job
+from app.services.admission import create_job
 from app.services.auth import end_session, hash_key, start_session, team_for_session
 from app.services.errors import JobError
+from app.services.lifecycle import cancel_job, retry_job
 from app.services.links import download_link
 from app.services.models import model_entries
+from app.services.quota import images_used_this_month
 from app.services.views import job_or_404, job_out, job_outs, visible_jobs
 from jobstore.models import ApiKey, Team
 from jobstore.settings import Settings
 from model_store import list_models, resolve
-from vigface.pose import YAW_BINS
 from vigface.dataset.report import format_or_na
 from vigface.dataset.spec import LIMITS
 from vigface.dataset.writers import FORMATS
 from vigface.model_card import load_card
+from vigface.pose import YAW_BINS
 from vigface.sampler_settings import SamplerSettings
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")

@@ -18,8 +18,6 @@ import numpy as np
 from PIL import Image
 
 from vigface.constants import CROP_SIZE
-from vigface.evaluation.metrics import dataset_attributes, summary
-from vigface.pose import YAW_BINS, total_variation, yaw_bin
 from vigface.dataset.writers import (
     ImageRecord,
     encode_jpeg,
@@ -29,6 +27,8 @@ from vigface.dataset.writers import (
     write_recordio,
     write_webdataset,
 )
+from vigface.evaluation.metrics import dataset_attributes, summary
+from vigface.pose import YAW_BINS, total_variation, yaw_bin
 from vigface.precision import dtype_name
 
 

@@ -35,11 +35,11 @@ import numpy as np
 import torch.nn.functional as F
 
 from vigface.data import AlignedFaceFolder
-from vigface.evaluation.metrics import summary
-from vigface.pose import YAW_BINS, YAW_GROUPS, PoseBank, yaw_group
 from vigface.evaluation.identity import identity_fidelity
+from vigface.evaluation.metrics import summary
 from vigface.generator.artifact import Generator
 from vigface.generator.grid import pose_columns
+from vigface.pose import YAW_BINS, YAW_GROUPS, PoseBank, yaw_group
 from vigface.sampler_settings import SamplerSettings
 
 

@@ -128,6 +128,34 @@ class ChunkStore:
         }
         write_json(meta, info)
 
+    # ---- draws of an unfinished chunk, one file per sampling batch -------------------------
+    def draws_dir(self, c: int) -> Path:
+        return self.work / f"chunk_{c:05d}.draws"
+
+    def save_draws(self, c: int, keys: list[str], images: np.ndarray) -> None:
+        """Keep one sampling batch of chunk ``c`` (``keys`` name each image's draw), so a
+        stopped run resumes from its last finished batch instead of the chunk's start."""
+        d = self.draws_dir(c)
+        d.mkdir(parents=True, exist_ok=True)
+        with atomic_path(d / f"batch_{len(list(d.glob('batch_*.npz'))):05d}.npz") as tmp:
+            with tmp.open("wb") as f:
+                np.savez(f, keys=np.asarray(keys), images=images)
+
+    def load_draws(self, c: int) -> dict[str, np.ndarray]:
+        """key -> image of every batch of chunk ``c`` saved so far."""
+        out = {}
+        for path in sorted(self.draws_dir(c).glob("batch_*.npz")):
+            with np.load(path) as z:
+                out.update(zip(z["keys"].tolist(), z["images"], strict=True))
+        return out
+
+    def clear_draws(self, c: int) -> None:
+        d = self.draws_dir(c)
+        if d.is_dir():
+            for path in d.glob("*"):
+                path.unlink()
+            d.rmdir()
+
     def load_info(self, c: int) -> dict:
         return json.loads(self.paths(c)[1].read_text())
 

@@ -39,10 +39,10 @@ from vigface.dataset.chunks import (
 )
 from vigface.dataset.filters import DatasetFilter, LeakageJudge
 from vigface.dataset.planning import NotEnoughPrototypes, plan_slots
-from vigface.pose import YAW_BINS, PoseBank
 from vigface.dataset.spec import ResolvedSpec
 from vigface.dataset.writers import ImageRecord
 from vigface.generator.artifact import Generator
+from vigface.pose import YAW_BINS, PoseBank
 from vigface.sampling import ImageRequest, Sampler, image_seed
 
 __all__ = ["Canceled", "DatasetBuilder", "NotEnoughPrototypes", "write_dataset"]
@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 def upsampler_steps(gen: Generator) -> int:
     """Solver steps of the generator's upsampler: what its card says (attach-upsampler)."""
     return int((gen.upsampler.card if gen.upsampler else {}).get("sampling_steps", 8))
+
+
+def draw_key(d: Draw) -> str:
+    """What decides a draw's image: its slot (the pose), prototype, index and seed attempt."""
+    return f"{d.slot}:{d.proto}:{d.index}:{d.attempt}"
 
 
 class Canceled(RuntimeError):
@@ -154,26 +159,33 @@ class DatasetBuilder:
         return self.filter.real
 
     # ---- one chunk -------------------------------------------------------------------
-    def _draw_images(self, pending: list[Draw]) -> np.ndarray:
-        """Step 1: one image per pending draw, batched, checking for cancel between batches."""
+    def _draw_images(self, pending: list[Draw], c: int, drawn: dict) -> np.ndarray:
+        """Step 1: one image per pending draw, batched, checking for cancel between batches.
+        ``drawn`` holds the draws of chunk ``c`` that an earlier run of it already sampled
+        (each image is a pure function of its draw, so they are not drawn again); every new
+        batch is added to it and saved."""
+        todo = [d for d in pending if draw_key(d) not in drawn]
         reqs = [
             ImageRequest(
                 self.protos[d.proto].cpu().numpy(),
                 self.bank.landmarks[self.plan.pose_row(d.slot, d.index)],
                 image_seed(self.spec.seed, d.proto, d.index, d.attempt),
             )
-            for d in pending
+            for d in todo
         ]
-        results = []
         t0 = time.perf_counter()
+        done = 0
         for batch, imgs in self.sampler.stream(reqs):
-            results.append(imgs)
-            if self.cancel_check is not None and self.cancel_check():
-                raise Canceled("canceled between sampling batches")
+            keys = [draw_key(d) for d in todo[done : done + len(batch)]]
+            done += len(batch)
+            self.store.save_draws(c, keys, imgs)
+            drawn.update(zip(keys, imgs, strict=True))
             if self.on_progress:
                 self.on_progress("sampled", len(batch))
+            if self.cancel_check is not None and self.cancel_check():
+                raise Canceled("canceled between sampling batches")
         self.seconds["sampling"] += time.perf_counter() - t0
-        return np.concatenate(results)
+        return np.stack([drawn[draw_key(d)] for d in pending])
 
     def _verdicts(self, images: np.ndarray, pending: list[Draw]):
         """Step 2: FR embeddings and the filters' verdicts for one round of draws."""
@@ -185,10 +197,11 @@ class DatasetBuilder:
         bins = [YAW_BINS[self.bank.bins[self.plan.pose_row(d.slot, d.index)]] for d in pending]
         return emb, self.filter.image_verdicts(emb, own, rows, judge_emb, pose_bins=bins)
 
-    def _run_chunk(self, slots: list[int], queue_pos: int) -> ChunkResult:
+    def _run_chunk(self, c: int, slots: list[int], queue_pos: int) -> ChunkResult:
         res = ChunkResult(
             proto={s: self.candidates[s] for s in slots}, accepted={}, queue_pos=queue_pos
         )
+        drawn = self.store.load_draws(c)
         attempt = {(s, j): 0 for s in slots for j in range(self.slot_images[s])}
         checked: set[tuple[int, int]] = set()  # (slot, prototype) pairs judged as identities
         while pending := [
@@ -196,7 +209,7 @@ class DatasetBuilder:
             for (s, j) in attempt
             if (s, j) not in res.accepted
         ]:
-            images = self._draw_images(pending)
+            images = self._draw_images(pending, c, drawn)
             t0 = time.perf_counter()
             emb, verdicts = self._verdicts(images, pending)
             self.counts["generated"] += len(pending)
@@ -303,7 +316,7 @@ class DatasetBuilder:
         for c in range(n_chunks):
             slots = list(range(c * self.chunk, min(spec.identities, (c + 1) * self.chunk)))
             if not self.store.is_done(c):
-                res = self._run_chunk(slots, queue_pos)
+                res = self._run_chunk(c, slots, queue_pos)
                 self.store.save(
                     c,
                     slots,
@@ -314,6 +327,7 @@ class DatasetBuilder:
                     self.counts,
                     self.seconds,
                 )
+                self.store.clear_draws(c)
             info = self.store.load_info(c)
             self.counts, self.seconds = Counter(info["counts"]), Counter(info["seconds"])
             queue_pos = info["queue_pos"]

@@ -15,8 +15,8 @@ from pydantic import (
     model_validator,
 )
 
-from vigface.pose import YAW_BINS, YAW_GROUPS, yaw_group
 from vigface.dataset.writers import FORMATS
+from vigface.pose import YAW_BINS, YAW_GROUPS, yaw_group
 from vigface.sampler_settings import SamplerSettings
 
 LIMITS = {

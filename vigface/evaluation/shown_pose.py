@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from vigface.constants import CROP_SIZE
-from vigface.pose import YAW_BINS, estimate_pose, yaw_bin
 from vigface.evaluation.judge import FACE_BOX, _model_files
+from vigface.pose import YAW_BINS, estimate_pose, yaw_bin
 
 # 68-point indices: eyes 36-41 and 42-47, nose tip 30, mouth corners 48 and 54
 _LEFT_EYE, _RIGHT_EYE, _NOSE, _MOUTH_L, _MOUTH_R = range(36, 42), range(42, 48), 30, 48, 54

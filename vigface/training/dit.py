@@ -56,7 +56,6 @@ from tqdm import tqdm
 from vigface.config import TrainDiTConfig
 from vigface.data import AlignedFaceFolder, DatasetError
 from vigface.data.augment import to_model_input
-from vigface.pose import YAW_BINS, PoseBank
 from vigface.fr_model import FRModel
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import (
@@ -71,6 +70,7 @@ from vigface.generator.diffusion import (
 )
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import CROP_SIZE, render_heatmaps
+from vigface.pose import YAW_BINS, PoseBank
 from vigface.precision import autocast
 from vigface.training.distributed import barrier, cleanup, init_distributed
 from vigface.training.run import TrainingRun
