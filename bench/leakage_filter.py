@@ -43,7 +43,8 @@ def flag_rates(gen, protos, rows, bank, images, tau, args, own_rows=None) -> dic
     guidance = (
         SamplerSettings.for_model(gen.card).guidance if args.guidance is None else args.guidance
     )
-    sampler = Sampler(gen.dit, gen.scheduler, "dpmsolver", args.steps, guidance, args.batch_size)
+    sampler = Sampler(gen.dit, gen.scheduler, "dpmsolver", args.steps, guidance, args.batch_size,
+                      autoencoder=gen.autoencoder)  # fmt: skip
     imgs = np.concatenate([x for _, x in sampler.stream(reqs)])
     emb = gen.fr.embed(imgs, flip=False).numpy()
     real = F.normalize(gen.fr.real_prototypes.float().cpu(), dim=1).numpy()

@@ -103,7 +103,10 @@ def main() -> None:
             )
         v, r = res["virtual"], res["real"]
         seconds = v["sampling_seconds"] + r["sampling_seconds"]
-        sampler = Sampler(gen.dit, gen.scheduler, sched, steps, g, guidance_interval=interval)
+        sampler = Sampler(
+            gen.dit, gen.scheduler, sched, steps, g, guidance_interval=interval,
+            autoencoder=gen.autoencoder,
+        )  # fmt: skip
         row = {
             "setting": setting,
             "forwards_per_image": sampler.forwards_per_image(),

@@ -56,7 +56,7 @@ def cmd_make(args) -> dict:
     poses = gen.pose_landmarks
     rng = np.random.default_rng(args.seed)
     sampler = Sampler(gen.dit, gen.scheduler, steps=args.steps, guidance=args.guidance,
-                      batch_size=args.batch_size)  # fmt: skip
+                      batch_size=args.batch_size, autoencoder=gen.autoencoder)  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n_img = args.classes * args.per_class

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from model_store import resolve
 from vigface.data.augment import to_model_input
 from vigface.fr_model import FRModel
-from vigface.training.dit import load_face_data
+from vigface.training.dit_data import load_face_data
 
 
 def main() -> None:

@@ -109,7 +109,7 @@ def main() -> None:
 
     sampler = Sampler(
         gen.dit, gen.scheduler, defaults.get("scheduler", "dpmsolver"), defaults.get("steps", 10),
-        guidance, batch_size=64,
+        guidance, batch_size=64, autoencoder=gen.autoencoder,
     )  # fmt: skip
     index = {c: i for i, c in enumerate(gen.fr.classes)}
     groups = {

@@ -22,7 +22,9 @@ from vigface.generator.diffusion import (
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import render_heatmaps
 from vigface.sampling import ImageRequest, Sampler, image_seed
-from vigface.training.dit import DiTLoss, trainable_virtual_prototypes, warm_start
+from vigface.training.dit import warm_start
+from vigface.training.dit_data import trainable_virtual_prototypes
+from vigface.training.dit_loss import DiTLoss
 
 runner = CliRunner()
 
@@ -123,10 +125,8 @@ def test_condition_dropout_rate():
 
     dit.forward = spy
 
-    class NoFR:  # identity loss is off; the FR model is never called
-        embedder = torch.nn.Identity()
-
-    loss = DiTLoss(dit, NoFR(), training_scheduler(), cfg)
+    # identity loss is off; the FR model is never called
+    loss = DiTLoss(dit, torch.nn.Identity(), training_scheduler(), cfg)
     for _ in range(50):
         loss(torch.randn(200, 3, 16, 16), torch.zeros(200, 5, 16, 16), torch.randn(200, 8))
     rate = float(torch.cat(seen).mean())
@@ -342,14 +342,13 @@ def test_identity_loss_trains_the_dit_through_a_frozen_fr_model():
     cfg = TrainDiTConfig(
         identity_loss_weight=1.0, identity_loss_min_alpha_bar=0.0, cond_drop_prob=0.0
     )
-    loss_mod = DiTLoss(dit, fr, training_scheduler(), cfg).train()
+    loss_mod = DiTLoss(dit, fr.embedder, training_scheduler(), cfg).train()
     assert not loss_mod.fr.training  # stays in eval mode
     w = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
-    total, v_loss, id_loss, vid_loss = loss_mod(
-        torch.rand(4, 3, 16, 16) * 2 - 1, torch.zeros(4, 5, 16, 16), w
-    )
-    assert float(id_loss) > 0 and float(vid_loss) == 0  # no virtual term unless asked for
-    torch.testing.assert_close(total.detach(), v_loss + id_loss)
+    total, terms = loss_mod(torch.rand(4, 3, 16, 16) * 2 - 1, torch.zeros(4, 5, 16, 16), w)
+    assert float(terms["id_loss"]) > 0
+    assert "virtual_id_loss" not in terms  # no virtual term unless asked for
+    torch.testing.assert_close(total.detach(), terms["v_loss"] + terms["id_loss"])
     total.backward()
     assert all(p.grad is None for p in backbone.parameters())
     assert dit.identity_embed[0].weight.grad.abs().sum() > 0
@@ -389,12 +388,12 @@ def test_virtual_identity_term_renders_virtual_prototypes_and_trains_only_the_di
     torch.testing.assert_close(
         virtual[0], torch.nn.functional.normalize(fr.virtual_prototypes[0], dim=0)
     )
-    loss_mod = DiTLoss(dit, fr, training_scheduler(), cfg).train()
+    loss_mod = DiTLoss(dit, fr.embedder, training_scheduler(), cfg).train()
     w = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
     x0, heat = torch.rand(4, 3, 16, 16) * 2 - 1, torch.rand(4, 5, 16, 16)
-    total, v_loss, id_loss, vid_loss = loss_mod(x0, heat, w, virtual)
-    assert 0 < float(vid_loss) <= 4 and float(id_loss) == 0
-    torch.testing.assert_close(total.detach(), v_loss + 2.0 * vid_loss)
+    total, terms = loss_mod(x0, heat, w, virtual)
+    assert 0 < float(terms["virtual_id_loss"]) <= 4 and "id_loss" not in terms
+    torch.testing.assert_close(total.detach(), terms["v_loss"] + 2.0 * terms["virtual_id_loss"])
     total.backward()
     assert all(p.grad is None for p in fr.embedder.parameters())
     assert dit.identity_embed[0].weight.grad.abs().sum() > 0
@@ -482,7 +481,7 @@ def test_each_loss_term_is_a_named_function():
     """The paper's two terms and the project's extras, each testable alone."""
     import torch.nn.functional as F
 
-    from vigface.training.dit import denoising_loss, identity_loss, margin_term
+    from vigface.training.dit_loss import denoising_loss, identity_loss, margin_term
 
     w = F.normalize(torch.randn(4, 8), dim=1)
     assert torch.allclose(identity_loss(w, w), torch.zeros(4))

@@ -81,7 +81,7 @@ def test_pose_balance_draws_rare_yaw_bins_more_often_and_reproducibly():
     """The stage-2 trainer's pose_balance: weights (bin count)^-alpha over |yaw| bins, so at
     alpha = 1 each |yaw| bin is drawn equally often, at 0 as the data is; left and right
     profiles share a bin (flips mirror them)."""
-    from vigface.training.dit import epoch_order, pose_balance_weights
+    from vigface.training.dit_data import epoch_order, pose_balance_weights
 
     lms = np.stack([_turned(0)] * 80 + [_turned(25)] * 10 + [_turned(-25)] * 6 + [_turned(45)] * 4)
     kind = np.array([0] * 80 + [1] * 16 + [2] * 4)  # frontal, |15-35|, |35-60|

@@ -72,7 +72,7 @@ def test_evaluate_dataset_and_add_benchmark_commands(tmp_path):
 
 
 def test_margin_term_is_zero_only_past_the_margin():
-    from vigface.training.dit import augment_for_fr, margin_violation
+    from vigface.training.dit_loss import augment_for_fr, margin_violation
 
     bank = torch.nn.functional.normalize(torch.randn(10, 8), dim=1)
     own = bank[:2]

@@ -168,6 +168,12 @@ class ModelCard(_Strict):
     pose_embedding: bool | None = Field(
         None, description="the DiT also adds the landmark coordinates to its condition"
     )
+    latent: bool | None = Field(
+        None, description="the DiT draws in the latent space of the entry's autoencoder/"
+    )
+    autoencoder: dict | None = Field(
+        None, description="the face autoencoder's own card (what it was trained on, how)"
+    )
     sampler_defaults: SamplerSettings | None = None
     filters: FilterCalibration | None = None
     judge: JudgeCalibration | None = None

@@ -1,11 +1,43 @@
 """The sampler's settings, kept free of torch so that the API process (which never loads a
-model) can validate orders and read model cards. :mod:`vigface.sampling` draws with them."""
+model) can validate orders and read model cards. :mod:`vigface.sampling` draws with them.
+
+:class:`SamplerSettings` is the one declaration of every sampler field (type, bounds,
+description, the paper's default). An order's optional overrides
+(:class:`SamplerOverrides`, every field ``None`` = the model card's) and a resolved job's
+required fields (:class:`SamplerChoice`) are derived from it, so a bound changes in one
+place.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    create_model,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+
+def check_guidance_interval(v: tuple[float, float]) -> tuple[float, float]:
+    """``(lo, hi)`` in ``t / T``: ``0 <= lo <= hi <= 1``."""
+    if v is not None and not 0 <= v[0] <= v[1] <= 1:
+        raise ValueError("guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1")
+    return v
+
+
+GUIDANCE_RANGE = (0.0, 20.0)  # any guidance weight the sampler takes (a card narrows it)
+STEPS_RANGE = (1, 200)
+GuidanceInterval = Annotated[tuple[float, float], AfterValidator(check_guidance_interval)]
+GuidanceWeight = Annotated[StrictFloat, Field(ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1])]
+Steps = Annotated[StrictInt, Field(ge=STEPS_RANGE[0], le=STEPS_RANGE[1])]
 
 
 class SamplerSettings(BaseModel):
@@ -16,34 +48,25 @@ class SamplerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
-    guidance: float = Field(4.0, ge=0, le=20, description="classifier-free guidance weight g")
-    steps: int = Field(25, ge=1, le=200, description="sampler steps")
+    guidance: GuidanceWeight = Field(4.0, description="classifier-free guidance weight g")
+    steps: Steps = Field(25, description="sampler steps")
     scheduler: Literal["dpmsolver", "unipc", "ddim"] = Field(
         "dpmsolver", description="sampler: dpmsolver, unipc or ddim"
     )
-    guidance_interval: tuple[float, float] = Field(
+    guidance_interval: GuidanceInterval = Field(
         (0.0, 1.0),
         description="apply guidance only while t/T lies between lo and hi (1 = pure noise); "
         "0 and 1 = every step",
     )
-    upsample: bool = Field(
+    upsample: StrictBool = Field(
         False, description="run the model's upsampler (32 -> 64 px) after the DiT"
     )
-    pose_guidance: float = Field(
+    pose_guidance: GuidanceWeight = Field(
         1.0,
-        ge=0,
-        le=20,
         description="guidance weight of the pose (landmarks) apart from the identity's; 1 = "
         "pose as conditioned, above 1 turns faces further toward the asked pose (needs a model "
         "trained with pose dropout)",
     )
-
-    @field_validator("guidance_interval")
-    @classmethod
-    def _interval(cls, v):
-        if not 0 <= v[0] <= v[1] <= 1:
-            raise ValueError("guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1")
-        return v
 
     @classmethod
     def for_model(cls, card: dict) -> SamplerSettings:
@@ -51,5 +74,29 @@ class SamplerSettings(BaseModel):
         given = card.get("sampler_defaults") or {}
         return cls(**{k: v for k, v in given.items() if v is not None})
 
+
+def _derived(name: str, optional: bool) -> type[BaseModel]:
+    fields = {}
+    for key, info in SamplerSettings.model_fields.items():
+        if optional:
+            extra = " (default: the model card's)"
+            if key == "upsample":
+                extra = " (default: the model card's; a model without one refuses true)"
+            field = FieldInfo.merge_field_infos(
+                info, default=None, description=info.description + extra
+            )
+            fields[key] = (info.annotation | None, field)
+        else:
+            fields[key] = (
+                info.annotation,
+                FieldInfo.merge_field_infos(info, default=PydanticUndefined),
+            )
+    return create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+
+
+SamplerOverrides = _derived("SamplerOverrides", optional=True)
+SamplerOverrides.__doc__ = "An order's sampler fields: each None takes the model card's."
+SamplerChoice = _derived("SamplerChoice", optional=False)
+SamplerChoice.__doc__ = "A resolved job's sampler fields: every one decided."
 
 PAPER_SAMPLER = SamplerSettings()

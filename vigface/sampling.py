@@ -34,12 +34,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vigface.generator.autoencoder import decode, latent_factor
 from vigface.generator.diffusion import cfg_combine, sampling_scheduler, two_condition_cfg
 from vigface.generator.landmarks import render_heatmaps
 from vigface.precision import autocast, autocast_dtype
 
 # how faces are drawn; defined apart so that the API process reads it without torch
-from vigface.sampler_settings import PAPER_SAMPLER, SamplerSettings  # noqa: F401
+from vigface.sampler_settings import (  # noqa: F401
+    PAPER_SAMPLER,
+    SamplerSettings,
+    check_guidance_interval,
+)
 
 
 def image_seed(job_seed: int, identity_index: int, image_index: int, attempt: int = 0) -> int:
@@ -99,6 +104,8 @@ class Sampler:
         pose_guidance: g_p, the landmarks' own weight (1: one-condition CFG as in the paper).
         upsampler: an :class:`~vigface.generator.upsampler.UpsamplerStage` run after the DiT
             (``None``: the DiT's own resolution); ``upsample_steps`` its solver steps.
+        autoencoder: a latent generator's autoencoder; the DiT then draws latents, decoded
+            once per batch at the end.
     """
 
     def __init__(
@@ -115,12 +122,9 @@ class Sampler:
         upsampler=None,
         upsample_steps: int = 8,
         pose_guidance: float = PAPER_SAMPLER.pose_guidance,
+        autoencoder=None,
     ):
-        if guidance_interval is not None:
-            lo, hi = guidance_interval
-            if not 0 <= lo <= hi <= 1:
-                raise ValueError(f"guidance_interval must be 0 <= lo <= hi <= 1, got {lo}, {hi}")
-        self.guidance_interval = guidance_interval
+        self.guidance_interval = check_guidance_interval(guidance_interval)
         self.dit = dit.eval()
         self.device = next(dit.parameters()).device
         self.train_scheduler = train_scheduler
@@ -133,11 +137,35 @@ class Sampler:
             raise ValueError(
                 f"the upsampler takes {upsampler.low_size}-px faces, the DiT draws {self.size}"
             )
+        self.autoencoder, self.channels = autoencoder, dit.config.in_channels
         self.output_size = upsampler.size if upsampler is not None else self.size
+        if autoencoder is not None:
+            self.output_size = self.size * latent_factor(autoencoder)
         self.precision = precision
         self.dtype = autocast_dtype(precision, self.device)
         self.forward = compile_for_inference(dit) if compile else dit
         sampling_scheduler(train_scheduler, scheduler)  # validate the name early
+
+    @classmethod
+    def for_generator(cls, gen, settings, batch_size: int = 32, **kw) -> Sampler:
+        """The sampler a generator draws with under ``settings`` (a SamplerSettings, or any
+        model holding its fields: a resolved order)."""
+        up = gen.upsampler if settings.upsample else None
+        upsample_steps = int((gen.upsampler.card if gen.upsampler else {}).get("sampling_steps", 8))
+        return cls(
+            gen.dit,
+            gen.scheduler,
+            settings.scheduler,
+            settings.steps,
+            settings.guidance,
+            batch_size,
+            guidance_interval=settings.guidance_interval,
+            pose_guidance=settings.pose_guidance,
+            upsampler=up,
+            upsample_steps=upsample_steps,
+            autoencoder=gen.autoencoder,
+            **kw,
+        )
 
     @torch.inference_mode()
     def sample(
@@ -148,7 +176,8 @@ class Sampler:
         b = len(seeds)
         sched = sampling_scheduler(self.train_scheduler, self.scheduler_name)
         sched.set_timesteps(self.steps, device=self.device)
-        x = torch.stack([initial_noise(s, self.size) for s in seeds]).to(self.device)
+        x = torch.stack([initial_noise(s, self.size, self.channels) for s in seeds])
+        x = x.to(self.device)
         x = x * sched.init_noise_sigma
         w = F.normalize(identities.float().to(self.device), dim=1)
         heat = render_heatmaps(landmarks.to(self.device), self.size)
@@ -178,6 +207,9 @@ class Sampler:
                 with autocast(self.device, self.precision):
                     v = self.forward(x_in, t.expand(b).to(self.device), cond[:b], pose).float()
             x = sched.step(v, t, x).prev_sample
+        if self.autoencoder is not None:  # a latent generator: decoded once, at the end
+            with autocast(self.device, self.precision):
+                x = decode(self.autoencoder, x).float()
         if self.upsampler is not None:
             noise = torch.stack([initial_noise(upsampler_seed(s), self.output_size) for s in seeds])
             x = self.upsampler.upsample(

@@ -87,10 +87,10 @@ def calibrate_cmd(
     from model_store import resolve
     from vigface.data import DatasetError
     from vigface.dataset.calibrate import calibrate, consistency_by_pose
-    from vigface.dataset.spec import LIMITS
     from vigface.model_card import update_card, write_measurement
+    from vigface.sampler_settings import GUIDANCE_RANGE
 
-    lo, hi = LIMITS["guidance"]
+    lo, hi = GUIDANCE_RANGE
     bad = [g for g in pose_guidance or [] if not (math.isfinite(g) and lo <= g <= hi)]
     if bad:
         fail(f"--pose-guidance: each weight must lie in [{lo:g}, {hi:g}]; got {bad}")
@@ -191,10 +191,10 @@ def calibrate_guidance_cmd(
 
     from model_store import resolve
     from vigface.dataset.calibrate import consistency_by_guidance
-    from vigface.dataset.spec import LIMITS
     from vigface.model_card import update_card
+    from vigface.sampler_settings import GUIDANCE_RANGE
 
-    lo, hi = LIMITS["guidance"]
+    lo, hi = GUIDANCE_RANGE
     bad = [g for g in guidance if not (math.isfinite(g) and lo <= g <= hi)]
     if bad:
         fail(f"--guidance: each weight must lie in [{lo:g}, {hi:g}]; got {bad}")

@@ -62,10 +62,18 @@ def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_
                 )
             shard.prototypes = fresh
             reallocated += fresh
+    now = utcnow()
+    # a shard still at work under a live lease (its job failed beside it) goes on: queuing it
+    # again would let a second worker draw it too; it records its own outcome
+    live = {
+        s.id
+        for s in shards
+        if s.status == ShardStatus.RUNNING and s.lease_expires_at and s.lease_expires_at > now
+    }
     for shard in shards:
-        if shard.status != ShardStatus.SUCCEEDED:
+        if shard.status != ShardStatus.SUCCEEDED and shard.id not in live:
             shard.status, shard.lease_expires_at, shard.worker = ShardStatus.QUEUED, None, None
-            shard.enqueued_at = utcnow()
+            shard.enqueued_at = now
     job.status = JobStatus.RUNNING if job.started_at else JobStatus.QUEUED
     job.error = job.finished_at = job.finalize_expires_at = None
     job.cancel_requested = False
@@ -83,6 +91,6 @@ def retry_job(db: Session, settings: Settings, job: Job, enqueue_shard, enqueue_
     pending = [s for s in shards if s.status == ShardStatus.QUEUED]
     for shard in pending:
         enqueue_shard(shard.id, job.priority)
-    if not pending:  # it failed while finalizing: only that step runs again
+    if not pending and not live:  # it failed while finalizing: only that step runs again
         enqueue_finalize(job.id)
     return job

@@ -32,7 +32,7 @@ from vigface.dataset.spec import LIMITS
 from vigface.dataset.writers import FORMATS
 from vigface.model_card import load_card
 from vigface.pose import YAW_BINS
-from vigface.sampler_settings import SamplerSettings
+from vigface.sampler_settings import GUIDANCE_RANGE, STEPS_RANGE, SamplerSettings
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["format"] = format_or_na  # "n/a" for a metric a report leaves undefined
@@ -210,7 +210,8 @@ def _order_page(request, team, db, settings, form, errors, status=200):
         pose_bins=YAW_BINS,
         formats=FORMATS,
         limits={  # what the server enforces: the spec's bounds, narrowed by the deployment
-            **{k: v[1] for k, v in LIMITS.items()},
+            "guidance": GUIDANCE_RANGE[1],
+            "steps": STEPS_RANGE[1],
             "identities": min(LIMITS["identities"][1], settings.max_identities_per_job),
             "images_per_identity": min(
                 LIMITS["images_per_identity"][1], settings.max_images_per_identity

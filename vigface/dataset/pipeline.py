@@ -50,11 +50,6 @@ __all__ = ["Canceled", "DatasetBuilder", "NotEnoughPrototypes", "write_dataset"]
 log = logging.getLogger(__name__)
 
 
-def upsampler_steps(gen: Generator) -> int:
-    """Solver steps of the generator's upsampler: what its card says (attach-upsampler)."""
-    return int((gen.upsampler.card if gen.upsampler else {}).get("sampling_steps", 8))
-
-
 def draw_key(d: Draw) -> str:
     """What decides a draw's image: its slot (the pose), prototype, index and seed attempt."""
     return f"{d.slot}:{d.proto}:{d.index}:{d.attempt}"
@@ -125,19 +120,8 @@ class DatasetBuilder:
             augmentation=self.kind == "real",
             tau_consistency_by_pose=spec.tau_consistency_by_pose,
         )
-        self.sampler = Sampler(
-            gen.dit,
-            gen.scheduler,
-            spec.scheduler,
-            spec.steps,
-            spec.guidance,
-            spec.batch_size,
-            compile=compile,
-            precision=precision,
-            guidance_interval=spec.guidance_interval,
-            pose_guidance=spec.pose_guidance,
-            upsampler=gen.upsampler if spec.upsample else None,
-            upsample_steps=upsampler_steps(gen),
+        self.sampler = Sampler.for_generator(
+            gen, spec, spec.batch_size, compile=compile, precision=precision
         )
         self.chunk = max(1, math.ceil(4 * spec.batch_size / spec.images_per_identity))
         self.counts: Counter = Counter()

@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
-    StrictBool,
     StrictFloat,
     StrictInt,
     field_validator,
@@ -17,20 +15,15 @@ from pydantic import (
 
 from vigface.dataset.writers import FORMATS
 from vigface.pose import YAW_BINS, YAW_GROUPS, yaw_group
-from vigface.sampler_settings import SamplerSettings
+from vigface.sampler_settings import SamplerChoice, SamplerOverrides, SamplerSettings
 
-LIMITS = {
-    "identities": (1, 100_000),
-    "images_per_identity": (1, 1_000),
-    "guidance": (0.0, 20.0),
-    "steps": (1, 200),
-}
+LIMITS = {"identities": (1, 100_000), "images_per_identity": (1, 1_000)}
 
 
 PoseWeight = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
-class DatasetOrder(BaseModel):
+class DatasetOrder(SamplerOverrides):
     """What a customer orders. Unknown fields are errors; every bound is checked here; numbers
     and flags are strict (``true`` or ``"2"`` for a number, ``"yes"`` for a flag are refused,
     not coerced) and no number may be NaN or infinite."""
@@ -54,42 +47,6 @@ class DatasetOrder(BaseModel):
         "match_training",
         description="preset (match_training, frontal, uniform_yaw) or {yaw bin: weight}",
     )
-    guidance: StrictFloat | None = Field(
-        None,
-        ge=LIMITS["guidance"][0],
-        le=LIMITS["guidance"][1],
-        description=SamplerSettings.model_fields["guidance"].description
-        + " (default: the model card's)",
-    )
-    steps: StrictInt | None = Field(
-        None,
-        ge=LIMITS["steps"][0],
-        le=LIMITS["steps"][1],
-        description=SamplerSettings.model_fields["steps"].description
-        + " (default: the model card's)",
-    )
-    scheduler: Literal["dpmsolver", "unipc", "ddim"] | None = Field(
-        None,
-        description=SamplerSettings.model_fields["scheduler"].description
-        + " (default: the model card's)",
-    )
-    guidance_interval: tuple[float, float] | None = Field(
-        None,
-        description=SamplerSettings.model_fields["guidance_interval"].description
-        + " (default: the model card's)",
-    )
-    pose_guidance: StrictFloat | None = Field(
-        None,
-        ge=LIMITS["guidance"][0],
-        le=LIMITS["guidance"][1],
-        description=SamplerSettings.model_fields["pose_guidance"].description
-        + " (default: the model card's)",
-    )
-    upsample: StrictBool | None = Field(
-        None,
-        description=SamplerSettings.model_fields["upsample"].description
-        + " (default: the model card's; a model without one refuses true)",
-    )
     seed: StrictInt = Field(0, ge=0, lt=2**62, description="seed of every image's noise")
     formats: list[Annotated[str, Field(max_length=20)]] = Field(
         ["imagefolder"],
@@ -102,13 +59,6 @@ class DatasetOrder(BaseModel):
     tau_leak: StrictFloat | None = Field(
         None, ge=-1, le=1, description="max cosine to a real identity (default: the card's)"
     )
-
-    @field_validator("guidance_interval")
-    @classmethod
-    def _interval(cls, v):
-        if v is not None and not 0 <= v[0] <= v[1] <= 1:
-            raise ValueError("guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1")
-        return v
 
     @field_validator("formats")
     @classmethod
@@ -219,18 +169,12 @@ class DatasetSpec(DatasetOrder):
         return self
 
 
-class ResolvedSpec(DatasetSpec):
+class ResolvedSpec(SamplerChoice, DatasetSpec):
     """A spec with every sampler setting and filter threshold decided: what the pipeline runs
     and what a job records. Only :func:`resolve_spec` makes one from an order, so the model
     card is read once, at admission, and a job runs the same settings whatever the card says
     later."""
 
-    guidance: StrictFloat = Field(ge=LIMITS["guidance"][0], le=LIMITS["guidance"][1])
-    steps: StrictInt = Field(ge=LIMITS["steps"][0], le=LIMITS["steps"][1])
-    scheduler: Literal["dpmsolver", "unipc", "ddim"]
-    guidance_interval: tuple[float, float]
-    upsample: StrictBool
-    pose_guidance: StrictFloat = Field(ge=LIMITS["guidance"][0], le=LIMITS["guidance"][1])
     tau_consistency: StrictFloat = Field(ge=-1, le=1)
     tau_consistency_by_pose: dict[str, StrictFloat] | None = Field(
         None,

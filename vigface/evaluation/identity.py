@@ -55,6 +55,7 @@ def identity_fidelity(
         batch_size,
         guidance_interval=guidance_interval,
         pose_guidance=pose_guidance,
+        autoencoder=gen.autoencoder,
     )
     t0 = time.perf_counter()
     images = np.concatenate([imgs for _, imgs in sampler.stream(reqs)])

@@ -10,6 +10,9 @@
                                 the generator has seen (no pixels of any face)
     <entry>/upsampler/          optional cascade stage, 32 -> 64 px
                                 (vigface/generator/upsampler.py)
+    <entry>/autoencoder/        a latent generator's face autoencoder (AutoencoderKL
+                                save_pretrained + card.json): the DiT draws its latents and
+                                the sampler decodes them (vigface/generator/autoencoder.py)
 """
 
 from __future__ import annotations
@@ -19,10 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
+from diffusers import AutoencoderKL, DDPMScheduler
 from safetensors.torch import save_file
 
 from vigface.fr_model import FRModel, ModelFormatError
+from vigface.generator.autoencoder import (
+    AUTOENCODER_DIR,
+    latent_factor,
+    load_autoencoder,
+    save_autoencoder,
+)
 from vigface.generator.dit import FaceDiT
 from vigface.generator.upsampler import UpsamplerStage
 from vigface.model_card import load_card, write_card
@@ -39,11 +48,17 @@ class Generator:
     card: dict = field(default_factory=dict)
     pose_landmarks: np.ndarray | None = None
     upsampler: UpsamplerStage | None = None
+    autoencoder: AutoencoderKL | None = None
 
     @property
     def output_size(self) -> int:
-        """Side of the faces it draws: the upsampler's when it has one."""
-        return self.upsampler.size if self.upsampler else self.dit.config.sample_size
+        """Side of the faces it draws: the upsampler's when it has one, the decoder's for a
+        latent generator."""
+        if self.upsampler:
+            return self.upsampler.size
+        if self.autoencoder is not None:
+            return self.dit.config.sample_size * latent_factor(self.autoencoder)
+        return self.dit.config.sample_size
 
     def save(self, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
         """Write the entry; ``dtype=torch.float16`` stores the DiT and the prototypes in half
@@ -62,6 +77,8 @@ class Generator:
             np.save(out / POSES_FILE, np.asarray(self.pose_landmarks, np.float32))
         if self.upsampler is not None:
             self.upsampler.save(out / UPSAMPLER_DIR, dtype=dtype)
+        if self.autoencoder is not None:
+            save_autoencoder(self.autoencoder, out / AUTOENCODER_DIR, self.card.get("autoencoder"))
         write_card(out, self.card)
         return out
 
@@ -83,7 +100,9 @@ class Generator:
         poses = np.load(entry / POSES_FILE) if (entry / POSES_FILE).is_file() else None
         up = entry / UPSAMPLER_DIR
         upsampler = UpsamplerStage.load(up, device=device) if up.is_dir() else None
+        ae = entry / AUTOENCODER_DIR
+        autoencoder = load_autoencoder(ae, device) if ae.is_dir() else None
         return cls(
             dit=dit, scheduler=scheduler, fr=fr, card=card, pose_landmarks=poses,
-            upsampler=upsampler,
+            upsampler=upsampler, autoencoder=autoencoder,
         )  # fmt: skip

@@ -14,6 +14,9 @@ and scaled to unit variance on the training faces (measured once after training,
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKL
 
@@ -48,8 +51,22 @@ def build_autoencoder(
     )
 
 
-def latent_side(vae: AutoencoderKL, image_side: int) -> int:
-    return image_side // 2 ** (len(vae.config.block_out_channels) - 1)
+def latent_factor(vae: AutoencoderKL) -> int:
+    """How much smaller the latent's side is than the face's."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def save_autoencoder(vae: AutoencoderKL, folder: Path, card: dict | None = None) -> None:
+    vae.save_pretrained(folder)
+    if card is not None:
+        (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def load_autoencoder(folder: Path, device="cpu") -> AutoencoderKL:
+    # low_cpu_mem_usage=False: what diffusers falls back to without accelerate, said
+    # deliberately so that every load does not print the "install accelerate" warning
+    vae = AutoencoderKL.from_pretrained(folder, low_cpu_mem_usage=False)
+    return vae.to(device).eval().requires_grad_(False)
 
 
 def encode(vae: AutoencoderKL, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
@@ -64,6 +81,18 @@ def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
     """The generator's latent -> (B, 3, H, W) image in [-1, 1] (not clamped)."""
     z = z / vae.config.scaling_factor + vae.config.shift_factor
     return vae.decode(z).sample
+
+
+class LatentDecoder(torch.nn.Module):
+    """The decoder as a module of its own (frozen by whoever holds it): the generator's
+    latent -> a face in [-1, 1]."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return decode(self.vae, z)
 
 
 @torch.no_grad()

@@ -21,7 +21,6 @@ standard deviation are measured at the end of every run and stored as ``shift_fa
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -34,7 +33,11 @@ from vigface.config import TrainAutoencoderConfig
 from vigface.data import AlignedFaceFolder
 from vigface.data.augment import to_model_input
 from vigface.fr_model import FRModel
-from vigface.generator.autoencoder import build_autoencoder, latent_statistics
+from vigface.generator.autoencoder import (
+    build_autoencoder,
+    latent_statistics,
+    save_autoencoder,
+)
 from vigface.precision import autocast
 from vigface.training.run import TrainingRun
 
@@ -106,6 +109,50 @@ def autoencoder_card(cfg: TrainAutoencoderConfig, data_dir: Path, fr_dir: Path, 
     }
 
 
+def reconstruction_terms(vae, loss_fn, x, cfg: TrainAutoencoderConfig, device) -> tuple:
+    """(weighted total, the terms) of one batch of faces ``x``."""
+    with autocast(device, cfg.precision):
+        post = vae.encode(x).latent_dist
+        x_hat = vae.decode(post.sample()).sample.float()
+        perceptual, identity = loss_fn(x_hat, x)
+    terms = {
+        "l1": (x_hat - x).abs().mean(),
+        "perceptual": perceptual,
+        "identity": identity,
+        "kl": post.kl().float().mean(),
+    }
+    weights = {
+        "l1": cfg.l1_weight,
+        "perceptual": cfg.perceptual_weight,
+        "identity": cfg.identity_weight,
+        "kl": cfg.kl_weight if cfg.train_encoder else 0.0,
+    }
+    return sum(weights[k] * v for k, v in terms.items()), terms
+
+
+def trained_parameters(vae: AutoencoderKL, cfg: TrainAutoencoderConfig) -> list:
+    if not cfg.train_encoder:  # the latent space stays as it is
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    return [p for p in vae.parameters() if p.requires_grad]
+
+
+def finish(vae, faces, g, cfg, data_dir, fr_dir, out_dir, run, step, init_from) -> None:
+    """Measure the latent statistics (when the encoder trained), save the model and card."""
+    vae.eval()
+    if cfg.train_encoder:
+        sample = to_model_input(faces[torch.randperm(len(faces), generator=g)[:2048]])
+        mean, std = latent_statistics(vae, sample.to(vae.device))
+        vae.register_to_config(shift_factor=mean, scaling_factor=1.0 / std)
+    card = {
+        **autoencoder_card(cfg, data_dir, Path(fr_dir), step),
+        "init_from": str(init_from) if init_from else None,
+        **run.provenance(cfg.precision),
+    }
+    save_autoencoder(vae, out_dir / "autoencoder", card)
+    (out_dir / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+
+
 def train_autoencoder(
     cfg: TrainAutoencoderConfig,
     data_dir: str | Path,
@@ -116,8 +163,9 @@ def train_autoencoder(
     progress: bool = True,
     init_from: str | Path | None = None,
 ) -> AutoencoderKL:
-    """Train (or continue) an autoencoder in ``out_dir``; returns it, saved there with its
-    ``card.json``. ``init_from``: an autoencoder folder whose weights start the run."""
+    """Train (or continue) an autoencoder in ``out_dir``; returns it, saved in
+    ``out_dir/autoencoder`` with its ``card.json``. ``init_from``: an autoencoder folder whose
+    weights start the run."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     if cfg.threads:
@@ -128,12 +176,9 @@ def train_autoencoder(
     vae = build_autoencoder(sample_size=cfg.sample_size, **cfg.model.model_dump()).to(device)
     if init_from:
         vae.load_state_dict(AutoencoderKL.from_pretrained(init_from).state_dict())
-    trained = [p for n, p in vae.named_parameters() if cfg.train_encoder or "encoder" not in n]
-    if not cfg.train_encoder:
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
+    params = trained_parameters(vae, cfg)
     loss_fn = FacePerceptualLoss(fr).to(device)
-    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
@@ -141,7 +186,7 @@ def train_autoencoder(
     step = (run.resume(resume) or {}).get("step", 0)
     g = torch.Generator().manual_seed(cfg.seed + step)  # a resumed run draws fresh batches
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train-autoencoder", disable=not progress)
-    sums = dict.fromkeys(("l1", "perceptual", "identity", "kl"), 0.0)
+    sums: dict[str, float] = {}
     vae.train()
     while step < cfg.max_steps:
         idx = torch.randint(len(faces), (cfg.batch_size,), generator=g)
@@ -149,56 +194,26 @@ def train_autoencoder(
         if cfg.flip:
             flip = (torch.rand(len(idx), generator=g) < 0.5).to(device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        with autocast(device, cfg.precision):
-            post = vae.encode(x).latent_dist
-            x_hat = vae.decode(post.sample()).sample.float()
-            perceptual, identity = loss_fn(x_hat, x)
-        terms = {
-            "l1": (x_hat - x).abs().mean(),
-            "perceptual": perceptual,
-            "identity": identity,
-            "kl": post.kl().float().mean(),
-        }
-        weights = {
-            "l1": cfg.l1_weight,
-            "perceptual": cfg.perceptual_weight,
-            "identity": cfg.identity_weight,
-            "kl": cfg.kl_weight if cfg.train_encoder else 0.0,
-        }
-        loss = sum(weights[k] * v for k, v in terms.items())
+        loss, terms = reconstruction_terms(vae, loss_fn, x, cfg, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
         step += 1
         bar.update(1)
         for k, v in terms.items():
-            sums[k] += float(v)
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
         run.tick()
         if step % cfg.log_every == 0:
-            rec = {"step": step, **{k: round(v / cfg.log_every, 5) for k, v in sums.items()}}
-            sums = dict.fromkeys(sums, 0.0)
-            bar.set_postfix(l1=rec["l1"], p=rec["perceptual"])
-            run.log(rec)
+            run.log({"step": step, **{k: round(v / cfg.log_every, 5) for k, v in sums.items()}})
+            sums = {}
         if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps or run.out_of_time:
             run.checkpoint(step=step)
         if run.out_of_time:
             log.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
             break
     bar.close()
-    vae.eval()
-    if cfg.train_encoder:
-        sample = to_model_input(faces[torch.randperm(len(faces), generator=g)[:2048]]).to(device)
-        mean, std = latent_statistics(vae, sample)
-        vae.register_to_config(shift_factor=mean, scaling_factor=1.0 / std)
-    vae.save_pretrained(out_dir / "autoencoder")
-    card = {
-        **autoencoder_card(cfg, data_dir, Path(fr_dir), step),
-        "init_from": str(init_from) if init_from else None,
-        **run.provenance(cfg.precision),
-    }
-    (out_dir / "autoencoder" / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out_dir / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+    finish(vae, faces, g, cfg, data_dir, fr_dir, out_dir, run, step, init_from)
     return vae

@@ -26,7 +26,7 @@ from vigface.fr_model import FRModel
 from vigface.generator.diffusion import training_scheduler, v_target
 from vigface.generator.upsampler import FaceUpsampler, UpsamplerStage, upsample_input
 from vigface.precision import autocast
-from vigface.training.dit import load_with_prototype_rows
+from vigface.training.dit_data import load_with_prototype_rows
 from vigface.training.run import TrainingRun
 from vigface.training.schedule import diffusion_step
 

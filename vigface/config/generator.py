@@ -1,171 +1,17 @@
-"""Typed YAML configs. Unknown keys are errors, so a typo never silently trains the default."""
+"""Stage 2 and its helpers: the DiT, its diffusion schedule, the upsampler and the face
+autoencoder latent generators draw in."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from vigface.config.strict import Strict
 from vigface.precision import Precision
 
 
-class ConfigError(ValueError):
-    """A config file is missing, not YAML, or fails validation; the message names the key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BackboneConfig(_Strict):
-    name: Literal["iresnet"] = "iresnet"
-    depth: int | None = Field(50, description="standard depth (18/34/50/100/200) if layers unset")
-    layers: list[int] | None = Field(None, description="blocks per stage, overrides depth")
-    widths: list[int] = [64, 128, 256, 512]
-    input_size: int = Field(112, ge=16, description="square input side the network sees")
-    embedding_dim: int = Field(512, ge=8)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    channels_last: bool = True
-
-    @model_validator(mode="after")
-    def _depth_or_layers(self):
-        from vigface.backbones import DEPTHS
-
-        if self.layers is None and self.depth not in DEPTHS:
-            raise ValueError(f"depth must be one of {sorted(DEPTHS)} when layers is not given")
-        return self
-
-
-class HeadConfig(_Strict):
-    scale: float = Field(64.0, gt=0)
-    margin: float = Field(0.5, ge=0, lt=1.5)
-    num_virtual: int = Field(0, ge=0, description="k virtual prototypes W_V")
-    sigma_ema: float = Field(0.9, ge=0, le=1, description="EMA coefficient alpha for sigma^2")
-    sample_rate: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description="Partial FC: share of the n + k classes whose logits each step computes "
-        "(the batch's own always); 1.0 = the full softmax",
-    )
-    virtual_subspace_energy: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="after every step, project W_V onto the span of W_R's leading principal "
-        "directions holding this share of their energy (vigface/losses/subspace.py); "
-        "None = unconstrained, as in the paper",
-    )
-    shard_across_ranks: bool = Field(
-        False,
-        description="under torchrun, split the rows of [W_R; W_V] over the ranks (Partial FC "
-        "as arcface_torch does it: vigface/losses/partial_fc.py); each rank keeps 1/world",
-    )
-
-    @model_validator(mode="after")
-    def _shard_alone(self):
-        if self.shard_across_ranks and self.virtual_subspace_energy is not None:
-            raise ValueError(
-                "virtual_subspace_energy needs the whole W_R on every rank: it cannot be "
-                "combined with shard_across_ranks"
-            )
-        return self
-
-
-class DataConfig(_Strict):
-    min_images_per_identity: int = Field(1, ge=1)
-    landmarks: str | None = None
-    loader_workers: int = Field(
-        4,
-        ge=0,
-        le=64,
-        description="decoding processes per rank for streamed sets (RecordIO, WebDataset); "
-        "an ImageFolder is read into memory once and needs none",
-    )
-
-
-class AugmentConfig(_Strict):
-    flip: bool = True
-    shift: int = Field(0, ge=0, description="max random translation in pixels")
-    scale_jitter: float = Field(0.0, ge=0, lt=0.5, description="random zoom range +-")
-    brightness: float = Field(0.0, ge=0, lt=1)
-    contrast: float = Field(0.0, ge=0, lt=1)
-    saturation: float = Field(0.0, ge=0, lt=1)
-    grayscale_p: float = Field(0.0, ge=0, le=1)
-
-
-class OptimConfig(_Strict):
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    head_lr_mult: float = Field(1.0, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    warmup_epochs: float = Field(1.0, ge=0)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    grad_clip: float | None = Field(5.0, gt=0)
-
-
-class TrainFRConfig(_Strict):
-    """Everything ``vigface train-fr`` needs besides the data and output paths."""
-
-    backbone: BackboneConfig = BackboneConfig()
-    head: HeadConfig = HeadConfig()
-    data: DataConfig = DataConfig()
-    augment: AugmentConfig = AugmentConfig()
-    optim: OptimConfig = OptimConfig()
-    epochs: int = Field(20, ge=1)
-    max_steps: int | None = Field(
-        None, ge=1, description="a fixed step budget instead of epochs (the utility probe)"
-    )
-    batch_size: int = Field(128, ge=2, description="real samples per step, per process")
-    seed: int = 0
-    log_every: int = Field(20, ge=1)
-    checkpoint_every_epochs: int = Field(1, ge=1)
-    eval_pairs: str | None = Field(None, description="optional .bin evaluated after training")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all)")
-    precision: Precision = Field(
-        "auto", description="autocast: bf16 on CUDA and CPUs with native bf16 (auto), or forced"
-    )
-
-
-def load_config(path: str | Path, model: type[BaseModel] = TrainFRConfig, overrides=None):
-    """Read a YAML file into ``model``; ``overrides`` is a dict merged on top (dotted keys)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    for key, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"invalid config {path}:\n" + "\n".join(lines)) from exc
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` with YAML typing of the values."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-class DiTModelConfig(_Strict):
+class DiTModelConfig(Strict):
     """FaceDiT size; see :class:`vigface.generator.dit.FaceDiT`."""
 
     sample_size: int = Field(32, ge=8)
@@ -190,7 +36,7 @@ class DiTModelConfig(_Strict):
         return self
 
 
-class DiffusionConfig(_Strict):
+class DiffusionConfig(Strict):
     num_train_timesteps: int = Field(1000, ge=10)
     beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = "squaredcos_cap_v2"
     prediction_type: Literal["v_prediction", "sample"] = Field(
@@ -201,7 +47,7 @@ class DiffusionConfig(_Strict):
     )
 
 
-class TrainDiTConfig(_Strict):
+class TrainDiTConfig(Strict):
     """Everything ``vigface train-dit`` needs besides the data, FR model and output paths."""
 
     model: DiTModelConfig = DiTModelConfig()
@@ -252,6 +98,24 @@ class TrainDiTConfig(_Strict):
     init_from: str | None = Field(
         None, description="generator folder or store name whose DiT weights start training"
     )
+    autoencoder: str | None = Field(
+        None,
+        description="autoencoder folder or store entry: the DiT draws in its latent space "
+        "(model.sample_size is the latent side, 28 for 112-px faces)",
+    )
+    timestep_sampling: Literal["uniform", "logit_normal"] = Field(
+        "uniform", description="training timesteps: uniform, or t/T = sigmoid(N(0, 1))"
+    )
+    loss_weighting: Literal["none", "min_snr"] = Field(
+        "none", description="per-sample weight of the denoising term: 1, or min-SNR-5"
+    )
+    identity_loss_images: int | None = Field(
+        None, ge=1, description="at most this many samples per batch carry the identity term"
+    )
+    repa_weight: float = Field(
+        0.0, ge=0, description="weight of the alignment of hidden tokens with FR feature maps"
+    )
+    repa_block: int = Field(2, ge=0, description="the block whose output tokens are aligned")
     flip: bool = True
     pose_balance: float = Field(
         0.0,
@@ -277,7 +141,7 @@ class TrainDiTConfig(_Strict):
     )
 
 
-class UpsamplerModelConfig(_Strict):
+class UpsamplerModelConfig(Strict):
     """FaceUpsampler size; see :class:`vigface.generator.upsampler.FaceUpsampler`."""
 
     low_size: int = Field(32, ge=8, description="input side (the DiT's sample_size)")
@@ -295,7 +159,7 @@ class UpsamplerModelConfig(_Strict):
         return self
 
 
-class TrainUpsamplerConfig(_Strict):
+class TrainUpsamplerConfig(Strict):
     """Everything ``vigface train-upsampler`` needs besides the data, generator and output."""
 
     model: UpsamplerModelConfig = UpsamplerModelConfig()
@@ -328,7 +192,7 @@ class TrainUpsamplerConfig(_Strict):
         return self
 
 
-class AutoencoderModelConfig(_Strict):
+class AutoencoderModelConfig(Strict):
     """The face autoencoder's size; see :mod:`vigface.generator.autoencoder`."""
 
     block_out_channels: list[int] = Field([32, 64, 128], min_length=2, max_length=4)
@@ -344,7 +208,7 @@ class AutoencoderModelConfig(_Strict):
         return self
 
 
-class TrainAutoencoderConfig(_Strict):
+class TrainAutoencoderConfig(Strict):
     """Everything ``vigface train-autoencoder`` needs besides the data, FR model and output."""
 
     model: AutoencoderModelConfig = AutoencoderModelConfig()

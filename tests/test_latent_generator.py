@@ -1,0 +1,146 @@
+"""A latent generator end to end on tiny models: the autoencoder trains and round-trips, the
+DiT trains on its latents (the identity term through the decoder), the entry carries the
+autoencoder, and the sampler draws full-size faces from it, batch-independently."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_CONFIG, make_face_folder
+
+TINY_AE = """
+model: {block_out_channels: [8, 16], latent_channels: 4, layers_per_block: 1, norm_num_groups: 4}
+sample_size: 112
+max_steps: 6
+batch_size: 4
+log_every: 2
+checkpoint_every_steps: 3
+threads: 1
+precision: fp32
+"""
+
+TINY_LATENT_DIT = """
+model: {sample_size: 56, patch_size: 8, hidden_size: 32, depth: 2, num_heads: 2}
+diffusion: {num_train_timesteps: 100}
+identity_loss_weight: 0.1
+identity_loss_images: 2
+timestep_sampling: logit_normal
+loss_weighting: min_snr
+repa_weight: 0.5
+repa_block: 1
+warmup_steps: 2
+epochs: 1
+batch_size: 8
+log_every: 2
+checkpoint_every_steps: 4
+threads: 1
+precision: fp32
+"""
+
+
+@pytest.fixture(scope="module")
+def latent_entry(tmp_path_factory):
+    from vigface.config import TrainAutoencoderConfig, TrainDiTConfig, TrainFRConfig
+    from vigface.training.autoencoder import train_autoencoder
+    from vigface.training.dit import train_dit
+    from vigface.training.fr import train_fr
+
+    root = tmp_path_factory.mktemp("latent")
+    data = make_face_folder(root / "train", identities=4, per_identity=4)
+    fr_cfg = TrainFRConfig.model_validate(
+        yaml.safe_load(TINY_CONFIG) | {"head": {"scale": 16.0, "margin": 0.3, "num_virtual": 12}}
+    )
+    train_fr(fr_cfg, data, root / "fr", progress=False)
+    ae_cfg = TrainAutoencoderConfig.model_validate(yaml.safe_load(TINY_AE))
+    train_autoencoder(ae_cfg, data, root / "fr", root / "ae", progress=False)
+    dit_cfg = TrainDiTConfig.model_validate(
+        yaml.safe_load(TINY_LATENT_DIT) | {"autoencoder": str(root / "ae" / "autoencoder")}
+    )
+    train_dit(dit_cfg, data, root / "fr", root / "gen", progress=False)
+    return root
+
+
+def test_the_autoencoder_is_a_diffusers_model_with_its_latent_statistics(latent_entry):
+    from diffusers import AutoencoderKL
+
+    from vigface.generator.autoencoder import decode, encode
+
+    folder = latent_entry / "ae" / "autoencoder"
+    vae = AutoencoderKL.from_pretrained(folder).eval()
+    card = json.loads((folder / "card.json").read_text())
+    assert card["kind"] == "autoencoder" and card["steps"] == 6
+    assert vae.config.scaling_factor != 1.0  # measured at the end of the run
+    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        z = encode(vae, x)
+        assert z.shape == (2, 4, 56, 56)
+        assert decode(vae, z).shape == x.shape
+    log = [json.loads(line) for line in (latent_entry / "ae" / "train_log.jsonl").open()]
+    assert [r["step"] for r in log] == [2, 4, 6] and all(r["l1"] > 0 for r in log)
+
+
+def test_a_resumed_autoencoder_run_continues_from_its_checkpoint(latent_entry, tmp_path):
+    import shutil
+
+    from vigface.config import TrainAutoencoderConfig
+    from vigface.training.autoencoder import train_autoencoder
+
+    shutil.copytree(latent_entry / "ae", tmp_path / "ae")
+    cfg = TrainAutoencoderConfig.model_validate(yaml.safe_load(TINY_AE) | {"max_steps": 8})
+    train_autoencoder(cfg, latent_entry / "train", latent_entry / "fr", tmp_path / "ae",
+                      progress=False)  # fmt: skip
+    log = [json.loads(line) for line in (tmp_path / "ae" / "train_log.jsonl").open()]
+    assert [r["step"] for r in log] == [2, 4, 6, 8]
+
+
+def test_the_latent_generator_carries_its_autoencoder_and_draws_full_size_faces(latent_entry):
+    from vigface.generator.artifact import Generator
+    from vigface.sampler_settings import SamplerSettings
+    from vigface.sampling import ImageRequest, Sampler
+
+    gen = Generator.load(latent_entry / "gen")
+    assert gen.autoencoder is not None and gen.card["latent"] is True
+    assert gen.card["autoencoder"]["kind"] == "autoencoder"
+    assert gen.output_size == 112 and gen.dit.config.in_channels == 4
+    log = [json.loads(line) for line in (latent_entry / "gen" / "train_log.jsonl").open()]
+    assert all("repa_loss" in r and "id_loss" in r for r in log)
+    settings = SamplerSettings(steps=3, guidance=2.0)
+    sampler = Sampler.for_generator(gen, settings, batch_size=3)
+    lms = np.tile(np.array([[38, 52], [74, 52], [56, 72], [42, 92], [70, 92]], np.float32), (1, 1))
+    reqs = [
+        ImageRequest(gen.fr.virtual_prototypes[i % 4].numpy(), lms, 100 + i) for i in range(3)
+    ]
+    together = np.concatenate([imgs for _, imgs in sampler.stream(reqs)])
+    assert together.shape == (3, 112, 112, 3) and together.dtype == np.uint8
+    alone = Sampler.for_generator(gen, settings, batch_size=1)
+    one = np.concatenate([imgs for _, imgs in alone.stream(reqs[1:2])])
+    assert np.abs(one.astype(int) - together[1:2].astype(int)).max() <= 1
+
+
+def test_a_latent_run_reuses_its_encoded_faces_and_refuses_a_wrong_latent_side(
+    latent_entry, tmp_path
+):
+    from vigface.config import TrainDiTConfig
+    from vigface.data import DatasetError
+    from vigface.fr_model import FRModel
+    from vigface.generator.autoencoder import load_autoencoder
+    from vigface.training.dit_data import load_face_set
+
+    ae = latent_entry / "ae" / "autoencoder"
+    cfg = TrainDiTConfig.model_validate(yaml.safe_load(TINY_LATENT_DIT) | {"autoencoder": str(ae)})
+    fr = FRModel.load(latent_entry / "fr")
+    vae = load_autoencoder(ae)
+    faces = load_face_set(cfg, latent_entry / "train", fr, latent_entry / "gen", vae, False)
+    assert faces.latent and faces.images.shape[:3] == (2, 16, 4)
+    assert faces.repa is not None and faces.repa.dtype == torch.float16
+    x0, heat, rows, repa = faces.batch(torch.arange(4), torch.tensor([1, 0, 0, 1]).bool(), "cpu")
+    torch.testing.assert_close(x0[0], faces.images[1][0])  # the mirrored face's own latent
+    assert heat.shape == (4, 5, 56, 56)
+    wrong = cfg.model_copy(update={"model": cfg.model.model_copy(update={"sample_size": 28})})
+    with pytest.raises(DatasetError, match="latents are 56"):
+        load_face_set(wrong, latent_entry / "train", fr, latent_entry / "gen", vae, False)
