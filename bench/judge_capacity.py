@@ -34,7 +34,8 @@ import numpy as np
 
 from vigface.data import AlignedFaceFolder
 from vigface.evaluation.capacity import fit_log_curve, read_capacity, record_judge_capacity
-from vigface.evaluation.judge import OutsideJudge, degrade, identity_distances
+from vigface.evaluation.judge import OutsideJudge, degrade
+from vigface.evaluation.judge_figures import identity_distances
 
 
 def pick_images(root: Path, per_identity: int, seed: int, prefix: str | None = None):

@@ -93,7 +93,8 @@ def main() -> None:
               "mean_shown_abs_yaw": round(float(shown_yaw.mean()), 2),
               "shown_35_60": round(turned, 4)}  # fmt: skip
     if args.identity_check:
-        from vigface.evaluation.judge import OutsideJudge, identity_distances
+        from vigface.evaluation.judge import OutsideJudge
+        from vigface.evaluation.judge_figures import identity_distances
 
         judge = OutsideJudge()
         frontal_rows, frontal = delivered(draw(args, "frontal"))

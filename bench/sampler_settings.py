@@ -81,7 +81,8 @@ def main() -> None:
     poses = pose_columns(gen.pose_landmarks, args.poses)
     judge = None
     if args.judge:
-        from vigface.evaluation.judge import OutsideJudge, identity_distances
+        from vigface.evaluation.judge import OutsideJudge
+        from vigface.evaluation.judge_figures import identity_distances
 
         judge = OutsideJudge()
     args.grids.mkdir(parents=True, exist_ok=True)

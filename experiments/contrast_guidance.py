@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from model_store.loader import load_generator
-from vigface.evaluation.judge import OutsideJudge, cached_gallery, identity_distances
+from vigface.evaluation.judge import OutsideJudge, cached_gallery
+from vigface.evaluation.judge_figures import identity_distances
 from vigface.generator.landmarks import render_heatmaps
 from vigface.pose import PoseBank
 from vigface.sampling import image_seed, initial_noise, sampling_scheduler, to_uint8

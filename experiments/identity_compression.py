@@ -37,7 +37,8 @@ from PIL import Image
 from model_store import resolve
 from vigface.data import read_landmarks_csv
 from vigface.dataset.writers import encode_jpeg
-from vigface.evaluation.judge import OutsideJudge, degrade, identity_distances, unit_distances
+from vigface.evaluation.judge import OutsideJudge, degrade
+from vigface.evaluation.judge_figures import identity_distances, unit_distances
 from vigface.evaluation.metrics import class_centres
 from vigface.generator.artifact import Generator
 from vigface.sampling import ImageRequest, Sampler, image_seed

@@ -29,13 +29,8 @@ import numpy as np
 
 from vigface.data import AlignedFaceFolder
 from vigface.data.imagefolder import load_rgb
-from vigface.evaluation.judge import (
-    OutsideJudge,
-    degrade,
-    embed_folder,
-    identity_distances,
-    keep_counts,
-)
+from vigface.evaluation.judge import OutsideJudge, degrade, embed_folder
+from vigface.evaluation.judge_figures import identity_distances, keep_counts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw112"
 

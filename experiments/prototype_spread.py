@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from model_store.loader import load_generator
 from vigface.data import AlignedFaceFolder
-from vigface.evaluation.judge import OutsideJudge, identity_distances
+from vigface.evaluation.judge import OutsideJudge
+from vigface.evaluation.judge_figures import identity_distances
 
 
 def farthest_first(sim: np.ndarray, m: int, start: int = 0) -> list[int]:

@@ -325,6 +325,6 @@ def test_each_draw_meets_its_pose_bins_threshold(tiny_generator, tmp_path):
     builder = DatasetBuilder(gen, spec, tmp_path / "b", progress=False)
     assert f"{closed} 1" in builder.filter.describe()
     pending = [Draw(s, builder.candidates[s], j, 0) for (s, j) in bin_of]
-    _, verdicts = builder._verdicts(builder._draw_images(pending), pending)
+    _, verdicts = builder._verdicts(builder._draw_images(pending, 0, {}), pending)
     assert list(verdicts.consistent) == [bin_of[(d.slot, d.index)] != closed for d in pending]
     assert builder.draw_settings()["tau_consistency_by_pose"] == by_pose  # a resume must match

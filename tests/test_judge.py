@@ -4,7 +4,8 @@ sides, and dlib's descriptor on real pixels."""
 import numpy as np
 import pytest
 
-from vigface.evaluation.judge import OutsideJudge, degrade, identity_distances, verdict
+from vigface.evaluation.judge import OutsideJudge, degrade
+from vigface.evaluation.judge_figures import identity_distances, verdict
 
 
 def _unit(v):
@@ -131,7 +132,7 @@ def test_between_is_compared_at_the_real_peoples_image_counts():
     ten each: over every image the set looks less distinct (its centres are less noisy);
     at equal counts the two agree. Identities drawn farther apart do come out as more
     distinct, so matching does not hide a real difference."""
-    from vigface.evaluation.judge import compare, reference_figures
+    from vigface.evaluation.judge_figures import compare, reference_figures
 
     rng = np.random.default_rng(0)
     counts = rng.choice([2, 2, 2, 3, 4, 6, 12], size=60)  # like LFW dev: half the people 2
@@ -154,7 +155,7 @@ def test_between_is_compared_at_the_real_peoples_image_counts():
 
 
 def test_count_matching_caps_both_sides_and_needs_a_calibration_with_counts():
-    from vigface.evaluation.judge import compare, reference_figures
+    from vigface.evaluation.judge_figures import compare, reference_figures
 
     rng = np.random.default_rng(1)
     real_emb, real_names = _people(rng, rng.choice([2, 3, 8], size=30))

@@ -112,9 +112,7 @@ def test_the_latent_generator_carries_its_autoencoder_and_draws_full_size_faces(
     settings = SamplerSettings(steps=3, guidance=2.0)
     sampler = Sampler.for_generator(gen, settings, batch_size=3)
     lms = np.tile(np.array([[38, 52], [74, 52], [56, 72], [42, 92], [70, 92]], np.float32), (1, 1))
-    reqs = [
-        ImageRequest(gen.fr.virtual_prototypes[i % 4].numpy(), lms, 100 + i) for i in range(3)
-    ]
+    reqs = [ImageRequest(gen.fr.virtual_prototypes[i % 4].numpy(), lms, 100 + i) for i in range(3)]
     together = np.concatenate([imgs for _, imgs in sampler.stream(reqs)])
     assert together.shape == (3, 112, 112, 3) and together.dtype == np.uint8
     alone = Sampler.for_generator(gen, settings, batch_size=1)

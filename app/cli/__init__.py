@@ -1,7 +1,8 @@
 """``vigface`` command line, one module per audience:
 
 * ``train``: stage 1 and 2 training, evaluation, W_V refit, ONNX export;
-* ``data``: sample grids, filter calibration, dataset generation;
+* ``data``: sample grids, dataset generation, the outside judge, the utility probe;
+* ``calibrate``: the filters' thresholds, drop rates and pose references of a generator;
 * ``models``: the model store;
 * ``jobs``: a client of a running service;
 * ``service``: serve, quickstart, worker, and the admin commands.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import data, jobs, models, service, train
+from app.cli import calibrate, data, jobs, models, service, train
 
 app = typer.Typer(
     add_completion=False,
@@ -34,6 +35,7 @@ def _options(
 
 train.register(app)
 data.register(app)
+calibrate.register(app)
 service.register(app)
 app.add_typer(models.app, name="models")
 app.add_typer(jobs.app, name="jobs")

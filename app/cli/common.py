@@ -150,15 +150,16 @@ def load_fr(model: str):
 
 
 def load_generator(model: str, device: str | None = None):
-    import torch
-
-    from model_store import ModelNotFound, resolve
+    """A generator by folder or store name, or one pushed to the deployment's registry
+    (``VIGFACE_STORAGE_URL``): the loader the workers use, uncached."""
+    from jobstore.settings import Settings
+    from model_store import ModelNotFound
+    from model_store.loader import open_generator
     from vigface.fr_model import ModelFormatError
-    from vigface.generator.artifact import Generator
 
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    s = Settings()  # read now: the environment decides, as it does for a worker
     try:
-        return Generator.load(resolve(model), device=dev)
+        return open_generator(model, s.storage_url, s.s3_endpoint_url, str(s.model_cache), device)
     except (ModelNotFound, ModelFormatError) as exc:
         fail(str(exc))
 

@@ -1,10 +1,9 @@
-"""Dataset commands: sample grids (``sample``), filter calibration (``calibrate``) and
-dataset generation (``generate``), all on local model-store entries."""
+"""Dataset commands: sample grids (``sample``), dataset generation (``generate``), the
+outside judge (``outside-judge``) and the utility probe (``evaluate-dataset``)."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import typer
@@ -67,169 +66,38 @@ def sample_cmd(
     typer.echo(json.dumps(res))
 
 
-def calibrate_cmd(
-    model: str = typer.Option(..., help="generator folder or store name"),
-    data: Path = typer.Option(..., help="the real training ImageFolder of its FR model"),
-    identities: int = typer.Option(50, min=2, help="virtual prototypes drawn for tau_consistency"),
-    pose_groups: bool = typer.Option(
-        True,
-        help="also calibrate tau_consistency per |yaw| group of the pose bank (frontal, 15-35, "
-        "35-60): each image then meets its own pose's threshold",
-    ),
-    pose_guidance: list[float] = typer.Option(
-        None,
-        "--pose-guidance",
-        help="a pose guidance weight to draw the pose groups at (repeat; default: the card's)",
-    ),
-) -> None:
-    """Derive the filter defaults (tau_leak, tau_consistency) and store them in the card. A
-    drop rate measured at the old thresholds (calibrate-drops) is cleared with them."""
-    from model_store import resolve
-    from vigface.data import DatasetError
-    from vigface.dataset.calibrate import calibrate, consistency_by_pose
-    from vigface.model_card import update_card, write_measurement
-    from vigface.sampler_settings import GUIDANCE_RANGE
+def default_spares(card: dict, spec) -> int:
+    """Spares as the service reserves them (``VIGFACE_SPARE_FRACTION`` and
+    ``VIGFACE_SPARE_CONFIDENCE``, or the card's measured drop rate), but at least 2."""
+    from jobstore.settings import Settings
+    from vigface.dataset.spares import spares_for_order
+    from vigface.dataset.spec import at_card_thresholds
 
-    lo, hi = GUIDANCE_RANGE
-    bad = [g for g in pose_guidance or [] if not (math.isfinite(g) and lo <= g <= hi)]
-    if bad:
-        fail(f"--pose-guidance: each weight must lie in [{lo:g}, {hi:g}]; got {bad}")
-    gen = load_generator(model)
-    pushed = any(g != 1.0 for g in pose_guidance or [])
-    if pushed and not gen.card.get("pose_drop_prob"):
-        fail("--pose-guidance: this model was trained without pose dropout; only 1 applies")
+    settings, own = Settings(), not at_card_thresholds(spec, card)
+    m, fraction, confidence = (
+        spec.images_per_identity,
+        settings.spare_fraction,
+        settings.spare_confidence,
+    )
+    return max(2, spares_for_order(card, spec.identities, m, fraction, confidence, own))
+
+
+def real_augment_rows(gen, spec, real_data: Path | None):
+    """real_augment: the real classes to fill up and the images each still needs."""
+    from vigface.data import DatasetError
+    from vigface.dataset.planning import real_augment_plan
+
+    if real_data is None:
+        fail("--real-data is required with --mode real_augment")
     try:
-        filters = calibrate(gen, data, calib_identities=identities)
+        candidates, slot_images = real_augment_plan(
+            gen.fr.classes, real_data, spec.images_per_identity
+        )
     except DatasetError as exc:
         fail(str(exc))
-    if pose_groups and gen.pose_landmarks is not None:
-        filters["tau_consistency_by_pose"] = consistency_by_pose(
-            gen, calib_identities=identities, pose_guidances=pose_guidance or None
-        )
-    entry = resolve(model)
-    # the threshold's source distribution is for people: a measurement beside the card
-    write_measurement(entry, "filters.calibration_cos_own", filters.pop("calibration_cos_own"))
-    kept = (gen.card.get("filters") or {}).get("tau_consistency_by_guidance")
-    update_card(entry, filters=filters | ({"tau_consistency_by_guidance": kept} if kept else {}))
-    shown = {k: filters[k] for k in ("tau_leak", "tau_consistency")}
-    if filters.get("tau_consistency_by_pose"):
-        shown["tau_consistency_by_pose"] = {
-            w: {g: v["tau_consistency"] for g, v in groups.items()}
-            for w, groups in filters["tau_consistency_by_pose"].items()
-        }
-    typer.echo(json.dumps(shown))
-
-
-def calibrate_drops_cmd(
-    model: str = typer.Option(..., help="generator folder or store name"),
-    dataset: Path = typer.Option(..., help="a `vigface generate` output folder (its report.json)"),
-) -> None:
-    """Record in the card how often the filters dropped an identity in a real run at the
-    card's thresholds; orders then reserve spares from it (vigface/dataset/spares.py).
-    Recalibrating the thresholds (`vigface calibrate`) clears it."""
-    from pydantic import ValidationError
-
-    from model_store import resolve
-    from vigface.dataset.spares import per_image_failure
-    from vigface.dataset.spec import DatasetSpec, card_thresholds
-    from vigface.model_card import update_card
-
-    path = dataset / "report.json"
-    try:
-        report = json.loads(path.read_text())
-        drawn_by, spec = report["dataset"]["model"], report["dataset"]["spec"]
-        counts, run_thresholds = report["counts"], report["thresholds"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        fail(f"--dataset: {path} is not a `vigface generate` report ({exc})")
-    gen = load_generator(model)
-    if drawn_by != gen.card.get("name", ""):
-        fail(f"--dataset: drawn by model {drawn_by!r}, not {gen.card.get('name', '')!r}")
-    if spec.get("mode") != "virtual":
-        fail("--dataset: a run of virtual identities is needed (real classes are not replaced)")
-    order = {k: v for k, v in spec.items() if k in DatasetSpec.model_fields}
-    try:  # the thresholds the card gives this run's settings today
-        now = card_thresholds(DatasetSpec.model_validate(order), gen.card)
-    except (ValidationError, ValueError) as exc:
-        fail(f"--dataset: its settings do not resolve against the card: {exc}")
-    then = {k: run_thresholds.get(k) for k in now}
-    if now != then:
-        fail(
-            f"--dataset: drawn at thresholds {then}, the card gives {now}: the order set its own "
-            "or the card was recalibrated since; draw again at the card's"
-        )
-    m = int(spec["images_per_identity"])
-    drawn = int(spec["identities"]) + int(counts.get("identities_replaced", 0))
-    dropped = int(counts.get("identities_dropped", 0))
-    if dropped >= drawn:
-        fail(f"--dataset: all {drawn} identities drawn were dropped; fix the model or filters")
-    rate = {
-        "per_image_failure": round(per_image_failure(dropped, drawn, m), 6),
-        "identities_drawn": drawn,
-        "identities_dropped": dropped,
-        "images_per_identity": m,
-        "settings": {
-            k: spec.get(k) for k in ("guidance", "pose_guidance", "steps", "scheduler", "pose")
-        },
-        "measured_on": str(dataset),
-    }
-    filters = dict(gen.card.get("filters") or {})
-    update_card(resolve(model), filters={**filters, "drop_rate": rate})
-    typer.echo(json.dumps(rate))
-
-
-def calibrate_guidance_cmd(
-    model: str = typer.Option(..., help="generator folder or store name"),
-    guidance: list[float] = typer.Option(
-        ..., "--guidance", help="a guidance weight to calibrate at (repeat the option)"
-    ),
-    identities: int = typer.Option(50, min=2, help="virtual prototypes drawn per weight"),
-) -> None:
-    """Calibrate tau_consistency at each guidance weight and store the table in the card
-    (filters.tau_consistency_by_guidance): orders then take the threshold of their own
-    guidance, and a guidance outside the table is refused at admission."""
-    import math
-
-    from model_store import resolve
-    from vigface.dataset.calibrate import consistency_by_guidance
-    from vigface.model_card import update_card
-    from vigface.sampler_settings import GUIDANCE_RANGE
-
-    lo, hi = GUIDANCE_RANGE
-    bad = [g for g in guidance if not (math.isfinite(g) and lo <= g <= hi)]
-    if bad:
-        fail(f"--guidance: each weight must lie in [{lo:g}, {hi:g}]; got {bad}")
-    card_path = resolve(model) / "model_card.json"
-    if not card_path.is_file():
-        fail(f"--model: {model!r} has no model_card.json")
-    gen = load_generator(model)
-    table = consistency_by_guidance(gen, sorted(set(guidance)), calib_identities=identities)
-    filters = json.loads(card_path.read_text()).get("filters")
-    if not filters:
-        fail(f"--model: {model!r} has no filters yet: run `vigface calibrate` first")
-    update_card(card_path.parent, filters={**filters, "tau_consistency_by_guidance": table})
-    typer.echo(json.dumps(table))
-
-
-def calibrate_pose_cmd(
-    model: str = typer.Option(..., help="generator folder or store name"),
-    real: Path = typer.Option(..., help="real aligned faces with their landmarks CSV (held out)"),
-    images: int = typer.Option(1000, min=10, help="real faces to measure"),
-) -> None:
-    """Measure on real faces how often the pixels show the yaw bin their landmarks give
-    (dlib's 68 points at 112 px) and store it in the card (shown_pose_reference): every job
-    report then shows the delivered faces' shown pose beside it."""
-    from model_store import resolve
-    from vigface.data import DatasetError
-    from vigface.evaluation.shown_pose import real_reference
-    from vigface.model_card import update_card
-
-    try:
-        reference = real_reference(real, images)
-    except DatasetError as exc:
-        fail(f"--real: {exc}")
-    reference["source"] = f"{real} ({images} faces at most, 112 px)"
-    update_card(resolve(model), shown_pose_reference=reference)
-    typer.echo(json.dumps(reference))
+    if not candidates:
+        fail(f"no class in {real_data} has fewer than {spec.images_per_identity} images")
+    return spec.model_copy(update={"identities": len(candidates)}), candidates, slot_images
 
 
 @order_options(identities=1)
@@ -271,13 +139,7 @@ def generate_cmd(
     """Generate a dataset: sample, filter, write the formats, report.json and report.html."""
     from pydantic import ValidationError
 
-    from jobstore.settings import Settings
-    from vigface.data import DatasetError
-    from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes
-    from vigface.dataset.planning import real_augment_plan
-    from vigface.dataset.spares import spares_for_order
-    from vigface.dataset.spec import DatasetSpec, at_card_thresholds, resolve_spec
-    from vigface.pose import PoseSpecError
+    from vigface.dataset.spec import DatasetSpec, resolve_spec
     from vigface.precision import PRECISIONS
 
     if precision not in PRECISIONS:
@@ -300,28 +162,24 @@ def generate_cmd(
         spec = resolve_spec(spec, gen.card)
     except ValueError as exc:
         fail(str(exc))
-    if spares is None:  # as the service reserves them by default, but at least 2
-        own = not at_card_thresholds(spec, gen.card)
-        fraction, confidence = (
-            Settings.model_fields[k].default for k in ("spare_fraction", "spare_confidence")
-        )
-        m = spec.images_per_identity
-        spares = max(2, spares_for_order(gen.card, spec.identities, m, fraction, confidence, own))
-    total = gen.fr.virtual_prototypes.shape[0]
-    candidates = list(range(start, min(total, start + spec.identities + spares)))
-    slot_images = None
     if mode == "real_augment":
-        if real_data is None:
-            fail("--real-data is required with --mode real_augment")
-        try:
-            candidates, slot_images = real_augment_plan(
-                gen.fr.classes, real_data, spec.images_per_identity
-            )
-        except DatasetError as exc:
-            fail(str(exc))
-        if not candidates:
-            fail(f"no class in {real_data} has fewer than {spec.images_per_identity} images")
-        spec = spec.model_copy(update={"identities": len(candidates)})
+        spec, candidates, slot_images = real_augment_rows(gen, spec, real_data)
+    else:
+        spares = default_spares(gen.card, spec) if spares is None else spares
+        total = gen.fr.virtual_prototypes.shape[0]
+        candidates = list(range(start, min(total, start + spec.identities + spares)))
+        slot_images = None
+    report = build_dataset(gen, spec, out, candidates, slot_images, compile_, precision)
+    summary = {k: report[k] for k in ("counts", "timing", "attributes")}
+    typer.echo(json.dumps({"out": str(out), **summary}))
+
+
+def build_dataset(gen, spec, out: Path, candidates, slot_images, compile_: bool, precision: str):
+    """Draw, filter and write the dataset; a refusal (too few spares, a pose the bank
+    cannot give, a folder drawn with other settings) exits with its reason."""
+    from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes
+    from vigface.pose import PoseSpecError
+
     try:
         builder = DatasetBuilder(
             gen,
@@ -332,19 +190,9 @@ def generate_cmd(
             compile=compile_,
             precision=precision,
         )
-        report = builder.run()
+        return builder.run()
     except (NotEnoughPrototypes, PoseSpecError, ValueError) as exc:
         fail(str(exc))
-    typer.echo(
-        json.dumps(
-            {
-                "out": str(out),
-                "counts": report["counts"],
-                "timing": report["timing"],
-                "attributes": report["attributes"],
-            }
-        )
-    )
 
 
 def outside_judge_cmd(
@@ -380,20 +228,41 @@ def outside_judge_cmd(
     same resolution; prints one JSON line with a plain-sentence verdict."""
     import numpy as np
 
-    from model_store import ModelNotFound, read_card, resolve
     from vigface.data import DatasetError
-    from vigface.evaluation.judge import (
-        OutsideJudge,
-        cached_gallery,
-        calibration_at,
-        compare,
-        degrade,
-        embed_folder,
-        reference_figures,
-        verdict,
-    )
+    from vigface.evaluation.judge import OutsideJudge, cached_gallery, calibration_at, embed_folder
+    from vigface.evaluation.judge_figures import compare, verdict
 
     folder = data / "imagefolder" if (data / "imagefolder").is_dir() else data
+    card, resolution = judged_resolution(data, model, resolution)
+    if update_card and (model is None or heldout is None):
+        fail("--update-card needs --model and --heldout (and --real-data for nearness)")
+    judge = OutsideJudge()
+    try:
+        emb, names, _ = embed_folder(judge, folder)  # as delivered: no further degradation
+        cache = cache or Path.home() / ".cache" / "vigface"
+        gallery = gallery_names = None
+        if real_data is not None:
+            gallery, gallery_names = cached_gallery(judge, real_data, resolution, cache)
+        ref = calibration_at(card, resolution)
+        if heldout is not None:
+            n = len(np.unique(names))
+            ref = heldout_reference(judge, heldout, resolution, gallery, gallery_names, n)
+    except DatasetError as exc:
+        fail(str(exc))
+    if ref is None:
+        fail("no real reference: pass --heldout (held-out real people) or a calibrated --model")
+    ours, shown = compare(emb, names, ref, gallery)
+    result = {"judge": judge.name, "synthetic": ours, "real": shown, **verdict(ours, shown)}
+    if update_card:
+        store_reference(model, judge.name, ref, resolution)
+    typer.echo(json.dumps(result))
+
+
+def judged_resolution(data: Path, model: str | None, resolution: int | None):
+    """(the model's card or {}, the resolution the faces were drawn at): given, else the
+    dataset card's, else the model's DiT side."""
+    from model_store import ModelNotFound, read_card, resolve
+
     dataset_card = data / "dataset_card.json"
     if resolution is None and dataset_card.is_file():
         resolution = json.loads(dataset_card.read_text()).get("resolution")
@@ -408,47 +277,37 @@ def outside_judge_cmd(
             resolution = json.loads(cfg.read_text())["sample_size"] if cfg.is_file() else None
     if resolution is None:
         fail("give --resolution or a --model with a dit/ folder")
-    if update_card and (model is None or heldout is None):
-        fail("--update-card needs --model and --heldout (and --real-data for nearness)")
-    judge = OutsideJudge()
-    try:
-        emb, names, _ = embed_folder(judge, folder)  # as delivered: no further degradation
-        cache = cache or Path.home() / ".cache" / "vigface"
-        gallery = gallery_names = None
-        if real_data is not None:
-            gallery, gallery_names = cached_gallery(judge, real_data, resolution, cache)
-        ref = calibration_at(card, resolution)
-        if heldout is not None:
-            from vigface.data import AlignedFaceFolder
+    return card, resolution
 
-            ds = AlignedFaceFolder.scan(heldout)
-            images, labels = ds.load_array(112)
-            ref = reference_figures(
-                judge.embed(degrade(images, resolution)),
-                np.asarray(ds.classes)[labels],
-                gallery,
-                gallery_names,
-                len(np.unique(names)),
-                resolution,
-            )
-    except DatasetError as exc:
-        fail(str(exc))
-    if ref is None:
-        fail("no real reference: pass --heldout (held-out real people) or a calibrated --model")
-    ours, shown = compare(emb, names, ref, gallery)
-    result = {"judge": judge.name, "synthetic": ours, "real": shown, **verdict(ours, shown)}
-    if update_card:
-        path = resolve(model) / "model_card.json"
-        full = json.loads(path.read_text())
-        judged = full.get("judge") or {}
-        if not judged or judged.get("resolution") == resolution:  # the DiT's own resolution
-            judged.update({"name": judge.name, "real": ref, "resolution": resolution})
-        else:  # another one (the upsampler's): kept beside it
-            judged.setdefault("real_at", {})[str(resolution)] = ref
-        from vigface.model_card import update_card as set_card_sections
 
-        set_card_sections(path.parent, judge=judged)
-    typer.echo(json.dumps(result))
+def heldout_reference(judge, heldout: Path, resolution: int, gallery, gallery_names, n: int):
+    """Held-out real people's figures at ``resolution`` with as many identities as the set."""
+    import numpy as np
+
+    from vigface.data import AlignedFaceFolder
+    from vigface.evaluation.judge import degrade
+    from vigface.evaluation.judge_figures import reference_figures
+
+    ds = AlignedFaceFolder.scan(heldout)
+    images, labels = ds.load_array(112)
+    emb = judge.embed(degrade(images, resolution))
+    names = np.asarray(ds.classes)[labels]
+    return reference_figures(emb, names, gallery, gallery_names, n, resolution)
+
+
+def store_reference(model: str, judge_name: str, ref: dict, resolution: int) -> None:
+    """Keep real people's figures in the card: at the DiT's own resolution as ``judge.real``,
+    at another one (an upsampler's) beside it in ``judge.real_at``."""
+    from model_store import resolve
+    from vigface.model_card import update_card as set_card_sections
+
+    path = resolve(model) / "model_card.json"
+    judged = json.loads(path.read_text()).get("judge") or {}
+    if not judged or judged.get("resolution") == resolution:
+        judged.update({"name": judge_name, "real": ref, "resolution": resolution})
+    else:
+        judged.setdefault("real_at", {})[str(resolution)] = ref
+    set_card_sections(path.parent, judge=judged)
 
 
 def evaluate_dataset_cmd(
@@ -515,10 +374,6 @@ def evaluate_dataset_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("sample")(sample_cmd)
-    app.command("calibrate")(calibrate_cmd)
-    app.command("calibrate-guidance")(calibrate_guidance_cmd)
-    app.command("calibrate-drops")(calibrate_drops_cmd)
-    app.command("calibrate-pose")(calibrate_pose_cmd)
     app.command("generate")(generate_cmd)
     app.command("outside-judge")(outside_judge_cmd)
     app.command("evaluate-dataset")(evaluate_dataset_cmd)

@@ -32,15 +32,9 @@ from vigface.pose import YAW_BINS, total_variation, yaw_bin
 from vigface.precision import dtype_name
 
 
-def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None = None) -> dict:
-    """Write the formats, manifest, card and report of the dataset made of ``parts``.
-
-    When the generator's card holds the independent judge's calibration (``judge.real``), the
-    report gets the judge's figures for the delivered images beside real people's
-    (``outside_gallery``: real descriptors for nearness to real people, optional)."""
-    out = Path(out_dir)
-    t0 = time.perf_counter()
-    first, spec = parts[0], parts[0].spec
+def gather(parts: list):
+    """Accepted records (labels numbered across parts), their images and embeddings, and
+    the records of every rejected draw."""
     records, images, embs, rejected = [], [], [], []
     for part in parts:
         r, im, em, rej = part.records(first_label=len({x.label for x in records}))
@@ -48,19 +42,26 @@ def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None 
         images.append(im)
         embs.append(em)
         rejected += rej
-    images, embs = np.concatenate(images), np.concatenate(embs)
+    return records, np.concatenate(images), np.concatenate(embs), rejected
+
+
+def write_formats(out: Path, formats: list[str], records, images, rejected) -> list:
+    """Every format asked for and the manifest; returns (record, JPEG bytes) per image."""
     items = list(zip(records, [encode_jpeg(img) for img in images], strict=True))
-    if "imagefolder" in spec.formats:
+    if "imagefolder" in formats:
         write_imagefolder(out / "imagefolder", items)
-    if "recordio" in spec.formats:
+    if "recordio" in formats:
         write_recordio(out / "recordio", items)
-    if "webdataset" in spec.formats:
+    if "webdataset" in formats:
         write_webdataset(out / "webdataset", items)
     write_manifest(out / "manifest.csv", records + rejected)
-    labels = np.array([r.label for r in records])
-    num_classes = len(set(labels.tolist()))
-    card = {
-        "num_classes": num_classes,
+    return items
+
+
+def dataset_card(parts: list, records, labels: np.ndarray) -> dict:
+    first, spec = parts[0], parts[0].spec
+    return {
+        "num_classes": len(set(labels.tolist())),
         "num_image": len(records),
         "image_size": [CROP_SIZE, CROP_SIZE],
         "formats": spec.formats,
@@ -75,22 +76,17 @@ def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None 
         # the side the generator drew at (the files are resized to image_size)
         "resolution": first.sampler.output_size,
     }
-    write_json(out / "dataset_card.json", card)
-    counts, seconds = Counter(), Counter()
-    for p in parts:
-        counts.update(p.counts)
-        seconds.update(p.seconds)
+
+
+def filter_report(first, records, rejected, embs, labels, counts: Counter) -> dict:
+    """Thresholds, dataset attributes, own-prototype and real-people cosines, counts."""
     generated = max(counts.get("generated", 0), 1)
-    report = {
-        "dataset": card,
+    by_pose = first.spec.tau_consistency_by_pose
+    return {
         "thresholds": {
             "tau_consistency": first.tau_c,
             "tau_leak": first.tau_leak,
-            **(
-                {"tau_consistency_by_pose": first.spec.tau_consistency_by_pose}
-                if first.spec.tau_consistency_by_pose
-                else {}
-            ),
+            **({"tau_consistency_by_pose": by_pose} if by_pose else {}),
         },
         "attributes": dataset_attributes(embs, labels),
         "cos_own": summary([r.cos_own for r in records]),
@@ -109,6 +105,29 @@ def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None 
         },
         "histograms": similarity_histograms(records + rejected),
     }
+
+
+def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None = None) -> dict:
+    """Write the formats, manifest, card and report of the dataset made of ``parts``.
+
+    When the generator's card holds the independent judge's calibration (``judge.real``), the
+    report gets the judge's figures for the delivered images beside real people's
+    (``outside_gallery``: real descriptors for nearness to real people, optional)."""
+    from vigface.dataset.report import write_html_report
+
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    first = parts[0]
+    records, images, embs, rejected = gather(parts)
+    items = write_formats(out, first.spec.formats, records, images, rejected)
+    labels = np.array([r.label for r in records])
+    card = dataset_card(parts, records, labels)
+    write_json(out / "dataset_card.json", card)
+    counts, seconds = Counter(), Counter()
+    for p in parts:
+        counts.update(p.counts)
+        seconds.update(p.seconds)
+    report = {"dataset": card, **filter_report(first, records, rejected, embs, labels, counts)}
     # the delivered images as decoded from their JPEGs, once, for both outside measurements
     delivered = np.stack(
         [np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")) for _, jpg in items]
@@ -117,8 +136,6 @@ def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None 
     judged = judge_report(delivered, labels, first.gen.card, outside_gallery, card["resolution"])
     if judged is not None:
         report["judge"] = judged
-    from vigface.dataset.report import write_html_report
-
     write_html_report(out / "report.html", report, out)
     seconds["writing"] += time.perf_counter() - t0
     report["timing"] = {k: round(v, 2) for k, v in seconds.items()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,184 @@ def load_training_set(data_dir: Path, cfg: TrainFRConfig, progress: bool):
     return images, labels, classes, len(ds.skipped)
 
 
+@dataclass
+class FRData:
+    """A stage-1 training set: decoded into memory (an ImageFolder) or streamed."""
+
+    classes: list[str]
+    num_images: int
+    skipped: int
+    images: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    stream: object | None = None
+
+    def batches(self, cfg: TrainFRConfig, epoch: int, ctx, steps_per_epoch: int):
+        """(uint8 images (B, S, S, 3), labels) of this rank, ``steps_per_epoch`` of them."""
+        if self.stream is not None:
+            yield from face_loader(
+                self.stream, cfg.batch_size, cfg.data.loader_workers, cfg.seed, epoch,
+                ctx.rank, ctx.world_size,
+            )  # fmt: skip
+            return
+        g = torch.Generator().manual_seed(cfg.seed + epoch)
+        perm = torch.randperm(self.num_images, generator=g)[ctx.rank :: ctx.world_size]
+        for i in range(steps_per_epoch):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
+def open_training_data(data_dir: Path, cfg: TrainFRConfig, progress: bool) -> FRData:
+    stream = open_face_stream(data_dir, cfg.backbone.input_size, cfg.seed)
+    if stream is None:
+        images, labels, classes, skipped = load_training_set(data_dir, cfg, progress)
+        return FRData(classes, len(labels), skipped, torch.from_numpy(images),
+                      torch.from_numpy(labels))  # fmt: skip
+    if cfg.data.min_images_per_identity > 1:
+        raise DatasetError(
+            "data.min_images_per_identity applies to ImageFolder sets only: filter a "
+            f"streamed set ({data_dir}) when it is written"
+        )
+    if stream.num_classes is None:
+        raise DatasetError(f"{data_dir}: the RecordIO has no header record with its classes")
+    return FRData([str(c) for c in range(stream.num_classes)], len(stream), 0, stream=stream)
+
+
+def build_optimizer(cfg: TrainFRConfig, module: FRTrainingModule, steps_per_epoch: int, total):
+    """SGD or AdamW (the head at ``head_lr_mult`` times the rate), warm-up then cosine."""
+    o = cfg.optim
+    groups = [
+        {"params": [p for p in module.backbone.parameters() if p.requires_grad], "lr": o.lr},
+        {"params": list(module.head.parameters()), "lr": o.lr * o.head_lr_mult},
+    ]
+    if o.name == "sgd":
+        opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    else:
+        opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    warmup = int(o.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, warmup, total, o.min_lr_ratio)
+    )
+    return opt, sched
+
+
+def optimizer_step(cfg: TrainFRConfig, module: FRTrainingModule, opt, sched, loss) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = cfg.optim.grad_clip
+    if clip and module.sharded:  # one norm over every rank's slice
+        clip_grad_norm_sharded(
+            list(module.backbone.parameters()), list(module.head.parameters()), clip
+        )
+    elif clip:
+        nn.utils.clip_grad_norm_(module.parameters(), clip)
+    opt.step()
+    if cfg.head.virtual_subspace_energy and module.head.num_virtual:
+        module.head.constrain_virtual(cfg.head.virtual_subspace_energy)
+    sched.step()
+
+
+@dataclass
+class FRRun:
+    """One stage-1 training run's state, shared by its epochs."""
+
+    cfg: TrainFRConfig
+    ctx: object
+    data: FRData
+    module: FRTrainingModule
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    run: TrainingRun
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    mem_fmt: torch.memory_format
+    aug_gen: torch.Generator
+
+
+def train_epoch(r: FRRun, epoch: int, step: int, progress: bool) -> int:
+    """One epoch (or what is left of the step budget); logs and checkpoints it."""
+    cfg, ctx = r.cfg, r.ctx
+    t0 = time.time()
+    batches = r.data.batches(cfg, epoch, ctx, r.steps_per_epoch)
+    r.model.train()
+    desc = f"epoch {epoch + 1}/{r.epochs}"
+    bar = tqdm(range(r.steps_per_epoch), desc=desc, disable=not progress, leave=False)
+    running, done = 0.0, 0
+    for _ in bar:
+        batch = next(batches, None) if step < r.total_steps else None
+        if batch is None:  # the budget is spent, or a split stream gave this rank one less
+            break
+        x = to_model_input(batch[0].to(ctx.device, non_blocking=True))
+        x = augment_batch(x, cfg.augment, r.aug_gen).contiguous(memory_format=r.mem_fmt)
+        done += 1
+        with autocast(ctx.device, cfg.precision):
+            loss = r.model(x, batch[1].to(ctx.device).long())
+        optimizer_step(cfg, r.module, r.opt, r.sched, loss)
+        step += 1
+        running += float(loss.detach())
+        if ctx.is_main and step % cfg.log_every == 0:
+            sigma = r.module.sampler.sigma
+            rec = {
+                "step": step,
+                "epoch": epoch + 1,
+                "loss": round(running / cfg.log_every, 4),
+                "lr": round(r.sched.get_last_lr()[0], 6),
+                "sigma_mean": round(float(sigma.mean()), 5),
+                "sigma_norm": round(float(sigma.norm()), 4),
+            }
+            running = 0.0
+            bar.set_postfix(loss=rec["loss"], sigma=rec["sigma_mean"])
+            r.run.log(rec)
+    batches.close()  # a streamed epoch cut short: stop its loader processes now
+    r.run.tick()
+    real_w, virtual_w = r.module.prototypes()
+    if ctx.is_main:
+        seconds = time.time() - t0
+        r.run.log({
+            "epoch": epoch + 1,
+            "epoch_s": round(seconds, 1),
+            "img_per_s": round(done * cfg.batch_size * ctx.world_size / seconds, 1),
+            "orthogonality": orthogonality(real_w, virtual_w),
+        })  # fmt: skip
+        log.info("epoch %d/%d done in %.0fs", epoch + 1, r.epochs, seconds)
+    if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == r.epochs:
+        r.run.checkpoint(epoch=epoch + 1, classes=r.data.classes)
+    barrier(ctx)
+    return step
+
+
+def save_fr(r: FRRun, data_dir: Path, out_dir: Path, step: int) -> FRModel | None:
+    real_w, virtual_w = r.module.prototypes()  # collective: every rank takes part
+    if not r.ctx.is_main:
+        return None
+    card = {
+        "kind": "fr",
+        "train_data": str(data_dir),
+        "num_real": len(r.data.classes),
+        "num_virtual": r.cfg.head.num_virtual,
+        "num_images": int(r.data.num_images),
+        "skipped_images": r.data.skipped,
+        "epochs": r.epochs,
+        "steps": step,
+        "world_size": r.ctx.world_size,
+        **r.run.provenance(r.cfg.precision),
+        "orthogonality": orthogonality(real_w, virtual_w),
+        "prototype_shards": r.ctx.world_size if r.module.sharded else 1,
+    }
+    result = FRModel(
+        config=r.cfg,
+        backbone=r.module.backbone.to(memory_format=torch.contiguous_format).eval(),
+        real_prototypes=real_w.clone(),
+        virtual_prototypes=virtual_w.clone(),
+        sigma=r.module.sampler.sigma.detach().clone(),
+        classes=r.data.classes,
+        card=card,
+    )
+    result.save(out_dir)
+    return result
+
+
 def train_fr(
     cfg: TrainFRConfig,
     data_dir: str | Path,
@@ -122,51 +301,21 @@ def train_fr(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + ctx.rank)
-    stream = open_face_stream(data_dir, cfg.backbone.input_size, cfg.seed)
-    if stream is None:
-        images, labels, classes, skipped = load_training_set(
-            data_dir, cfg, progress and ctx.is_main
-        )
-        images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
-        num_images = len(labels)
-    else:
-        if cfg.data.min_images_per_identity > 1:
-            raise DatasetError(
-                "data.min_images_per_identity applies to ImageFolder sets only: filter a "
-                f"streamed set ({data_dir}) when it is written"
-            )
-        if stream.num_classes is None:
-            raise DatasetError(f"{data_dir}: the RecordIO has no header record with its classes")
-        classes = [str(c) for c in range(stream.num_classes)]
-        num_images, skipped = len(stream), 0
-    n, k = len(classes), cfg.head.num_virtual
-
-    module = FRTrainingModule(cfg, n, ctx.world_size).to(ctx.device)
+    data = open_training_data(data_dir, cfg, progress and ctx.is_main)
+    module = FRTrainingModule(cfg, len(data.classes), ctx.world_size).to(ctx.device)
     mem_fmt = torch.channels_last if cfg.backbone.channels_last else torch.contiguous_format
     module.backbone.to(memory_format=mem_fmt)
-    steps_per_epoch = num_images // (cfg.batch_size * ctx.world_size)
+    steps_per_epoch = data.num_images // (cfg.batch_size * ctx.world_size)
     if steps_per_epoch == 0:
         raise DatasetError(
-            f"{num_images} images are fewer than one batch of {cfg.batch_size} x {ctx.world_size}"
+            f"{data.num_images} images are fewer than one batch of {cfg.batch_size} x "
+            f"{ctx.world_size}"
         )
     # a step budget (cfg.max_steps) fixes the work whatever the dataset's size: the probe
     # that compares datasets trains each for the same number of steps
     epochs = -(-cfg.max_steps // steps_per_epoch) if cfg.max_steps else cfg.epochs
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    o = cfg.optim
-    groups = [
-        {"params": [p for p in module.backbone.parameters() if p.requires_grad], "lr": o.lr},
-        {"params": list(module.head.parameters()), "lr": o.lr * o.head_lr_mult},
-    ]
-    if o.name == "sgd":
-        opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    else:
-        opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
-    warmup = int(o.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, warmup, total_steps, o.min_lr_ratio)
-    )
-
+    opt, sched = build_optimizer(cfg, module, steps_per_epoch, total_steps)
     run = TrainingRun(
         out_dir,
         {"module": module, "optimizer": opt, "scheduler": sched},
@@ -176,125 +325,19 @@ def train_fr(
     )
 
     def same_identities(state: dict) -> None:
-        if state["classes"] != classes:
+        if state["classes"] != data.classes:
             raise DatasetError(f"checkpoint {run.checkpoint_path} was trained on other identities")
 
     start_epoch = (run.resume(resume, check=same_identities) or {}).get("epoch", 0)
     if ctx.enabled and module.sharded:  # each rank's slice is its own: DDP averages the rest
         DDP._set_params_and_buffers_to_ignore_for_model(module, ["head.real", "head.virtual"])
     model = DDP(module) if ctx.enabled else module
-    step = start_epoch * steps_per_epoch
     aug_gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed * 1000 + ctx.rank)
-
-    def epoch_batches(epoch: int):
-        """(uint8 images (B, S, S, 3), labels) of this rank, ``steps_per_epoch`` of them."""
-        if stream is not None:
-            loader = face_loader(
-                stream, cfg.batch_size, cfg.data.loader_workers, cfg.seed, epoch,
-                ctx.rank, ctx.world_size,
-            )  # fmt: skip
-            yield from loader
-            return
-        perm = torch.randperm(num_images, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        perm = perm[ctx.rank :: ctx.world_size]
-        for i in range(steps_per_epoch):
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            yield images_t[idx], labels_t[idx]
-
+    r = FRRun(cfg, ctx, data, module, model, opt, sched, run, steps_per_epoch, total_steps,
+              epochs, mem_fmt, aug_gen)  # fmt: skip
+    step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, epochs):
-        t0 = time.time()
-        batches = epoch_batches(epoch)
-        model.train()
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{epochs}",
-            disable=not (progress and ctx.is_main),
-            leave=False,
-        )
-        running = 0.0
-        done = 0
-        for _ in bar:
-            if step >= total_steps:
-                break
-            batch = next(batches, None)
-            if batch is None:  # a stream split over ranks may give one rank a batch less
-                break
-            images_b, labels_b = batch
-            x = to_model_input(images_b.to(ctx.device, non_blocking=True))
-            x = augment_batch(x, cfg.augment, aug_gen).contiguous(memory_format=mem_fmt)
-            y = labels_b.to(ctx.device).long()
-            done += 1
-            with autocast(ctx.device, cfg.precision):
-                loss = model(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if o.grad_clip and module.sharded:  # one norm over every rank's slice
-                clip_grad_norm_sharded(
-                    list(module.backbone.parameters()), list(module.head.parameters()),
-                    o.grad_clip,
-                )  # fmt: skip
-            elif o.grad_clip:
-                nn.utils.clip_grad_norm_(module.parameters(), o.grad_clip)
-            opt.step()
-            if cfg.head.virtual_subspace_energy and module.head.num_virtual:
-                module.head.constrain_virtual(cfg.head.virtual_subspace_energy)
-            sched.step()
-            step += 1
-            running += float(loss.detach())
-            if ctx.is_main and step % cfg.log_every == 0:
-                sigma = module.sampler.sigma
-                rec = {
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "loss": round(running / cfg.log_every, 4),
-                    "lr": round(sched.get_last_lr()[0], 6),
-                    "sigma_mean": round(float(sigma.mean()), 5),
-                    "sigma_norm": round(float(sigma.norm()), 4),
-                }
-                running = 0.0
-                bar.set_postfix(loss=rec["loss"], sigma=rec["sigma_mean"])
-                run.log(rec)
-        batches.close()  # a streamed epoch cut short: stop its loader processes now
-        run.tick()
-        real_w, virtual_w = module.prototypes()
-        if ctx.is_main:
-            rec = {
-                "epoch": epoch + 1,
-                "epoch_s": round(time.time() - t0, 1),
-                "img_per_s": round(done * cfg.batch_size * ctx.world_size / (time.time() - t0), 1),
-                "orthogonality": orthogonality(real_w, virtual_w),
-            }
-            run.log(rec)
-            log.info("epoch %d/%d done in %.0fs", epoch + 1, epochs, rec["epoch_s"])
-        if (epoch + 1) % cfg.checkpoint_every_epochs == 0 or epoch + 1 == epochs:
-            run.checkpoint(epoch=epoch + 1, classes=classes)
-        barrier(ctx)
-
-    result = None
-    real_w, virtual_w = module.prototypes()
-    if ctx.is_main:
-        result = FRModel(
-            config=cfg,
-            backbone=module.backbone.to(memory_format=torch.contiguous_format).eval(),
-            real_prototypes=real_w.clone(),
-            virtual_prototypes=virtual_w.clone(),
-            sigma=module.sampler.sigma.detach().clone(),
-            classes=classes,
-            card={
-                "kind": "fr",
-                "train_data": str(data_dir),
-                "num_real": n,
-                "num_virtual": k,
-                "num_images": int(num_images),
-                "skipped_images": skipped,
-                "epochs": epochs,
-                "steps": step,
-                "world_size": ctx.world_size,
-                **run.provenance(cfg.precision),
-                "orthogonality": orthogonality(real_w, virtual_w),
-                "prototype_shards": ctx.world_size if module.sharded else 1,
-            },
-        )
-        result.save(out_dir)
+        step = train_epoch(r, epoch, step, progress and ctx.is_main)
+    result = save_fr(r, data_dir, out_dir, step)
     cleanup(ctx)
     return result

@@ -147,23 +147,23 @@ def train_upsampler(
     bar.close()
     ema_model = FaceUpsampler.from_config(model.config)
     ema.copy_to(ema_model.parameters())
-    stage = UpsamplerStage(
-        model=ema_model.eval(),
-        scheduler=scheduler,
-        card={
-            "kind": "upsampler",
-            "train_data": str(data_dir),
-            "fr_model": str(fr_dir),
-            "low_size": cfg.model.low_size,
-            "sample_size": cfg.model.sample_size,
-            "residual_scale": model.config.residual_scale,
-            "parameters": int(sum(p.numel() for p in model.parameters())),
-            "steps": step,
-            "batch_size": cfg.batch_size,
-            "crop_size": cfg.crop_size,
-            **run.provenance(cfg.precision),
-            "config": cfg.model_dump(),
-        },
-    )
+    card = upsampler_card(cfg, data_dir, Path(fr_dir), model, step) | run.provenance(cfg.precision)
+    stage = UpsamplerStage(model=ema_model.eval(), scheduler=scheduler, card=card)
     stage.save(out_dir)
     return stage
+
+
+def upsampler_card(cfg, data_dir: Path, fr_dir: Path, model: FaceUpsampler, step: int) -> dict:
+    return {
+        "kind": "upsampler",
+        "train_data": str(data_dir),
+        "fr_model": str(fr_dir),
+        "low_size": cfg.model.low_size,
+        "sample_size": cfg.model.sample_size,
+        "residual_scale": model.config.residual_scale,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "steps": step,
+        "batch_size": cfg.batch_size,
+        "crop_size": cfg.crop_size,
+        "config": cfg.model_dump(),
+    }

@@ -48,6 +48,23 @@ def real_embeddings(fr: FRModel, data_dir: str | Path, progress: bool = True):
     return emb, torch.from_numpy(np.concatenate([labels, labels])).long()
 
 
+def refit_state(fr: FRModel, energy: float):
+    """The stage-1 head with W_R frozen and W_V projected into the face subspace, and the
+    virtual-embedding sampler at the model's stored sigma."""
+    n, k = fr.real_prototypes.shape[0], fr.virtual_prototypes.shape[0]
+    dim = fr.real_prototypes.shape[1]
+    head = PrototypeHead(n, k, dim, fr.config.head.scale, fr.config.head.margin)
+    basis = face_subspace(fr.real_prototypes, energy)
+    with torch.no_grad():
+        head.real.copy_(fr.real_prototypes)
+        head.virtual.copy_(project_rows(fr.virtual_prototypes, basis))
+    head.real.requires_grad_(False)
+    sampler = VirtualEmbeddingSampler(dim)
+    sampler.variance.copy_(fr.sigma.float() ** 2)
+    sampler.initialized.fill_(True)
+    return head, basis, sampler
+
+
 def refit_virtual(
     fr: FRModel,
     embeddings: torch.Tensor,
@@ -75,16 +92,7 @@ def refit_virtual(
         raise ValueError("the model has no virtual prototypes to refit")
     t0 = time.time()
     n, k = fr.real_prototypes.shape[0], fr.virtual_prototypes.shape[0]
-    dim = fr.real_prototypes.shape[1]
-    head = PrototypeHead(n, k, dim, fr.config.head.scale, fr.config.head.margin)
-    basis = face_subspace(fr.real_prototypes, energy)
-    with torch.no_grad():
-        head.real.copy_(fr.real_prototypes)
-        head.virtual.copy_(project_rows(fr.virtual_prototypes, basis))
-    head.real.requires_grad_(False)
-    sampler = VirtualEmbeddingSampler(dim)
-    sampler.variance.copy_(fr.sigma.float() ** 2)
-    sampler.initialized.fill_(True)
+    head, basis, sampler = refit_state(fr, energy)
     opt = torch.optim.SGD([head.virtual], lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(seed)
     b_v = num_virtual_per_batch(batch_size, n, k)
@@ -110,28 +118,35 @@ def refit_virtual(
     earlier = fr.card.get("virtual_refit_history", [])
     if "virtual_refit" in fr.card:  # a refit of a refit keeps the record of the first
         earlier = [*earlier, fr.card["virtual_refit"]]
+    record = {
+        "energy": energy,
+        "subspace_dims": int(basis.shape[0]),
+        "steps": steps,
+        "batch_size": batch_size,
+        "virtual_per_batch": b_v,
+        "lr": lr,
+        "seed": seed,
+        "max_real_cos": max_real_cos,
+        "real_margin_weight": real_margin_weight if max_real_cos is not None else None,
+        "loss_first_100": round(float(np.mean(losses[:100])), 4),
+        "loss_last_100": round(float(np.mean(losses[-100:])), 4),
+        "seconds": round(time.time() - t0, 1),
+    }
     out.card = {
         **fr.card,
         "virtual_refit_history": earlier,
-        "virtual_refit": {
-            "energy": energy,
-            "subspace_dims": int(basis.shape[0]),
-            "steps": steps,
-            "batch_size": batch_size,
-            "virtual_per_batch": b_v,
-            "lr": lr,
-            "seed": seed,
-            "max_real_cos": max_real_cos,
-            "real_margin_weight": real_margin_weight if max_real_cos is not None else None,
-            "loss_first_100": round(float(np.mean(losses[:100])), 4),
-            "loss_last_100": round(float(np.mean(losses[-100:])), 4),
-            "seconds": round(time.time() - t0, 1),
-            "virtual_energy_in_span_before": round(energy_in_span(fr.virtual_prototypes, basis), 4),
-            "virtual_energy_in_span_after": round(energy_in_span(out.virtual_prototypes, basis), 4),
-            "orthogonality_before": fr.card.get("orthogonality")
-            or orthogonality(fr.real_prototypes, fr.virtual_prototypes),
-        },
+        "virtual_refit": record | refit_statistics(fr, out, basis),
         "orthogonality": orthogonality(out.real_prototypes, out.virtual_prototypes),
     }
     log.info("refit W_V in %.0fs: %s", time.time() - t0, out.card["orthogonality"]["v_to_r"])
     return out
+
+
+def refit_statistics(before: FRModel, after: FRModel, basis: torch.Tensor) -> dict:
+    """How much of W_V lies in the face subspace before and after, and where it stood."""
+    return {
+        "virtual_energy_in_span_before": round(energy_in_span(before.virtual_prototypes, basis), 4),
+        "virtual_energy_in_span_after": round(energy_in_span(after.virtual_prototypes, basis), 4),
+        "orthogonality_before": before.card.get("orthogonality")
+        or orthogonality(before.real_prototypes, before.virtual_prototypes),
+    }
