@@ -65,6 +65,12 @@ class FilterCalibration(_Strict):
 
     tau_leak: float = Field(ge=-1, le=1)
     tau_consistency: float = Field(ge=-1, le=1)
+    face_gate: bool = Field(
+        False, description="images must show a well-placed face to a standard detector"
+    )
+    face_rate: float | None = Field(
+        None, ge=0, le=1, description="share of calibration draws the detector passed"
+    )
     tau_consistency_by_guidance: dict[str, GuidanceCalibration] = Field(default_factory=dict)
     tau_consistency_by_pose: dict[str, dict[str, PoseGroupCalibration]] = Field(
         default_factory=dict,

@@ -36,6 +36,7 @@ class Draw:
     near_id: int = -1
     consistency: bool = True  # passed the consistency test
     leakage: bool = True  # passed the leakage tests
+    face: bool = True  # the face detector found a well-placed face (or the gate was off)
     reason: str = ""  # empty for accepted draws
 
 

@@ -9,7 +9,11 @@ Inputs are L2-normalised FR embeddings, so every test below is a cosine:
   any size) and, for a second opinion that does not share the FR model's blind spots, over an
   independent judge model's gallery with the judge's own threshold;
 * **identity leakage**: the same test on the normalised mean embedding of an identity's
-  accepted images (a class can look like a real person on average while no single image does).
+  accepted images (a class can look like a real person on average while no single image does);
+* **face** (per image, with the face gate on): a standard face detector that took no part in
+  training finds a well-placed face (:class:`vigface.evaluation.image_quality.FaceDetector`):
+  the FR tests ask only whether the FR model finds the prototype in the pixels, which a
+  mosaic can satisfy.
 
 In real-identity augmentation (``augmentation=True``) the identity *is* a real person: its own
 row of ``W_R`` is not a leak, and the leakage tests are off by construction; the nearest-real
@@ -60,6 +64,7 @@ class Verdicts:
     leak_prototypes: np.ndarray  # nearest_real > tau_leak
     leak_gallery: np.ndarray  # external gallery's best cosine > tau_leak
     leak_judge: np.ndarray  # judge's best cosine > its threshold
+    face: np.ndarray  # a well-placed face was found (all True with the face gate off)
 
     @property
     def no_leak(self) -> np.ndarray:
@@ -67,7 +72,7 @@ class Verdicts:
 
     @property
     def passed(self) -> np.ndarray:
-        return self.consistent & self.no_leak
+        return self.consistent & self.no_leak & self.face
 
     def counts(self) -> dict[str, int]:
         """How many images each test rejected (an image can fail several)."""
@@ -77,6 +82,7 @@ class Verdicts:
             "rejected_leakage_prototypes": int(self.leak_prototypes.sum()),
             "rejected_leakage_gallery": int(self.leak_gallery.sum()),
             "rejected_leakage_judge": int(self.leak_judge.sum()),
+            "rejected_face": int((~self.face).sum()),
         }
 
 
@@ -97,7 +103,9 @@ class DatasetFilter:
         judge: Judge | None = None,
         augmentation: bool = False,
         tau_consistency_by_pose: dict[str, float] | None = None,
+        face_gate: bool = False,
     ):
+        self.face_gate = face_gate
         self.real = unit_rows(real_prototypes)
         self.tau_consistency, self.tau_leak = float(tau_consistency), float(tau_leak)
         self.tau_by_pose = dict(tau_consistency_by_pose or {})
@@ -110,11 +118,14 @@ class DatasetFilter:
         own_rows: np.ndarray,
         judge_emb: np.ndarray | None = None,
         pose_bins: list[str] | None = None,
+        face: np.ndarray | None = None,
     ) -> Verdicts:
         """Verdicts for embeddings ``emb`` (N, D) drawn for prototypes ``own`` (N, D), which are
         rows ``own_rows`` of W_V (virtual) or W_R (augmentation). ``judge_emb`` are the judge's
         embeddings of the same images (required when a judge is configured). ``pose_bins``
-        names each image's yaw bin: with per-pose thresholds, each image meets its bin's."""
+        names each image's yaw bin: with per-pose thresholds, each image meets its bin's.
+        ``face`` says for each image whether the detector found a well-placed face (None:
+        the face gate is off)."""
         emb = np.asarray(emb, np.float32)
         own = unit_rows(own)
         n = len(emb)
@@ -141,6 +152,7 @@ class DatasetFilter:
             leak_prototypes=leak_p,
             leak_gallery=leak_g,
             leak_judge=leak_j,
+            face=np.ones(n, bool) if face is None else np.asarray(face, bool),
         )
 
     def consistency_thresholds(self, pose_bins: list[str] | None, n: int) -> np.ndarray:
@@ -174,6 +186,8 @@ class DatasetFilter:
                 parts.append(f"gallery of {len(self.gallery)} real embeddings <= {self.tau_leak:g}")
             if self.judge is not None:
                 parts.append(f"judge <= {self.judge.threshold:g}")
+        if self.face_gate:
+            parts.append("face (a detector finds a well-placed face)")
         return ", ".join(parts)
 
 

@@ -119,7 +119,13 @@ class DatasetBuilder:
             judge=judge,
             augmentation=self.kind == "real",
             tau_consistency_by_pose=spec.tau_consistency_by_pose,
+            face_gate=spec.face_gate,
         )
+        self.detector = None
+        if spec.face_gate:
+            from vigface.evaluation.image_quality import FaceDetector
+
+            self.detector = FaceDetector()
         self.sampler = Sampler.for_generator(
             gen, spec, spec.batch_size, compile=compile, precision=precision
         )
@@ -179,7 +185,10 @@ class DatasetBuilder:
         judge = self.filter.judge
         judge_emb = judge.embed(images) if judge is not None else None
         bins = [YAW_BINS[self.bank.bins[self.plan.pose_row(d.slot, d.index)]] for d in pending]
-        return emb, self.filter.image_verdicts(emb, own, rows, judge_emb, pose_bins=bins)
+        face = None
+        if self.detector is not None:
+            face = [d.well_placed for d in self.detector.detect_all(images)]
+        return emb, self.filter.image_verdicts(emb, own, rows, judge_emb, bins, face)
 
     def _run_chunk(self, c: int, slots: list[int], queue_pos: int) -> ChunkResult:
         res = ChunkResult(
@@ -205,6 +214,7 @@ class DatasetBuilder:
                 d.near_id = int(verdicts.nearest_real_id[i])
                 d.consistency = bool(verdicts.consistent[i])
                 d.leakage = bool(verdicts.no_leak[i])
+                d.face = bool(verdicts.face[i])
                 if verdicts.passed[i]:
                     res.accepted[(d.slot, d.index)] = Accepted(d, images[i], emb[i])
                     continue
@@ -266,7 +276,8 @@ class DatasetBuilder:
             f"dropped with {spares} spares. Of {c['generated']} images drawn, "
             f"{c['rejected_consistency']} failed consistency and {c['rejected_leakage']} "
             f"leakage (prototypes {c['rejected_leakage_prototypes']}, gallery "
-            f"{c['rejected_leakage_gallery']}, judge {c['rejected_leakage_judge']}); "
+            f"{c['rejected_leakage_gallery']}, judge {c['rejected_leakage_judge']}), "
+            f"{c['rejected_face']} showed no well-placed face; "
             f"{c['identities_dropped_leakage']} identities leaked on their mean embedding. "
             f"Filters: {self.filter.describe()}"
         )
@@ -382,6 +393,7 @@ class DatasetBuilder:
                 label=-1,
                 passed_consistency=d["consistency"],
                 passed_leakage=d["leakage"],
+                passed_face=d.get("face", True),
                 accepted=False,
                 file="",
             )

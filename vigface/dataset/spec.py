@@ -149,6 +149,11 @@ class DatasetSpec(DatasetOrder):
     max_attempts: int = Field(3, ge=1, le=20, description="draws per image before giving up")
     batch_size: int = Field(32, ge=1, le=1024)
     gallery: str | None = Field(None, description=".npy of real embeddings to check against")
+    face_gate: bool | None = Field(
+        None,
+        description="redraw images in which a face detector finds no well-placed face "
+        "(default: the model card's filters.face_gate)",
+    )
     leakage_judge_onnx: str | None = Field(
         None, description="a second FR model (insightface ONNX) the leakage filter also asks"
     )
@@ -182,6 +187,7 @@ class ResolvedSpec(SamplerChoice, DatasetSpec):
         "None when the order gave tau_consistency or the card has none)",
     )
     tau_leak: StrictFloat = Field(ge=-1, le=1)
+    face_gate: bool
 
     @field_validator("tau_consistency_by_pose")
     @classmethod
@@ -225,6 +231,8 @@ def resolve_spec(spec: DatasetSpec, card: dict) -> ResolvedSpec:
             )
     if values["tau_leak"] is None:
         values["tau_leak"] = filters.get("tau_leak")
+    if values["face_gate"] is None:
+        values["face_gate"] = bool(filters.get("face_gate", False))
     missing = [k for k in ("tau_consistency", "tau_leak") if values[k] is None]
     if missing:
         raise FiltersNotCalibrated(

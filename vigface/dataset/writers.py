@@ -51,6 +51,7 @@ class ImageRecord:
     nearest_real_id: int = -1
     passed_consistency: bool = True
     passed_leakage: bool = True
+    passed_face: bool = True
     accepted: bool = True
     file: str = ""
 
