@@ -21,6 +21,10 @@ SHARED_LFW = Path(
 )
 
 
+# the bundled models' statement of training data and terms, for `models add --terms`
+TERMS_FILE = str(Path(__file__).resolve().parents[1] / "vigface/configs/terms_lfw112.yaml")
+
+
 @pytest.fixture
 def lfw112() -> Path:
     """The real LFW-112 folder from ../shared (or $VIGFACE_LFW112); skip when absent."""

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import app
-from conftest import TINY_DIT
+from conftest import TERMS_FILE, TINY_DIT
 from vigface.config import TrainDiTConfig
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import (
@@ -243,8 +243,10 @@ def test_train_dit_cli_end_to_end(face_folder, tiny_config, tmp_path):
 
     # bundling: float16 weights and prototypes, loaded back as float32 that behave the same
     r = runner.invoke(
-        app, ["models", "add", str(out), "--name", "tiny", "--store", str(tmp_path / "st")]
-    )
+        app,
+        ["models", "add", str(out), "--name", "tiny", "--store", str(tmp_path / "st"),
+         "--terms", TERMS_FILE],
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     small = Generator.load(tmp_path / "st" / "tiny")
     assert not (tmp_path / "st" / "tiny" / "checkpoints").exists()
@@ -259,8 +261,10 @@ def test_train_dit_cli_end_to_end(face_folder, tiny_config, tmp_path):
         small.fr.virtual_prototypes, gen.fr.virtual_prototypes, atol=1e-3, rtol=1e-3
     )
     r = runner.invoke(
-        app, ["models", "add", str(out), "--name", "tiny", "--store", str(tmp_path / "st")]
-    )
+        app,
+        ["models", "add", str(out), "--name", "tiny", "--store", str(tmp_path / "st"),
+         "--terms", TERMS_FILE],
+    )  # fmt: skip
     assert r.exit_code == 2 and "exists" in r.output
 
     grid = tmp_path / "grid.png"

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from app.cli import app
-from conftest import TINY_DIT
+from conftest import TERMS_FILE, TINY_DIT
 from vigface.config import TrainDiTConfig
 from vigface.model_card import load_card
 from vigface.training.dit import train_dit
@@ -34,8 +34,10 @@ def store(tmp_path: Path, tiny_generator: Path) -> Path:
     a measurement of its weights and a training curve."""
     st = tmp_path / "st"
     r = runner.invoke(
-        app, ["models", "add", str(tiny_generator), "--name", "tiny", "--store", str(st)]
-    )
+        app,
+        ["models", "add", str(tiny_generator), "--name", "tiny", "--store", str(st), "--terms",
+         TERMS_FILE],
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     entry = st / "tiny"
     card = json.loads((entry / "model_card.json").read_text())

@@ -141,9 +141,42 @@ class Capacity(_Strict):
     judge: JudgeCapacity | None = None
 
 
+class DataSource(_Strict):
+    """A dataset a model (or a part of it) was trained on, and the terms it came under."""
+
+    name: str = Field(min_length=1, description="e.g. LFW (deep-funneled), aligned to 112 px")
+    url: str | None = None
+    used_for: list[str] = Field(
+        min_length=1, description="which parts learnt from it: fr, generator, autoencoder"
+    )
+    license: str = Field(
+        min_length=1, description="an SPDX id, or 'other' with the terms spelled out below"
+    )
+    terms: str = Field(min_length=1, description="what its distributor allows, in words")
+    research_only: bool = Field(description="its terms allow research use only")
+    people: str | None = Field(None, description="who it shows (real people: say so)")
+
+
+class Terms(_Strict):
+    """What a team may do with this model's weights and with the datasets it delivers. A
+    dataset's terms can never be wider than its model's training data allow: with any
+    research-only source, deliveries are research-only whatever this says."""
+
+    weights_license: str = Field(min_length=1)
+    weights_terms: str = Field(min_length=1)
+    datasets_license: str = Field(min_length=1, description="SPDX id, or 'other'")
+    datasets_terms: str = Field(min_length=1)
+
+
 class ModelCard(_Strict):
     kind: Literal["generator"] = "generator"
     name: str = ""
+    training_data: list[DataSource] = Field(
+        default_factory=list,
+        description="every dataset the FR model, generator and "
+        "autoencoder learnt from (required to add the model to a store)",
+    )
+    terms: Terms | None = Field(None, description="required to add the model to a store")
     # provenance
     train_data: str | None = None
     fr_model: str | None = None
@@ -191,6 +224,42 @@ class ModelCard(_Strict):
     grids: dict[str, str] = Field(default_factory=dict)
     grid_note: str | None = None
     prototype_set: str | None = Field(None, description="digest of W_V, set when loaded")
+
+
+def missing_terms(card: dict) -> str | None:
+    """Why a card cannot be added to a store, or None: it must say what the model learnt from
+    (every source with its terms) and what its weights and datasets may be used for."""
+    if not card.get("training_data"):
+        return "the card names no training data (training_data: each source and its terms)"
+    if not card.get("terms"):
+        return "the card states no terms for the weights and the datasets (terms)"
+    try:
+        [DataSource.model_validate(d) for d in card["training_data"]]
+        Terms.model_validate(card["terms"])
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        return f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+    return None
+
+
+def delivery_terms(card: dict) -> dict:
+    """The terms of the datasets a model delivers: its card's, made research-only (license
+    'other') whenever a training source is research-only, whatever the card claims."""
+    terms = card.get("terms") or {}
+    sources = card.get("training_data") or []
+    # no stated terms (a model trained before terms were recorded): nothing wider is known
+    research_only = any(s.get("research_only") for s in sources) or not terms
+    license_id = terms.get("datasets_license", "other")
+    text = terms.get("datasets_terms", "not stated by the model card")
+    if research_only and license_id != "other":
+        license_id = "other"
+        text = "Research use only (the model learnt from research-only data). " + text
+    return {
+        "license": license_id,
+        "terms": text,
+        "research_only": research_only,
+        "sources": [s.get("name") for s in sources],
+    }
 
 
 def validate_card(data: dict, source: str | Path = "model card") -> dict:

@@ -5,6 +5,7 @@ runner draws with it; the finalize step loads the finished chunks with it."""
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -58,6 +59,23 @@ def shard_builder(settings: Settings, claim: Claim, **kw) -> DatasetBuilder:
         precision=settings.sampler_precision,
         **kw,
     )
+
+
+@lru_cache(maxsize=16)
+def _digest(folder: str, mtime: float) -> str:
+    from model_store.remote import content_hash
+
+    return content_hash(folder)
+
+
+def model_digest(settings: Settings, name: str) -> str:
+    """SHA-256 over the files of the model entry the job drew with (what its dataset card
+    names), once per entry version and process."""
+    from model_store.description import locate
+
+    folder = locate(name, settings.storage_url, settings.s3_endpoint_url, settings.model_cache)
+    card = folder / "model_card.json"
+    return _digest(str(folder), card.stat().st_mtime if card.is_file() else 0.0)
 
 
 def shard_dir(settings: Settings, job_id: str, index: int) -> Path:

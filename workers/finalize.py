@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import logging
 import shutil
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
-from jobstore.models import Job, JobStatus, Shard, utcnow
+from jobstore.models import Job, JobStatus, Shard, Team, utcnow
 from jobstore.session import lost_connection, retry_db
 from jobstore.settings import Settings
 from model_store.storage import open_store, put_dir, retrying
 from vigface.dataset.assembly import write_dataset
+from vigface.dataset.provenance import OrderContext
 from vigface.dataset.writers import finite
-from workers.builders import shard_builder, shard_key
+from workers.builders import model_digest, shard_builder, shard_key
 from workers.heartbeat import heartbeat
 from workers.shard_state import Claim, announce, fail_job
 
@@ -75,12 +76,21 @@ def renew_finalize_lease(sessions: sessionmaker, settings: Settings, job_id: str
 
 
 def job_claims(sessions: sessionmaker, job_id: str) -> tuple[dict, list[Claim]]:
-    """The job's order and model, and a :class:`Claim`-shaped view of each shard."""
+    """What finalizing needs of the job (benchmarks, who ordered it when, the model) and a
+    :class:`Claim`-shaped view of each shard."""
     with sessions() as db:
         job = db.get(Job, job_id)
+        team = db.get(Team, job.team_id)
         shards = db.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index))
         claims = [Claim.of(job, s) for s in shards]
-        return {"evaluate_on": job.evaluate_on or []}, claims
+        ordered_at = job.created_at.replace(tzinfo=UTC).isoformat(timespec="seconds")
+        info = {
+            "evaluate_on": job.evaluate_on or [],
+            "team": team.name if team else "?",
+            "ordered_at": ordered_at,
+            "model": job.model,
+        }
+        return info, claims
 
 
 def add_utility(settings: Settings, store_call, store, job_id, names, out: Path, report: dict):
@@ -115,7 +125,14 @@ def build_dataset(settings: Settings, store, store_call, job_id: str, job: dict,
         b.generate()  # every chunk is present: this only loads them
         parts.append(b)
     out = Path(settings.work_dir) / job_id / "dataset"
-    report = write_dataset(parts, out, outside_gallery=settings.outside_judge_gallery)
+    context = OrderContext(
+        dataset_id=job_id,
+        ordered_by=f"team {job['team']}",
+        ordered_at=job["ordered_at"],
+        model_digest=model_digest(settings, job["model"]),
+        source=f"VIGFace service job {job_id} at {settings.base_url}",
+    )
+    report = write_dataset(parts, out, settings.outside_judge_gallery, context)
     if job["evaluate_on"]:
         report = add_utility(settings, store_call, store, job_id, job["evaluate_on"], out, report)
     keys = store_call(lambda: put_dir(store, f"jobs/{job_id}", out))

@@ -169,16 +169,25 @@ def generate_cmd(
         total = gen.fr.virtual_prototypes.shape[0]
         candidates = list(range(start, min(total, start + spec.identities + spares)))
         slot_images = None
-    report = build_dataset(gen, spec, out, candidates, slot_images, compile_, precision)
+    report = build_dataset(gen, spec, out, candidates, slot_images, compile_, precision, model)
     summary = {k: report[k] for k in ("counts", "timing", "attributes")}
     typer.echo(json.dumps({"out": str(out), **summary}))
 
 
-def build_dataset(gen, spec, out: Path, candidates, slot_images, compile_: bool, precision: str):
+def build_dataset(gen, spec, out: Path, candidates, slot_images, compile_, precision, model):
     """Draw, filter and write the dataset; a refusal (too few spares, a pose the bank
     cannot give, a folder drawn with other settings) exits with its reason."""
+    from model_store import ModelNotFound, resolve
+    from model_store.remote import content_hash
+    from vigface.dataset.assembly import write_dataset
     from vigface.dataset.pipeline import DatasetBuilder, NotEnoughPrototypes
+    from vigface.dataset.provenance import local_context
     from vigface.pose import PoseSpecError
+
+    try:
+        digest = content_hash(resolve(model))
+    except ModelNotFound:  # pulled from a registry: its cache folder is named by the hash
+        digest = None
 
     try:
         builder = DatasetBuilder(
@@ -190,7 +199,8 @@ def build_dataset(gen, spec, out: Path, candidates, slot_images, compile_: bool,
             compile=compile_,
             precision=precision,
         )
-        return builder.run()
+        builder.generate()
+        return write_dataset([builder], out, context=local_context(out, model, digest))
     except (NotEnoughPrototypes, PoseSpecError, ValueError) as exc:
         fail(str(exc))
 

@@ -45,6 +45,12 @@ def models_add(
     replace: bool = typer.Option(
         False, help="with --continues: replace the continued entry itself (--name is its name)"
     ),
+    terms: Path | None = typer.Option(
+        None,
+        help="YAML with training_data (each source and its terms) and terms (weights, "
+        "datasets) for the card, e.g. vigface/configs/terms_lfw112.yaml; required unless "
+        "the run's card (or the continued entry's) has them",
+    ),
 ) -> None:
     """Copy a trained model into a store folder, without checkpoints."""
     import shutil
@@ -69,6 +75,7 @@ def models_add(
         fail("--replace replaces only the entry --continues names (give --name as its name)")
     if dest.exists() and not replace:
         fail(f"{dest} exists; remove it first or pick another --name")
+    stated = read_terms(terms) if terms is not None else None
     dtype = torch.float16 if half else torch.float32
     tmp = store / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -80,6 +87,11 @@ def models_add(
     except ModelFormatError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         fail(str(exc))
+    try:
+        state_terms(tmp, stated, prev)
+    except ValueError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        fail(f"{run_dir}: {exc}")
     for extra in ("train_log.jsonl", "loss_curve.png", "grids"):
         src = run_dir / extra
         if src.is_file():
@@ -102,6 +114,44 @@ def models_add(
     tmp.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     typer.echo(str(dest))
+
+
+def read_terms(path: Path) -> dict:
+    """``training_data`` and ``terms`` from a YAML file, checked."""
+    import yaml
+
+    from vigface.model_card import missing_terms
+
+    if not path.is_file():
+        fail(f"--terms: {path} is not a file")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or (why := missing_terms(data)):
+        fail(f"--terms {path}: {why if isinstance(data, dict) else 'not a mapping'}")
+    return {"training_data": data["training_data"], "terms": data["terms"]}
+
+
+def state_terms(entry: Path, stated: dict | None, prev: Path | None) -> None:
+    """Write the terms into the new entry's card (from ``--terms``, else the continued
+    entry's); raise ValueError naming what is missing when the card still has none."""
+    from vigface.model_card import missing_terms
+
+    card_path = entry / "model_card.json"
+    if (entry / "dit").is_dir():
+        from vigface.model_card import load_card, update_card
+
+        if stated is None and prev is not None:
+            prev_card = load_card(prev)
+            stated = {k: prev_card[k] for k in ("training_data", "terms") if k in prev_card}
+        if stated:
+            update_card(entry, **stated)
+        card = load_card(entry)
+    else:  # a stage-1 FR folder: its own card, plain JSON
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        if stated:
+            card.update(stated)
+            card_path.write_text(json.dumps(card, indent=2) + "\n")
+    if why := missing_terms(card):
+        raise ValueError(f"{why}; pass --terms FILE (see vigface/configs/terms_lfw112.yaml)")
 
 
 @app.command("push")

@@ -18,6 +18,12 @@ import numpy as np
 from PIL import Image
 
 from vigface.constants import CROP_SIZE
+from vigface.dataset.provenance import (
+    OrderContext,
+    delivery_record,
+    local_context,
+    write_dataset_cards,
+)
 from vigface.dataset.writers import (
     ImageRecord,
     encode_jpeg,
@@ -107,8 +113,14 @@ def filter_report(first, records, rejected, embs, labels, counts: Counter) -> di
     }
 
 
-def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None = None) -> dict:
-    """Write the formats, manifest, card and report of the dataset made of ``parts``.
+def write_dataset(
+    parts: list,
+    out_dir: str | Path,
+    outside_gallery: str | None = None,
+    context: OrderContext | None = None,
+) -> dict:
+    """Write the formats, manifest, card and report of the dataset made of ``parts``, and
+    its dataset cards (``README.md``, ``croissant.json``) for the order ``context``.
 
     When the generator's card holds the independent judge's calibration (``judge.real``), the
     report gets the judge's figures for the delivered images beside real people's
@@ -136,6 +148,16 @@ def write_dataset(parts: list, out_dir: str | Path, outside_gallery: str | None 
     judged = judge_report(delivered, labels, first.gen.card, outside_gallery, card["resolution"])
     if judged is not None:
         report["judge"] = judged
+    context = context or local_context(out, card["model"])
+    record = delivery_record(report, first.gen.card, context)
+    write_dataset_cards(out, record)
+    report["provenance"] = {
+        "terms": record.terms,
+        "model_sha256": context.model_digest,
+        "ordered_by": context.ordered_by,
+        "ordered_at": context.ordered_at,
+        "cards": ["README.md", "croissant.json"],
+    }
     write_html_report(out / "report.html", report, out)
     seconds["writing"] += time.perf_counter() - t0
     report["timing"] = {k: round(v, 2) for k, v in seconds.items()}

@@ -117,6 +117,7 @@ def write_html_report(path: Path, report: dict, out_dir: Path) -> None:
         pose=report["pose"],
         judge=report.get("judge"),
         utility=report.get("utility"),
+        provenance=report.get("provenance"),
         plots=_plots(report, out_dir),
         grids=_sample_grids(out_dir),
     )
