@@ -19,7 +19,6 @@ from model_store import CARD, ModelNotFound, resolve
 from vigface.model_card import load_card
 from vigface.pose import PoseBank
 from vigface.prototype_set import prototype_set_digest, row_keys
-from vigface.sampler_settings import SamplerSettings
 
 POSES_FILE = "pose_landmarks.npy"
 PROTOTYPES_FILE = "prototypes.safetensors"
@@ -41,11 +40,6 @@ class ModelDescription:
     def lineage(self) -> str:
         """The key of row 0: shared by every copy and every extension of this W_V."""
         return self.row_keys[0] if self.row_keys else ""
-
-    @property
-    def recommended_guidance(self) -> float:
-        """The guidance an order without one runs at (the card's sampler defaults)."""
-        return SamplerSettings.for_model(self.card).guidance
 
 
 def locate(

@@ -15,7 +15,7 @@ whole matrix: at 1M classes x 512 the matrix, its gradient and momentum are 6 GB
    max and sum of exponentials all-reduced), giving every rank the loss of the whole batch.
 
 At ``sample_rate`` 1 the loss and the gradients of every prototype row equal the full
-softmax's over the concatenated batch (``tests/test_partial_fc.py``, two gloo processes).
+softmax's over the concatenated batch (``tests/vigface/test_partial_fc.py``, two gloo processes).
 The gradient of each rank's own embeddings is the full one times ``W``: DDP averages the
 backbone's gradients over ranks, which brings it back (arcface_torch does the same).
 """

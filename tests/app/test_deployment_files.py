@@ -13,7 +13,7 @@ import yaml
 from app.cli import app
 from jobstore.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 OURS = {n: s for n, s in COMPOSE["services"].items() if "build" in s}
 

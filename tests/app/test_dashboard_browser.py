@@ -14,7 +14,7 @@ from app.local_service import running_service
 from conftest import free_port
 
 CHROMIUM = os.environ.get("VIGFACE_CHROMIUM", "/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 

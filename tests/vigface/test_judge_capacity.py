@@ -23,7 +23,7 @@ from vigface.evaluation.capacity import (
 )
 from vigface.model_card import load_card
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_log_fit_recovers_its_line_and_measures_its_residual():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted([*ROOT.glob("bench/*.py"), *ROOT.glob("experiments/*.py")])
 SHELL = sorted([*ROOT.glob("bench/*.sh"), *ROOT.glob("experiments/*.sh")])
 

@@ -23,7 +23,7 @@ from vigface.model_card import (
     validate_card,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_bundled_card_validates_and_is_small():

@@ -1,6 +1,6 @@
 """The distributed deployment on this machine: real Redis broker, real PostgreSQL, moto's S3
 server, and Celery worker processes started with ``vigface worker``. Faults (killed workers,
-broker restarts, store outages, API restarts) are in tests/test_faults.py."""
+broker restarts, store outages, API restarts) are in tests/workers/test_faults.py."""
 
 import csv
 import io
