@@ -59,8 +59,6 @@ def models_add(
 
     from model_store import ModelNotFound, resolve
     from model_store.legs import NotAContinuation, merge_leg
-    from vigface.fr_model import FRModel, ModelFormatError
-    from vigface.generator.artifact import Generator
 
     dest = store / name
     prev = None
@@ -79,25 +77,7 @@ def models_add(
     dtype = torch.float16 if half else torch.float32
     tmp = store / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        if (run_dir / "dit").is_dir():
-            Generator.load(run_dir).save(tmp, dtype=dtype)
-        else:
-            FRModel.load(run_dir).save(tmp, prototype_dtype=dtype)
-    except ModelFormatError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        fail(str(exc))
-    try:
-        state_terms(tmp, stated, prev)
-    except ValueError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        fail(f"{run_dir}: {exc}")
-    for extra in ("train_log.jsonl", "loss_curve.png", "grids"):
-        src = run_dir / extra
-        if src.is_file():
-            shutil.copy2(src, tmp / extra)
-        elif src.is_dir() and prev is None:  # a continuation's grids are drawn again
-            shutil.copytree(src, tmp / extra)
+    write_entry(run_dir, tmp, dtype, stated, prev)
     if prev is not None:
         try:
             left = merge_leg(prev, run_dir, tmp, continues, leg_command or "(not given)")
@@ -114,6 +94,31 @@ def models_add(
     tmp.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     typer.echo(str(dest))
+
+
+def write_entry(run_dir: Path, tmp: Path, dtype, stated: dict | None, prev: Path | None) -> None:
+    """The run's model at ``dtype`` in ``tmp``, with its stated terms and its log, loss curve
+    and grids; removes ``tmp`` and exits with the reason when the run cannot be an entry."""
+    import shutil
+
+    from vigface.fr_model import FRModel, ModelFormatError
+    from vigface.generator.artifact import Generator
+
+    try:
+        if (run_dir / "dit").is_dir():
+            Generator.load(run_dir).save(tmp, dtype=dtype)
+        else:
+            FRModel.load(run_dir).save(tmp, prototype_dtype=dtype)
+        state_terms(tmp, stated, prev)
+    except (ModelFormatError, ValueError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        fail(f"{run_dir}: {exc}")
+    for extra in ("train_log.jsonl", "loss_curve.png", "grids"):
+        src = run_dir / extra
+        if src.is_file():
+            shutil.copy2(src, tmp / extra)
+        elif src.is_dir() and prev is None:  # a continuation's grids are drawn again
+            shutil.copytree(src, tmp / extra)
 
 
 def read_terms(path: Path) -> dict:

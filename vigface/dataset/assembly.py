@@ -24,6 +24,7 @@ from vigface.dataset.provenance import (
     local_context,
     write_dataset_cards,
 )
+from vigface.dataset.records import part_records
 from vigface.dataset.writers import (
     ImageRecord,
     encode_jpeg,
@@ -43,7 +44,7 @@ def gather(parts: list):
     the records of every rejected draw."""
     records, images, embs, rejected = [], [], [], []
     for part in parts:
-        r, im, em, rej = part.records(first_label=len({x.label for x in records}))
+        r, im, em, rej = part_records(part, first_label=len({x.label for x in records}))
         records += r
         images.append(im)
         embs.append(em)

@@ -40,7 +40,6 @@ from vigface.dataset.chunks import (
 from vigface.dataset.filters import DatasetFilter, LeakageJudge
 from vigface.dataset.planning import NotEnoughPrototypes, plan_slots
 from vigface.dataset.spec import ResolvedSpec
-from vigface.dataset.writers import ImageRecord
 from vigface.generator.artifact import Generator
 from vigface.pose import YAW_BINS, PoseBank
 from vigface.sampling import ImageRequest, Sampler, image_seed
@@ -351,53 +350,3 @@ class DatasetBuilder:
         """Generate, then write the dataset and its report into ``out_dir``."""
         self.generate()
         return write_dataset([self], self.out)
-
-    # ---- records for the assembly step ---------------------------------------------------
-    def _record(self, d: dict, **kw) -> ImageRecord:
-        slot, proto, j, attempt = d["slot"], d["proto"], d["index"], d["attempt"]
-        pidx = self.plan.pose_row(slot, j)
-        name = f"v{proto:06d}" if self.kind == "virtual" else self.gen.fr.classes[proto]
-        return ImageRecord(
-            identity=name,
-            prototype_id=proto,
-            prototype_kind=self.kind,
-            index=j,
-            seed=image_seed(self.spec.seed, proto, j, attempt),
-            attempt=attempt,
-            landmarks=[float(x) for x in self.bank.landmarks[pidx].reshape(-1)],
-            pose_bin=YAW_BINS[self.bank.bins[pidx]],
-            yaw=round(float(self.bank.angles[pidx, 0]), 2),
-            cos_own=round(d["cos_own"], 5),
-            nearest_real_cos=round(d["near"], 5),
-            nearest_real_id=d["near_id"],
-            **kw,
-        )
-
-    def records(self, first_label: int):
-        """Accepted records (labels from ``first_label``), their images and embeddings, and
-        the records of every rejected draw."""
-        records, images, embs = [], [], []
-        label_of: dict[int, int] = {}
-        for c, info in enumerate(self.chunks):
-            arrays = self.store.load_arrays(c)
-            images.append(arrays["images"])
-            embs.append(arrays["emb"])
-            for d in info["images"]:
-                label = label_of.setdefault(d["slot"], first_label + len(label_of))
-                rec = self._record(d, label=label)
-                rec.file = f"{rec.identity}/{d['index']}.jpg"
-                records.append(rec)
-        rejected = [
-            self._record(
-                d,
-                label=-1,
-                passed_consistency=d["consistency"],
-                passed_leakage=d["leakage"],
-                passed_face=d.get("face", True),
-                accepted=False,
-                file="",
-            )
-            for info in self.chunks
-            for d in info.get("rejected", [])
-        ]
-        return records, np.concatenate(images), np.concatenate(embs), rejected
