@@ -68,12 +68,12 @@ def _digest(folder: str, mtime: float) -> str:
     return content_hash(folder)
 
 
-def model_digest(settings: Settings, name: str) -> str:
+def model_digest(settings: Settings, name: str) -> str | None:
     """SHA-256 over the files of the model entry the job drew with (what its dataset card
     names), once per entry version and process."""
-    from model_store.description import locate
-
-    folder = locate(name, settings.storage_url, settings.s3_endpoint_url, settings.model_cache)
+    folder = load_model(settings, name).path
+    if folder is None:
+        return None
     card = folder / "model_card.json"
     return _digest(str(folder), card.stat().st_mtime if card.is_file() else 0.0)
 

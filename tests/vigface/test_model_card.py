@@ -33,7 +33,8 @@ def test_the_bundled_card_validates_and_is_small():
     assert card["sampler_defaults"]["guidance"] > 0 and card["filters"]["tau_leak"] > 0
     # what code reads only (capacity.judge is the one summary the capacity curve adds): the
     # curves, tables and notes live in measurements/
-    assert (BUNDLED / "demo" / "model_card.json").stat().st_size < 11_000
+    # the card grew by its training data and terms (issue 46), nothing measured
+    assert (BUNDLED / "demo" / "model_card.json").stat().st_size < 12_500
     assert (BUNDLED / "demo" / MEASUREMENTS_DIR / "judge_capacity.json").is_file()
     assert (BUNDLED / "demo" / MEASUREMENTS_DIR / "utility.json").is_file()
 

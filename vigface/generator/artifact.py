@@ -49,6 +49,7 @@ class Generator:
     pose_landmarks: np.ndarray | None = None
     upsampler: UpsamplerStage | None = None
     autoencoder: AutoencoderKL | None = None
+    path: Path | None = None  # the entry it was loaded from
 
     @property
     def output_size(self) -> int:
@@ -104,5 +105,5 @@ class Generator:
         autoencoder = load_autoencoder(ae, device) if ae.is_dir() else None
         return cls(
             dit=dit, scheduler=scheduler, fr=fr, card=card, pose_landmarks=poses,
-            upsampler=upsampler, autoencoder=autoencoder,
+            upsampler=upsampler, autoencoder=autoencoder, path=entry,
         )  # fmt: skip
