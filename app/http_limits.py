@@ -49,8 +49,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def refuse(self) -> None:
         body = json.dumps(
-            {"detail": [{"field": "headers", "message": f"request line and headers above "
-                         f"{self.limit} bytes"}]}  # fmt: skip
+            {
+                "detail": [
+                    {
+                        "field": "headers",
+                        "message": f"request line and headers above {self.limit} bytes",
+                    }
+                ]
+            }  # fmt: skip
         ).encode()
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"

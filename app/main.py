@@ -9,7 +9,7 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import jobs, misc
 from app.api.handlers import install_error_handlers
-from app.middleware import RequestGuard
+from app.middleware import RequestGuard, SecurityHeaders
 from app.services import cache
 from jobstore.session import init_db, session_factory
 from jobstore.settings import Settings, get_settings
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_dispatch(app, settings)
     install_error_handlers(app)
     app.add_middleware(RequestGuard, limit=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     app.include_router(jobs.router)
     app.include_router(misc.router)
     install_dashboard(app, settings)

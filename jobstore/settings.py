@@ -90,7 +90,9 @@ class Settings(BaseSettings):
         24.0, gt=0, description="orders estimated to take longer need confirm_large: true"
     )
     max_images_per_identity: int = Field(200, ge=1)
-    default_monthly_quota: int = Field(1_000_000, ge=0, description="images per team per month")
+    default_monthly_quota: int = Field(
+        1_000_000, ge=0, le=2**31 - 1, description="images per team per month"
+    )
     session_secret: str = Field("dev-only-change-me", description="signs dashboard cookies")
     webhook_secret: str = Field("dev-only-webhook-secret", description="HMAC key for webhooks")
     leakage_judge_onnx: str | None = Field(
@@ -120,6 +122,9 @@ class Settings(BaseSettings):
         1.0, ge=0, description="job status and listing polls share one answer this long"
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body accepted")
+    max_header_bytes: int = Field(
+        65_536, ge=1024, description="largest request line and headers (431 past it)"
+    )
     webhook_max_attempts: int = Field(8, ge=1, description="webhook POSTs before giving up")
     webhook_backoff_seconds: float = Field(
         2.0, gt=0, description="wait before the 2nd attempt; doubles after each failure"

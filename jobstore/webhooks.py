@@ -51,6 +51,25 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(mac).decode()
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def addresses_behind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list:
+    """``ip`` and every IPv4 address an IPv6 spelling of it reaches: IPv4-mapped
+    (``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``, ``::7f00:1``), 6to4 (``2002::/16``)
+    and NAT64 (``64:ff9b::/96``). Each must be public for the address to be."""
+    out = [ip]
+    if ip.version == 6:
+        if ip.ipv4_mapped:
+            out.append(ip.ipv4_mapped)
+        if ip.sixtofour:
+            out.append(ip.sixtofour)
+        if ip in NAT64 or (ip in IPV4_COMPATIBLE and int(ip) > 1):
+            out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return out
+
+
 def refused_address(url: str, allowed_hosts: list[str]) -> str | None:
     """Why a webhook URL must not be called, or None. A webhook is a request the service makes
     on a customer's behalf: to private, loopback, link-local or otherwise reserved addresses it
@@ -70,8 +89,8 @@ def refused_address(url: str, allowed_hosts: list[str]) -> str | None:
     except (socket.gaierror, UnicodeError):
         return f"{host} does not resolve"
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        if not ip.is_global or ip.is_multicast:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not all(a.is_global and not a.is_multicast for a in addresses_behind(ip)):
             return (
                 f"{host} resolves to {ip}, a private, loopback or reserved address "
                 "(VIGFACE_WEBHOOK_ALLOWED_HOSTS lists hosts that may be called anyway)"

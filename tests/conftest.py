@@ -280,3 +280,18 @@ def embedded_service(tmp_path: Path, default_model: str, **overrides):
         create_team(db, "alpha", quota=100_000)
         key = create_key(db, "alpha")
     return api, settings, key
+
+
+def form_csrf(client, path: str = "/ui/login") -> str:
+    """The CSRF token in the form a dashboard page hands this client."""
+    import re
+
+    return re.search(r'name="csrf" value="([^"]+)"', client.get(path).text).group(1)
+
+
+def ui_login(client, key: str):
+    """Sign ``client`` in to the dashboard as a browser does: the form, then its post."""
+    data = {"api_key": key, "csrf": form_csrf(client)}
+    r = client.post("/ui/login", data=data, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return client

@@ -47,6 +47,10 @@ from vigface.sampler_settings import (  # noqa: F401
 )
 
 
+class SamplingInterrupted(RuntimeError):
+    """The sampler's ``interrupt`` was set: the batch under way was abandoned."""
+
+
 def image_seed(job_seed: int, identity_index: int, image_index: int, attempt: int = 0) -> int:
     """A 63-bit seed that is a pure function of its arguments (stable across processes)."""
     key = f"{job_seed}:{identity_index}:{image_index}:{attempt}".encode()
@@ -144,6 +148,7 @@ class Sampler:
         self.precision = precision
         self.dtype = autocast_dtype(precision, self.device)
         self.forward = compile_for_inference(dit) if compile else dit
+        self.interrupt = None  # an Event: when set, the batch under way stops at its next step
         sampling_scheduler(train_scheduler, scheduler)  # validate the name early
 
     @classmethod
@@ -191,6 +196,8 @@ class Sampler:
         pose = pose_parts.head(b)
         total = self.train_scheduler.config.num_train_timesteps
         for t in sched.timesteps:
+            if self.interrupt is not None and self.interrupt.is_set():
+                raise SamplingInterrupted("stopped inside a sampling batch")
             if self.guided(float(t) / total):
                 x_in = sched.scale_model_input(torch.cat([x] * parts), t)
                 tt = t.expand(parts * b).to(self.device)

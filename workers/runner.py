@@ -25,6 +25,7 @@ from jobstore.settings import Settings
 from model_store.storage import open_store, put_dir, retrying
 from vigface.dataset.pipeline import Canceled, DatasetBuilder
 from vigface.prototype_set import row_keys
+from vigface.sampling import SamplingInterrupted
 from workers import shard_state
 from workers.builders import load_model, shard_builder, shard_key
 from workers.finalize import finalize_job
@@ -98,6 +99,7 @@ def generate_shard(sessions, settings: Settings, claim: Claim, stopping) -> Data
             claim,
             cancel_check=canceled,
             on_progress=progress_reporter(sessions, claim),
+            interrupt=stopping,
         )
         builder.generate()
         # finalize may run on another machine: it reads the chunks from the store
@@ -114,7 +116,7 @@ def run_claimed(sessions, settings: Settings, claim: Claim, stopping) -> str:
     t0 = time.perf_counter()
     try:
         builder = generate_shard(sessions, settings, claim, stopping)
-    except Stopping:
+    except (Stopping, SamplingInterrupted):
         shard_state.give_back(sessions, claim)
         log.warning(
             "shard %s of job %s handed back: the worker is stopping; the next "

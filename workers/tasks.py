@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+import threading
 from functools import lru_cache
+from pathlib import Path
 
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_shutting_down
 
 from jobstore.session import session_factory
 from jobstore.settings import get_settings
@@ -15,6 +19,48 @@ from workers.finalize import finalize_job
 from workers.runner import run_next_shard
 
 log = logging.getLogger(__name__)
+
+
+class WorkerStopping:
+    """Set when the Celery worker shuts down (SIGTERM or Ctrl-C: a warm shutdown), read by
+    the shard at work in a pool process: the shard goes back to the queue inside its current
+    sampling batch instead of running to its end. The main process, which gets the signal,
+    leaves a marker file named by its pid; a pool process looks for its parent's (and, in a
+    solo pool, its own)."""
+
+    def __init__(self):
+        self.here = threading.Event()
+
+    @staticmethod
+    def marker(pid: int) -> Path:
+        return Path(tempfile.gettempdir()) / f"vigface-worker-stopping-{pid}"
+
+    def set(self) -> None:
+        self.here.set()
+        self.marker(os.getpid()).touch()
+
+    def clear(self) -> None:
+        self.here.clear()
+        self.marker(os.getpid()).unlink(missing_ok=True)
+
+    def is_set(self) -> bool:
+        return self.here.is_set() or any(
+            self.marker(pid).exists() for pid in (os.getpid(), os.getppid())
+        )
+
+
+STOPPING = WorkerStopping()
+
+
+@worker_init.connect
+def _fresh_start(**_) -> None:
+    STOPPING.clear()  # a marker a dead worker of the same pid left behind
+
+
+@worker_shutting_down.connect
+def _hand_back(**_) -> None:
+    log.warning("worker stopping: the running shard goes back to the queue")
+    STOPPING.set()
 
 
 @lru_cache
@@ -38,7 +84,7 @@ def _warm_model(**_) -> None:
 def run_shard_task(shard_id: int) -> str:
     """``shard_id`` says which shard the message was sent for; the worker runs the fairest
     queued shard instead (:func:`workers.runner.run_next_shard`), interleaving teams."""
-    return run_next_shard(_sessions(), get_settings())
+    return run_next_shard(_sessions(), get_settings(), STOPPING)
 
 
 @celery_app.task(name="vigface.finalize_job", acks_late=True, reject_on_worker_lost=True)

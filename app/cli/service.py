@@ -3,6 +3,7 @@ teams and keys (same settings as the service: ``VIGFACE_*``)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -28,7 +29,9 @@ def _sessions():
 @admin_app.command("create-team")
 def create_team_cmd(
     name: str,
-    quota: int | None = typer.Option(None, min=0, help="images per month (default: settings)"),
+    quota: int | None = typer.Option(
+        None, min=0, max=2**31 - 1, help="images per month (default: settings)"
+    ),
     admin: bool = typer.Option(False, help="admin role: sees every team's jobs"),
 ) -> None:
     """Create a team."""
@@ -101,6 +104,34 @@ def add_benchmark_cmd(
     typer.echo(f"benchmark {name}: {len(issame)} pairs")
 
 
+def service_server(config, worker):
+    """uvicorn's server, told about the embedded worker: Ctrl-C or SIGTERM (what docker and
+    systemd send) asks the worker to hand its shard back at once (it stops inside the current
+    sampling batch; the batches before it are kept) and says so; then the API stops and the
+    process exits 0 instead of re-raising the signal, which for SIGTERM would skip the
+    hand-back."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if worker is not None and not self.should_exit:
+                worker.stopping.set()
+                typer.echo(
+                    "stopping: the running shard goes back to the queue now; its finished "
+                    "sampling batches are kept for the next start",
+                    err=True,
+                )
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()  # stopped cleanly: exit 0
+
+    return Server(config)
+
+
 def serve_cmd(
     host: str | None = typer.Option(None, help="default: VIGFACE_HOST (127.0.0.1)"),
     port: int | None = typer.Option(None, help="default: VIGFACE_PORT (8000)"),
@@ -116,6 +147,7 @@ def serve_cmd(
 
     import uvicorn
 
+    from app.http_limits import BoundedHeadProtocol
     from app.main import create_app
     from jobstore.settings import get_settings
 
@@ -144,6 +176,7 @@ def serve_cmd(
             port=settings.port,
             workers=workers,
             log_level="info",
+            http=BoundedHeadProtocol,
         )
         return
     api = create_app(settings)
@@ -156,12 +189,13 @@ def serve_cmd(
         worker.start()
     if settings.broker_url:
         start_reaper(settings, api.state.sessions)
+    config = uvicorn.Config(
+        api, host=settings.host, port=settings.port, log_level="info", http=BoundedHeadProtocol
+    )
     try:
-        # uvicorn turns Ctrl-C and SIGTERM into a clean end of run(); then the worker stops
-        uvicorn.run(api, host=settings.host, port=settings.port, log_level="info")
+        service_server(config, worker).run()
     finally:
         if worker is not None:
-            typer.echo("stopping the worker: the running shard goes back to the queue")
             worker.stop()
 
 

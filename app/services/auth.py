@@ -19,9 +19,14 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+MAX_QUOTA = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
+
+
 def create_team(db: Session, name: str, quota: int, is_admin: bool = False) -> Team:
     if not name or len(name) > 100:
         raise ValueError("team name must be 1-100 characters")
+    if not 0 <= quota <= MAX_QUOTA:
+        raise ValueError(f"quota must be between 0 and {MAX_QUOTA} images a month")
     if db.scalar(select(Team).where(Team.name == name)):
         raise ValueError(f"team {name!r} already exists")
     team = Team(name=name, monthly_quota=quota, is_admin=is_admin)

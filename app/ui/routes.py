@@ -90,7 +90,15 @@ def login_form(request: Request) -> HTMLResponse:
 
 
 @router.post("/login")
-def login(request: Request, api_key: str = Form(""), db: Session = Depends(get_db)):
+def login(
+    request: Request,
+    api_key: str = Form(""),
+    csrf: str = Form(""),
+    db: Session = Depends(get_db),
+):
+    # the form's token must be the one this browser got with the form: a page of another site
+    # cannot sign a browser in with its own key (login CSRF)
+    check_csrf(request, csrf)
     key = db.scalar(
         select(ApiKey).where(
             ApiKey.key_hash == hash_key(api_key.strip()), ApiKey.revoked.is_(False)
@@ -98,7 +106,10 @@ def login(request: Request, api_key: str = Form(""), db: Session = Depends(get_d
     )
     if key is None:
         return templates.TemplateResponse(
-            request, "login.html", {"team": None, "error": "Unknown API key."}, status_code=401
+            request,
+            "login.html",
+            {"team": None, "error": "Unknown API key.", "csrf": csrf_token(request)},
+            status_code=401,
         )
     request.session.clear()
     request.session["sid"] = start_session(db, key, hours=SESSION_HOURS)

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
+from conftest import form_csrf, ui_login
 from jobstore.settings import Settings
 from model_store.loader import load_generator
 from workers.embedded import EmbeddedWorker
@@ -39,13 +40,11 @@ def make_ui(model, tmp_path, monkeypatch):
 
 
 def login(client, key):
-    r = client.post("/ui/login", data={"api_key": key}, follow_redirects=False)
-    assert r.status_code == 303
-    return client
+    return ui_login(client, key)
 
 
 def csrf(client, path="/ui/orders/new"):
-    return re.search(r'name="csrf" value="([^"]+)"', client.get(path).text).group(1)
+    return form_csrf(client, path)
 
 
 def test_pages_render_and_orders_go_through_the_api_path(ui):
@@ -231,3 +230,48 @@ def test_a_job_shows_the_per_pose_thresholds_it_ran_with(tiny_generator, tmp_pat
     assert len(reports) == 1
     thresholds = json.loads(reports[0].read_text())["thresholds"]
     assert thresholds["tau_consistency_by_pose"]["frontal"] == -0.5
+
+
+def test_an_order_without_guidance_runs_at_the_cards_value_through_api_dashboard_and_cli(
+    tiny_generator, tmp_path, monkeypatch
+):
+    """One model card recommends g 2.5; an order that leaves guidance out records and runs
+    2.5 whether it came through the REST API, the dashboard form or ``vigface generate``."""
+    import json
+    import re
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+
+    model = tmp_path / "store" / "g25"
+    shutil.copytree(tiny_generator, model)
+    card = json.loads((model / "model_card.json").read_text())
+    card["sampler_defaults"] = {"guidance": 2.5, "steps": 2}
+    (model / "model_card.json").write_text(json.dumps(card))
+    api, keys, worker = make_ui(model, tmp_path, monkeypatch)
+    c = TestClient(api)
+    order = {"identities": 1, "images_per_identity": 1}
+
+    by_api = c.post("/v1/jobs", json=order, headers={"X-API-Key": keys["alpha"]}).json()
+    assert by_api["spec"]["guidance"] == 2.5 and by_api["spec"]["steps"] == 2
+
+    login(c, keys["beta"])
+    form_page = c.get("/ui/orders/new").text
+    assert re.search(r'name="guidance"[^>]*value="2.5"', form_page), "form shows the card's"
+    form = {"csrf": csrf(c), "identities": "1", "images_per_identity": "1"}
+    form |= {"pose_preset": "match_training"}  # the form always sends its radio choice
+    r = c.post("/ui/orders", data={**form, "formats": "imagefolder"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    by_form = c.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": keys["beta"]}).json()
+    assert by_form["spec"]["guidance"] == 2.5
+
+    out = tmp_path / "cli"
+    args = ["generate", "--model", str(model), "--identities", "1", "--images-per-identity", "1"]
+    r = CliRunner().invoke(cli, [*args, "--batch-size", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    by_cli = json.loads((out / "dataset_card.json").read_text())["spec"]
+    assert by_cli["guidance"] == 2.5 and by_cli["steps"] == 2

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services.auth import create_key, create_team
+from conftest import ui_login
 from jobstore.settings import Settings
 from model_store.description import describe
 from model_store.loader import load_generator
@@ -45,6 +46,13 @@ ORDER = {"identities": 1, "images_per_identity": 1, "steps": 1}
         ({"webhook_url": "http://localhost/hook"}, "webhook_url"),
         ({"webhook_url": "http://10.0.0.7/hook"}, "webhook_url"),
         ({"webhook_url": "http://[::1]/hook"}, "webhook_url"),
+        # IPv6 spellings of loopback: IPv4-compatible, NAT64, 6to4, IPv4-mapped
+        ({"webhook_url": "http://[::127.0.0.1]/hook"}, "webhook_url"),
+        ({"webhook_url": "http://[::7f00:1]/hook"}, "webhook_url"),
+        ({"webhook_url": "http://[64:ff9b::7f00:1]/hook"}, "webhook_url"),
+        ({"webhook_url": "http://[2002:7f00:1::]/hook"}, "webhook_url"),
+        ({"webhook_url": "http://[::ffff:127.0.0.1]/hook"}, "webhook_url"),
+        ({"webhook_url": "http://[64:ff9b::a00:7]/hook"}, "webhook_url"),
         ({"webhook_url": "file:///etc/passwd"}, "webhook_url"),
         ({"priority": 99}, "priority"),
         ({"identities": 0}, "identities"),
@@ -83,7 +91,7 @@ def test_oversized_bodies_and_headers(client):
 def test_a_dashboard_cookie_reads_but_cannot_act_through_the_rest_api(client):
     c, key, _ = client
     job = c.post("/v1/jobs", json=ORDER, headers={"X-API-Key": key}).json()
-    c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    ui_login(c, key)
     assert c.get(f"/v1/jobs/{job['id']}").status_code == 200  # the pages poll with it
     r = c.post(f"/v1/jobs/{job['id']}/cancel")  # the cookie alone
     assert r.status_code == 401
@@ -92,7 +100,7 @@ def test_a_dashboard_cookie_reads_but_cannot_act_through_the_rest_api(client):
 
 def test_model_grid_route_serves_store_entries_only(client):
     c, key, name = client
-    c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    ui_login(c, key)
     for bad in ("..", "%2e%2e", "nonexistent"):
         r = c.get(f"/ui/models/{bad}/grids/x.png")
         assert r.status_code == 404, bad
@@ -105,7 +113,7 @@ def test_revoked_keys_end_api_calls_and_dashboard_sessions(client, tmp_path):
     import sys
 
     c, key, _ = client
-    c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    ui_login(c, key)
     assert c.get("/ui/jobs", follow_redirects=False).status_code == 200
     from app.services.auth import revoke_key
 
@@ -128,7 +136,7 @@ def test_revoked_keys_end_api_calls_and_dashboard_sessions(client, tmp_path):
 
 def test_sign_out_ends_the_session_for_every_copy_of_the_cookie(client):
     c, key, _ = client
-    c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    ui_login(c, key)
     stolen = dict(c.cookies)
     assert c.get("/ui/jobs", follow_redirects=False).status_code == 200
     page = c.get("/ui/jobs").text
@@ -145,7 +153,7 @@ def test_a_session_never_acts_for_a_key_that_replaced_its_key_row(client):
     from jobstore.models import ApiKey, Team
 
     c, key, _ = client
-    c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    ui_login(c, key)
     with c.app.state.sessions() as db:
         row = db.query(ApiKey).one()
         old_id = row.id
@@ -193,3 +201,51 @@ def test_responses_match_the_documented_schema(client):
     r = c.delete("/v1/jobs", headers=h)
     assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "POST"}
     assert r.json()["detail"][0]["field"] == "path"
+
+
+def test_a_page_of_another_site_cannot_sign_a_browser_in(client):
+    """Login CSRF: a form posted from elsewhere carries no token of this browser's session
+    (and, SameSite=Lax, no session cookie at all): refused, nothing signed in."""
+    c, key, _ = client
+    r = c.post("/ui/login", data={"api_key": key}, follow_redirects=False)
+    assert r.status_code == 403 and r.json()["detail"][0]["field"] == "csrf"
+    r = c.post("/ui/login", data={"api_key": key, "csrf": "forged"}, follow_redirects=False)
+    assert r.status_code == 403
+    assert c.get("/ui/jobs", follow_redirects=False).status_code == 303  # still signed out
+    ui_login(c, key)  # the form's own token signs in
+    assert c.get("/ui/jobs", follow_redirects=False).status_code == 200
+
+
+def test_pages_refuse_framing_and_carry_a_content_policy(client):
+    c, key, _ = client
+    page = c.get("/ui/login")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    api = c.get("/healthz")
+    assert api.headers["x-frame-options"] == "DENY"
+    assert api.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("quota", ["-1", "10000000000"])
+def test_a_quota_outside_what_the_database_holds_is_refused(tmp_path, quota):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VIGFACE_HOME": str(tmp_path), "PYTHONPATH": os.getcwd()}
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "admin", "create-team", "big", "--quota", quota],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "--quota" in r.stderr
+
+
+def test_create_team_bounds_the_quota_itself(client):
+    c, _, _ = client
+    with c.app.state.sessions() as db:
+        with pytest.raises(ValueError, match="quota"):
+            create_team(db, "huge", quota=10_000_000_000)
+        assert create_team(db, "edge", quota=2**31 - 1).monthly_quota == 2**31 - 1

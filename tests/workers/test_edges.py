@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from test_service_api import ORDER, auth, drain, service  # noqa: F401  (the fixture)
 
+from conftest import ui_login
 from jobstore.models import Job, JobStatus, Shard, ShardStatus
 from vigface.dataset.writers import finite, write_json
 from vigface.evaluation.metrics import dataset_attributes
@@ -295,7 +296,7 @@ def test_reports_show_the_pose_the_faces_show_beside_the_pose_asked(service):  #
     assert len(pose["shown"]) == len(pose["bins"]) and abs(sum(pose["shown"]) - 1) < 1e-3
     assert sum(b["n"] for b in pose["shown_by_requested_bin"].values()) == 6
     assert pose["shown_measured_by"].startswith("dlib")
-    client.post("/ui/login", data={"api_key": keys["alpha"]}, follow_redirects=False)
+    ui_login(client, keys["alpha"])
     page = client.get(f"/ui/jobs/{job.json()['id']}").text
     assert "Shown (pixels)" in page and "Real faces asked for it, shown in it" in page
 

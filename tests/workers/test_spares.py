@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import embedded_service
+from conftest import embedded_service, ui_login
 from jobstore.models import Job, LedgerEntry, Shard
 from workers.embedded import EmbeddedWorker
 
@@ -69,7 +69,7 @@ def test_a_shard_without_drops_gives_every_spare_back(tiny_generator, tmp_path, 
     assert _held(api, job["id"]) == slots  # the delivered identities stay sold
     assert _free(c, h) == free - 3
     # the job page says so
-    c.post("/ui/login", data={"api_key": h["Authorization"].split()[1]}, follow_redirects=False)
+    ui_login(c, h["Authorization"].split()[1])
     page = c.get(f"/ui/jobs/{job['id']}").text
     assert "9 given back: unused spares and unstarted shards" in page
 

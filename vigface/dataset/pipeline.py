@@ -75,6 +75,7 @@ class DatasetBuilder:
         on_progress=None,
         compile: bool = False,
         precision: str = "auto",
+        interrupt=None,
     ):
         if not isinstance(spec, ResolvedSpec):
             raise TypeError(
@@ -128,6 +129,9 @@ class DatasetBuilder:
         self.sampler = Sampler.for_generator(
             gen, spec, spec.batch_size, compile=compile, precision=precision
         )
+        # set (a worker shutting down): the batch under way stops at its next step, the
+        # batches before it stay saved (vigface.sampling.SamplingInterrupted)
+        self.sampler.interrupt = interrupt
         self.chunk = max(1, math.ceil(4 * spec.batch_size / spec.images_per_identity))
         self.counts: Counter = Counter()
         self.seconds: Counter = Counter()

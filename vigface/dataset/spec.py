@@ -257,5 +257,10 @@ def card_thresholds(spec: DatasetSpec, card: dict) -> dict:
 
 
 def at_card_thresholds(spec: ResolvedSpec, card: dict) -> bool:
-    """Whether a resolved spec runs the card's own thresholds (the order set none)."""
-    return {k: getattr(spec, k) for k in THRESHOLDS} == card_thresholds(spec, card)
+    """Whether a resolved spec runs the card's own thresholds (the order set none). An order
+    at a guidance the card has no threshold for (it gave its own tau_consistency) does not."""
+    try:
+        own = card_thresholds(spec, card)
+    except GuidanceNotCalibrated:
+        return False
+    return {k: getattr(spec, k) for k in THRESHOLDS} == own
