@@ -295,3 +295,99 @@ def ui_login(client, key: str):
     r = client.post("/ui/login", data=data, follow_redirects=False)
     assert r.status_code == 303, r.text
     return client
+
+
+# ---- the REST API with a real database and the embedded worker (app and workers tests)
+@pytest.fixture(params=["sqlite", "postgres"])
+def service(request, tiny_generator, tmp_path, monkeypatch):
+    """(client, keys of teams alpha, beta and ops (admin), an embedded worker, the app) on
+    SQLite and on a PostgreSQL database of this run's own."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.services.auth import create_key, create_team
+    from jobstore.settings import Settings
+    from model_store.loader import load_generator
+    from workers.embedded import EmbeddedWorker
+
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
+    load_generator.cache_clear()
+    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else postgres_url()
+    from jobstore.session import get_engine
+
+    get_engine.cache_clear()
+    settings = Settings(
+        database_url=url,
+        storage_url=f"file://{tmp_path}/store",
+        work_dir=tmp_path / "work",
+        default_model=tiny_generator.name,
+        shard_identities=2,
+        sampler_batch_size=4,
+        public_url="http://testserver",
+        status_cache_seconds=0,  # these tests poll a worker in this process: see every change
+    )
+    api = create_app(settings)
+    with api.state.sessions() as db:
+        create_team(db, "alpha", quota=10_000)
+        create_team(db, "beta", quota=10_000)
+        create_team(db, "ops", quota=0, is_admin=True)
+        keys = {t: create_key(db, t) for t in ("alpha", "beta", "ops")}
+    client = TestClient(api)
+    worker = EmbeddedWorker(api.state.sessions, settings, poll_s=0.05)
+    yield client, keys, worker, api
+    worker.stop()
+    get_engine(url).dispose()
+
+
+def auth(key):
+    """The API key as a bearer token."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+ORDER = {
+    "identities": 3,
+    "images_per_identity": 2,
+    "steps": 2,
+    "seed": 7,
+    "formats": ["imagefolder", "recordio"],
+    "tau_consistency": -1.0,
+    "tau_leak": 1.0,
+}
+
+
+def drain(worker):
+    """Run queued work in this process until none is left."""
+    while worker.run_once():
+        pass
+
+
+def toy_bin(path):
+    """A small insightface .bin of generated faces (10 pairs each way), for the probe."""
+    import numpy as np
+
+    from vigface.data import write_bin
+
+    rng = np.random.default_rng(3)
+    jpgs, same = [], []
+    for i in range(20):
+        a = synthetic_identity_images(rng, 200 + i % 5, 2)
+        b = synthetic_identity_images(rng, 200 + (i + 1) % 5, 1)
+        jpgs += [jpeg_bytes(a[0]), jpeg_bytes(a[1] if i % 2 == 0 else b[0])]
+        same.append(i % 2 == 0)
+    write_bin(path, jpgs, same)
+    return path
+
+
+def image_requests(n, rng_seed, job_seed, image_index, dim=8):
+    """``n`` image requests with random prototypes and landmarks, one identity each."""
+    from vigface.sampling import ImageRequest, image_seed
+
+    rng = np.random.default_rng(rng_seed)
+    return [
+        ImageRequest(
+            rng.normal(size=dim).astype(np.float32),
+            rng.uniform(30, 80, (5, 2)).astype(np.float32),
+            image_seed(job_seed, i, image_index),
+        )
+        for i in range(n)
+    ]

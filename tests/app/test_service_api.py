@@ -3,65 +3,9 @@
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from app.main import create_app
 from app.services.auth import create_key, create_team
-from conftest import postgres_url
-from jobstore.settings import Settings
-from model_store.loader import load_generator
-from workers.embedded import EmbeddedWorker
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def service(request, tiny_generator, tmp_path, monkeypatch):
-    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tiny_generator.parent))
-    load_generator.cache_clear()
-    url = f"sqlite:///{tmp_path}/db.sqlite" if request.param == "sqlite" else postgres_url()
-    from jobstore.session import get_engine
-
-    get_engine.cache_clear()
-    settings = Settings(
-        database_url=url,
-        storage_url=f"file://{tmp_path}/store",
-        work_dir=tmp_path / "work",
-        default_model=tiny_generator.name,
-        shard_identities=2,
-        sampler_batch_size=4,
-        public_url="http://testserver",
-        status_cache_seconds=0,  # these tests poll a worker in this process: see every change
-    )
-    api = create_app(settings)
-    with api.state.sessions() as db:
-        create_team(db, "alpha", quota=10_000)
-        create_team(db, "beta", quota=10_000)
-        create_team(db, "ops", quota=0, is_admin=True)
-        keys = {t: create_key(db, t) for t in ("alpha", "beta", "ops")}
-    client = TestClient(api)
-    worker = EmbeddedWorker(api.state.sessions, settings, poll_s=0.05)
-    yield client, keys, worker, api
-    worker.stop()
-    get_engine(url).dispose()
-
-
-def auth(key):
-    return {"Authorization": f"Bearer {key}"}
-
-
-ORDER = {
-    "identities": 3,
-    "images_per_identity": 2,
-    "steps": 2,
-    "seed": 7,
-    "formats": ["imagefolder", "recordio"],
-    "tau_consistency": -1.0,
-    "tau_leak": 1.0,
-}
-
-
-def drain(worker):
-    while worker.run_once():
-        pass
+from conftest import ORDER, auth, drain, toy_bin
 
 
 def test_job_runs_to_completion_with_exact_counts(service):
@@ -237,30 +181,13 @@ def test_status_polls_share_an_answer_for_the_ttl_and_writes_clear_it(service):
     assert listed[0]["status"] == "canceled"
 
 
-def _toy_bin(path):
-    import numpy as np
-
-    from conftest import jpeg_bytes, synthetic_identity_images
-    from vigface.data import write_bin
-
-    rng = np.random.default_rng(3)
-    jpgs, same = [], []
-    for i in range(20):
-        a = synthetic_identity_images(rng, 200 + i % 5, 2)
-        b = synthetic_identity_images(rng, 200 + (i + 1) % 5, 1)
-        jpgs += [jpeg_bytes(a[0]), jpeg_bytes(a[1] if i % 2 == 0 else b[0])]
-        same.append(i % 2 == 0)
-    write_bin(path, jpgs, same)
-    return path
-
-
 def test_a_job_can_ask_for_the_utility_probe_on_registered_benchmarks(service, tmp_path):
     client, keys, worker, api = service
     h = auth(keys["alpha"])
     r = client.post("/v1/jobs", json={**ORDER, "evaluate_on": ["toy"]}, headers=h)
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "evaluate_on"
     assert "add-benchmark" in r.json()["detail"][0]["message"]
-    api.state.store.put_file("benchmarks/toy.bin", _toy_bin(tmp_path / "toy.bin"))
+    api.state.store.put_file("benchmarks/toy.bin", toy_bin(tmp_path / "toy.bin"))
     no_folder = {**ORDER, "formats": ["recordio"], "evaluate_on": ["toy"]}
     r = client.post("/v1/jobs", json=no_folder, headers=h)
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "evaluate_on"

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import app
-from conftest import TERMS_FILE, TINY_DIT
+from conftest import TERMS_FILE, TINY_DIT, image_requests
 from vigface.config import TrainDiTConfig
 from vigface.generator.artifact import Generator
 from vigface.generator.diffusion import (
@@ -21,7 +21,7 @@ from vigface.generator.diffusion import (
 )
 from vigface.generator.dit import FaceDiT
 from vigface.generator.landmarks import render_heatmaps
-from vigface.sampling import ImageRequest, Sampler, image_seed
+from vigface.sampling import Sampler, image_seed
 from vigface.training.dit import warm_start
 from vigface.training.dit_data import trainable_virtual_prototypes
 from vigface.training.dit_loss import DiTLoss
@@ -42,19 +42,6 @@ def tiny_dit(identity_dim=8, seed=0):
     for p in m.parameters():  # leave adaLN-Zero's zero init so outputs depend on inputs
         torch.nn.init.normal_(p, 0, 0.05)
     return m.eval()
-
-
-def _requests(n, rng_seed, job_seed, image_index, dim=8):
-    """``n`` image requests with random prototypes and landmarks, one identity each."""
-    rng = np.random.default_rng(rng_seed)
-    return [
-        ImageRequest(
-            rng.normal(size=dim).astype(np.float32),
-            rng.uniform(30, 80, (5, 2)).astype(np.float32),
-            image_seed(job_seed, i, image_index),
-        )
-        for i in range(n)
-    ]
 
 
 def test_v_target_matches_scheduler_velocity():
@@ -136,7 +123,7 @@ def test_condition_dropout_rate():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_each_image_is_the_same_whatever_its_batch(precision):
     dit, sched = tiny_dit(), training_scheduler()
-    reqs = _requests(7, rng_seed=1, job_seed=7, image_index=3)
+    reqs = image_requests(7, rng_seed=1, job_seed=7, image_index=3)
     seven = Sampler(dit, sched, steps=5, batch_size=7, precision=precision)
     one = Sampler(dit, sched, steps=5, batch_size=1, precision=precision)
     a = np.concatenate([im for _, im in seven.stream(reqs)])
@@ -428,7 +415,7 @@ def test_warm_start_copies_weights_and_rejects_another_architecture(tmp_path):
 @pytest.mark.slow  # inductor compilation: about 6 s
 def test_compiled_sampler_draws_the_same_images():
     dit, sched = tiny_dit(), training_scheduler()
-    reqs = _requests(4, rng_seed=2, job_seed=1, image_index=0)
+    reqs = image_requests(4, rng_seed=2, job_seed=1, image_index=0)
     eager = np.concatenate(
         [im for _, im in Sampler(dit, sched, steps=4, batch_size=4, precision="fp32").stream(reqs)]
     )
@@ -471,7 +458,7 @@ def test_precision_resolution_and_bf16_images_stay_close_to_fp32(monkeypatch):
         Sampler(tiny_dit(), training_scheduler(), precision="half")
 
     dit, sched = tiny_dit(), training_scheduler()
-    reqs = _requests(4, rng_seed=3, job_seed=2, image_index=0)
+    reqs = image_requests(4, rng_seed=3, job_seed=2, image_index=0)
     full = Sampler(dit, sched, steps=4, batch_size=4, precision="fp32")
     half = Sampler(dit, sched, steps=4, batch_size=4, precision="bf16")
     assert (full.dtype, half.dtype) == (torch.float32, torch.bfloat16)

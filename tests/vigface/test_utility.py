@@ -10,9 +10,8 @@ import sys
 
 import numpy as np
 import torch
-from test_service_api import _toy_bin
 
-from conftest import make_face_folder
+from conftest import make_face_folder, toy_bin
 from vigface.training.probe import dataset_utility, merge_sources, probe_config
 
 
@@ -40,7 +39,7 @@ def test_probe_trains_a_fixed_budget_and_verifies(tmp_path):
     cfg = cfg.model_copy(
         update={"backbone": cfg.backbone.model_copy(update={"layers": [1, 1, 1, 1]})}
     )
-    result = dataset_utility([data], {"toy": _toy_bin(tmp_path / "toy.bin")}, tmp_path / "w", cfg)
+    result = dataset_utility([data], {"toy": toy_bin(tmp_path / "toy.bin")}, tmp_path / "w", cfg)
     assert result["recipe"]["steps"] == 7 and result["train"]["images"] == 48
     card = json.loads((tmp_path / "w" / "probe" / "model_card.json").read_text())
     assert card["steps"] == 7  # the budget, not whole epochs (48 images / 16 = 3 per epoch)
@@ -50,7 +49,7 @@ def test_probe_trains_a_fixed_budget_and_verifies(tmp_path):
 
 def test_evaluate_dataset_and_add_benchmark_commands(tmp_path):
     data = make_face_folder(tmp_path / "train", identities=6, per_identity=4)
-    toy = _toy_bin(tmp_path / "toy.bin")
+    toy = toy_bin(tmp_path / "toy.bin")
     r = _cli("evaluate-dataset", "--data", str(data), "--pairs", str(tmp_path / "nope.bin"))
     assert r.returncode != 0 and "--pairs: not found" in r.stderr
     r = _cli(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from test_generator import _requests
 
+from conftest import image_requests
 from vigface.config import TrainDiTConfig
 from vigface.dataset.spec import DatasetSpec, PoseGuidanceUnsupported, resolve_spec
 from vigface.generator.diffusion import (
@@ -126,7 +126,7 @@ def test_two_condition_guidance():
 def test_the_sampler_draws_with_an_x_prediction_dit_and_pose_guidance_adds_a_third_part():
     dit = x_dit()
     sched = training_scheduler(prediction_type="sample", resolution_shift=1.75)
-    reqs = _requests(3, rng_seed=0, job_seed=1, image_index=0)
+    reqs = image_requests(3, rng_seed=0, job_seed=1, image_index=0)
     plain = Sampler(dit, sched, steps=4, guidance=2.0, batch_size=3, precision="fp32")
     posed = Sampler(
         dit, sched, steps=4, guidance=2.0, batch_size=3, precision="fp32", pose_guidance=3.0
