@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +37,10 @@ def get_engine(url: str) -> Engine:
             dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # the role shows in pg_stat_activity (an operator, or a fault test, can tell the API's
+    # connections from the workers'); pre-ping drops pooled connections the server closed
+    name = os.environ.get("VIGFACE_DB_APPLICATION_NAME", "vigface")
+    return create_engine(url, pool_pre_ping=True, connect_args={"application_name": name})
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -145,6 +145,7 @@ def serve_cmd(
     """Start the API (and, without a broker, an in-process worker)."""
     import os
 
+    os.environ.setdefault("VIGFACE_DB_APPLICATION_NAME", "vigface-serve")
     import uvicorn
 
     from app.http_limits import BoundedHeadProtocol
@@ -285,8 +286,11 @@ def worker_cmd(
     concurrency: int = typer.Option(1, help="processes: one per GPU"),
 ) -> None:
     """Start a Celery GPU worker (needs VIGFACE_BROKER_URL)."""
+    import os
+
     from jobstore.settings import get_settings
 
+    os.environ.setdefault("VIGFACE_DB_APPLICATION_NAME", "vigface-worker")
     if not get_settings().broker_url:
         fail("VIGFACE_BROKER_URL is not set: the worker needs a broker (or use `vigface serve`)")
     _sessions()

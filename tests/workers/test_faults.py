@@ -11,126 +11,32 @@ about faults; tests/vigface/test_filters.py tests the filters on both sides of t
 About 4-6 minutes in all on 2 CPU cores (each case starts an API and one or two workers).
 """
 
+# ruff: noqa: F811  (deploy, imported from fault_tools, is a fixture)
 from __future__ import annotations
 
 import csv
 import io
 import time
 
-import boto3
 import httpx
 import pytest
-from fault_tools import RedisServer, Service, TcpProxy, kill, wait_until
+from fault_tools import (  # noqa: F401 - deploy is a fixture
+    ORDER,
+    TOTAL,
+    Service,
+    assert_delivered_once,
+    deploy,
+    free_identities,
+    job_state,
+    kill,
+    start_worker,
+    wait_job,
+    wait_until,
+)
 
-from conftest import postgres_url
 from model_store import BUNDLED
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-ORDER = {
-    "identities": 4,
-    "images_per_identity": 6,
-    "steps": 20,
-    "seed": 5,
-    "formats": ["imagefolder", "recordio"],
-    "tau_consistency": -1.0,
-    "tau_leak": 1.0,
-}
-TOTAL = ORDER["identities"] * ORDER["images_per_identity"]
-JOB_BOUND_S = 240  # any job here, fault included, ends within this
-
-
-@pytest.fixture
-def deploy(tiny_generator, s3_env, tmp_path):
-    """``deploy(**env)`` -> (service, client, proxy, redis): everything started but workers."""
-    endpoint, bucket = s3_env
-    started: list = []
-
-    def make(**overrides):
-        redis_server = RedisServer(tmp_path)
-        proxy = TcpProxy(int(endpoint.rsplit(":", 1)[1]))
-        model = "demo" if (BUNDLED / "demo" / "dit").is_dir() else tiny_generator.name
-        env = {
-            "VIGFACE_HOME": str(tmp_path / "home"),
-            "VIGFACE_DATABASE_URL": postgres_url(),
-            "VIGFACE_BROKER_URL": redis_server.url,
-            "VIGFACE_STORAGE_URL": f"s3://{bucket}/vigface",
-            "VIGFACE_S3_ENDPOINT_URL": proxy.url,
-            "VIGFACE_DEFAULT_MODEL": model,
-            "VIGFACE_MODEL_STORE": str(tiny_generator.parent),
-            "VIGFACE_SHARD_IDENTITIES": "2",
-            "VIGFACE_SAMPLER_BATCH_SIZE": "4",
-            "VIGFACE_LEASE_SECONDS": "12",
-            "VIGFACE_RESEND_AFTER_SECONDS": "6",
-            "VIGFACE_UPLOAD_RETRY_SECONDS": "60",
-            **overrides,
-        }
-        svc = Service(env, tmp_path)
-        started.append((svc, proxy, redis_server))
-        from app.services.auth import create_key, create_team
-        from jobstore.session import init_db, session_factory
-
-        init_db(env["VIGFACE_DATABASE_URL"])
-        with session_factory(env["VIGFACE_DATABASE_URL"])() as db:
-            create_team(db, "alpha", quota=1_000)
-            key = create_key(db, "alpha")
-        svc.start_api()
-        client = httpx.Client(
-            base_url=svc.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
-        )
-        return svc, client, proxy, redis_server
-
-    yield make
-    for svc, proxy, redis_server in started:
-        svc.stop_all()
-        proxy.down()
-        redis_server.stop()
-
-
-def start_worker(svc: Service, name: str, tmp_path):
-    """A worker with a work disk of its own, as on another machine."""
-    svc.env["VIGFACE_WORK_DIR"] = str(tmp_path / name)
-    return svc.start_worker(name)
-
-
-def free_identities(svc: Service, client) -> int:
-    name = svc.env["VIGFACE_DEFAULT_MODEL"]
-    models = {m["name"]: m for m in client.get("/v1/models").json()}
-    return models[name]["free_virtual_identities"]
-
-
-def job_state(client, job_id):
-    try:
-        return client.get(f"/v1/jobs/{job_id}").json()
-    except httpx.HTTPError:  # the API may be down in the middle of a fault
-        return None
-
-
-def wait_job(client, job_id, predicate, timeout=JOB_BOUND_S, what="job state"):
-    return wait_until(
-        lambda: (j := job_state(client, job_id)) is not None and predicate(j) and j,
-        timeout,
-        what=what,
-    )
-
-
-def assert_delivered_once(client, job, endpoint, bucket):
-    """Succeeded, exactly the order, no (identity, index) twice in files or manifest."""
-    assert job["status"] == "succeeded", job
-    assert job["images_done"] == TOTAL
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    prefix = f"vigface/jobs/{job['id']}/"
-    body = s3.get_object(Bucket=bucket, Key=prefix + "manifest.csv")["Body"].read().decode()
-    rows = [r for r in csv.DictReader(io.StringIO(body)) if r["accepted"] == "True"]
-    assert len(rows) == TOTAL
-    assert len({(r["identity"], r["index"]) for r in rows}) == TOTAL
-    pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix + "imagefolder/"
-    )
-    files = [o["Key"] for p in pages for o in p.get("Contents", [])]
-    assert len(files) == len(set(files)) == TOTAL
-    report = client.get(f"/v1/jobs/{job['id']}/report").json()
-    assert report["dataset"]["spec"]["identities"] == ORDER["identities"]
 
 
 def test_worker_killed_mid_shard(deploy, s3_env, tmp_path):
@@ -269,10 +175,11 @@ def test_a_slow_store_with_a_short_lease_runs_one_finalizer(deploy, s3_env, tmp_
     assert done["progress"]["finalize_starts"] == 1, done["progress"]
 
 
-def test_ctrl_c_of_the_embedded_service_mid_job_then_restart(tiny_generator, tmp_path):
-    """SIGINT to ``vigface serve`` (embedded worker) while it samples: it exits cleanly (no
-    abort), the shard is given back, and the next start finishes the job with every image
-    exactly once."""
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_embedded_service_mid_job_then_restart(tiny_generator, tmp_path, signum):
+    """Ctrl-C or SIGTERM (docker, systemd) to ``vigface serve`` (embedded worker) while it
+    samples: it says so, exits 0, the shard is given back; the next start claims it within
+    5 s, redraws no finished batch, and finishes the job with every image exactly once."""
     import signal
     from pathlib import Path
 
@@ -303,18 +210,31 @@ def test_ctrl_c_of_the_embedded_service_mid_job_then_restart(tiny_generator, tmp
         order = {**ORDER, "steps": 40}
         job = client.post("/v1/jobs", json=order).json()
         wait_job(client, job["id"], lambda j: j["progress"].get("sampled", 0) > 0, what="sampling")
-        svc.api.send_signal(signal.SIGINT)
-        assert svc.api.wait(120) == 0  # a clean exit, not an abort (signal 6)
+        sent = time.monotonic()
+        svc.api.send_signal(getattr(signal, signum))
+        assert svc.api.wait(120) == 0  # a clean exit: not killed by the signal, no abort
+        stop_s = time.monotonic() - sent
         log = (tmp_path / "api.log").read_text()
         assert "terminate called" not in log and "goes back to the queue" in log
-        with session_factory(db_url)() as db:
-            from jobstore.models import Job
+        from jobstore.models import Job, Shard
 
+        with session_factory(db_url)() as db:
             stopped = db.get(Job, job["id"])
             assert stopped.status == "running" and stopped.progress.get("given_back")
+            assert not db.query(Shard).filter_by(job_id=job["id"], status="running").count()
         svc.start_api()
+        restarted = time.monotonic()
+
+        def claimed() -> bool:
+            with session_factory(db_url)() as db:
+                return bool(db.query(Shard).filter_by(job_id=job["id"], status="running").count())
+
+        wait_until(lambda: claimed() or job_state(client, job["id"])["status"] != "running", 30)
+        assert time.monotonic() - restarted <= 5, "the restart did not go on at once"
         done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
         assert done["status"] == "succeeded" and done["images_done"] == TOTAL, done
+        # every draw sampled once: the batches finished before the signal were kept
+        assert done["progress"]["sampled"] == TOTAL, (done["progress"], stop_s)
         folder = Path(home / "storage" / "jobs" / job["id"] / "imagefolder")
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
         assert len(files) == len(set(files)) == TOTAL
