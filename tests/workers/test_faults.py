@@ -243,3 +243,78 @@ def test_a_signal_to_the_embedded_service_mid_job_then_restart(tiny_generator, t
         assert len({(r["identity"], r["index"]) for r in rows}) == len(rows) == TOTAL
     finally:
         svc.stop_all()
+
+
+def test_two_idle_workers_share_two_shard_jobs_without_losing_a_message(deploy, s3_env, tmp_path):
+    """Default lease and resend settings (a lost message waits 300 s): each of six 2-shard
+    jobs on two idle workers finishes within twice what one worker alone takes for one, so
+    no shard's only message was spent on a collision of the two workers."""
+    svc, client, _, _ = deploy(VIGFACE_LEASE_SECONDS="120", VIGFACE_RESEND_AFTER_SECONDS="300")
+    start_worker(svc, "w1", tmp_path)
+
+    def timed_job() -> float:
+        t0 = time.monotonic()
+        job = client.post("/v1/jobs", json=ORDER).json()
+        done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+        assert_delivered_once(client, done, *s3_env)
+        return time.monotonic() - t0
+
+    alone = timed_job()
+    start_worker(svc, "w2", tmp_path)
+    time.sleep(5)  # both idle before the first order
+    times = [timed_job() for _ in range(6)]
+    assert max(times) <= 2 * alone, (alone, times)
+
+
+def test_a_retry_while_a_shard_of_the_failed_job_still_samples(deploy, s3_env, tmp_path):
+    """Shard 1 fails (its prototypes no longer match the ledger) while shard 0 samples on
+    another worker; the retry queues shard 1 again and leaves shard 0 to its worker, and the
+    retried job succeeds with every image once."""
+    from sqlalchemy import create_engine, text
+
+    svc, client, _, _ = deploy()
+    start_worker(svc, "w1", tmp_path)
+    job = client.post("/v1/jobs", json={**ORDER, "steps": 200}).json()  # shard 0: ~a minute
+    eng = create_engine(svc.env["VIGFACE_DATABASE_URL"])
+    wait_job(client, job["id"], lambda j: j["progress"].get("sampled", 0) > 0, what="sampling")
+    with eng.begin() as c:
+        shard1 = c.execute(
+            text("SELECT prototypes FROM shards WHERE job_id = :j AND index = 1"), {"j": job["id"]}
+        ).scalar()
+        row = {"j": job["id"], "p": shard1[0]}
+        key = c.execute(
+            text(
+                "SELECT prototype_key FROM identity_ledger WHERE job_id = :j AND prototype_id = :p"
+            ),
+            row,
+        ).scalar()
+        c.execute(
+            text("UPDATE identity_ledger SET prototype_key = 'moved' "
+                 "WHERE job_id = :j AND prototype_id = :p"),
+            row,
+        )  # fmt: skip
+    start_worker(svc, "w2", tmp_path)
+    failed = wait_job(client, job["id"], lambda j: j["status"] == "failed", what="the failure")
+    assert "other virtual prototypes" in failed["error"]
+    with eng.begin() as c:
+        c.execute(
+            text("UPDATE identity_ledger SET prototype_key = :k "
+                 "WHERE job_id = :j AND prototype_id = :p"),
+            {**row, "k": key},
+        )  # fmt: skip
+        running = c.execute(
+            text("SELECT status FROM shards WHERE job_id = :j AND index = 0"), {"j": job["id"]}
+        ).scalar()
+    assert running == "running"  # shard 0 still samples on w1
+    r = client.post(f"/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 202, r.text
+    with eng.begin() as c:
+        states = dict(
+            c.execute(
+                text("SELECT index, status FROM shards WHERE job_id = :j"), {"j": job["id"]}
+            ).all()
+        )
+    assert states[0] == "running" and states[1] == "queued", states  # not queued twice
+    done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert_delivered_once(client, done, *s3_env)
+    eng.dispose()
