@@ -126,3 +126,36 @@ def test_edge_inputs_on_every_operation_answer_as_documented(fuzz_app):
     r = client.post("/v1/jobs", content=iter([body[:5], body[5:]]), headers=h)
     assert r.status_code in _declared(doc, "/v1/jobs", "post") and r.status_code < 500
     assert len(seen) >= 10, seen
+
+
+LOOPBACK_IN_IPV6 = [
+    "http://[::127.0.0.1]/h",  # IPv4-compatible
+    "http://[::7f00:1]/h",
+    "http://[64:ff9b::7f00:1]/h",  # NAT64
+    "http://[2002:7f00:1::]/h",  # 6to4
+    "http://[::ffff:127.0.0.1]/h",  # IPv4-mapped
+    "http://[::ffff:a9fe:a9fe]/latest",  # the metadata service, mapped
+]
+
+
+def test_refusals_the_generator_does_not_reach_answer_4xx(fuzz_app):
+    """IPv6 spellings of loopback as webhooks, a sign-in without the form's token (login
+    CSRF) and quotas past what the database holds: each refused with a 4xx, none a 5xx, on
+    SQLite and PostgreSQL."""
+    from fastapi.testclient import TestClient
+
+    api, key = fuzz_app
+    client = TestClient(api, raise_server_exceptions=False)
+    h = {"Authorization": f"Bearer {key}"}
+    order = {"identities": 1, "images_per_identity": 1}
+    for url in LOOPBACK_IN_IPV6:
+        r = client.post("/v1/jobs", json={**order, "webhook_url": url}, headers=h)
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "webhook_url", url
+    for form in ({"api_key": key}, {"api_key": key, "csrf": "x" * 32}, {"csrf": "é"}):
+        r = client.post("/ui/login", data=form, follow_redirects=False)
+        assert r.status_code == 403, (form, r.status_code)
+    with api.state.sessions() as db:
+        for quota in (-1, 2**31, 10_000_000_000):
+            with pytest.raises(ValueError, match="quota"):
+                create_team(db, f"q{quota}", quota=quota)
+    assert client.get("/healthz").status_code == 200
