@@ -97,7 +97,14 @@ class ModelOut(BaseModel):
     name: str
     kind: str
     virtual_identities: int
-    free_virtual_identities: int
+    free_virtual_identities: int = Field(
+        description="virtual identities no order holds yet, in this model's ledger"
+    )
+    shares_ledger_with: list[str] = Field(
+        default_factory=list,
+        description="other models selling the same identities (copies or extensions of one "
+        "W_V): an order on any of them uses up the free count of all",
+    )
     card: dict
 
 

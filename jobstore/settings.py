@@ -9,25 +9,20 @@ in.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model_store import vigface_home
 from vigface.precision import Precision
-
-
-def default_home() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "vigface"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGFACE_", env_file=".env", extra="ignore")
 
-    home: Path = Field(default_factory=default_home, description="data home of local paths")
+    home: Path = Field(default_factory=vigface_home, description="data home of local paths")
     database_url: str = Field("", description="SQLAlchemy URL (default: HOME/vigface.db)")
     broker_url: str | None = Field(None, description="Celery broker (redis://...); none: embedded")
     storage_url: str = Field(

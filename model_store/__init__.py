@@ -2,9 +2,10 @@
 
 An entry is a folder holding either a stage-1 FR artifact directly (``model_card.json`` with
 ``"kind": "fr"``) or a complete generator with an ``fr/`` sub-folder. Entries are looked up,
-in order, in ``$VIGFACE_MODEL_STORE`` (a folder, ``:``-separated for several) and in the
-models bundled with the package (``model_store/models``). A path to a folder is accepted
-wherever a name is.
+in order, in ``$VIGFACE_MODEL_STORE`` (a folder, ``:``-separated for several), in the data
+home's own store (``$VIGFACE_HOME/store``: where ``vigface extend-virtual --name`` writes) and
+in the models bundled with the package (``model_store/models``). A path to a folder is
+accepted wherever a name is.
 """
 
 from __future__ import annotations
@@ -29,9 +30,23 @@ class StoreEntry:
     kind: str
 
 
+def vigface_home() -> Path:
+    """The data home every local path defaults under: ``$VIGFACE_HOME``, else
+    ``$XDG_DATA_HOME/vigface``, else ``~/.local/share/vigface``."""
+    if os.environ.get("VIGFACE_HOME"):
+        return Path(os.environ["VIGFACE_HOME"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "vigface"
+
+
+def user_store() -> Path:
+    """The data home's own model store (entries made on this machine)."""
+    return vigface_home() / "store"
+
+
 def search_path() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("VIGFACE_MODEL_STORE", "").split(":") if p]
-    return [*extra, BUNDLED]
+    return [*extra, user_store(), BUNDLED]
 
 
 def list_models() -> list[StoreEntry]:

@@ -157,8 +157,16 @@ def match_virtual_spectrum_cmd(
 
 def extend_virtual_cmd(
     model: str = typer.Option(..., help="generator folder or store name"),
-    add: int = typer.Option(..., min=1, help="virtual identities to append to W_V"),
-    out: Path = typer.Option(..., help="new generator folder to write (must not exist)"),
+    add: int | None = typer.Option(None, min=1, help="virtual identities to append to W_V"),
+    to: int | None = typer.Option(
+        None, min=1, help="or: the number of virtual identities W_V should hold afterwards"
+    ),
+    name: str | None = typer.Option(
+        None,
+        help="store the result as this entry of the data home's store ($VIGFACE_HOME/store), "
+        "which the service lists at once",
+    ),
+    out: Path | None = typer.Option(None, help="or: a new generator folder to write"),
     max_real_cos: float | None = typer.Option(
         None, help="largest cosine of a new row to a real prototype (default: real people's p99)"
     ),
@@ -172,16 +180,17 @@ def extend_virtual_cmd(
     (vigface/training/virtual_extend.py): a copy of the entry with the longer W_V, its card
     stating the capacity, the bounds and the rejection counts. Identities sold from the model
     stay sold in the copy (the ledger keys each row by its own digest)."""
-    import shutil
 
-    import torch
-
-    from model_store import ModelNotFound, resolve
-    from vigface.model_card import load_card, write_card
+    from model_store import ModelNotFound, resolve, user_store
     from vigface.training.virtual_extend import CapacityExceeded, extend_virtual
 
+    if (name is None) == (out is None):
+        fail("give --name (an entry of the data home's store) or --out (a folder), not both")
+    if (add is None) == (to is None):
+        fail("give --add (rows to append) or --to (rows W_V should hold), not both")
+    out = out if out is not None else user_store() / name
     if out.exists():
-        fail(f"--out: {out} exists; give a new folder")
+        fail(f"{'--out' if name is None else '--name'}: {out} exists; give a new one")
     try:
         entry = Path(model) if Path(model).is_dir() else resolve(model)
     except ModelNotFound as exc:
@@ -189,10 +198,32 @@ def extend_virtual_cmd(
     if not (entry / "dit").is_dir():
         fail(f"--model: {entry} is not a generator entry (no dit/)")
     fr = load_fr(str(entry / "fr"))
+    if to is not None:
+        add = to - int(fr.virtual_prototypes.shape[0])
+        if add < 1:
+            fail(f"--to: {model} already holds {fr.virtual_prototypes.shape[0]} virtual identities")
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         extended, ext = extend_virtual(fr, add, max_real_cos, max_virtual_cos, energy, seed)
     except ValueError as exc:  # CapacityExceeded names the counts and the bounds
         fail(str(exc) if isinstance(exc, CapacityExceeded) else f"--max-*-cos: {exc}")
+    total = write_extended(entry, out, fr, extended, ext)
+    typer.echo(
+        f"{out}: {total} virtual identities ({ext.added} added in {ext.draws} draws; "
+        f"{ext.rejected_near_real} too near a real prototype, {ext.rejected_near_virtual} too "
+        f"near a virtual one; bounds {ext.max_real_cos:.4f} / {ext.max_virtual_cos:.4f})"
+    )
+
+
+def write_extended(entry: Path, out: Path, fr, extended, ext) -> int:
+    """A copy of ``entry`` with the extended W_V at ``out`` (written aside, then renamed);
+    its card states the capacity, the bounds and every extension. Returns the rows."""
+    import shutil
+
+    import torch
+
+    from vigface.model_card import load_card, write_card
+
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(entry, tmp, ignore=shutil.ignore_patterns("checkpoints", "measurements"))
@@ -214,11 +245,7 @@ def extend_virtual_cmd(
     card.pop("prototype_set", None)
     write_card(tmp, card)
     tmp.rename(out)
-    typer.echo(
-        f"{out}: {total} virtual identities ({ext.added} added in {ext.draws} draws; "
-        f"{ext.rejected_near_real} too near a real prototype, {ext.rejected_near_virtual} too "
-        f"near a virtual one; bounds {ext.max_real_cos:.4f} / {ext.max_virtual_cos:.4f})"
-    )
+    return total
 
 
 def _stored_half(fr_dir: Path) -> bool:

@@ -37,18 +37,18 @@ def describe_model(settings: Settings, name: str) -> ModelDescription:
 def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
     """Generators in the store with their free virtual identities (from descriptions: the API
     never loads a generator)."""
-    out = []
-    for entry in list_models():
-        if entry.kind != "generator":
-            continue
-        desc = describe_model(settings, entry.name)
-        out.append(
-            ModelOut(
-                name=entry.name,
-                kind=entry.kind,
-                virtual_identities=desc.virtual_prototypes,
-                free_virtual_identities=free_prototypes(db, desc),
-                card=desc.card,
-            )
+    descs = [describe_model(settings, e.name) for e in list_models() if e.kind == "generator"]
+    by_ledger: dict[str, list[str]] = {}
+    for d in descs:
+        by_ledger.setdefault(d.lineage, []).append(d.name)
+    return [
+        ModelOut(
+            name=d.name,
+            kind="generator",
+            virtual_identities=d.virtual_prototypes,
+            free_virtual_identities=free_prototypes(db, d),
+            shares_ledger_with=[n for n in by_ledger[d.lineage] if n != d.name],
+            card=d.card,
         )
-    return out
+        for d in descs
+    ]
