@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from datetime import UTC, timedelta
 from pathlib import Path
 
@@ -140,16 +141,22 @@ def build_dataset(settings: Settings, store, store_call, job_id: str, job: dict,
     return report, keys, sizes
 
 
-def record_result(sessions, job_id: str, report: dict, keys: list[str], sizes: dict) -> bool:
-    """The dataset is delivered: False when the job is no longer finalizing (canceled)."""
+def record_result(
+    sessions, job_id: str, report: dict, keys: list[str], sizes: dict, seconds: float
+) -> bool:
+    """The dataset is delivered: False when the job is no longer finalizing (canceled).
+    ``seconds`` the step took goes into the job's progress (later orders' estimates)."""
 
     def write() -> bool:
         with sessions() as db:
+            job = db.get(Job, job_id)
+            progress = {**(job.progress or {}), "finalize_seconds": round(seconds, 2)}
             n = db.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == JobStatus.FINALIZING)
                 .values(
                     report=finite(report),
+                    progress=progress,
                     artifacts={"keys": keys, "sizes": sizes},
                     images_done=report["dataset"]["num_image"],
                     status=JobStatus.SUCCEEDED,
@@ -188,11 +195,12 @@ def finalize_job(sessions: sessionmaker, settings: Settings, job_id: str) -> Non
         return retrying(call, settings.upload_retry_seconds)
 
     renew = lambda: renew_finalize_lease(sessions, settings, job_id)  # noqa: E731
+    t0 = time.perf_counter()
     try:
         job, claims = retry_db(lambda: job_claims(sessions, job_id))
         with heartbeat(renew, settings.lease_seconds):
             report, keys, sizes = build_dataset(settings, store, store_call, job_id, job, claims)
-        if record_result(sessions, job_id, report, keys, sizes):
+        if record_result(sessions, job_id, report, keys, sizes, time.perf_counter() - t0):
             clear_scratch(settings, store, job_id, claims)
         else:  # canceled while finalizing: the cancel stands, nothing is delivered
             log.info("job %s was canceled while finalizing; removing its upload", job_id)

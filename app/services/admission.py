@@ -108,7 +108,8 @@ def create_job(
     except PoseSpecError as exc:
         raise JobError(422, "pose", str(exc)) from exc
     check_benchmarks(settings, body.evaluate_on, spec)
-    eta = order_eta_seconds(db, model, spec.identities * spec.images_per_identity)
+    card_rate = ((desc.card.get("filters") or {}).get("calibration") or {}).get("img_per_s")
+    eta = order_eta_seconds(db, model, spec.identities * spec.images_per_identity, card_rate)
     if not body.confirm_large:
         check_size(settings, spec, eta)
     order = Order(desc, spec, body.priority, body.webhook_url, body.evaluate_on, eta)

@@ -57,7 +57,8 @@ def job_outs(db: Session, jobs: list[Job]) -> list[JobOut]:
         rate, updated = sampling_rate(job)
         eta = None
         if job.status == JobStatus.RUNNING and rate:
-            eta = round(max(0, job.images_requested - job.images_done) / rate, 1)
+            left = max(0, job.images_requested - job.images_done) / rate
+            eta = round(left + finalize_seconds(db, job.model, job.images_requested), 1)
         elif job.status == JobStatus.QUEUED:
             eta = (job.progress or {}).get("eta_at_submission_s")
         out.append(
@@ -151,20 +152,51 @@ def measured_img_per_s(db: Session, model: str, jobs: int = 20) -> float | None:
     return images / seconds if seconds > 0 else None
 
 
-def order_eta_seconds(db: Session, model: str, images: int) -> float | None:
+def order_eta_seconds(
+    db: Session, model: str, images: int, card_rate: float | None = None
+) -> float | None:
     """Seconds until an order of ``images`` placed now is done, on one worker at the measured
-    rate. Shards of live jobs interleave (:func:`workers.reconcile.next_queued_shard`), so
-    while this order runs each other live job takes at most as many images as it does."""
-    rate = measured_img_per_s(db, model)
+    rate (before any job of the model finished: ``card_rate``, the rate its calibration drew
+    at). Ahead of it: every shard at work now runs to its end (shards are not pre-empted), and
+    queued shards of live jobs interleave with this order's
+    (:func:`workers.reconcile.next_queued_shard`), so each other live job takes at most as many
+    images as it does. The finalize step of the model's recent jobs is added per image."""
+    rate = measured_img_per_s(db, model) or card_rate
     if not rate:
         return None
+    per_shard = dict(
+        db.execute(
+            select(Shard.job_id, func.count()).where(Shard.status == ShardStatus.RUNNING)
+            .group_by(Shard.job_id)
+        ).all()
+    )  # fmt: skip
+    ahead = 0.0
     live = db.execute(
-        select(Job.images_requested, Job.images_done).where(
-            Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))
-        )
+        select(Job.id, Job.images_requested, Job.images_done, func.count(Shard.id))
+        .join(Shard, Shard.job_id == Job.id)
+        .where(Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+        .group_by(Job.id, Job.images_requested, Job.images_done)
     )
-    ahead = sum(min(max(0, want - done), images) for want, done in live)
-    return round((images + ahead) / rate, 1)
+    for job_id, want, done, shards in live:
+        left = max(0, want - done)
+        running = min(left, per_shard.get(job_id, 0) * want / max(shards, 1))
+        ahead += running + min(left - running, images)
+    return round((images + ahead) / rate + finalize_seconds(db, model, images), 1)
+
+
+def finalize_seconds(db: Session, model: str, images: int, jobs: int = 10) -> float:
+    """The finalize step's measured seconds per image over the model's recent jobs, times
+    ``images`` (0 before any finished)."""
+    rows = db.execute(
+        select(Job.images_requested, Job.progress)
+        .where(Job.model == model, Job.status == JobStatus.SUCCEEDED)
+        .order_by(Job.created_at.desc())
+        .limit(jobs)
+    ).all()
+    timed = [(n, p["finalize_seconds"]) for n, p in rows if p and p.get("finalize_seconds")]
+    if not timed:
+        return 0.0
+    return images * sum(s for _, s in timed) / max(sum(n for n, _ in timed), 1)
 
 
 def job_or_404(db: Session, team: Team, job_id: str) -> Job:

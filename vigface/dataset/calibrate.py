@@ -158,11 +158,15 @@ def calibrate(
         seed=987654, scheduler=s["scheduler"],
         guidance_interval=tuple(interval) if interval else None,
     )  # fmt: skip
-    fid.pop("images_array")
+    face_rate = detector_rate(fid.pop("images_array"))
     cos_own = np.array(fid["cos_own_all"])
     return {
         "tau_leak": round(float(np.percentile(neg, 99)), 4),
         "tau_consistency": round(float(np.percentile(cos_own, 5)), 4),
+        # a model that draws faces has the detector check every image; one that does not
+        # (a test's tiny model) would have every draw rejected, so its card says so instead
+        "face_gate": face_rate >= FACE_GATE_MIN_RATE,
+        "face_rate": face_rate,
         "real_nearest_negative": summary(neg),
         "calibration_cos_own": summary(cos_own),
         "calibration": {
@@ -173,5 +177,18 @@ def calibrate(
             "scheduler": s["scheduler"],
             "guidance_interval": list(interval) if interval else None,
             "data": str(data_dir),
+            # sampling speed of this machine: admission's time estimate before any job ran
+            "img_per_s": round(fid["images"] / max(fid["sampling_seconds"], 1e-9), 3),
         },
     }
+
+
+FACE_GATE_MIN_RATE = 0.5
+
+
+def detector_rate(images: np.ndarray) -> float:
+    """Share of ``images`` in which the face detector finds a well-placed face."""
+    from vigface.evaluation.image_quality import FaceDetector
+
+    found = [d.well_placed for d in FaceDetector().detect_all(images)]
+    return round(float(np.mean(found)), 4) if found else 0.0
