@@ -96,6 +96,9 @@ class JobPage(BaseModel):
 class ModelOut(BaseModel):
     name: str
     kind: str
+    output_size: int | None = Field(
+        None, description="side of the faces it draws, before the 112-px crops are written"
+    )
     virtual_identities: int
     free_virtual_identities: int = Field(
         description="virtual identities no order holds yet, in this model's ledger"

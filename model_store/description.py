@@ -34,6 +34,7 @@ class ModelDescription:
     prototype_set: str  # digest of W_V (vigface/prototype_set.py): changes when rows are added
     pose_bank: PoseBank | None
     upsampler_size: int | None = None  # output side of its upsampler/, None without one
+    output_size: int | None = None  # side of the faces it draws (decoder's, upsampler's)
     row_keys: tuple[str, ...] = ()  # each row's own key: what the ledger sells
 
     @property
@@ -87,7 +88,19 @@ def describe_folder(name: str, path: Path) -> ModelDescription:
         row_keys=tuple(row_keys(virtual)),
         pose_bank=PoseBank.from_landmarks(np.load(poses)) if poses.is_file() else None,
         upsampler_size=_upsampler_size(path),
+        output_size=_output_size(path, card),
     )
+
+
+def _output_size(path: Path, card: dict) -> int | None:
+    """The side of the faces the DiT hands the writer: its own, or its autoencoder's
+    decoded side (each stride-2 level of the decoder doubles it)."""
+    side = card.get("sample_size")
+    config = path / "autoencoder" / "config.json"
+    if side and config.is_file():
+        levels = len(json.loads(config.read_text())["block_out_channels"])
+        return int(side) * 2 ** (levels - 1)
+    return side
 
 
 def _upsampler_size(path: Path) -> int | None:

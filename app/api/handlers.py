@@ -23,6 +23,43 @@ def plain(error: dict) -> str:
     return error["msg"]
 
 
+TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def field_name(loc: tuple) -> str:
+    """A request field as a client names it: no "body" prefix, no pydantic union tags
+    (``dict[constrained-str,constrained-float]``, ``str``)."""
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(p for p in parts if "[" not in p and "-" not in p and p not in TYPE_NAMES)
+
+
+def field_errors(errors: list[dict]) -> list[dict]:
+    """Validation errors in the documented shape, one per field: malformed JSON names the
+    body; an input that fits no alternative of a union says so once; where one alternative
+    got further (a dict with a bad entry), its deeper error stands alone."""
+    out: dict[str, list[str]] = {}
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            where = next((p for p in e["loc"] if isinstance(p, int)), None)
+            at = f" at character {where}" if where is not None else ""
+            out.setdefault("body", []).append(f"not valid JSON{at}: {e['ctx']['error']}")
+            continue
+        out.setdefault(field_name(e["loc"]), []).append(plain(e))
+    fields = list(out)
+    deeper = {f for f in fields if any(g != f and g.startswith(f + ".") for g in fields)}
+    return [{"field": f, "message": alternatives(out[f])} for f in fields if f not in deeper]
+
+
+def alternatives(messages: list[str]) -> str:
+    """'Input should be a valid string or a valid dictionary' from one message per union
+    alternative."""
+    unique = list(dict.fromkeys(messages))
+    lead = "Input should be "
+    if len(unique) > 1 and all(m.startswith(lead) for m in unique):
+        return lead + " or ".join(m.removeprefix(lead) for m in unique)
+    return "; ".join(unique)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobError)
     def _job_error(_: Request, exc: JobError) -> JSONResponse:
@@ -50,8 +87,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": plain(e)}
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": errors}, 422)
+        return JSONResponse({"detail": field_errors(exc.errors())}, 422)

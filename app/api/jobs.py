@@ -26,6 +26,17 @@ router = APIRouter(
 )
 
 
+def no_artifacts(job) -> HTTPException:
+    """409 for a job with nothing to download, saying whether anything ever will be."""
+    if job.status in (JobStatus.CANCELED, JobStatus.FAILED):
+        why = f"job is {job.status}: nothing was delivered"
+        if job.status == JobStatus.FAILED:
+            why += " (POST /v1/jobs/{id}/retry finishes it from where it stopped)"
+    else:
+        why = f"job is {job.status}; the dataset is delivered when it succeeds"
+    return HTTPException(409, detail=[{"field": "status", "message": why}])
+
+
 @router.post(
     "",
     status_code=202,
@@ -158,9 +169,7 @@ def artifacts(
 ) -> dict:
     job = job_or_404(db, team, job_id)
     if not job.artifacts:
-        raise HTTPException(
-            409, detail=[{"field": "status", "message": f"job is {job.status}; no artifacts yet"}]
-        )
+        raise no_artifacts(job)
     store = request.app.state.store
     rel = {key: key.split(f"jobs/{job.id}/", 1)[1] for key in job.artifacts["keys"]}
     links = {r: download_link(store, settings, key) for key, r in rel.items()}
@@ -184,9 +193,7 @@ def archive(
     compress; tar needs no index, so the first byte goes out at once)."""
     job = job_or_404(db, team, job_id)
     if not job.artifacts:
-        raise HTTPException(
-            409, detail=[{"field": "status", "message": f"job is {job.status}; no artifacts yet"}]
-        )
+        raise no_artifacts(job)
     store = request.app.state.store
     sizes = job.artifacts.get("sizes", {})
     members = [

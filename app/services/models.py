@@ -45,6 +45,7 @@ def model_entries(db: Session, settings: Settings) -> list[ModelOut]:
         ModelOut(
             name=d.name,
             kind="generator",
+            output_size=d.output_size,
             virtual_identities=d.virtual_prototypes,
             free_virtual_identities=free_prototypes(db, d),
             shares_ledger_with=[n for n in by_ledger[d.lineage] if n != d.name],

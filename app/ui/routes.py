@@ -46,7 +46,30 @@ def pose_text(pose) -> str:
     return str(pose).replace("_", " ")
 
 
+PROGRESS_WORDS = {  # what the job page says of each progress entry, in this order
+    "sampled": "{} images drawn",
+    "identities_done": "{} identities done",
+    "shard_seconds": "{:.0f} s of shard work",
+    "spares_released": "{} unused spares given back",
+    "identities_released": "{} identities of unstarted shards given back",
+    "retries": "retried {} times",
+    "finalize_starts": "finalize started {} times",
+    "finalize_seconds": "finalized in {:.0f} s",
+}
+
+
+def progress_text(progress: dict) -> str:
+    """A job's progress as sentences: no dictionaries, no None (counts of handed-back shards
+    are added up, the queue estimate is shown where it is)."""
+    parts = [words.format(progress[k]) for k, words in PROGRESS_WORDS.items() if progress.get(k)]
+    handed = sum((progress.get("given_back") or {}).values())
+    if handed:
+        parts.append(f"shards handed back by stopping workers {handed} times")
+    return ", ".join(parts) or "nothing drawn yet"
+
+
 templates.env.filters["pose_text"] = pose_text
+templates.env.filters["progress_text"] = progress_text
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
@@ -207,10 +230,39 @@ def retry_page(
     return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
 
 
+def order_limits(settings: Settings, model) -> dict:
+    """What the server admits for ``model``: the spec's bounds, narrowed by the deployment,
+    the guidance weights its filters were calibrated at and the identities it has left (less
+    the share reserved as spares)."""
+    guidance = GUIDANCE_RANGE
+    table = (
+        ((model.card.get("filters") or {}).get("tau_consistency_by_guidance") or {})
+        if (model)
+        else {}
+    )
+    if table:
+        weights = sorted(float(g) for g in table)
+        guidance = (weights[0], weights[-1])
+    identities = min(LIMITS["identities"][1], settings.max_identities_per_job)
+    if model is not None:
+        spare = 1 + settings.spare_fraction
+        identities = max(0, min(identities, int(model.free_virtual_identities / spare)))
+    return {
+        "guidance": f"{guidance[0]:g} to {guidance[1]:g}",
+        "steps": STEPS_RANGE[1],
+        "identities": identities,
+        "images_per_identity": min(
+            LIMITS["images_per_identity"][1], settings.max_images_per_identity
+        ),
+    }
+
+
 def _order_page(request, team, db, settings, form, errors, status=200):
-    models = [m for m in model_entries(db, settings) if m.name == settings.default_model]
+    models = model_entries(db, settings)
+    chosen = form.get("model") or settings.default_model
+    model = next((m for m in models if m.name == chosen), None)
     used = images_used_this_month(db, team)
-    recommended = SamplerSettings.for_model(models[0].card if models else {}).model_dump()
+    recommended = SamplerSettings.for_model(model.card if model else {}).model_dump()
     form = {k: recommended[k] if v is None and k in recommended else v for k, v in form.items()}
     resp = page(
         request,
@@ -220,16 +272,10 @@ def _order_page(request, team, db, settings, form, errors, status=200):
         errors=errors,
         pose_bins=YAW_BINS,
         formats=FORMATS,
-        limits={  # what the server enforces: the spec's bounds, narrowed by the deployment
-            "guidance": GUIDANCE_RANGE[1],
-            "steps": STEPS_RANGE[1],
-            "identities": min(LIMITS["identities"][1], settings.max_identities_per_job),
-            "images_per_identity": min(
-                LIMITS["images_per_identity"][1], settings.max_images_per_identity
-            ),
-        },
+        limits=order_limits(settings, model),
         quota_left=max(0, team.monthly_quota - used),
-        model=models[0] if models else None,
+        models=models,
+        model=model,
         recommended=recommended,
         nav="order",
     )
@@ -238,6 +284,7 @@ def _order_page(request, team, db, settings, form, errors, status=200):
 
 
 DEFAULT_FORM = {
+    "model": None,  # the deployment's default model
     "identities": 10,
     "images_per_identity": 10,
     "seed": 0,
@@ -261,11 +308,12 @@ NUMBER_FIELDS = {
 @router.get("/orders/new")
 def order_form(
     request: Request,
+    model: str | None = None,
     team: Team = Depends(session_team),
     db: Session = Depends(get_db),
     settings: Settings = Depends(get_settings_dep),
 ) -> HTMLResponse:
-    return _order_page(request, team, db, settings, DEFAULT_FORM, {})
+    return _order_page(request, team, db, settings, {**DEFAULT_FORM, "model": model}, {})
 
 
 @router.post("/orders")
@@ -304,6 +352,8 @@ async def order_submit(
         errors["upsample"] = "choose the model's default, true or false"
     if form.get("webhook_url"):
         body["webhook_url"] = form["webhook_url"]
+    if form.get("model"):
+        body["model"] = form["model"]
     try:
         order = JobCreate(**body)
     except ValidationError as exc:

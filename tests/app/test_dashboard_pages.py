@@ -275,3 +275,32 @@ def test_an_order_without_guidance_runs_at_the_cards_value_through_api_dashboard
     assert r.exit_code == 0, r.output
     by_cli = json.loads((out / "dataset_card.json").read_text())["spec"]
     assert by_cli["guidance"] == 2.5 and by_cli["steps"] == 2
+
+
+def test_the_order_form_chooses_a_model_and_its_hints_follow_it(
+    tiny_generator, tmp_path, monkeypatch
+):
+    """The form lists every generator; its hints (guidance range, identities left) are the
+    chosen model's, and the order it places names that model."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_generator, store / "other")
+    card = json.loads((store / "other" / "model_card.json").read_text())
+    card["filters"]["tau_consistency_by_guidance"] = {"1": {"tau_consistency": -1.0},
+                                                      "6": {"tau_consistency": -1.0}}  # fmt: skip
+    (store / "other" / "model_card.json").write_text(json.dumps(card))
+    api, keys, _ = make_ui(tiny_generator, tmp_path, monkeypatch)
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", f"{store}:{tiny_generator.parent}")
+    c = login(TestClient(api), keys["alpha"])
+    default = c.get("/ui/orders/new").text
+    assert 'value="other"' in default and f'value="{tiny_generator.name}"' in default
+    other = c.get("/ui/orders/new?model=other").text
+    assert "1 to 6 (its filters" in other
+    form = {"csrf": csrf(c, "/ui/orders/new?model=other"), "model": "other", "identities": "1",
+            "images_per_identity": "1", "pose_preset": "match_training", "formats": "imagefolder",
+            "steps": "1"}  # fmt: skip
+    r = c.post("/ui/orders", data=form, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    job = c.get(r.headers["location"].replace("/ui/jobs/", "/v1/jobs/")).json()
+    assert job["model"] == "other"

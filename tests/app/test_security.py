@@ -249,3 +249,28 @@ def test_create_team_bounds_the_quota_itself(client):
         with pytest.raises(ValueError, match="quota"):
             create_team(db, "huge", quota=10_000_000_000)
         assert create_team(db, "edge", quota=2**31 - 1).monthly_quota == 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    "body,field,words",
+    [
+        ({"pose": {"left_35_60": -0.5}}, "pose.left_35_60", "at least 0"),
+        ({"pose": 5}, "pose", "a valid string or a valid dictionary"),
+        (b'{"identities": 1,', "body", "not valid JSON at character"),
+        (b"\xff\xfe", "body", "not valid JSON"),
+    ],
+)
+def test_refusals_name_the_field_as_the_client_wrote_it(client, body, field, words):
+    """No pydantic internals (union tags, byte offsets as a field): the field a client sent,
+    or the body when it is not JSON."""
+    c, key, _ = client
+    h = {"X-API-Key": key, "content-type": "application/json"}
+    if isinstance(body, dict):
+        r = c.post("/v1/jobs", json={**ORDER, **body}, headers=h)
+    else:
+        r = c.post("/v1/jobs", content=body, headers=h)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert [d["field"] for d in detail] == [field], detail
+    assert words in detail[0]["message"]
+    assert "constrained" not in r.text and "dict[" not in r.text

@@ -89,3 +89,11 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!confirm(f.dataset.confirm)) e.preventDefault();
   }));
 });
+
+// The order form's hints and defaults follow the model chosen: reload the form for it.
+document.addEventListener("DOMContentLoaded", () => {
+  const select = document.getElementById("model");
+  if (select) select.addEventListener("change", () => {
+    location.href = "/ui/orders/new?model=" + encodeURIComponent(select.value);
+  });
+});
