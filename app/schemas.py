@@ -78,6 +78,11 @@ class JobOut(BaseModel):
         None, description="when images_done last changed (clients extrapolate from it)"
     )
     error: str | None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what admission knows the order will not get as asked (a pose the model "
+        "does not reach, from its calibration)",
+    )
     webhook: dict | None = Field(
         None, description="the completion webhook's delivery: status, attempts, last_error"
     )

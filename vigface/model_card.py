@@ -46,6 +46,10 @@ class PoseGroupCalibration(GuidanceCalibration):
 
     guidance: float | None = None
     pose_guidance: float | None = None
+    shown_in_group: float | None = Field(
+        None, description="share of the draws whose pixels show this |yaw| group"
+    )
+    shown_mean_abs_yaw: float | None = Field(None, description="their mean shown |yaw|")
 
 
 class DropRate(_Strict):

@@ -29,7 +29,7 @@ from vigface.dataset.spec import (
     PoseGuidanceUnsupported,
     resolve_spec,
 )
-from vigface.pose import PoseSpecError
+from vigface.pose import YAW_BINS, PoseSpecError, yaw_group
 
 
 def check_order(settings: Settings, spec: DatasetSpec, webhook_url: str | None) -> None:
@@ -113,11 +113,42 @@ def create_job(
     if not body.confirm_large:
         check_size(settings, spec, eta)
     order = Order(desc, spec, body.priority, body.webhook_url, body.evaluate_on, eta)
+    order.warnings = pose_warnings(desc, spec)
     job, created = submit_job(db, settings, team, order, idempotency_key)
     if created:
         enqueue(job)
         cache.statuses.clear()  # the team's listings change
     return job, created
+
+
+POSE_REACH_WARN = 0.2  # a |yaw| group the model shows in fewer draws than this is warned
+
+
+def pose_warnings(desc, spec) -> list[str]:
+    """What the model's calibration says it cannot show of the order's pose: for each |yaw|
+    group the order asks a tenth or more of its faces for, the share of calibration draws
+    whose pixels showed that group (at the nearest calibrated pose guidance)."""
+    tables = ((desc.card.get("filters") or {}).get("tau_consistency_by_pose")) or {}
+    if not tables or desc.pose_bank is None:
+        return []
+    gp = min(tables, key=lambda w: abs(float(w) - float(spec.pose_guidance)))
+    asked: dict[str, float] = {}
+    for name, w in zip(YAW_BINS, desc.pose_bank.weights(spec.pose), strict=True):
+        asked[yaw_group(name)] = asked.get(yaw_group(name), 0.0) + float(w)
+    out = []
+    for group, share in asked.items():
+        reach = tables[gp].get(group, {})
+        shown = reach.get("shown_in_group")
+        if share >= 0.1 and shown is not None and shown < POSE_REACH_WARN:
+            out.append(
+                f"pose: {share:.0%} of the order asks for |yaw| {group.replace('_', '-')}, and "
+                f"this model showed that in {shown:.0%} of its calibration draws (mean shown "
+                f"|yaw| {reach.get('shown_mean_abs_yaw', '?')} deg at pose guidance {gp}): "
+                "expect faces turned less than asked"
+                + ("; a higher pose_guidance turns them further" if desc.card.get(
+                    "pose_drop_prob") else "")
+            )  # fmt: skip
+    return out
 
 
 def check_size(settings: Settings, spec: DatasetSpec, eta_s: float | None) -> None:

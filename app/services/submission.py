@@ -14,7 +14,7 @@ import math
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -44,6 +44,7 @@ class Order:
     webhook_url: str | None = None
     evaluate_on: list[str] | None = None
     eta_s: float | None = None
+    warnings: list[str] = field(default_factory=list)  # what the order will not get as asked
 
     @property
     def images(self) -> int:
@@ -158,7 +159,12 @@ def persist_job(
         images_requested=order.images,
         identities_allocated=plan.prototypes_needed,
         evaluate_on=order.evaluate_on or None,
-        progress={"sampled": 0, "identities_done": 0, "eta_at_submission_s": order.eta_s},
+        progress={
+            "sampled": 0,
+            "identities_done": 0,
+            "eta_at_submission_s": order.eta_s,
+            **({"warnings": order.warnings} if order.warnings else {}),
+        },
     )
     db.add(job)
     slots, spare_rows = alloc[: order.spec.identities], iter(alloc[order.spec.identities :])

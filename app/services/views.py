@@ -82,6 +82,7 @@ def job_outs(db: Session, jobs: list[Job]) -> list[JobOut]:
                 sampling_img_per_s=rate,
                 progress_updated_at=updated,
                 error=job.error,
+                warnings=(job.progress or {}).get("warnings", []),
                 webhook=hooks.get(job.id),
             )
         )

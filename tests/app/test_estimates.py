@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -65,3 +66,38 @@ def test_a_running_jobs_estimate_counts_the_finalize_step(rated):
 
     with api.state.sessions() as db:
         assert finalize_seconds(db, "rated", 12) == pytest.approx(1.5 * 12 / 6)
+
+
+def test_an_order_for_a_pose_the_model_does_not_reach_is_warned_at_admission(
+    tiny_generator, tmp_path, monkeypatch
+):
+    """The card's calibration says how often the faces drawn for each |yaw| group show it;
+    an order asking a group the model shows in under a fifth of its draws is told so in its
+    record, and one asking what the model reaches is not."""
+    store = tmp_path / "store"
+    shutil.copytree(tiny_generator, store / "posed")
+    card_path = store / "posed" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    reach = {"frontal": 0.9, "15_35": 0.5, "35_60": 0.06}
+    card["filters"]["tau_consistency_by_pose"] = {
+        "1": {g: {"tau_consistency": -1.0, "shown_in_group": r, "shown_mean_abs_yaw": 20.0}
+              for g, r in reach.items()}
+    }  # fmt: skip
+    card_path.write_text(json.dumps(card))
+    # a pose bank with frontal faces and faces turned about 40 degrees either way
+    base = np.array([[38, 52], [74, 52], [56, 72], [42, 92], [70, 92]], np.float32)
+    left, right = base.copy(), base.copy()
+    left[2, 0] -= 18
+    right[2, 0] += 18
+    np.save(store / "posed" / "pose_landmarks.npy", np.stack([base, left, right] * 4))
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(store))
+    api, _, key = embedded_service(tmp_path, "posed")
+    c, h = TestClient(api), {"Authorization": f"Bearer {key}"}
+    bank = {b for b in ("left_35_60", "right_35_60")}
+    turned = c.post("/v1/jobs", json={**ORDER, "pose": {b: 0.5 for b in sorted(bank)}},
+                    headers=h)  # fmt: skip
+    assert turned.status_code == 202, turned.text
+    warning = turned.json()["warnings"]
+    assert len(warning) == 1 and "35-60" in warning[0] and "6%" in warning[0]
+    frontal = c.post("/v1/jobs", json={**ORDER, "pose": "frontal"}, headers=h).json()
+    assert frontal["warnings"] == []

@@ -39,7 +39,7 @@ from vigface.evaluation.identity import identity_fidelity
 from vigface.evaluation.metrics import summary
 from vigface.generator.artifact import Generator
 from vigface.generator.grid import pose_columns
-from vigface.pose import YAW_BINS, YAW_GROUPS, PoseBank, yaw_group
+from vigface.pose import YAW_BINS, YAW_GROUPS, PoseBank, yaw_bin, yaw_group
 from vigface.sampler_settings import SamplerSettings
 
 
@@ -136,6 +136,7 @@ def consistency_by_pose(
                 "images": int(fid["images"]),
                 "guidance": float(s["guidance"]),
                 "pose_guidance": gp,
+                **shown_reach(fid["images_array"], group),
             }
     return tables
 
@@ -180,6 +181,23 @@ def calibrate(
             # sampling speed of this machine: admission's time estimate before any job ran
             "img_per_s": round(fid["images"] / max(fid["sampling_seconds"], 1e-9), 3),
         },
+    }
+
+
+def shown_reach(images: np.ndarray, group: str) -> dict:
+    """How far the drawn faces turn: the share whose pixels show the |yaw| group they were
+    drawn for and their mean shown |yaw| (dlib's 68 points: no part of training). Admission
+    warns an order that asks for a group the model does not reach."""
+    try:
+        from vigface.evaluation.shown_pose import ShownPose
+
+        yaw = ShownPose().yaw(images)
+    except Exception:  # noqa: BLE001 - the measurement is optional, the thresholds are not
+        return {}
+    shown = [yaw_group(YAW_BINS[b]) for b in yaw_bin(yaw)]
+    return {
+        "shown_in_group": round(float(np.mean([g == group for g in shown])), 4),
+        "shown_mean_abs_yaw": round(float(np.mean(np.abs(yaw))), 2),
     }
 
 
