@@ -165,6 +165,38 @@ def load_dit(spec: str | Path, device):
     return gen.dit, gen.scheduler, str(entry)
 
 
+def accepted_rate(model: str, identities: int, per_identity: int, seed: int, work: Path) -> dict:
+    """Accepted images per second of a model at its card's defaults through the real pipeline
+    (draw, filter, redraw, replace: what a shard does), and the acceptance rate."""
+    import shutil
+
+    from model_store.loader import open_generator
+    from vigface.dataset.pipeline import DatasetBuilder
+    from vigface.dataset.spec import DatasetSpec, resolve_spec
+
+    gen = open_generator(model)
+    spec = resolve_spec(
+        DatasetSpec(identities=identities, images_per_identity=per_identity, seed=seed), gen.card
+    )
+    out = work / Path(model).name
+    shutil.rmtree(out, ignore_errors=True)
+    builder = DatasetBuilder(gen, spec, out, progress=False)
+    t0 = time.perf_counter()
+    builder.generate()
+    seconds = time.perf_counter() - t0
+    accepted = identities * per_identity
+    counts = builder.counts
+    return {
+        "model": model,
+        "output_px": gen.output_size,
+        "accepted_img_per_s": round(accepted / seconds, 4),
+        "acceptance_rate": round(accepted / max(counts["generated"], 1), 4),
+        "drawn": int(counts["generated"]),
+        "seconds": round(seconds, 1),
+        "face_gate": spec.face_gate,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo", help="generator entry (name or folder)")
@@ -189,8 +221,33 @@ def main() -> None:
         "resolves to bf16 the fp32 sampler is timed too and the image difference reported",
     )
     ap.add_argument("--against", help="another generator (name, folder or YAML) timed alike")
+    ap.add_argument(
+        "--accepted",
+        action="store_true",
+        help="instead: accepted images per second of --model and --against at their cards' "
+        "defaults through the dataset pipeline (filters, redraws), and their ratio",
+    )
+    ap.add_argument("--identities", type=int, default=16, help="with --accepted")
+    ap.add_argument("--images-per-identity", type=int, default=4, help="with --accepted")
+    ap.add_argument("--work", type=Path, default=Path("runs/bench_accepted"), help="--accepted")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    if args.accepted:
+        rows = [
+            accepted_rate(m, args.identities, args.images_per_identity, 0, args.work)
+            for m in [args.model, *([args.against] if args.against else [])]
+        ]
+        for r in rows:
+            print(
+                f"{r['model']:>24}: {r['accepted_img_per_s']} accepted img/s at "
+                f"{r['output_px']} px (acceptance {r['acceptance_rate']}, {r['seconds']} s)"
+            )
+        result = {"cpu": describe_cpu(), "rows": rows}
+        if len(rows) == 2:
+            ratio = rows[0]["accepted_img_per_s"] / rows[1]["accepted_img_per_s"]
+            result["ratio_vs_against"] = round(ratio, 3)
+        print(json.dumps(result))
+        return
     device = torch.device(args.device)
 
     dit, train_sched, source = load_dit(args.dit_config or args.model, device)
