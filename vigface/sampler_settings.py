@@ -68,6 +68,13 @@ class SamplerSettings(BaseModel):
         "trained with pose dropout)",
     )
 
+    negative_neighbours: Annotated[StrictInt, Field(ge=0, le=64)] = Field(
+        0,
+        description="guide away from other identities (NegFaceDiff): the unconditional branch "
+        "is conditioned on the mean of this many nearest other virtual prototypes; 0 = the "
+        "null condition, as in the paper",
+    )
+
     @classmethod
     def for_model(cls, card: dict) -> SamplerSettings:
         """The settings a model card recommends (its ``sampler_defaults``), over the paper's."""

@@ -59,11 +59,13 @@ def image_seed(job_seed: int, identity_index: int, image_index: int, attempt: in
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """One image to draw: prototype (D,), 5 landmarks (5, 2) in 112-px crop pixels, seed."""
+    """One image to draw: prototype (D,), 5 landmarks (5, 2) in 112-px crop pixels, seed,
+    and optionally the identity to guide away from (NegFaceDiff's negative condition)."""
 
     identity: np.ndarray
     landmarks: np.ndarray
     seed: int
+    negative: np.ndarray | None = None
 
 
 def initial_noise(seed: int, size: int, channels: int = 3) -> torch.Tensor:
@@ -174,10 +176,16 @@ class Sampler:
 
     @torch.inference_mode()
     def sample(
-        self, identities: torch.Tensor, landmarks: torch.Tensor, seeds: list[int]
+        self,
+        identities: torch.Tensor,
+        landmarks: torch.Tensor,
+        seeds: list[int],
+        negatives: torch.Tensor | None = None,
     ) -> np.ndarray:
         """One batch: identities (B, D), landmarks (B, 5, 2) -> (B, S, S, 3) uint8 (S: the
-        output size, the upsampler's when there is one)."""
+        output size, the upsampler's when there is one). ``negatives`` (B, D): the condition
+        of the guided forward's second part in place of the null one (NegFaceDiff: guidance
+        then pushes each face away from those identities as well)."""
         b = len(seeds)
         sched = sampling_scheduler(self.train_scheduler, self.scheduler_name)
         sched.set_timesteps(self.steps, device=self.device)
@@ -189,7 +197,8 @@ class Sampler:
         # parts of a guided forward: (w, pose), (0, pose) and, for g_p != 1, (0, no pose)
         parts = 3 if self.pose_guidance != 1.0 else 2
         zero = torch.zeros_like(w)
-        cond = torch.cat([w, zero, zero][:parts])
+        away = zero if negatives is None else F.normalize(negatives.float(), dim=1).to(zero)
+        cond = torch.cat([w, away, zero][:parts])
         heat_parts = torch.cat([heat, heat, torch.zeros_like(heat)][:parts])
         # the landmarks' part of every forward does not change between steps: encode it once
         pose_parts = self.dit.encode_pose(heat_parts)
@@ -257,4 +266,12 @@ class Sampler:
     def _run(self, batch: list[ImageRequest]) -> np.ndarray:
         ids = torch.from_numpy(np.stack([np.asarray(r.identity, np.float32) for r in batch]))
         lms = torch.from_numpy(np.stack([np.asarray(r.landmarks, np.float32) for r in batch]))
-        return self.sample(ids, lms, [r.seed for r in batch])
+        neg = None
+        if any(r.negative is not None for r in batch):
+            neg = torch.from_numpy(
+                np.stack([
+                    np.zeros_like(ids[0].numpy()) if r.negative is None else
+                    np.asarray(r.negative, np.float32) for r in batch
+                ])
+            )  # fmt: skip
+        return self.sample(ids, lms, [r.seed for r in batch], negatives=neg)

@@ -127,3 +127,34 @@ def test_orders_take_the_model_cards_sampler_defaults_and_record_them():
     assert SamplerSettings.for_model(card).guidance == 2.0
     with pytest.raises(ValueError, match="tau_consistency: the model card has no filter"):
         resolve_spec(order, {})
+
+
+def test_negative_guidance_replaces_the_null_condition_and_nothing_else():
+    """NegFaceDiff: the guided forward's second part is conditioned on a negative identity.
+    Zero negatives are the paper's CFG; the drawn identity itself as its own negative leaves
+    the conditional branch alone (v_c - v_neg = 0); another identity changes the faces."""
+    dit = tiny_dit()
+    s = Sampler(dit, training_scheduler(), steps=4, guidance=3.0, precision="fp32")
+    w, lms, seeds = _inputs()
+    plain = s.sample(w, lms, seeds)
+    assert close(s.sample(w, lms, seeds, negatives=torch.zeros_like(w)), plain)
+    conditional = Sampler(dit, training_scheduler(), steps=4, guidance=1.0, precision="fp32")
+    assert close(s.sample(w, lms, seeds, negatives=w), conditional.sample(w, lms, seeds))
+    away = s.sample(w, lms, seeds, negatives=w.roll(1, 0))
+    assert np.abs(away.astype(int) - plain.astype(int)).mean() > 1
+
+
+def test_negative_neighbours_is_a_sampler_setting_the_order_and_card_share():
+    assert SamplerSettings().negative_neighbours == 0  # the paper's sampler
+    order = DatasetOrder(identities=1, images_per_identity=1, negative_neighbours=4)
+    spec = resolve_spec(DatasetSpec(**order.model_dump(exclude_none=True)),
+                        {"filters": {"tau_leak": 1.0, "tau_consistency": -1.0}})  # fmt: skip
+    assert spec.negative_neighbours == 4
+    card = {"sampler_defaults": {"negative_neighbours": 2},
+            "filters": {"tau_leak": 1.0, "tau_consistency": -1.0}}  # fmt: skip
+    assert (
+        resolve_spec(DatasetSpec(identities=1, images_per_identity=1), card).negative_neighbours
+        == 2
+    )
+    with pytest.raises(ValueError):
+        DatasetOrder(identities=1, images_per_identity=1, negative_neighbours=-1)

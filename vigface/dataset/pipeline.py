@@ -137,6 +137,7 @@ class DatasetBuilder:
         self.seconds: Counter = Counter()
         self._accepted_before = 0  # images of the chunks finished so far (progress reports)
         self.queue_pos: int | None = None  # next unused candidate, once generate() has run
+        self._negatives: dict[int, np.ndarray] = {}
 
     # what the assembly step reads of a part
     @property
@@ -163,6 +164,7 @@ class DatasetBuilder:
                 self.protos[d.proto].cpu().numpy(),
                 self.bank.landmarks[self.plan.pose_row(d.slot, d.index)],
                 image_seed(self.spec.seed, d.proto, d.index, d.attempt),
+                self.negative(d.proto),
             )
             for d in todo
         ]
@@ -179,6 +181,20 @@ class DatasetBuilder:
                 raise Canceled("canceled between sampling batches")
         self.seconds["sampling"] += time.perf_counter() - t0
         return np.stack([drawn[draw_key(d)] for d in pending])
+
+    def negative(self, proto: int) -> np.ndarray | None:
+        """The condition a draw of ``proto`` is guided away from: the mean of its
+        ``negative_neighbours`` nearest other prototypes (NegFaceDiff), or None."""
+        k = self.spec.negative_neighbours
+        if not k:
+            return None
+        if proto not in self._negatives:
+            unit = self.protos.float() / self.protos.float().norm(dim=1, keepdim=True)
+            cos = unit @ unit[proto]
+            cos[proto] = -2.0
+            near = cos.topk(min(k, len(cos) - 1)).indices
+            self._negatives[proto] = unit[near].mean(0).cpu().numpy()
+        return self._negatives[proto]
 
     def _verdicts(self, images: np.ndarray, pending: list[Draw]):
         """Step 2: FR embeddings and the filters' verdicts for one round of draws."""
