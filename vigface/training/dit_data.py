@@ -178,14 +178,14 @@ def load_face_set(
         "autoencoder": autoencoder_digest(Path(cfg.autoencoder)),
         "data": str(data_dir),
         "images": len(images),
-        "repa": cfg.repa_weight > 0,
     }
     cache = out_dir / "latents.pt"
     stored = torch.load(cache, weights_only=False) if cache.is_file() else None
-    if stored is None or stored["key"] != key:
+    fits = stored is not None and {k: stored["key"].get(k) for k in key} == key
+    if not fits or (cfg.repa_weight > 0 and stored["repa"] is None):
         log.info("encoding %d faces (and their mirror images) into latents", len(images))
         z, feats = encode_faces(images, vae, fr if cfg.repa_weight > 0 else None)
-        stored = {"key": key, "latents": z, "repa": feats}
+        stored = {"key": {**key, "repa": feats is not None}, "latents": z, "repa": feats}
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(stored, cache)
     if stored["latents"].shape[-1] != size:
@@ -193,5 +193,6 @@ def load_face_set(
             f"model.sample_size is {size} but the autoencoder's latents are "
             f"{stored['latents'].shape[-1]} on a side"
         )
+    repa = stored["repa"] if cfg.repa_weight > 0 else None
     return FaceSet(stored["latents"], torch.from_numpy(landmarks), torch.from_numpy(rows),
-                   size, latent=True, repa=stored["repa"])  # fmt: skip
+                   size, latent=True, repa=repa)  # fmt: skip
