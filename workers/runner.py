@@ -23,11 +23,11 @@ from jobstore.models import ShardStatus
 from jobstore.session import lost_connection, retry_db
 from jobstore.settings import Settings
 from model_store.storage import open_store, put_dir, retrying
-from vigface.dataset.pipeline import Canceled, DatasetBuilder
+from vigface.dataset.pipeline import Canceled
 from vigface.prototype_set import row_keys
 from vigface.sampling import SamplingInterrupted
 from workers import shard_state
-from workers.builders import load_model, shard_builder, shard_key
+from workers.builders import load_model, shard_builder, shard_dir, shard_key
 from workers.finalize import finalize_job
 from workers.heartbeat import heartbeat
 from workers.reconcile import next_queued_shard
@@ -83,23 +83,42 @@ def progress_reporter(sessions: sessionmaker, claim: Claim):
     return report
 
 
-def generate_shard(sessions, settings: Settings, claim: Claim, stopping) -> DatasetBuilder:
-    """Draw the shard (leased by a heartbeat throughout) and copy its chunks to the store."""
+class Interrupt:
+    """What stops a shard inside a sampling batch: the worker shutting down (``stopping``) or
+    the job canceled (seen by a watcher every :data:`CANCEL_POLL_S`)."""
+
+    def __init__(self, stopping):
+        self.stopping, self.canceled = stopping, threading.Event()
+
+    def is_set(self) -> bool:
+        return self.canceled.is_set() or (self.stopping is not None and self.stopping.is_set())
+
+
+CANCEL_POLL_S = 2.0
+
+
+def generate_shard(sessions, settings: Settings, claim: Claim, interrupt: Interrupt):
+    """Draw the shard (leased by a heartbeat throughout, watched for a cancel) and copy its
+    chunks to the store."""
 
     def canceled() -> bool:
-        if stopping is not None and stopping.is_set():
+        if interrupt.stopping is not None and interrupt.stopping.is_set():
             raise Stopping
-        return shard_state.cancel_requested(sessions, claim)
+        return interrupt.canceled.is_set() or shard_state.cancel_requested(sessions, claim)
+
+    def watch() -> None:
+        if shard_state.cancel_requested(sessions, claim):
+            interrupt.canceled.set()
 
     renew = lambda: shard_state.renew_lease(sessions, settings, claim)  # noqa: E731
-    with heartbeat(renew, settings.lease_seconds):
+    with heartbeat(renew, settings.lease_seconds), heartbeat(watch, 3 * CANCEL_POLL_S):
         check_rows_held(sessions, load_model(settings, claim.model), claim)
         builder = shard_builder(
             settings,
             claim,
             cancel_check=canceled,
             on_progress=progress_reporter(sessions, claim),
-            interrupt=stopping,
+            interrupt=interrupt,
         )
         builder.generate()
         # finalize may run on another machine: it reads the chunks from the store
@@ -114,9 +133,12 @@ def generate_shard(sessions, settings: Settings, claim: Claim, stopping) -> Data
 def run_claimed(sessions, settings: Settings, claim: Claim, stopping) -> str:
     """Generate a claimed shard and record how it ended; finalize the job after its last."""
     t0 = time.perf_counter()
+    interrupt = Interrupt(stopping)
     try:
-        builder = generate_shard(sessions, settings, claim, stopping)
+        builder = generate_shard(sessions, settings, claim, interrupt)
     except (Stopping, SamplingInterrupted):
+        if interrupt.canceled.is_set():  # stopped inside a batch by the cancel
+            return end_canceled(sessions, settings, claim)
         shard_state.give_back(sessions, claim)
         log.warning(
             "shard %s of job %s handed back: the worker is stopping; the next "
@@ -126,8 +148,7 @@ def run_claimed(sessions, settings: Settings, claim: Claim, stopping) -> str:
         )
         return ShardStatus.QUEUED
     except Canceled:
-        shard_state.record_end(sessions, claim, ShardStatus.CANCELED)
-        return ShardStatus.CANCELED
+        return end_canceled(sessions, settings, claim)
     except Exception as exc:
         if lost_connection(exc):  # bookkeeping, not the shard, failed: its lease runs out
             log.warning("shard %s: database unavailable; it goes back to the queue", claim.index)
@@ -144,6 +165,16 @@ def run_claimed(sessions, settings: Settings, claim: Claim, stopping) -> str:
     if last:
         finalize_job(sessions, settings, claim.job_id)
     return ShardStatus.SUCCEEDED if last is not None else "taken over"
+
+
+def end_canceled(sessions, settings: Settings, claim: Claim) -> str:
+    """The job was canceled under the shard: it ends canceled and its scratch files go (no
+    retry of a canceled job can use them)."""
+    import shutil
+
+    shard_state.record_end(sessions, claim, ShardStatus.CANCELED)
+    shutil.rmtree(shard_dir(settings, claim.job_id, claim.index), ignore_errors=True)
+    return ShardStatus.CANCELED
 
 
 def run_shard(

@@ -140,6 +140,11 @@ def test_cancel_gives_back_quota_and_unstarted_identities(deploy, tmp_path):
     wait_job(client, job["id"], lambda j: j["progress"].get("sampled", 0) > 0, what="sampling")
     canceled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
     assert canceled["status"] == "canceled"
+    # the shard at work stops inside its sampling batch: no shard reads running for long
+    t0 = time.monotonic()
+    wait_until(lambda: "running" not in job_state(client, job["id"])["shards"], 10,
+               what="the running shard to stop")  # fmt: skip
+    assert time.monotonic() - t0 < 8
     released = canceled["progress"]["identities_released"]
     # whole shards (2 identities + 1 spare each) that never started go back; how many depends
     # on how far the worker got before the cancel landed (a fast shard may finish first), so
