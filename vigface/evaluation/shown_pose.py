@@ -69,10 +69,18 @@ def per_bin(requested: np.ndarray, shown: np.ndarray) -> dict:
                 "same_bin": round(float((sb[sel] == b).mean()), 3),
             }
     return {
-        "pearson": round(float(np.corrcoef(requested, shown)[0, 1]), 3),
+        "pearson": pearson(requested, shown),
         "same_bin": round(float((rb == sb).mean()), 3),
         "bins": out,
     }
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Their correlation, or None where one side does not vary (a frontal-only order, one
+    face): undefined, not NaN with a warning."""
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return round(float(np.corrcoef(a, b)[0, 1]), 3)
 
 
 def real_reference(folder, limit: int = 1000) -> dict:
