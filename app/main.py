@@ -34,6 +34,7 @@ def install_dashboard(app: FastAPI, settings: Settings) -> None:
     from fastapi.staticfiles import StaticFiles
     from starlette.middleware.sessions import SessionMiddleware
 
+    from app.ui import orders
     from app.ui import routes as ui
 
     app.add_middleware(
@@ -56,6 +57,7 @@ def install_dashboard(app: FastAPI, settings: Settings) -> None:
         return RedirectResponse("/ui/jobs")
 
     app.include_router(ui.router)
+    app.include_router(orders.router)
     app.mount(
         "/ui/static", StaticFiles(directory=ui.Path(ui.__file__).parent / "static"), name="static"
     )

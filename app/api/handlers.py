@@ -26,11 +26,15 @@ def plain(error: dict) -> str:
 TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
+def union_tag(part: str) -> bool:
+    """A pydantic union alternative's tag in an error location, not a field."""
+    return "[" in part or part.startswith(("constrained-", "function-")) or part in TYPE_NAMES
+
+
 def field_name(loc: tuple) -> str:
     """A request field as a client names it: no "body" prefix, no pydantic union tags
     (``dict[constrained-str,constrained-float]``, ``str``)."""
-    parts = [str(p) for p in loc if p != "body"]
-    return ".".join(p for p in parts if "[" not in p and "-" not in p and p not in TYPE_NAMES)
+    return ".".join(p for p in (str(p) for p in loc if p != "body") if not union_tag(p))
 
 
 def field_errors(errors: list[dict]) -> list[dict]:
