@@ -15,6 +15,7 @@ with the judge and the pose bench, or run ``vigface calibrate`` on it before ord
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from vigface.config import TrainDiTConfig, load_config, parse_overrides
 from vigface.data import AlignedFaceFolder
 from vigface.fr_model import FRModel
 from vigface.generator.artifact import Generator
+from vigface.generator.autoencoder import load_autoencoder
 from vigface.generator.diffusion import training_scheduler
 from vigface.generator.dit import FaceDiT
 from vigface.training.dit import generator_card
@@ -49,7 +51,11 @@ def main() -> None:
         raise SystemExit(f"{args.out} exists")
     cfg = load_config(args.config, TrainDiTConfig, overrides=parse_overrides(args.overrides))
     fr = FRModel.load(args.fr)
-    dit = FaceDiT(identity_dim=fr.real_prototypes.shape[1], **cfg.model.model_dump())
+    vae = load_autoencoder(Path(cfg.autoencoder)) if cfg.autoencoder else None
+    channels = vae.config.latent_channels if vae is not None else 3
+    dit = FaceDiT(
+        identity_dim=fr.real_prototypes.shape[1], in_channels=channels, **cfg.model.model_dump()
+    )
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     ema = EMAModel(list(dit.parameters()), decay=cfg.ema_decay, use_ema_warmup=True)
     ema.load_state_dict(state["ema"])
@@ -65,8 +71,10 @@ def main() -> None:
             f"--out {args.out}" + "".join(f" --set {o}" for o in args.overrides)
         ],
     }
+    if vae is not None:
+        card["autoencoder"] = json.loads((Path(cfg.autoencoder) / "card.json").read_text())
     gen = Generator(dit=dit.eval(), scheduler=training_scheduler(**cfg.diffusion.model_dump()),
-                    fr=fr, card=card, pose_landmarks=poses)  # fmt: skip
+                    fr=fr, card=card, pose_landmarks=poses, autoencoder=vae)  # fmt: skip
     gen.save(args.out)
     print(f"{args.out}: step {card['steps']}, {card['train_minutes']} min")
 
