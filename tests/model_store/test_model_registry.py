@@ -32,3 +32,29 @@ def test_worker_loads_a_model_that_exists_only_in_s3(tiny_generator, s3_env, tmp
     assert (tmp_path / "cache" / "remote-tiny" / digest / ".complete").is_file()
     with pytest.raises(ModelNotFound, match="neither local"):
         locate("absent", f"s3://{bucket}/reg", endpoint, str(tmp_path / "cache"))
+
+
+def test_vigface_generate_takes_a_model_that_exists_only_in_the_registry(
+    tiny_generator, tmp_path, monkeypatch
+):
+    """The CLI loads models the way the workers do: a name pushed to the deployment's
+    registry (VIGFACE_STORAGE_URL) and on no local store is pulled and drawn from."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    objects = tmp_path / "objects"
+    push(LocalStore(objects), tiny_generator, "pushed-tiny")
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(tmp_path / "empty"))
+    monkeypatch.setenv("VIGFACE_STORAGE_URL", f"file://{objects}")
+    monkeypatch.setenv("VIGFACE_HOME", str(tmp_path / "home"))
+    r = CliRunner().invoke(
+        app,
+        ["generate", "--model", "pushed-tiny", "--identities", "2", "--images-per-identity",
+         "1", "--steps", "1", "--batch-size", "2", "--out", str(tmp_path / "ds")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "ds" / "imagefolder").glob("*/*.jpg"))) == 2
+    r = CliRunner().invoke(app, ["generate", "--model", "nowhere", "--identities", "1",
+                                 "--images-per-identity", "1", "--out", str(tmp_path / "x")])  # fmt: skip
+    assert r.exit_code == 2 and "neither local nor in the model registry" in r.output
