@@ -40,6 +40,7 @@ from vigface.generator.autoencoder import (
 )
 from vigface.precision import autocast
 from vigface.training.run import TrainingRun
+from vigface.training.schedule import linear_warmup
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +180,7 @@ def train_autoencoder(
     params = trained_parameters(vae, cfg)
     loss_fn = FacePerceptualLoss(fr).to(device)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    )
+    sched = linear_warmup(opt, cfg.warmup_steps)
     run = TrainingRun(out_dir, {"vae": vae, "optimizer": opt, "scheduler": sched}, cfg.max_minutes)
     step = (run.resume(resume) or {}).get("step", 0)
     g = torch.Generator().manual_seed(cfg.seed + step)  # a resumed run draws fresh batches

@@ -42,7 +42,7 @@ from vigface.training.dit_data import (
 )
 from vigface.training.dit_loss import DiTLoss, spatially_normalised
 from vigface.training.run import TrainingRun
-from vigface.training.schedule import diffusion_step
+from vigface.training.schedule import diffusion_step, linear_warmup
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,7 @@ def setup(cfg: TrainDiTConfig, data_dir: Path, fr_dir: Path, out_dir: Path, devi
     params = [p for p in loss.parameters() if p.requires_grad]
     ema = EMAModel(list(dit.parameters()), decay=cfg.ema_decay, use_ema_warmup=True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    )
+    sched = linear_warmup(opt, cfg.warmup_steps)
     state = {"dit": dit, "ema": ema, "optimizer": opt, "scheduler": sched}
     if loss.projector is not None:
         state["projector"] = loss.projector

@@ -16,6 +16,13 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def linear_warmup(optimizer, warmup_steps: int):
+    """A LambdaLR that ramps the rate linearly over ``warmup_steps`` and holds it after."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    return LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
+
+
 def diffusion_step(loss, params, opt, lr_schedule, ema, grad_clip: float | None) -> None:
     """Backward, optional gradient clipping, optimiser and LR-schedule step, EMA update: the
     same order for the DiT and the upsampler (``params`` a list: it is walked twice)."""

@@ -28,7 +28,7 @@ from vigface.generator.upsampler import FaceUpsampler, UpsamplerStage, upsample_
 from vigface.precision import autocast
 from vigface.training.dit_data import load_with_prototype_rows
 from vigface.training.run import TrainingRun
-from vigface.training.schedule import diffusion_step
+from vigface.training.schedule import diffusion_step, linear_warmup
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,7 @@ def train_upsampler(
     params = list(model.parameters())
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    )
+    sched = linear_warmup(opt, cfg.warmup_steps)
     run = TrainingRun(
         out_dir,
         {"model": model, "ema": ema, "optimizer": opt, "scheduler": sched},
