@@ -142,3 +142,33 @@ def test_a_latent_run_reuses_its_encoded_faces_and_refuses_a_wrong_latent_side(
     wrong = cfg.model_copy(update={"model": cfg.model.model_copy(update={"sample_size": 28})})
     with pytest.raises(DatasetError, match="latents are 56"):
         load_face_set(wrong, latent_entry / "train", fr, latent_entry / "gen", vae, False)
+
+
+def test_a_decoder_leg_keeps_the_encoder_and_the_latent_statistics(latent_entry, tmp_path):
+    """train_encoder: false from an autoencoder: the encoder's weights and the shift and
+    scale a generator trained on its latents depend on stay as they were."""
+    from diffusers import AutoencoderKL
+
+    from vigface.config import TrainAutoencoderConfig
+    from vigface.training.autoencoder import train_autoencoder
+
+    source = latent_entry / "ae" / "autoencoder"
+    cfg = TrainAutoencoderConfig.model_validate(
+        yaml.safe_load(TINY_AE) | {"max_steps": 2, "train_encoder": False}
+    )
+    train_autoencoder(cfg, latent_entry / "train", latent_entry / "fr", tmp_path / "dec",
+                      progress=False, init_from=source)  # fmt: skip
+    before, after = (
+        AutoencoderKL.from_pretrained(source),
+        AutoencoderKL.from_pretrained(tmp_path / "dec" / "autoencoder"),
+    )
+    assert after.config.scaling_factor == before.config.scaling_factor
+    assert after.config.shift_factor == before.config.shift_factor
+    for (k, a), (_, b) in zip(before.encoder.state_dict().items(),
+                              after.encoder.state_dict().items(), strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, msg=k)
+    changed = any(
+        not torch.equal(a, b)
+        for a, b in zip(before.decoder.parameters(), after.decoder.parameters(), strict=True)
+    )
+    assert changed

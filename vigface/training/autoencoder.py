@@ -175,8 +175,12 @@ def train_autoencoder(
     fr = FRModel.load(fr_dir, device=device)
     faces = load_faces(data_dir, cfg.sample_size, progress)
     vae = build_autoencoder(sample_size=cfg.sample_size, **cfg.model.model_dump()).to(device)
-    if init_from:
-        vae.load_state_dict(AutoencoderKL.from_pretrained(init_from).state_dict())
+    if init_from:  # weights and the latent statistics a generator may already depend on
+        source = AutoencoderKL.from_pretrained(init_from)
+        vae.load_state_dict(source.state_dict())
+        vae.register_to_config(
+            shift_factor=source.config.shift_factor, scaling_factor=source.config.scaling_factor
+        )
     params = trained_parameters(vae, cfg)
     loss_fn = FacePerceptualLoss(fr).to(device)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
