@@ -76,7 +76,7 @@ def progress_reporter(sessions: sessionmaker, claim: Claim):
             else:
                 prog[stage] = prog.get(stage, 0) + n
             if stage == "sampled":
-                prog["workers"] = {**prog.get("workers", {}), shard_state.WORKER_ID: rate.add(n)}
+                prog["workers"] = {**prog.get("workers", {}), shard_state.worker_id(): rate.add(n)}
 
         shard_state.update_progress(sessions, claim, change)
 

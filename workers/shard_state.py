@@ -29,7 +29,11 @@ from jobstore.settings import Settings
 from jobstore.webhooks import notify
 
 log = logging.getLogger(__name__)
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_id() -> str:
+    """This process (a Celery pool process forks after import: asked at each use)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ def held(claim: Claim):
         (Shard.id == claim.shard_id)
         & (Shard.status == ShardStatus.RUNNING)
         & (Shard.attempts == claim.attempt)
-        & (Shard.worker == WORKER_ID)
+        & (Shard.worker == worker_id())
     )
 
 
@@ -120,7 +124,7 @@ def _claim(sessions: sessionmaker, settings: Settings, shard_id: int) -> Claim |
             )
             .values(
                 status=ShardStatus.RUNNING,
-                worker=WORKER_ID,
+                worker=worker_id(),
                 attempts=Shard.attempts + 1,
                 lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
             )
