@@ -172,3 +172,27 @@ def test_a_decoder_leg_keeps_the_encoder_and_the_latent_statistics(latent_entry,
         for a, b in zip(before.decoder.parameters(), after.decoder.parameters(), strict=True)
     )
     assert changed
+
+
+def test_a_dataset_from_a_latent_generator_is_written_at_the_decoders_side(latent_entry, tmp_path):
+    """The pipeline does not care that the generator is latent: it draws, filters and writes
+    112-px faces, and the dataset card says it drew at 112."""
+    import shutil
+
+    from vigface.dataset.pipeline import DatasetBuilder
+    from vigface.dataset.spec import DatasetSpec, resolve_spec
+    from vigface.generator.artifact import Generator
+
+    entry = tmp_path / "gen"
+    shutil.copytree(latent_entry / "gen", entry)
+    card = json.loads((entry / "model_card.json").read_text())
+    card["filters"] = {"tau_leak": 1.0, "tau_consistency": -1.0}
+    (entry / "model_card.json").write_text(json.dumps(card))
+    gen = Generator.load(entry)
+    spec = resolve_spec(DatasetSpec(identities=2, images_per_identity=2, steps=2), gen.card)
+    report = DatasetBuilder(gen, spec, tmp_path / "ds", progress=False).run()
+    assert report["dataset"]["resolution"] == 112 and report["dataset"]["num_image"] == 4
+    from PIL import Image
+
+    files = sorted((tmp_path / "ds" / "imagefolder").glob("*/*.jpg"))
+    assert len(files) == 4 and Image.open(files[0]).size == (112, 112)
