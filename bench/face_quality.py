@@ -36,7 +36,7 @@ def grid_period(gen) -> int:
     return round(cfg.patch_size * gen.output_size / cfg.sample_size)
 
 
-def draw(model: str, identities: int, per: int, pose, seed: int, batch: int):
+def draw(model: str, identities: int, per: int, pose, seed: int, batch: int, overrides=None):
     """(faces (N, 112, 112, 3) in identity order, FR cosine to own prototype, grid period,
     images per second)."""
     from model_store.loader import open_generator
@@ -45,7 +45,7 @@ def draw(model: str, identities: int, per: int, pose, seed: int, batch: int):
     from vigface.sampling import ImageRequest, Sampler, image_seed
 
     gen = open_generator(model)
-    settings = SamplerSettings.for_model(gen.card)
+    settings = SamplerSettings.for_model(gen.card).model_copy(update=overrides or {})
     sampler = Sampler.for_generator(gen, settings, batch)
     bank = PoseBank.from_landmarks(gen.pose_landmarks)
     rng = np.random.default_rng(seed)
@@ -63,6 +63,7 @@ def draw(model: str, identities: int, per: int, pose, seed: int, batch: int):
     t0 = time.perf_counter()
     faces = np.concatenate([imgs for _, imgs in sampler.stream(reqs)])
     rate = len(faces) / (time.perf_counter() - t0)
+    asked_yaw = bank.angles[rows, 0]
     if faces.shape[1] != 112:
         from vigface.evaluation.judge import degrade
 
@@ -70,7 +71,24 @@ def draw(model: str, identities: int, per: int, pose, seed: int, batch: int):
     emb = gen.fr.embed(faces, flip=False)
     own = torch.nn.functional.normalize(protos[chosen].float(), dim=1).repeat_interleave(per, 0)
     cos = (emb * own).sum(1).numpy()
-    return faces, cos, grid_period(gen), rate
+    return faces, cos, grid_period(gen), rate, asked_yaw
+
+
+def shown_pose(faces: np.ndarray, asked_yaw: np.ndarray) -> dict:
+    """The |yaw| the faces show (dlib's 68 points) and how many show the group asked."""
+    from vigface.evaluation.shown_pose import ShownPose
+    from vigface.pose import YAW_BINS, yaw_bin, yaw_group
+
+    shown = ShownPose().yaw(faces)
+    same = [
+        yaw_group(YAW_BINS[a]) == yaw_group(YAW_BINS[b])
+        for a, b in zip(yaw_bin(asked_yaw), yaw_bin(shown), strict=True)
+    ]
+    return {
+        "asked_mean_abs_yaw": round(float(np.abs(asked_yaw).mean()), 1),
+        "shown_mean_abs_yaw": round(float(np.abs(shown).mean()), 1),
+        "shown_in_asked_group": round(float(np.mean(same)), 3),
+    }
 
 
 def main() -> None:
@@ -85,10 +103,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/face_quality"))
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a sampler setting over the card's (steps=10, guidance=3, pose_guidance=2, ...)",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     pose = json.loads(args.pose) if args.pose.startswith("{") else args.pose
+    overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.set)}
     args.out.mkdir(parents=True, exist_ok=True)
     n = args.identities * args.images_per_identity
     rows = []
@@ -97,15 +120,23 @@ def main() -> None:
         real = real[np.random.default_rng(args.seed).choice(len(real), max(n, 256), False)]
         rows.append({"source": "real", **quality_summary(real, (14, 16))})
     for model in args.model:
-        faces, cos, period, rate = draw(
-            model, args.identities, args.images_per_identity, pose, args.seed, args.batch_size
+        faces, cos, period, rate, asked = draw(
+            model,
+            args.identities,
+            args.images_per_identity,
+            pose,
+            args.seed,
+            args.batch_size,
+            overrides,
         )
         periods = tuple(sorted({14, period}))
         row = {"source": model, "grid_px": period, **quality_summary(faces, periods)}
         row["seam_ratio_own_grid"] = row[f"seam_ratio_{period}px"]
         row |= {"fr_cos_own_mean": round(float(cos.mean()), 4), "img_per_s": round(rate, 3)}
+        row |= shown_pose(faces, asked) | {"sampler": overrides}
         rows.append(row)
-        sheet = args.out / f"{Path(model).name}_sheet.png"
+        tag = "".join(f"_{k}{v}" for k, v in overrides.items())
+        sheet = args.out / f"{Path(model).name}{tag}_sheet.png"
         per = args.images_per_identity
         contact_sheet([faces[i * per : (i + 1) * per] for i in range(args.identities)], sheet, per)
         row["sheet"] = str(sheet)
