@@ -90,6 +90,8 @@ def sign_in(page, url, key):
 
 
 def test_order_watch_report_download_cancel_and_isolation(browser, site, tmp_path):
+    from playwright.sync_api import expect
+
     url, keys = site
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = ctx.new_page()
@@ -123,9 +125,9 @@ def test_order_watch_report_download_cancel_and_isolation(browser, site, tmp_pat
     page.click("text=Place order")
     page.wait_for_url("**/ui/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
-    page.wait_for_function(
-        "document.querySelector('#job-live .pct').textContent.trim() === '100 %'", timeout=120_000
-    )
+    # a locator assertion, not wait_for_function: the page's CSP (script-src 'self') refuses
+    # the string evaluation that wait_for_function needs, as it should
+    expect(page.locator("#job-live .pct")).to_have_text("100 %", timeout=120_000)
     page.wait_for_selector("#job-live .badge.succeeded", timeout=120_000)
     page.screenshot(path=SHOTS / "3_job_detail.png", full_page=True)
     assert page.locator("svg rect").count() > 0  # similarity histogram drawn
