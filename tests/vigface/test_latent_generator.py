@@ -196,3 +196,34 @@ def test_a_dataset_from_a_latent_generator_is_written_at_the_decoders_side(laten
 
     files = sorted((tmp_path / "ds" / "imagefolder").glob("*/*.jpg"))
     assert len(files) == 4 and Image.open(files[0]).size == (112, 112)
+
+
+def test_sigint_ends_an_autoencoder_leg_with_its_checkpoint_and_artifact(latent_entry, tmp_path):
+    """What Ctrl-C or ``docker stop`` does to a background leg: the step in flight finishes,
+    the checkpoint and the autoencoder are written, the command exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "ae.yaml"
+    config.write_text(TINY_AE.replace("max_steps: 6", "max_steps: 100000"))
+    out = tmp_path / "ae"
+    args = ["train-autoencoder", "--config", config, "--data", latent_entry / "train",
+            "--fr", latent_entry / "fr", "--out", out]  # fmt: skip
+    command = [sys.executable, "-m", "app.cli", *map(str, args)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 240
+    while not (log.is_file() and log.read_text().strip()) and proc.poll() is None:
+        assert time.time() < deadline, "no training step logged in 240 s"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "SIGINT" in output and "stopping at step" in output
+    steps = [json.loads(line)["step"] for line in log.open()]
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] >= steps[-1] >= 2 and state["step"] < 100000
+    assert (out / "autoencoder" / "config.json").is_file()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -73,3 +75,19 @@ def test_a_resumed_run_drops_the_log_lines_its_checkpoint_does_not_hold(tmp_path
     run.checkpoint(**{key: 9})
     TrainingRun(tmp_path, {"model": model}).resume()
     assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_the_leg_after_its_step_and_a_second_acts_as_before(tmp_path, signum):
+    before = signal.getsignal(signum)
+    run = TrainingRun(tmp_path, {}, max_minutes=None)
+    with run.stop_on_signals():
+        assert not run.out_of_time
+        os.kill(os.getpid(), signum)  # handled in this (main) thread before the next line
+        assert run.out_of_time and run.stop_signal == signal.Signals(signum).name
+        assert signal.getsignal(signum) is before  # a second signal: what it did before
+    assert signal.getsignal(signum) is before
+    quiet = TrainingRun(tmp_path, {}, max_minutes=None)
+    with quiet.stop_on_signals():
+        pass
+    assert not quiet.out_of_time and signal.getsignal(signum) is before

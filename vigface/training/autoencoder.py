@@ -191,32 +191,37 @@ def train_autoencoder(
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train-autoencoder", disable=not progress)
     sums: dict[str, float] = {}
     vae.train()
-    while step < cfg.max_steps:
-        idx = torch.randint(len(faces), (cfg.batch_size,), generator=g)
-        x = to_model_input(faces[idx]).to(device)
-        if cfg.flip:
-            flip = (torch.rand(len(idx), generator=g) < 0.5).to(device)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        loss, terms = reconstruction_terms(vae, loss_fn, x, cfg, device)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        bar.update(1)
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        run.tick()
-        if step % cfg.log_every == 0:
-            run.log({"step": step, **{k: round(v / cfg.log_every, 5) for k, v in sums.items()}})
-            sums = {}
-        if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps or run.out_of_time:
-            run.checkpoint(step=step)
-        if run.out_of_time:
-            log.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
-            break
+    with run.stop_on_signals():
+        while step < cfg.max_steps:
+            idx = torch.randint(len(faces), (cfg.batch_size,), generator=g)
+            x = to_model_input(faces[idx]).to(device)
+            if cfg.flip:
+                flip = (torch.rand(len(idx), generator=g) < 0.5).to(device)
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            loss, terms = reconstruction_terms(vae, loss_fn, x, cfg, device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            run.tick()
+            if step % cfg.log_every == 0:
+                run.log({"step": step, **{k: round(v / cfg.log_every, 5) for k, v in sums.items()}})
+                sums = {}
+            if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps or run.out_of_time:
+                run.checkpoint(step=step)
+            if run.out_of_time:
+                log.info(
+                    "stopping at step %d: %s",
+                    step,
+                    run.stop_signal or f"max_minutes={cfg.max_minutes} reached",
+                )
+                break
     bar.close()
     finish(vae, faces, g, cfg, data_dir, fr_dir, out_dir, run, step, init_from)
     return vae

@@ -243,7 +243,11 @@ def train_steps(s: Setup, step: int, total: int, progress: bool) -> int:
             if step % cfg.checkpoint_every_steps == 0 or step == total or out_of_time:
                 checkpoint(s, step)
             if out_of_time:
-                log.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
+                log.info(
+                    "stopping at step %d: %s",
+                    step,
+                    s.run.stop_signal or f"max_minutes={cfg.max_minutes} reached",
+                )
                 bar.close()
                 return step
             if step >= total:
@@ -298,7 +302,8 @@ def train_dit(
     if steps_per_epoch == 0:
         raise DatasetError(f"{len(s.faces)} images are fewer than one batch of {cfg.batch_size}")
     step = (s.run.resume(resume) or {}).get("step", 0)
-    step = train_steps(s, step, steps_per_epoch * cfg.epochs, progress)
+    with s.run.stop_on_signals():
+        step = train_steps(s, step, steps_per_epoch * cfg.epochs, progress)
     barrier(s.ctx)
     result = save_generator(s, data_dir, fr_dir, out_dir, step) if s.ctx.is_main else None
     cleanup(s.ctx)

@@ -4,14 +4,19 @@ provenance its artifact's card records.
 A run lives in ``out_dir``: ``checkpoints/last.pt`` (written atomically, so a crash never
 leaves half a checkpoint) and ``train_log.jsonl`` (one JSON object per line, appended across
 resumes; lines a killed run wrote after its last checkpoint are dropped on resume, as those
-steps are trained again). The three loops (stage 1, stage 2, the upsampler) keep their own
-steps; this class keeps the bookkeeping around them the same.
+steps are trained again). Inside :meth:`TrainingRun.stop_on_signals` SIGINT and SIGTERM end a
+leg the way its time budget does: at the end of the step, with a checkpoint and the artifact.
+The loops (stage 2, the upsampler, the autoencoder) keep their own steps; this class keeps
+the bookkeeping around them the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +52,7 @@ class TrainingRun:
         self.stateful, self.max_minutes, self.is_main = stateful, max_minutes, is_main
         self.device = torch.device(device)
         self.elapsed = 0.0
+        self.stop_signal: str | None = None
         self._t_last = time.time()
         if is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +97,39 @@ class TrainingRun:
 
     @property
     def out_of_time(self) -> bool:
-        return self.max_minutes is not None and self.elapsed >= self.max_minutes * 60
+        """The loop should stop after this step: its budget is spent or a signal asked."""
+        spent = self.max_minutes is not None and self.elapsed >= self.max_minutes * 60
+        return spent or self.stop_signal is not None
+
+    @contextlib.contextmanager
+    def stop_on_signals(self, signals=(signal.SIGINT, signal.SIGTERM)):
+        """While the loop runs, SIGINT or SIGTERM (Ctrl-C, ``docker stop``, a scheduler's
+        preemption) make :attr:`out_of_time` true, so the step in flight finishes and the loop
+        checkpoints and writes its artifact instead of losing the steps since the last
+        checkpoint. The first signal puts the old handlers back: a second one acts as it
+        would have (Ctrl-C twice stops at once). Off the main thread, where Python cannot
+        install handlers, it does nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in signals}
+
+        def restore() -> None:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+        def ask_to_stop(signum, _frame) -> None:
+            self.stop_signal = signal.Signals(signum).name
+            log.warning("%s: stopping after this step with a checkpoint (again: at once)",
+                        self.stop_signal)  # fmt: skip
+            restore()
+
+        for s in signals:
+            signal.signal(s, ask_to_stop)
+        try:
+            yield self
+        finally:
+            restore()
 
     def log(self, record: dict) -> None:
         if self.is_main:

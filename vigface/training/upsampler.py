@@ -116,32 +116,39 @@ def train_upsampler(
 
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train-upsampler", disable=not progress)
     running = 0.0
-    while step < cfg.max_steps:
-        target, base, w = make_batch(hr, rows, protos, cfg, scale, g)
-        target, base, w = target.to(device), base.to(device), w.to(device)
-        noise = torch.randn(target.shape, generator=g).to(device)
-        t = torch.randint(cfg.diffusion.num_train_timesteps, (len(target),), generator=g).to(device)
-        noisy = scheduler.add_noise(target, noise, t)
-        with autocast(device, cfg.precision):
-            v = model(noisy, t, w, base).float()
-        loss = F.mse_loss(v, v_target(scheduler, target, noise, t))
-        diffusion_step(loss, params, opt, sched, ema, cfg.grad_clip)
-        step += 1
-        bar.update(1)
-        running += loss.item()
-        run.tick()
-        if step % cfg.log_every == 0:
-            rec = {"step": step, "v_loss": round(running / cfg.log_every, 5),
-                   "lr": sched.get_last_lr()[0]}  # fmt: skip
-            running = 0.0
-            bar.set_postfix(v=rec["v_loss"])
-            run.log(rec)
-        out_of_time = run.out_of_time
-        if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps or out_of_time:
-            run.checkpoint(rng=g.get_state(), step=step)
-        if out_of_time:
-            log.info("stopping at step %d: max_minutes=%s reached", step, cfg.max_minutes)
-            break
+    with run.stop_on_signals():
+        while step < cfg.max_steps:
+            target, base, w = make_batch(hr, rows, protos, cfg, scale, g)
+            target, base, w = target.to(device), base.to(device), w.to(device)
+            noise = torch.randn(target.shape, generator=g).to(device)
+            t = torch.randint(cfg.diffusion.num_train_timesteps, (len(target),), generator=g).to(
+                device
+            )
+            noisy = scheduler.add_noise(target, noise, t)
+            with autocast(device, cfg.precision):
+                v = model(noisy, t, w, base).float()
+            loss = F.mse_loss(v, v_target(scheduler, target, noise, t))
+            diffusion_step(loss, params, opt, sched, ema, cfg.grad_clip)
+            step += 1
+            bar.update(1)
+            running += loss.item()
+            run.tick()
+            if step % cfg.log_every == 0:
+                rec = {"step": step, "v_loss": round(running / cfg.log_every, 5),
+                       "lr": sched.get_last_lr()[0]}  # fmt: skip
+                running = 0.0
+                bar.set_postfix(v=rec["v_loss"])
+                run.log(rec)
+            out_of_time = run.out_of_time
+            if step % cfg.checkpoint_every_steps == 0 or step == cfg.max_steps or out_of_time:
+                run.checkpoint(rng=g.get_state(), step=step)
+            if out_of_time:
+                log.info(
+                    "stopping at step %d: %s",
+                    step,
+                    run.stop_signal or f"max_minutes={cfg.max_minutes} reached",
+                )
+                break
     bar.close()
     ema_model = FaceUpsampler.from_config(model.config)
     ema.copy_to(ema_model.parameters())
