@@ -55,6 +55,6 @@ def test_vigface_generate_takes_a_model_that_exists_only_in_the_registry(
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "ds" / "imagefolder").glob("*/*.jpg"))) == 2
-    r = CliRunner().invoke(app, ["generate", "--model", "nowhere", "--identities", "1",
-                                 "--images-per-identity", "1", "--out", str(tmp_path / "x")])  # fmt: skip
+    args = ["generate", "--model", "nowhere", "--identities", "1", "--images-per-identity", "1"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "neither local nor in the model registry" in r.output

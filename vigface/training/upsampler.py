@@ -102,12 +102,8 @@ def train_upsampler(
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     sched = linear_warmup(opt, cfg.warmup_steps)
-    run = TrainingRun(
-        out_dir,
-        {"model": model, "ema": ema, "optimizer": opt, "scheduler": sched},
-        cfg.max_minutes,
-        device=device,
-    )
+    state = {"model": model, "ema": ema, "optimizer": opt, "scheduler": sched}
+    run = TrainingRun(out_dir, state, cfg.max_minutes, device=device)
     step = 0
     g = torch.Generator().manual_seed(cfg.seed)
     if (state := run.resume(resume)) is not None:
