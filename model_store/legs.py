@@ -17,7 +17,7 @@ the entry's weights, and its own card counts only its own steps. ``vigface model
   the command's output, and the old entry keeps them in git.
 
 A leg is refused when it did not start from that entry, or its stage-1 model or its
-transformer differ: then it is a new model, not a continuation.
+transformer or autoencoder differ: then it is a new model, not a continuation.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+
+import torch
 
 from vigface.model_card import CARD_FILE, MEASUREMENTS_DIR, write_card, write_measurement
 
@@ -50,6 +52,21 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def _weights_digest(folder: Path) -> str | None:
+    """The tensors of a model folder's safetensors files (not the files' bytes: a leg writes
+    the frozen autoencoder again), or None when there is no such folder."""
+    if not folder.is_dir():
+        return None
+    from safetensors.torch import load_file
+
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        for name, tensor in sorted(load_file(f).items()):
+            h.update(name.encode() + str(tensor.dtype).encode())
+            h.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _dit_config(entry: Path) -> dict:
     cfg = json.loads((entry / "dit" / "config.json").read_text())
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
@@ -58,7 +75,7 @@ def _dit_config(entry: Path) -> dict:
 def check_continuation(prev: Path, entry: Path, run_card: dict) -> None:
     """Raise :class:`NotAContinuation` unless ``entry`` (a run as ``vigface models add``
     stored it, with card ``run_card``) warm-started from ``prev`` with the same stage-1 model
-    and transformer."""
+    and transformer, and the same autoencoder (a latent DiT draws in its latents)."""
     init = run_card.get("init_from")
     if not init:
         raise NotAContinuation(f"{entry} did not warm-start (its card has no init_from)")
@@ -67,6 +84,11 @@ def check_continuation(prev: Path, entry: Path, run_card: dict) -> None:
         raise NotAContinuation(f"{entry} warm-started from {init}, not from {prev}")
     if _digest(entry / "fr") != _digest(prev / "fr"):
         raise NotAContinuation(f"{entry}'s stage-1 model (fr/) differs from {prev}'s")
+    if _weights_digest(entry / "autoencoder") != _weights_digest(prev / "autoencoder"):
+        raise NotAContinuation(
+            f"{entry}'s autoencoder differs from {prev}'s: its DiT learnt other latents "
+            "(train the leg with --set autoencoder=<the entry>/autoencoder)"
+        )
     mine, theirs = _dit_config(entry), _dit_config(prev)
     if mine != theirs:
         diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))

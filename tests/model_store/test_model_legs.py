@@ -163,3 +163,28 @@ def test_what_is_not_a_continuation_is_refused_and_nothing_changes(
     after = {p.relative_to(entry): p.read_bytes() for p in entry.rglob("*") if p.is_file()}
     assert after == snapshot
     assert not list(store.glob(".tiny*"))
+
+
+def test_a_leg_must_keep_the_entrys_autoencoder(tmp_path: Path, store: Path):
+    """A latent DiT learnt its autoencoder's latents: the same weights written again (as a leg
+    writes its frozen autoencoder) continue the entry, other weights or none do not."""
+    from model_store.legs import NotAContinuation, check_continuation
+    from vigface.generator.autoencoder import build_autoencoder, save_autoencoder
+
+    torch.manual_seed(0)
+    vae = build_autoencoder(block_out_channels=(8, 16), norm_num_groups=4, sample_size=32)
+    prev, leg = store / "tiny", tmp_path / "leg"
+    shutil.copytree(prev, leg)
+    save_autoencoder(vae, prev / "autoencoder", {"kind": "autoencoder", "steps": 5})
+    save_autoencoder(vae, leg / "autoencoder")
+    card = {"init_from": str(prev)}
+    check_continuation(prev, leg, card)  # the same tensors, files written again
+
+    with torch.no_grad():
+        next(vae.decoder.parameters()).add_(0.01)  # a decoder trained on
+    save_autoencoder(vae, leg / "autoencoder")
+    with pytest.raises(NotAContinuation, match="autoencoder differs"):
+        check_continuation(prev, leg, card)
+    shutil.rmtree(leg / "autoencoder")  # a pixel-space leg of a latent entry
+    with pytest.raises(NotAContinuation, match="autoencoder differs"):
+        check_continuation(prev, leg, card)
