@@ -227,3 +227,23 @@ def test_sigint_ends_an_autoencoder_leg_with_its_checkpoint_and_artifact(latent_
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] >= steps[-1] >= 2 and state["step"] < 100000
     assert (out / "autoencoder" / "config.json").is_file()
+
+
+def test_the_latent_cache_key_is_the_autoencoders_weights_and_config(latent_entry, tmp_path):
+    """The entry's copy of the autoencoder (diffusers writes its path into the config) keys
+    the same cached latents; other weights or another latent scale do not."""
+    from vigface.generator.autoencoder import load_autoencoder, save_autoencoder
+    from vigface.training.dit_data import autoencoder_digest
+
+    source = latent_entry / "ae" / "autoencoder"
+    vae = load_autoencoder(source)
+    save_autoencoder(vae, tmp_path / "copy", {"kind": "autoencoder", "note": "another card"})
+    assert autoencoder_digest(tmp_path / "copy") == autoencoder_digest(source)
+    vae.register_to_config(scaling_factor=vae.config.scaling_factor * 2)
+    save_autoencoder(vae, tmp_path / "scaled")
+    assert autoencoder_digest(tmp_path / "scaled") != autoencoder_digest(source)
+    vae = load_autoencoder(source)
+    with torch.no_grad():
+        next(vae.encoder.parameters()).add_(0.01)
+    save_autoencoder(vae, tmp_path / "trained")
+    assert autoencoder_digest(tmp_path / "trained") != autoencoder_digest(source)

@@ -11,6 +11,7 @@ kept there too.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,10 +157,15 @@ def encode_faces(images: np.ndarray, vae, fr: FRModel | None, batch_size: int = 
 
 
 def autoencoder_digest(folder: Path) -> str:
+    """What decides the latents: the weights and the config, not its card or the path
+    diffusers records in the config (``_name_or_path``), so a leg that encodes with a store
+    entry's copy of the autoencoder reuses the latents its first leg cached."""
+    config = json.loads((folder / "config.json").read_text())
     h = hashlib.sha256()
-    for p in sorted(folder.glob("*")):
-        if p.is_file():
-            h.update(p.name.encode() + p.read_bytes())
+    h.update(json.dumps({k: v for k, v in config.items() if not k.startswith("_")},
+                        sort_keys=True).encode())  # fmt: skip
+    for p in sorted(folder.glob("*.safetensors")):
+        h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()[:16]
 
 
