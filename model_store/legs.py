@@ -27,9 +27,8 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
 from vigface.model_card import CARD_FILE, MEASUREMENTS_DIR, write_card, write_measurement
+from vigface.training.dit_data import autoencoder_digest
 
 LEGS = "training_legs"
 # measurements that are history of the whole model rather than of one set of weights
@@ -52,19 +51,10 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _weights_digest(folder: Path) -> str | None:
-    """The tensors of a model folder's safetensors files (not the files' bytes: a leg writes
-    the frozen autoencoder again), or None when there is no such folder."""
-    if not folder.is_dir():
-        return None
-    from safetensors.torch import load_file
-
-    h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")):
-        for name, tensor in sorted(load_file(f).items()):
-            h.update(name.encode() + str(tensor.dtype).encode())
-            h.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def _autoencoder(entry: Path) -> str | None:
+    """What decides a latent entry's latents (weights and config), None for a pixel one."""
+    folder = entry / "autoencoder"
+    return autoencoder_digest(folder) if folder.is_dir() else None
 
 
 def _dit_config(entry: Path) -> dict:
@@ -84,7 +74,7 @@ def check_continuation(prev: Path, entry: Path, run_card: dict) -> None:
         raise NotAContinuation(f"{entry} warm-started from {init}, not from {prev}")
     if _digest(entry / "fr") != _digest(prev / "fr"):
         raise NotAContinuation(f"{entry}'s stage-1 model (fr/) differs from {prev}'s")
-    if _weights_digest(entry / "autoencoder") != _weights_digest(prev / "autoencoder"):
+    if _autoencoder(entry) != _autoencoder(prev):
         raise NotAContinuation(
             f"{entry}'s autoencoder differs from {prev}'s: its DiT learnt other latents "
             "(train the leg with --set autoencoder=<the entry>/autoencoder)"
