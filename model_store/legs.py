@@ -17,7 +17,15 @@ the entry's weights, and its own card counts only its own steps. ``vigface model
   the command's output, and the old entry keeps them in git.
 
 A leg is refused when it did not start from that entry, or its stage-1 model or its
-transformer or autoencoder differ: then it is a new model, not a continuation.
+transformer or its latent space (the autoencoder's encoder) differ: then it is a new model,
+not a continuation. A DiT leg trains the transformer only, so the entry keeps its own
+autoencoder (a decoder leg may have improved it meanwhile).
+
+A latent entry's autoencoder goes on in legs of its own: ``vigface train-autoencoder
+--init-from ENTRY --set train_encoder=false`` trains the decoder alone, and ``vigface models
+add RUN --continues ENTRY`` (:func:`merge_decoder_leg`) puts the new decoder into the entry.
+The latent space is untouched, so its transformer stays valid; what the entry draws changes,
+so thresholds, grids and measurements of the old faces are left behind as for a DiT leg.
 """
 
 from __future__ import annotations
@@ -28,13 +36,16 @@ import shutil
 from pathlib import Path
 
 from vigface.model_card import CARD_FILE, MEASUREMENTS_DIR, write_card, write_measurement
-from vigface.training.dit_data import autoencoder_digest
+from vigface.training.dit_data import latent_space_digest
 
 LEGS = "training_legs"
+AUTOENCODER = "autoencoder"
 # measurements that are history of the whole model rather than of one set of weights
 CARRIED_MEASUREMENTS = {"training_curve.json"}
 # card sections that describe real people, stage 1 or product choices, not the weights
-CARRIED_SECTIONS = ("name", "judge", "shown_pose_reference", "sampler_defaults", "upsampler")
+CARRIED_SECTIONS = (
+    "name", "judge", "shown_pose_reference", "sampler_defaults", "upsampler", "autoencoder",
+)  # fmt: skip
 # what a leg's entry in training_legs.json takes from that leg's card
 LEG_KEYS = ("steps", "train_minutes", "precision", "device", "batch_size")
 
@@ -51,10 +62,10 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _autoencoder(entry: Path) -> str | None:
-    """What decides a latent entry's latents (weights and config), None for a pixel one."""
-    folder = entry / "autoencoder"
-    return autoencoder_digest(folder) if folder.is_dir() else None
+def _latent_space(entry: Path) -> str | None:
+    """What decides a latent entry's latents (encoder and config), None for a pixel one."""
+    folder = entry / AUTOENCODER
+    return latent_space_digest(folder) if folder.is_dir() else None
 
 
 def _dit_config(entry: Path) -> dict:
@@ -65,7 +76,7 @@ def _dit_config(entry: Path) -> dict:
 def check_continuation(prev: Path, entry: Path, run_card: dict) -> None:
     """Raise :class:`NotAContinuation` unless ``entry`` (a run as ``vigface models add``
     stored it, with card ``run_card``) warm-started from ``prev`` with the same stage-1 model
-    and transformer, and the same autoencoder (a latent DiT draws in its latents)."""
+    and transformer, and the same latent space (a latent DiT draws in its latents)."""
     init = run_card.get("init_from")
     if not init:
         raise NotAContinuation(f"{entry} did not warm-start (its card has no init_from)")
@@ -74,10 +85,10 @@ def check_continuation(prev: Path, entry: Path, run_card: dict) -> None:
         raise NotAContinuation(f"{entry} warm-started from {init}, not from {prev}")
     if _digest(entry / "fr") != _digest(prev / "fr"):
         raise NotAContinuation(f"{entry}'s stage-1 model (fr/) differs from {prev}'s")
-    if _autoencoder(entry) != _autoencoder(prev):
+    if _latent_space(entry) != _latent_space(prev):
         raise NotAContinuation(
-            f"{entry}'s autoencoder differs from {prev}'s: its DiT learnt other latents "
-            "(train the leg with --set autoencoder=<the entry>/autoencoder)"
+            f"{entry}'s autoencoder encodes other latents than {prev}'s: its DiT learnt "
+            "another latent space (train the leg with --set autoencoder=<the entry>/autoencoder)"
         )
     mine, theirs = _dit_config(entry), _dit_config(prev)
     if mine != theirs:
@@ -164,15 +175,85 @@ def merge_leg(prev: Path, run: Path, entry: Path, prev_name: str, leg_command: s
     write_measurement(entry, LEGS, legs)
     (entry / "train_log.jsonl").write_text(joined_log(prev, run, int(prev_card.get("steps") or 0)))
     plot_losses(entry / "train_log.jsonl", entry / "loss_curve.png")
+    if (prev / AUTOENCODER).is_dir():  # the entry's decoder, however many legs it had since
+        shutil.rmtree(entry / AUTOENCODER)
+        shutil.copytree(prev / AUTOENCODER, entry / AUTOENCODER)
+    if (prev / "upsampler").is_dir() and not (entry / "upsampler").exists():
+        shutil.copytree(prev / "upsampler", entry / "upsampler")
+    return _leave_behind(prev, prev_card, entry)
+
+
+def _leave_behind(prev: Path, prev_card: dict, entry: Path) -> list[str]:
+    """Carry the training history from ``prev`` into ``entry``; return what described the
+    previous faces and was not carried."""
     left = [f"card: {k}" for k in ("filters", "grids") if prev_card.get(k)]
     if (prev_card.get("capacity") or {}).get("judge"):
         left.append("card: capacity.judge")
+    (entry / MEASUREMENTS_DIR).mkdir(exist_ok=True)
     measured = prev / MEASUREMENTS_DIR
     for f in sorted(measured.iterdir()) if measured.is_dir() else []:
         if f.name in CARRIED_MEASUREMENTS:
             shutil.copy2(f, entry / MEASUREMENTS_DIR / f.name)
         elif f.name != f"{LEGS}.json":
             left.append(f"{MEASUREMENTS_DIR}/{f.name}")
-    if (prev / "upsampler").is_dir() and not (entry / "upsampler").exists():
-        shutil.copytree(prev / "upsampler", entry / "upsampler")
+    return left
+
+
+def merge_decoder_leg(prev: Path, run: Path, entry: Path, prev_name: str, leg_command: str):
+    """Make ``entry`` (a copy being written) ``prev`` with the decoder that the autoencoder run
+    ``run`` trained from ``prev``'s, the encoder frozen. Returns what was left behind."""
+    trained = run / AUTOENCODER
+    ae_card = json.loads((trained / "card.json").read_text())
+    if not (prev / AUTOENCODER).is_dir():
+        raise NotAContinuation(f"{prev} has no autoencoder/ (a pixel-space generator)")
+    prev_ae = json.loads((prev / AUTOENCODER / "card.json").read_text())
+    init = ae_card.get("init_from")  # the autoencoder folder train-autoencoder started from
+    here = (prev / AUTOENCODER).resolve()
+    same = init and (Path(init).resolve() == here or Path(init).parent.name == prev.name)
+    if not same:
+        raise NotAContinuation(f"{run} started from {init}, not from {prev}'s autoencoder")
+    if ae_card.get("train_encoder", True):
+        raise NotAContinuation(
+            f"{run} trained its encoder too: that is a new latent space, and {prev}'s DiT "
+            "draws in the old one (train with --set train_encoder=false)"
+        )
+    if latent_space_digest(trained) != latent_space_digest(prev / AUTOENCODER):
+        raise NotAContinuation(f"{run}'s autoencoder encodes other latents than {prev}'s")
+    prev_card = json.loads((prev / CARD_FILE).read_text())
+    merged_ae = {
+        **ae_card,
+        "steps": int(prev_ae.get("steps") or 0) + int(ae_card.get("steps") or 0),
+        "train_minutes": round(
+            float(prev_ae.get("train_minutes") or 0) + float(ae_card.get("train_minutes") or 0), 1
+        ),
+        "encoder_steps": prev_ae.get("encoder_steps", prev_ae.get("steps")),
+        "init_from": prev_ae.get("init_from"),
+    }
+    shutil.rmtree(entry / AUTOENCODER)
+    shutil.copytree(trained, entry / AUTOENCODER)
+    (entry / AUTOENCODER / "card.json").write_text(json.dumps(merged_ae, indent=2) + "\n")
+    card = {k: v for k, v in prev_card.items() if k not in ("filters", "grids", "grid_note")}
+    if (card.get("capacity") or {}).get("judge"):
+        card["capacity"] = {k: v for k, v in card["capacity"].items() if k != "judge"}
+    card["autoencoder"] = merged_ae
+    card["reproduce"] = [
+        *prev_card.get("reproduce", []),
+        f"decoder leg, from {prev_name}'s autoencoder at {prev_ae.get('steps')} steps "
+        f"({ae_card.get('steps')} steps, {ae_card.get('precision')}): {leg_command}",
+    ]
+    leg = {k: ae_card[k] for k in LEG_KEYS if ae_card.get(k) is not None}
+    leg["part"] = "decoder"
+    leg["init_from"] = f"{prev_name}'s autoencoder at {prev_ae.get('steps')} steps"
+    config_path = run / "train_config.json"
+    if config_path.is_file():
+        leg["config"] = json.loads(config_path.read_text())
+    left = _leave_behind(prev, prev_card, entry)
+    for f in (entry / MEASUREMENTS_DIR).iterdir():  # the copy held the old faces' measurements
+        if f.name not in CARRIED_MEASUREMENTS:
+            f.unlink()
+    if (entry / "grids").is_dir():
+        left.append("grids/")
+        shutil.rmtree(entry / "grids")
+    write_card(entry, card)
+    write_measurement(entry, LEGS, [*previous_legs(prev, prev_card), leg])
     return left

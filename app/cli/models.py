@@ -30,7 +30,11 @@ def models_list(ctx: typer.Context) -> None:
 
 @app.command("add")
 def models_add(
-    run_dir: Path = typer.Argument(..., help="a finished train-fr or train-dit output folder"),
+    run_dir: Path = typer.Argument(
+        ...,
+        help="a finished train-fr or train-dit output folder, or with --continues a "
+        "train-autoencoder run that trained a latent entry's decoder alone",
+    ),
     name: str = typer.Option(..., help="entry name"),
     store: Path = typer.Option(BUNDLED, help="store folder"),
     half: bool = typer.Option(True, help="store DiT weights and prototypes in float16"),
@@ -58,17 +62,21 @@ def models_add(
     import torch
 
     from model_store import ModelNotFound, resolve
-    from model_store.legs import NotAContinuation, merge_leg
+    from model_store.legs import NotAContinuation, merge_decoder_leg, merge_leg
 
     dest = store / name
-    prev = None
+    prev, decoder_leg = None, False
     if continues is not None:
         try:
             prev = resolve(continues)
         except ModelNotFound as exc:
             fail(f"--continues: {exc}")
-        if not (run_dir / "dit").is_dir() or not (prev / "dit").is_dir():
-            fail("--continues: RUN and the continued entry must both be generators (dit/)")
+        decoder_leg = (run_dir / "autoencoder").is_dir() and not (run_dir / "dit").is_dir()
+        if not ((run_dir / "dit").is_dir() or decoder_leg) or not (prev / "dit").is_dir():
+            fail(
+                "--continues: the continued entry must be a generator (dit/), and RUN a "
+                "train-dit run or a train-autoencoder run (autoencoder/)"
+            )
     if replace and (prev is None or dest.resolve() != prev.resolve()):
         fail("--replace replaces only the entry --continues names (give --name as its name)")
     if dest.exists() and not replace:
@@ -77,10 +85,15 @@ def models_add(
     dtype = torch.float16 if half else torch.float32
     tmp = store / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    write_entry(run_dir, tmp, dtype, stated, prev)
+    if prev is not None and decoder_leg:  # the entry as it is, with the new decoder
+        shutil.copytree(prev, tmp)
+        merge = merge_decoder_leg
+    else:
+        write_entry(run_dir, tmp, dtype, stated, prev)
+        merge = merge_leg
     if prev is not None:
         try:
-            left = merge_leg(prev, run_dir, tmp, continues, leg_command or "(not given)")
+            left = merge(prev, run_dir, tmp, continues, leg_command or "(not given)")
         except NotAContinuation as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             fail(f"--continues: {exc}")

@@ -165,9 +165,10 @@ def test_what_is_not_a_continuation_is_refused_and_nothing_changes(
     assert not list(store.glob(".tiny*"))
 
 
-def test_a_leg_must_keep_the_entrys_autoencoder(tmp_path: Path, store: Path):
-    """A latent DiT learnt its autoencoder's latents: the same weights written again (as a leg
-    writes its frozen autoencoder) continue the entry, other weights or none do not."""
+def test_a_leg_must_keep_the_entrys_latent_space(tmp_path: Path, store: Path):
+    """A latent DiT learnt its autoencoder's latents: the same encoder (written again, as a leg
+    writes its frozen autoencoder, or with a decoder trained on) continues the entry, another
+    encoder or none does not."""
     from model_store.legs import NotAContinuation, check_continuation
     from vigface.generator.autoencoder import build_autoencoder, save_autoencoder
 
@@ -183,8 +184,12 @@ def test_a_leg_must_keep_the_entrys_autoencoder(tmp_path: Path, store: Path):
     with torch.no_grad():
         next(vae.decoder.parameters()).add_(0.01)  # a decoder trained on
     save_autoencoder(vae, leg / "autoencoder")
-    with pytest.raises(NotAContinuation, match="autoencoder differs"):
+    check_continuation(prev, leg, card)
+    with torch.no_grad():
+        next(vae.encoder.parameters()).add_(0.01)  # an encoder trained on: other latents
+    save_autoencoder(vae, leg / "autoencoder")
+    with pytest.raises(NotAContinuation, match="encodes other latents"):
         check_continuation(prev, leg, card)
     shutil.rmtree(leg / "autoencoder")  # a pixel-space leg of a latent entry
-    with pytest.raises(NotAContinuation, match="autoencoder differs"):
+    with pytest.raises(NotAContinuation, match="encodes other latents"):
         check_continuation(prev, leg, card)

@@ -229,21 +229,109 @@ def test_sigint_ends_an_autoencoder_leg_with_its_checkpoint_and_artifact(latent_
     assert (out / "autoencoder" / "config.json").is_file()
 
 
-def test_the_latent_cache_key_is_the_autoencoders_weights_and_config(latent_entry, tmp_path):
-    """The entry's copy of the autoencoder (diffusers writes its path into the config) keys
-    the same cached latents; other weights or another latent scale do not."""
+def test_the_latent_cache_key_is_the_encoder_and_the_latent_scale(latent_entry, tmp_path):
+    """The entry's copy of the autoencoder (diffusers writes its path into the config) and a
+    decoder trained on key the same cached latents; another encoder or latent scale does not."""
     from vigface.generator.autoencoder import load_autoencoder, save_autoencoder
-    from vigface.training.dit_data import autoencoder_digest
+    from vigface.training.dit_data import latent_space_digest
 
     source = latent_entry / "ae" / "autoencoder"
     vae = load_autoencoder(source)
     save_autoencoder(vae, tmp_path / "copy", {"kind": "autoencoder", "note": "another card"})
-    assert autoencoder_digest(tmp_path / "copy") == autoencoder_digest(source)
+    assert latent_space_digest(tmp_path / "copy") == latent_space_digest(source)
+    with torch.no_grad():
+        next(vae.decoder.parameters()).add_(0.01)
+    save_autoencoder(vae, tmp_path / "decoder")
+    assert latent_space_digest(tmp_path / "decoder") == latent_space_digest(source)
     vae.register_to_config(scaling_factor=vae.config.scaling_factor * 2)
     save_autoencoder(vae, tmp_path / "scaled")
-    assert autoencoder_digest(tmp_path / "scaled") != autoencoder_digest(source)
-    vae = load_autoencoder(source)
-    with torch.no_grad():
-        next(vae.encoder.parameters()).add_(0.01)
-    save_autoencoder(vae, tmp_path / "trained")
-    assert autoencoder_digest(tmp_path / "trained") != autoencoder_digest(source)
+    assert latent_space_digest(tmp_path / "scaled") != latent_space_digest(source)
+    for part in ("encoder", "quant_conv"):
+        vae = load_autoencoder(source)
+        with torch.no_grad():
+            next(getattr(vae, part).parameters()).add_(0.01)
+        save_autoencoder(vae, tmp_path / part)
+        assert latent_space_digest(tmp_path / part) != latent_space_digest(source)
+
+
+def test_a_decoder_leg_folds_into_a_latent_entry_and_a_later_dit_leg_keeps_it(
+    latent_entry, tmp_path
+):
+    """``vigface models add DEC --continues ENTRY`` puts a decoder trained alone into the
+    entry (autoencoder steps accumulate, the old faces' thresholds and grids go); a DiT leg
+    trained meanwhile with the old decoder does not bring it back; an autoencoder run that
+    trained its encoder is refused and the entry stays as it was."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from conftest import TERMS_FILE
+    from vigface.config import TrainDiTConfig
+    from vigface.training.dit import train_dit
+    from vigface.training.dit_data import latent_space_digest
+
+    runner = CliRunner()
+    store = tmp_path / "st"
+    r = runner.invoke(app, ["models", "add", str(latent_entry / "gen"), "--name", "lat",
+                            "--store", str(store), "--terms", TERMS_FILE])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    entry = store / "lat"
+    card = json.loads((entry / "model_card.json").read_text())
+    card["filters"] = {"tau_leak": 0.9, "tau_consistency": 0.1}
+    (entry / "model_card.json").write_text(json.dumps(card))
+    (entry / "grids").mkdir()
+    (entry / "grids" / "old.png").write_bytes(b"old faces")
+    old_ae = (entry / "autoencoder" / "diffusion_pytorch_model.safetensors").read_bytes()
+    ae_yaml = tmp_path / "ae.yaml"
+    ae_yaml.write_text(TINY_AE.replace("max_steps: 6", "max_steps: 2"))
+
+    def train_ae(out, *extra):
+        r = runner.invoke(app, ["train-autoencoder", "--config", str(ae_yaml), "--data",
+                                str(latent_entry / "train"), "--fr", str(entry / "fr"),
+                                "--out", str(out), *extra])  # fmt: skip
+        assert r.exit_code == 0, r.output
+
+    def fold(run):
+        return runner.invoke(app, ["models", "add", str(run), "--name", "lat", "--store",
+                                   str(store), "--continues", str(entry), "--replace"])  # fmt: skip
+
+    train_ae(tmp_path / "both", "--init-from", str(entry))  # encoder trained too
+    before = {p.relative_to(entry): p.read_bytes() for p in entry.rglob("*") if p.is_file()}
+    r = fold(tmp_path / "both")
+    assert r.exit_code == 2 and "train_encoder=false" in r.output
+    assert {p.relative_to(entry): p.read_bytes() for p in entry.rglob("*") if p.is_file()} == before
+
+    train_ae(tmp_path / "dec", "--init-from", str(entry), "--set", "train_encoder=false")
+    r = fold(tmp_path / "dec")
+    assert r.exit_code == 0, r.output
+    assert "card: filters" in r.output and "grids/" in r.output
+    new_ae = (entry / "autoencoder" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert (
+        new_ae != old_ae
+        and new_ae
+        == (tmp_path / "dec" / "autoencoder" / "diffusion_pytorch_model.safetensors").read_bytes()
+    )
+    card = json.loads((entry / "model_card.json").read_text())
+    assert "filters" not in card and not (entry / "grids").exists()
+    assert card["autoencoder"]["steps"] == 6 + 2 and card["autoencoder"]["encoder_steps"] == 6
+    assert json.loads((entry / "autoencoder" / "card.json").read_text()) == card["autoencoder"]
+    legs = json.loads((entry / "measurements" / "training_legs.json").read_text())
+    assert legs[-1]["part"] == "decoder" and legs[-1]["config"]["train_encoder"] is False
+    assert (
+        card["steps"] == json.loads((latent_entry / "gen" / "model_card.json").read_text())["steps"]
+    )  # the transformer did not train
+
+    # a DiT leg that drew its identity term through the old decoder: the entry keeps the new
+    dit_cfg = yaml.safe_load(TINY_LATENT_DIT) | {
+        "autoencoder": str(latent_entry / "ae" / "autoencoder"),
+        "init_from": str(entry),
+    }
+    train_dit(TrainDiTConfig.model_validate(dit_cfg), latent_entry / "train", entry / "fr",
+              tmp_path / "leg", progress=False)  # fmt: skip
+    assert latent_space_digest(tmp_path / "leg" / "autoencoder") == latent_space_digest(
+        entry / "autoencoder"
+    )
+    r = fold(tmp_path / "leg")
+    assert r.exit_code == 0, r.output
+    kept = (entry / "autoencoder" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert kept == new_ae
+    assert json.loads((entry / "model_card.json").read_text())["autoencoder"]["steps"] == 8

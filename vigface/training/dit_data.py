@@ -156,16 +156,26 @@ def encode_faces(images: np.ndarray, vae, fr: FRModel | None, batch_size: int = 
     return z, (torch.stack([torch.cat(v) for v in feats]) if fr is not None else None)
 
 
-def autoencoder_digest(folder: Path) -> str:
-    """What decides the latents: the weights and the config, not its card or the path
-    diffusers records in the config (``_name_or_path``), so a leg that encodes with a store
-    entry's copy of the autoencoder reuses the latents its first leg cached."""
+# the parts of an AutoencoderKL that map a face to its latent; the decoder is not among them
+ENCODER_SIDE = ("encoder.", "quant_conv.")
+
+
+def latent_space_digest(folder: Path) -> str:
+    """What decides the latents: the encoder's weights and the config (with the latent's shift
+    and scale), not the decoder, the card or the path diffusers records (``_name_or_path``).
+    A leg that trains the decoder alone keeps the latent space, so the generators trained in
+    it continue and the latents cached for them stay valid."""
+    from safetensors import safe_open
+
     config = json.loads((folder / "config.json").read_text())
     h = hashlib.sha256()
     h.update(json.dumps({k: v for k, v in config.items() if not k.startswith("_")},
                         sort_keys=True).encode())  # fmt: skip
     for p in sorted(folder.glob("*.safetensors")):
-        h.update(p.name.encode() + p.read_bytes())
+        with safe_open(p, framework="pt") as f:
+            for key in sorted(k for k in f.keys() if k.startswith(ENCODER_SIDE)):
+                t = f.get_tensor(key).float().contiguous()
+                h.update(key.encode() + t.numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -181,7 +191,7 @@ def load_face_set(
                        torch.from_numpy(rows), size)  # fmt: skip
     images, landmarks, rows = load_face_data(data_dir, CROP_SIZE, fr, progress)
     key = {
-        "autoencoder": autoencoder_digest(Path(cfg.autoencoder)),
+        "autoencoder": latent_space_digest(Path(cfg.autoencoder)),
         "data": str(data_dir),
         "images": len(images),
     }
