@@ -104,6 +104,14 @@ def previous_legs(prev: Path, card: dict) -> list[dict]:
     return [{k: card[k] for k in LEG_KEYS if card.get(k) is not None}]
 
 
+def precision_chain(prev: dict, new: dict) -> str | None:
+    """Each precision the legs trained in, in order: "float32 then bfloat16"."""
+    precisions = [p for p in (prev.get("precision") or "").split(" then ") if p]
+    if new.get("precision") and (not precisions or precisions[-1] != new["precision"]):
+        precisions.append(new["precision"])
+    return " then ".join(precisions) or None
+
+
 def continued_card(prev_card: dict, run_card: dict, prev_name: str, leg_command: str) -> dict:
     """The merged card: the run's own (its weights), with cumulative steps and minutes and the
     carried sections of the previous card; no filters, grids or judge capacity."""
@@ -112,10 +120,7 @@ def continued_card(prev_card: dict, run_card: dict, prev_name: str, leg_command:
     card["train_minutes"] = round(
         float(prev_card.get("train_minutes") or 0) + float(run_card.get("train_minutes") or 0), 1
     )
-    precisions = [p for p in (prev_card.get("precision") or "").split(" then ") if p]
-    if run_card.get("precision") and (not precisions or precisions[-1] != run_card["precision"]):
-        precisions.append(run_card["precision"])
-    card["precision"] = " then ".join(precisions) or None
+    card["precision"] = precision_chain(prev_card, run_card)
     card["init_from"] = prev_card.get("init_from")  # where the first leg started
     for key in CARRIED_SECTIONS:
         if prev_card.get(key) is not None:
@@ -226,6 +231,7 @@ def merge_decoder_leg(prev: Path, run: Path, entry: Path, prev_name: str, leg_co
         "train_minutes": round(
             float(prev_ae.get("train_minutes") or 0) + float(ae_card.get("train_minutes") or 0), 1
         ),
+        "precision": precision_chain(prev_ae, ae_card),
         "encoder_steps": prev_ae.get("encoder_steps", prev_ae.get("steps")),
         "init_from": prev_ae.get("init_from"),
     }
