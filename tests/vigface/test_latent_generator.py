@@ -260,7 +260,8 @@ def test_a_decoder_leg_folds_into_a_latent_entry_and_a_later_dit_leg_keeps_it(
     """``vigface models add DEC --continues ENTRY`` puts a decoder trained alone into the
     entry (autoencoder steps accumulate, the old faces' thresholds and grids go); a DiT leg
     trained meanwhile with the old decoder does not bring it back; an autoencoder run that
-    trained its encoder is refused and the entry stays as it was."""
+    trained its encoder, or a decoder started from another autoencoder, is refused and the
+    entry stays as it was."""
     from typer.testing import CliRunner
 
     from app.cli import app
@@ -298,6 +299,13 @@ def test_a_decoder_leg_folds_into_a_latent_entry_and_a_later_dit_leg_keeps_it(
     before = {p.relative_to(entry): p.read_bytes() for p in entry.rglob("*") if p.is_file()}
     r = fold(tmp_path / "both")
     assert r.exit_code == 2 and "train_encoder=false" in r.output
+    assert {p.relative_to(entry): p.read_bytes() for p in entry.rglob("*") if p.is_file()} == before
+
+    # the decoder alone, but started from another autoencoder folder: not this entry's leg
+    train_ae(tmp_path / "other", "--init-from", str(latent_entry / "ae" / "autoencoder"),
+             "--set", "train_encoder=false")  # fmt: skip
+    r = fold(tmp_path / "other")
+    assert r.exit_code == 2 and "not from" in r.output
     assert {p.relative_to(entry): p.read_bytes() for p in entry.rglob("*") if p.is_file()} == before
 
     train_ae(tmp_path / "dec", "--init-from", str(entry), "--set", "train_encoder=false")
