@@ -38,6 +38,8 @@ YAW_BINS = [
 PRESETS = ("match_training", "frontal", "uniform_yaw")
 # |yaw| groups: a bin and its mirror image share one (the filters are calibrated per group)
 YAW_GROUPS = ["frontal", "15_35", "35_60", "60+"]
+# the groups an order's ``turned_pose_guidance`` applies to: |yaw| of 35 degrees and more
+TURNED_GROUPS = ("35_60", "60+")
 
 
 def yaw_group(bin_name: str) -> str:
@@ -73,6 +75,13 @@ def estimate_pose(landmarks: np.ndarray) -> np.ndarray:
 def yaw_bin(yaw_deg: np.ndarray) -> np.ndarray:
     """Index into :data:`YAW_BINS` for each yaw."""
     return np.digitize(np.asarray(yaw_deg), YAW_EDGES[1:-1])
+
+
+def is_turned(landmarks: np.ndarray) -> np.ndarray:
+    """(N,) bool: do these (N, 5, 2) landmark sets ask for a face turned into one of
+    :data:`TURNED_GROUPS`? The same estimate the pose bank bins its rows by."""
+    bins = yaw_bin(estimate_pose(landmarks)[:, 0])
+    return np.array([yaw_group(YAW_BINS[b]) in TURNED_GROUPS for b in bins], bool)
 
 
 @dataclass

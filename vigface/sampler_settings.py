@@ -25,6 +25,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from vigface.pose import TURNED_GROUPS
+
 
 def check_guidance_interval(v: tuple[float, float]) -> tuple[float, float]:
     """``(lo, hi)`` in ``t / T``: ``0 <= lo <= hi <= 1``."""
@@ -68,6 +70,13 @@ class SamplerSettings(BaseModel):
         "trained with pose dropout)",
     )
 
+    turned_pose_guidance: GuidanceWeight | None = Field(
+        None,
+        description="pose guidance for the images asked at |yaw| 35 degrees or more (a model "
+        "that shows frontal faces best at 1 may need more to turn a head that far); null = "
+        "pose_guidance for every image",
+    )
+
     negative_neighbours: Annotated[StrictInt, Field(ge=0, le=64)] = Field(
         0,
         description="guide away from other identities (NegFaceDiff): the unconditional branch "
@@ -82,6 +91,16 @@ class SamplerSettings(BaseModel):
         return cls(**{k: v for k, v in given.items() if v is not None})
 
 
+def pose_guidance_for(
+    group: str, pose_guidance: float, turned_pose_guidance: float | None
+) -> float:
+    """The pose guidance an image asked in |yaw| ``group`` (:data:`vigface.pose.YAW_GROUPS`)
+    is drawn at."""
+    if turned_pose_guidance is not None and group in TURNED_GROUPS:
+        return float(turned_pose_guidance)
+    return float(pose_guidance)
+
+
 def _derived(name: str, optional: bool) -> type[BaseModel]:
     fields = {}
     for key, info in SamplerSettings.model_fields.items():
@@ -93,10 +112,12 @@ def _derived(name: str, optional: bool) -> type[BaseModel]:
                 info, default=None, description=info.description + extra
             )
             fields[key] = (info.annotation | None, field)
-        else:
+        else:  # decided: required, except where null is itself a setting (it then defaults)
             fields[key] = (
                 info.annotation,
-                FieldInfo.merge_field_infos(info, default=PydanticUndefined),
+                FieldInfo.merge_field_infos(
+                    info, default=None if info.default is None else PydanticUndefined
+                ),
             )
     return create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from vigface.generator.autoencoder import decode, latent_factor
 from vigface.generator.diffusion import cfg_combine, sampling_scheduler, two_condition_cfg
 from vigface.generator.landmarks import render_heatmaps
+from vigface.pose import is_turned
 from vigface.precision import autocast, autocast_dtype
 
 # how faces are drawn; defined apart so that the API process reads it without torch
@@ -108,6 +109,8 @@ class Sampler:
         precision: ``"auto"`` (bf16 autocast on CUDA and on CPUs with native bf16, fp32
             elsewhere), ``"fp32"`` or ``"bf16"``; see :mod:`vigface.precision`.
         pose_guidance: g_p, the landmarks' own weight (1: one-condition CFG as in the paper).
+        turned_pose_guidance: g_p of the images whose landmarks ask for |yaw| 35 degrees or
+            more (:func:`vigface.pose.is_turned`); ``None``: ``pose_guidance`` for all.
         upsampler: an :class:`~vigface.generator.upsampler.UpsamplerStage` run after the DiT
             (``None``: the DiT's own resolution); ``upsample_steps`` its solver steps.
         autoencoder: a latent generator's autoencoder; the DiT then draws latents, decoded
@@ -129,13 +132,14 @@ class Sampler:
         upsample_steps: int = 8,
         pose_guidance: float = PAPER_SAMPLER.pose_guidance,
         autoencoder=None,
+        turned_pose_guidance: float | None = None,
     ):
         self.guidance_interval = check_guidance_interval(guidance_interval)
         self.dit = dit.eval()
         self.device = next(dit.parameters()).device
         self.train_scheduler = train_scheduler
         self.scheduler_name, self.steps, self.guidance = scheduler, steps, guidance
-        self.pose_guidance = pose_guidance
+        self.pose_guidance, self.turned_pose_guidance = pose_guidance, turned_pose_guidance
         self.batch_size = batch_size
         self.size = dit.config.sample_size
         self.upsampler, self.upsample_steps = upsampler, upsample_steps
@@ -168,6 +172,7 @@ class Sampler:
             batch_size,
             guidance_interval=settings.guidance_interval,
             pose_guidance=settings.pose_guidance,
+            turned_pose_guidance=getattr(settings, "turned_pose_guidance", None),
             upsampler=up,
             upsample_steps=upsample_steps,
             autoencoder=gen.autoencoder,
@@ -194,8 +199,10 @@ class Sampler:
         x = x * sched.init_noise_sigma
         w = F.normalize(identities.float().to(self.device), dim=1)
         heat = render_heatmaps(landmarks.to(self.device), self.size)
-        # parts of a guided forward: (w, pose), (0, pose) and, for g_p != 1, (0, no pose)
-        parts = 3 if self.pose_guidance != 1.0 else 2
+        gp = self.pose_guidances(landmarks)
+        pushed = bool((gp != 1.0).any())
+        # parts of a guided forward: (w, pose), (0, pose) and, where some g_p != 1, (0, no pose)
+        parts = 3 if pushed else 2
         zero = torch.zeros_like(w)
         away = zero if negatives is None else F.normalize(negatives.float(), dim=1).to(zero)
         cond = torch.cat([w, away, zero][:parts])
@@ -207,17 +214,18 @@ class Sampler:
         for t in sched.timesteps:
             if self.interrupt is not None and self.interrupt.is_set():
                 raise SamplingInterrupted("stopped inside a sampling batch")
-            if self.guided(float(t) / total):
+            if self.guided(float(t) / total, pushed):
                 x_in = sched.scale_model_input(torch.cat([x] * parts), t)
                 tt = t.expand(parts * b).to(self.device)
                 with autocast(self.device, self.precision):
                     v = self.forward(x_in, tt, cond, pose_parts).float()
-                if parts == 3:
-                    v = two_condition_cfg(
-                        v[:b], v[b : 2 * b], v[2 * b :], self.guidance, self.pose_guidance
+                plain = cfg_combine(v[:b], v[b : 2 * b], self.guidance)
+                if parts == 3:  # rows at g_p = 1 keep cfg_combine's exact arithmetic
+                    both = two_condition_cfg(
+                        v[:b], v[b : 2 * b], v[2 * b :], self.guidance, gp.view(-1, 1, 1, 1)
                     )
-                else:
-                    v = cfg_combine(v[:b], v[b:], self.guidance)
+                    plain = torch.where((gp != 1.0).view(-1, 1, 1, 1), both, plain)
+                v = plain
             else:  # the conditional branch alone: half the work
                 x_in = sched.scale_model_input(x, t)
                 with autocast(self.device, self.precision):
@@ -233,9 +241,24 @@ class Sampler:
             )
         return to_uint8(x)
 
-    def guided(self, t_frac: float) -> bool:
-        """Does CFG apply at this point ``t / T`` of the noise range?"""
-        if self.guidance == 1.0 and self.pose_guidance == 1.0:
+    def pose_guidances(self, landmarks: torch.Tensor) -> torch.Tensor:
+        """(B,) g_p of each image of a batch: ``turned_pose_guidance`` where its landmarks
+        ask for a turned face, ``pose_guidance`` elsewhere."""
+        gp = torch.full((len(landmarks),), float(self.pose_guidance), device=self.device)
+        if self.turned_pose_guidance is not None:
+            turned = torch.from_numpy(is_turned(landmarks.cpu().numpy())).to(self.device)
+            gp[turned] = float(self.turned_pose_guidance)
+        return gp
+
+    def pushes_pose(self) -> bool:
+        """Can a batch need the third, pose-free forward part?"""
+        return self.pose_guidance != 1.0 or self.turned_pose_guidance not in (None, 1.0)
+
+    def guided(self, t_frac: float, pushed: bool | None = None) -> bool:
+        """Does CFG apply at this point ``t / T`` of the noise range? ``pushed``: whether the
+        batch has an image at g_p != 1 (default: whether any image could)."""
+        pushed = self.pushes_pose() if pushed is None else pushed
+        if self.guidance == 1.0 and not pushed:
             return False  # v_u + 1 (v_c - v_u) = v_c: the unconditional half is wasted work
         if self.guidance_interval is None:
             return True
@@ -243,11 +266,12 @@ class Sampler:
         return lo <= t_frac <= hi
 
     def forwards_per_image(self) -> float:
-        """DiT evaluations per image (a guided step costs two): the sampler's work unit."""
+        """DiT evaluations per image (a guided step costs two, three with pose guidance):
+        the sampler's work unit; with ``turned_pose_guidance`` the most a batch can cost."""
         sched = sampling_scheduler(self.train_scheduler, self.scheduler_name)
         sched.set_timesteps(self.steps)
         total = self.train_scheduler.config.num_train_timesteps
-        parts = 3 if self.pose_guidance != 1.0 else 2
+        parts = 3 if self.pushes_pose() else 2
         return float(sum(parts if self.guided(float(t) / total) else 1 for t in sched.timesteps))
 
     def stream(

@@ -29,7 +29,8 @@ from vigface.dataset.spec import (
     PoseGuidanceUnsupported,
     resolve_spec,
 )
-from vigface.pose import YAW_BINS, PoseSpecError, yaw_group
+from vigface.pose import TURNED_GROUPS, YAW_BINS, PoseSpecError, yaw_group
+from vigface.sampler_settings import pose_guidance_for
 
 
 def check_order(settings: Settings, spec: DatasetSpec, webhook_url: str | None) -> None:
@@ -131,21 +132,23 @@ def pose_warnings(desc, spec) -> list[str]:
     tables = ((desc.card.get("filters") or {}).get("tau_consistency_by_pose")) or {}
     if not tables or desc.pose_bank is None:
         return []
-    gp = min(tables, key=lambda w: abs(float(w) - float(spec.pose_guidance)))
     asked: dict[str, float] = {}
     for name, w in zip(YAW_BINS, desc.pose_bank.weights(spec.pose), strict=True):
         asked[yaw_group(name)] = asked.get(yaw_group(name), 0.0) + float(w)
     out = []
     for group, share in asked.items():
+        drawn_at = pose_guidance_for(group, spec.pose_guidance, spec.turned_pose_guidance)
+        gp = min(tables, key=lambda w, at=drawn_at: abs(float(w) - at))
         reach = tables[gp].get(group, {})
         shown = reach.get("shown_in_group")
+        lever = "turned_pose_guidance" if group in TURNED_GROUPS else "pose_guidance"
         if share >= 0.1 and shown is not None and shown < POSE_REACH_WARN:
             out.append(
                 f"pose: {share:.0%} of the order asks for |yaw| {group.replace('_', '-')}, and "
                 f"this model showed that in {shown:.0%} of its calibration draws (mean shown "
                 f"|yaw| {reach.get('shown_mean_abs_yaw', '?')} deg at pose guidance {gp}): "
                 "expect faces turned less than asked"
-                + ("; a higher pose_guidance turns them further" if desc.card.get(
+                + (f"; a higher {lever} turns them further" if desc.card.get(
                     "pose_drop_prob") else "")
             )  # fmt: skip
     return out

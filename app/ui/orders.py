@@ -86,6 +86,7 @@ DEFAULT_FORM = {
     "guidance": None,  # the model's recommendation
     "steps": None,
     "pose_guidance": None,  # the model's recommendation (1: pose as conditioned)
+    "turned_pose_guidance": None,  # the model's recommendation (none: pose_guidance)
     "upsample": "",  # "" = the model's default, "true" / "false"
     "priority": 5,
     "pose_preset": "match_training",

@@ -101,3 +101,37 @@ def test_an_order_for_a_pose_the_model_does_not_reach_is_warned_at_admission(
     assert len(warning) == 1 and "35-60" in warning[0] and "6%" in warning[0]
     frontal = c.post("/v1/jobs", json={**ORDER, "pose": "frontal"}, headers=h).json()
     assert frontal["warnings"] == []
+
+
+def test_the_pose_warning_reads_the_calibration_at_the_guidance_turned_faces_are_drawn_at(
+    tiny_generator, tmp_path, monkeypatch
+):
+    """Turned faces drawn at their own pose guidance (turned_pose_guidance) are warned by the
+    reach measured at that weight, not at the order's pose_guidance."""
+    store = tmp_path / "store"
+    shutil.copytree(tiny_generator, store / "posed")
+    card_path = store / "posed" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["pose_drop_prob"] = 0.1
+    card["filters"]["tau_consistency_by_pose"] = {
+        w: {g: {"tau_consistency": -1.0, "shown_in_group": r, "shown_mean_abs_yaw": 30.0}
+            for g, r in (("frontal", 0.9), ("35_60", reach))}
+        for w, reach in (("1", 0.06), ("3", 0.7))
+    }  # fmt: skip
+    card_path.write_text(json.dumps(card))
+    base = np.array([[38, 52], [74, 52], [56, 72], [42, 92], [70, 92]], np.float32)
+    left, right = base.copy(), base.copy()
+    left[2, 0] -= 18
+    right[2, 0] += 18
+    np.save(store / "posed" / "pose_landmarks.npy", np.stack([base, left, right] * 4))
+    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(store))
+    api, _, key = embedded_service(tmp_path, "posed")
+    c, h = TestClient(api), {"Authorization": f"Bearer {key}"}
+    pose = {"left_35_60": 0.5, "right_35_60": 0.5}
+    at1 = c.post("/v1/jobs", json={**ORDER, "pose": pose}, headers=h).json()
+    assert len(at1["warnings"]) == 1 and "higher turned_pose_guidance" in at1["warnings"][0]
+    at3 = c.post("/v1/jobs", json={**ORDER, "pose": pose, "turned_pose_guidance": 3.0}, headers=h)
+    assert at3.status_code == 202, at3.text
+    assert at3.json()["warnings"] == []
+    bad = c.post("/v1/jobs", json={**ORDER, "turned_pose_guidance": -1.0}, headers=h)
+    assert bad.status_code == 422 and "turned_pose_guidance" in bad.text

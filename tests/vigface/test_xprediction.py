@@ -2,6 +2,8 @@
 bottleneck patch embedding, landmark dropout, two-condition guidance and warm starts across
 pixel sides. Each is checked against the quantity it must equal, on tiny models."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -146,6 +148,43 @@ def test_the_sampler_draws_with_an_x_prediction_dit_and_pose_guidance_adds_a_thi
     assert Sampler(dit, sched, guidance=1.0, pose_guidance=2.0).guided(0.5)
 
 
+def test_turned_pose_guidance_pushes_only_the_images_asked_at_35_degrees_or_more():
+    """Per-image pose guidance: in one batch, a frontal image is drawn as at g_p 1 and a
+    face asked at |yaw| 42 as at g_p 3; a batch with no turned face skips the third part."""
+    dit = x_dit()
+    sched = training_scheduler(prediction_type="sample", resolution_shift=1.75)
+    frontal = np.array([[38, 52], [74, 52], [56, 72], [42, 92], [70, 92]], np.float32)
+    turned = frontal.copy()
+    turned[2, 0] += 18  # nose 18 px right of centre: yaw about 42 degrees
+    reqs = [
+        dataclasses.replace(r, landmarks=lm)
+        for r, lm in zip(
+            image_requests(4, rng_seed=0, job_seed=1, image_index=0),
+            [frontal, turned, frontal, turned],
+            strict=True,
+        )
+    ]
+    kw = {"steps": 4, "guidance": 2.0, "batch_size": 4, "precision": "fp32"}
+    mixed = Sampler(dit, sched, pose_guidance=1.0, turned_pose_guidance=3.0, **kw)
+    at1, at3 = Sampler(dit, sched, **kw), Sampler(dit, sched, pose_guidance=3.0, **kw)
+    sizes = []
+    orig = dit.forward
+    dit.forward = lambda x, t, w, h: (sizes.append(len(x)), orig(x, t, w, h))[1]
+    mixed.forward = at1.forward = at3.forward = dit.forward
+    got = np.concatenate([imgs for _, imgs in mixed.stream(reqs)]).astype(int)
+    assert sizes == [12] * 4  # one turned face in the batch: every step has the third part
+    plain = np.concatenate([imgs for _, imgs in at1.stream(reqs)]).astype(int)
+    pushed = np.concatenate([imgs for _, imgs in at3.stream(reqs)]).astype(int)
+    assert np.abs(got[[0, 2]] - plain[[0, 2]]).max() <= 1  # frontal: as at g_p 1
+    assert np.abs(got[[1, 3]] - pushed[[1, 3]]).max() <= 1  # turned: as at g_p 3
+    assert np.abs(plain[[1, 3]] - pushed[[1, 3]]).max() > 8  # and g_p 3 does differ there
+    sizes.clear()
+    list(mixed.stream([reqs[0], reqs[2]]))
+    assert sizes == [4] * 4  # frontal faces only: two parts, as at g_p 1
+    assert mixed.forwards_per_image() == 12.0  # the most a batch can cost
+    assert mixed.pose_guidances(torch.from_numpy(np.stack([frontal, turned]))).tolist() == [1, 3]
+
+
 def test_the_saved_scheduler_carries_the_prediction_type_and_the_shifted_schedule(tmp_path):
     """A generator's scheduler/ folder is what tells the sampler how to read the DiT."""
     sched = training_scheduler(prediction_type="sample", resolution_shift=1.75)
@@ -233,7 +272,34 @@ def test_pose_guidance_needs_a_model_trained_with_landmark_dropout():
     card = {**FILTERS, "pose_drop_prob": 0.1, "sampler_defaults": {"pose_guidance": 1.5}}
     assert resolve_spec(DatasetSpec(identities=1, images_per_identity=1), card).pose_guidance == 1.5
     plain = resolve_spec(DatasetSpec(identities=1, images_per_identity=1), FILTERS)
-    assert plain.pose_guidance == 1.0
+    assert plain.pose_guidance == 1.0 and plain.turned_pose_guidance is None
+    turned = DatasetSpec(identities=1, images_per_identity=1, turned_pose_guidance=3.0)
+    with pytest.raises(PoseGuidanceUnsupported, match="turned_pose_guidance"):
+        resolve_spec(turned, FILTERS)
+    card = {**FILTERS, "pose_drop_prob": 0.1, "sampler_defaults": {"turned_pose_guidance": 3.0}}
+    got = resolve_spec(DatasetSpec(identities=1, images_per_identity=1), card)
+    assert (got.pose_guidance, got.turned_pose_guidance) == (1.0, 3.0)
+
+
+def test_turned_bins_are_held_to_the_thresholds_calibrated_at_their_own_pose_guidance():
+    groups = {"frontal": 0.50, "15_35": 0.48, "35_60": 0.44, "60+": 0.40}
+    tables = {
+        w: {g: {"tau_consistency": t + shift, "guidance": 1.5} for g, t in groups.items()}
+        for w, shift in (("1", 0.0), ("3", 0.02))
+    }
+    card = {
+        "pose_drop_prob": 0.1,
+        "filters": {"tau_consistency": 0.5, "tau_leak": 0.6, "tau_consistency_by_pose": tables},
+    }
+    order = {"identities": 1, "images_per_identity": 1, "guidance": 1.5}
+    plain = resolve_spec(DatasetSpec(**order), card).tau_consistency_by_pose
+    both = resolve_spec(DatasetSpec(**order, turned_pose_guidance=3.0), card)
+    assert plain["left_35_60"] == 0.44 and plain["frontal"] == 0.5
+    by_bin = both.tau_consistency_by_pose
+    assert by_bin["left_35_60"] == by_bin["right_35_60"] == 0.46 and by_bin["right_60+"] == 0.42
+    assert by_bin["frontal"] == 0.5 and by_bin["left_15_35"] == 0.48  # these stay at g_p 1
+    everywhere = resolve_spec(DatasetSpec(**order, pose_guidance=3.0), card)
+    assert everywhere.tau_consistency_by_pose["frontal"] == 0.52
 
 
 def test_the_pose_embedding_reads_the_points_back_and_adds_nothing_when_pose_is_dropped(tmp_path):

@@ -114,7 +114,10 @@ def delivery_record(report: dict, card: dict, context: OrderContext) -> Delivery
             "image_size": ds.get("image_size"),
         },
         formats=ds["formats"],
-        order={k: spec.get(k) for k in ("pose", "guidance", "pose_guidance", "steps", "seed")},
+        order={
+            k: spec.get(k)
+            for k in ("pose", "guidance", "pose_guidance", "turned_pose_guidance", "steps", "seed")
+        },
         privacy={
             "thresholds": report.get("thresholds"),
             "calibration": {

@@ -15,7 +15,12 @@ from pydantic import (
 
 from vigface.dataset.writers import FORMATS
 from vigface.pose import YAW_BINS, YAW_GROUPS, yaw_group
-from vigface.sampler_settings import SamplerChoice, SamplerOverrides, SamplerSettings
+from vigface.sampler_settings import (
+    SamplerChoice,
+    SamplerOverrides,
+    SamplerSettings,
+    pose_guidance_for,
+)
 
 LIMITS = {"identities": (1, 100_000), "images_per_identity": (1, 1_000)}
 
@@ -142,6 +147,29 @@ def pose_thresholds(
     return out
 
 
+def order_pose_thresholds(
+    card: dict,
+    guidance: float,
+    base: float,
+    pose_guidance: float,
+    turned_pose_guidance: float | None,
+) -> dict[str, float] | None:
+    """:func:`pose_thresholds` for an order whose turned bins (:data:`TURNED_GROUPS`) may be
+    drawn at a pose guidance of their own: each bin takes the table of the weight it is
+    drawn at."""
+    tables = {
+        gp: pose_thresholds(card, guidance, base, gp)
+        for gp in {pose_guidance, pose_guidance_for("35_60", pose_guidance, turned_pose_guidance)}
+    }
+    if None in tables.values():
+        return None
+    out = {}
+    for name in YAW_BINS:
+        gp = pose_guidance_for(yaw_group(name), pose_guidance, turned_pose_guidance)
+        out[name] = tables[gp][name]
+    return out
+
+
 class DatasetSpec(DatasetOrder):
     """An order plus how this run executes it (the pipeline's full input)."""
 
@@ -211,11 +239,14 @@ def resolve_spec(spec: DatasetSpec, card: dict) -> ResolvedSpec:
             values[name] = default
     values["guidance_interval"] = tuple(values["guidance_interval"])
     values["pose_guidance"] = float(values["pose_guidance"])
-    if values["pose_guidance"] != 1.0 and not card.get("pose_drop_prob"):
-        raise PoseGuidanceUnsupported(
-            "pose_guidance: this model was trained without pose dropout, so it has no "
-            "pose-free branch to guide against; order pose_guidance 1"
-        )
+    turned = values.get("turned_pose_guidance")
+    values["turned_pose_guidance"] = None if turned is None else float(turned)
+    for name in ("pose_guidance", "turned_pose_guidance"):
+        if values[name] not in (None, 1.0) and not card.get("pose_drop_prob"):
+            raise PoseGuidanceUnsupported(
+                f"{name}: this model was trained without pose dropout, so it has no "
+                f"pose-free branch to guide against; order {name} 1"
+            )
     filters = card.get("filters") or {}
     if values["tau_consistency"] is None:
         by_guidance = consistency_threshold(card, float(values["guidance"]))
@@ -223,11 +254,12 @@ def resolve_spec(spec: DatasetSpec, card: dict) -> ResolvedSpec:
             by_guidance if by_guidance is not None else filters.get("tau_consistency")
         )
         if values["tau_consistency"] is not None:
-            values["tau_consistency_by_pose"] = pose_thresholds(
+            values["tau_consistency_by_pose"] = order_pose_thresholds(
                 card,
                 float(values["guidance"]),
                 float(values["tau_consistency"]),
-                float(values["pose_guidance"]),
+                values["pose_guidance"],
+                values["turned_pose_guidance"],
             )
     if values["tau_leak"] is None:
         values["tau_leak"] = filters.get("tau_leak")

@@ -170,9 +170,10 @@ def two_condition_cfg(
     pose_only: torch.Tensor,
     neither: torch.Tensor,
     guidance: float,
-    pose_guidance: float,
+    pose_guidance: float | torch.Tensor,
 ) -> torch.Tensor:
     """Guidance with separate weights for two conditions (InstructPix2Pix, Brooks et al.
     2023): ``u + g_p (u_p - u) + g (u_pw - u_p)`` with ``u`` neither condition, ``u_p`` the
-    pose alone and ``u_pw`` pose and identity. ``g_p = 1`` is :func:`cfg_combine`."""
+    pose alone and ``u_pw`` pose and identity. ``g_p = 1`` is :func:`cfg_combine`. ``g_p``
+    may be a tensor broadcasting against the outputs (one weight per image)."""
     return neither + pose_guidance * (pose_only - neither) + guidance * (both - pose_only)
