@@ -21,6 +21,10 @@ sampler in the same run at the same steps, guidance, batch and precision, and re
 compares with the 32-px one's, for example::
 
     python bench/sampler.py --model runs/jit112 --against demo --steps 10 --guidance 1.75
+
+``--decoder-formats`` times a latent model's decoder alone, contiguous against channels-last
+memory (the sampler decodes channels-last); ``--accepted`` times the whole pipeline, filters
+and redraws included, at the cards' defaults.
 """
 
 from __future__ import annotations
@@ -197,6 +201,43 @@ def accepted_rate(model: str, identities: int, per_identity: int, seed: int, wor
     }
 
 
+def decoder_formats(model: str, batch: int, precision: str, repeats: int = 5) -> dict:
+    """A latent model's decoder on one batch of latents, contiguous against channels-last
+    memory (what the sampler uses), timed alternately in one run, with the largest 8-bit
+    difference between the two."""
+    from model_store.loader import open_generator
+    from vigface.generator.autoencoder import decode
+    from vigface.precision import autocast
+
+    gen = open_generator(model)
+    if gen.autoencoder is None:
+        raise SystemExit(f"--decoder-formats: {model} is not a latent model (no autoencoder)")
+    vae, cpu = gen.autoencoder, torch.device("cpu")
+    side = gen.dit.config.sample_size
+    z = torch.randn(batch, vae.config.latent_channels, side, side, generator=torch.Generator())
+    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    seconds = dict.fromkeys(formats, 0.0)
+    images = {}
+    with torch.inference_mode(), autocast(cpu, precision):
+        for i in range(repeats + 1):  # the first round warms up, untimed
+            for name, fmt in formats.items():
+                vae.to(memory_format=fmt)
+                t0 = time.perf_counter()
+                images[name] = to_uint8(decode(vae, z.contiguous(memory_format=fmt)))
+                seconds[name] += (time.perf_counter() - t0) if i else 0.0
+    ips = {k: round(batch * repeats / v, 2) for k, v in seconds.items()}
+    diff = np.abs(images["contiguous"].astype(int) - images["channels_last"].astype(int))
+    return {
+        "model": model,
+        "decoded_img_per_s": ips,
+        "channels_last_speedup": round(ips["channels_last"] / ips["contiguous"], 3),
+        "max_8bit_difference": int(diff.max()),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "cpu": describe_cpu(),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="demo", help="generator entry (name or folder)")
@@ -230,8 +271,16 @@ def main() -> None:
     ap.add_argument("--identities", type=int, default=16, help="with --accepted")
     ap.add_argument("--images-per-identity", type=int, default=4, help="with --accepted")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_accepted"), help="--accepted")
+    ap.add_argument(
+        "--decoder-formats",
+        action="store_true",
+        help="instead: a latent --model's decoder, contiguous against channels-last memory",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    if args.decoder_formats:
+        print(json.dumps(decoder_formats(args.model, args.batch_size, args.precision)))
+        return
     if args.accepted:
         rows = [
             accepted_rate(m, args.identities, args.images_per_identity, 0, args.work)
