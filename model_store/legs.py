@@ -112,10 +112,19 @@ def precision_chain(prev: dict, new: dict) -> str | None:
     return " then ".join(precisions) or None
 
 
+def without_old_faces(card: dict) -> dict:
+    """``card`` less what described the faces of the weights it was written for: the filters'
+    thresholds, the grids and what the judge saw (``capacity.judge``)."""
+    out = {k: v for k, v in card.items() if k not in ("filters", "grids", "grid_note")}
+    if (out.get("capacity") or {}).get("judge"):
+        out["capacity"] = {k: v for k, v in out["capacity"].items() if k != "judge"}
+    return out
+
+
 def continued_card(prev_card: dict, run_card: dict, prev_name: str, leg_command: str) -> dict:
     """The merged card: the run's own (its weights), with cumulative steps and minutes and the
     carried sections of the previous card; no filters, grids or judge capacity."""
-    card = {k: v for k, v in run_card.items() if k not in ("filters", "grids", "grid_note")}
+    card = without_old_faces(run_card)
     card["steps"] = int(prev_card.get("steps") or 0) + int(run_card.get("steps") or 0)
     card["train_minutes"] = round(
         float(prev_card.get("train_minutes") or 0) + float(run_card.get("train_minutes") or 0), 1
@@ -125,9 +134,9 @@ def continued_card(prev_card: dict, run_card: dict, prev_name: str, leg_command:
     for key in CARRIED_SECTIONS:
         if prev_card.get(key) is not None:
             card[key] = prev_card[key]
-    capacity = prev_card.get("capacity")
+    capacity = without_old_faces(prev_card).get("capacity")
     if capacity:  # how many rows W_V holds is stage 1's; what the judge saw was the weights'
-        card["capacity"] = {k: v for k, v in capacity.items() if k != "judge"}
+        card["capacity"] = capacity
     card["reproduce"] = [
         *prev_card.get("reproduce", []),
         f"next leg, from {prev_name} at {prev_card.get('steps')} steps "
@@ -238,9 +247,7 @@ def merge_decoder_leg(prev: Path, run: Path, entry: Path, prev_name: str, leg_co
     shutil.rmtree(entry / AUTOENCODER)
     shutil.copytree(trained, entry / AUTOENCODER)
     (entry / AUTOENCODER / "card.json").write_text(json.dumps(merged_ae, indent=2) + "\n")
-    card = {k: v for k, v in prev_card.items() if k not in ("filters", "grids", "grid_note")}
-    if (card.get("capacity") or {}).get("judge"):
-        card["capacity"] = {k: v for k, v in card["capacity"].items() if k != "judge"}
+    card = without_old_faces(prev_card)
     card["autoencoder"] = merged_ae
     card["reproduce"] = [
         *prev_card.get("reproduce", []),
@@ -253,10 +260,9 @@ def merge_decoder_leg(prev: Path, run: Path, entry: Path, prev_name: str, leg_co
     config_path = run / "train_config.json"
     if config_path.is_file():
         leg["config"] = json.loads(config_path.read_text())
+    # the copy held the old faces' measurements: _leave_behind carries back what still holds
+    shutil.rmtree(entry / MEASUREMENTS_DIR, ignore_errors=True)
     left = _leave_behind(prev, prev_card, entry)
-    for f in (entry / MEASUREMENTS_DIR).iterdir():  # the copy held the old faces' measurements
-        if f.name not in CARRIED_MEASUREMENTS:
-            f.unlink()
     if (entry / "grids").is_dir():
         left.append("grids/")
         shutil.rmtree(entry / "grids")

@@ -281,6 +281,9 @@ def test_a_decoder_leg_folds_into_a_latent_entry_and_a_later_dit_leg_keeps_it(
     (entry / "model_card.json").write_text(json.dumps(card))
     (entry / "grids").mkdir()
     (entry / "grids" / "old.png").write_bytes(b"old faces")
+    (entry / "measurements").mkdir(exist_ok=True)
+    (entry / "measurements" / "training_curve.json").write_text('[{"steps": 6}]')
+    (entry / "measurements" / "face_quality.json").write_text('{"of": "the old faces"}')
     old_ae = (entry / "autoencoder" / "diffusion_pytorch_model.safetensors").read_bytes()
     ae_yaml = tmp_path / "ae.yaml"
     ae_yaml.write_text(TINY_AE.replace("max_steps: 6", "max_steps: 2"))
@@ -312,6 +315,12 @@ def test_a_decoder_leg_folds_into_a_latent_entry_and_a_later_dit_leg_keeps_it(
     r = fold(tmp_path / "dec")
     assert r.exit_code == 0, r.output
     assert "card: filters" in r.output and "grids/" in r.output
+    assert "measurements/face_quality.json" in r.output  # listed as left behind, and gone
+    assert sorted(p.name for p in (entry / "measurements").iterdir()) == [
+        "training_curve.json",
+        "training_legs.json",
+    ]
+    assert (entry / "measurements" / "training_curve.json").read_text() == '[{"steps": 6}]'
     new_ae = (entry / "autoencoder" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (
         new_ae != old_ae
