@@ -203,13 +203,12 @@ class Sampler:
         w = F.normalize(identities.float().to(self.device), dim=1)
         heat = render_heatmaps(landmarks.to(self.device), self.size)
         gp = self.pose_guidances(landmarks)
-        pushed = bool((gp != 1.0).any())
-        # parts of a guided forward: (w, pose), (0, pose) and, where some g_p != 1, (0, no pose)
-        parts = 3 if pushed else 2
+        pushed = torch.nonzero(gp != 1.0).flatten()  # the images that need the pose-free part
+        # a guided forward: (w, pose) and (0, pose) for every image, (0, no pose) for the pushed
         zero = torch.zeros_like(w)
         away = zero if negatives is None else F.normalize(negatives.float(), dim=1).to(zero)
-        cond = torch.cat([w, away, zero][:parts])
-        heat_parts = torch.cat([heat, heat, torch.zeros_like(heat)][:parts])
+        cond = torch.cat([w, away, zero[pushed]])
+        heat_parts = torch.cat([heat, heat, torch.zeros_like(heat[pushed])])
         # the landmarks' part of every forward does not change between steps: encode it once
         pose_parts = self.dit.encode_pose(heat_parts)
         pose = pose_parts.head(b)
@@ -217,18 +216,19 @@ class Sampler:
         for t in sched.timesteps:
             if self.interrupt is not None and self.interrupt.is_set():
                 raise SamplingInterrupted("stopped inside a sampling batch")
-            if self.guided(float(t) / total, pushed):
-                x_in = sched.scale_model_input(torch.cat([x] * parts), t)
-                tt = t.expand(parts * b).to(self.device)
+            if self.guided(float(t) / total, len(pushed) > 0):
+                x_in = sched.scale_model_input(torch.cat([x, x, x[pushed]]), t)
+                tt = t.expand(len(x_in)).to(self.device)
                 with autocast(self.device, self.precision):
                     v = self.forward(x_in, tt, cond, pose_parts).float()
-                plain = cfg_combine(v[:b], v[b : 2 * b], self.guidance)
-                if parts == 3:  # rows at g_p = 1 keep cfg_combine's exact arithmetic
-                    both = two_condition_cfg(
-                        v[:b], v[b : 2 * b], v[2 * b :], self.guidance, gp.view(-1, 1, 1, 1)
-                    )
-                    plain = torch.where((gp != 1.0).view(-1, 1, 1, 1), both, plain)
-                v = plain
+                both, pose_only = v[:b], v[b : 2 * b]
+                guided = cfg_combine(both, pose_only, self.guidance)
+                if len(pushed):  # rows at g_p = 1 keep cfg_combine's exact arithmetic
+                    guided[pushed] = two_condition_cfg(
+                        both[pushed], pose_only[pushed], v[2 * b :], self.guidance,
+                        gp[pushed].view(-1, 1, 1, 1),
+                    )  # fmt: skip
+                v = guided
             else:  # the conditional branch alone: half the work
                 x_in = sched.scale_model_input(x, t)
                 with autocast(self.device, self.precision):
