@@ -195,19 +195,23 @@ def accepted_rate(model: str, identities: int, per_identity: int, seed: int, wor
         "output_px": gen.output_size,
         "accepted_img_per_s": round(accepted / seconds, 4),
         "acceptance_rate": round(accepted / max(counts["generated"], 1), 4),
+        "accepted": accepted,
         "drawn": int(counts["generated"]),
-        "seconds": round(seconds, 1),
+        "sampling_s": round(builder.seconds["sampling"], 3),
+        "filtering_s": round(builder.seconds["filtering"], 3),
+        "seconds": round(seconds, 3),
         "face_gate": spec.face_gate,
     }
 
 
 def decoder_formats(model: str, batch: int, precision: str, repeats: int = 5) -> dict:
-    """A latent model's decoder on one batch of latents, contiguous against channels-last
-    memory (what the sampler uses), timed alternately in one run, with the largest 8-bit
-    difference between the two."""
+    """A latent model's decoder on one batch of latents: one contiguous batch, one
+    channels-last batch, and channels-last in chunks of ``DECODE_CHUNK`` (what the sampler
+    does), timed alternately in one run, with the largest 8-bit difference from the first."""
     from model_store.loader import open_generator
     from vigface.generator.autoencoder import decode
     from vigface.precision import autocast
+    from vigface.sampling import DECODE_CHUNK
 
     gen = open_generator(model)
     if gen.autoencoder is None:
@@ -215,26 +219,93 @@ def decoder_formats(model: str, batch: int, precision: str, repeats: int = 5) ->
     vae, cpu = gen.autoencoder, torch.device("cpu")
     side = gen.dit.config.sample_size
     z = torch.randn(batch, vae.config.latent_channels, side, side, generator=torch.Generator())
-    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-    seconds = dict.fromkeys(formats, 0.0)
+    ways = {
+        "contiguous": (torch.contiguous_format, batch),
+        "channels_last": (torch.channels_last, batch),
+        f"channels_last_chunks_of_{DECODE_CHUNK}": (torch.channels_last, DECODE_CHUNK),
+    }
+    seconds = dict.fromkeys(ways, 0.0)
     images = {}
     with torch.inference_mode(), autocast(cpu, precision):
         for i in range(repeats + 1):  # the first round warms up, untimed
-            for name, fmt in formats.items():
+            for name, (fmt, chunk) in ways.items():
                 vae.to(memory_format=fmt)
                 t0 = time.perf_counter()
-                images[name] = to_uint8(decode(vae, z.contiguous(memory_format=fmt)))
+                parts = [decode(vae, p.contiguous(memory_format=fmt)) for p in z.split(chunk)]
+                images[name] = to_uint8(torch.cat(parts))
                 seconds[name] += (time.perf_counter() - t0) if i else 0.0
     ips = {k: round(batch * repeats / v, 2) for k, v in seconds.items()}
-    diff = np.abs(images["contiguous"].astype(int) - images["channels_last"].astype(int))
+    first = images["contiguous"].astype(int)
     return {
         "model": model,
         "decoded_img_per_s": ips,
-        "channels_last_speedup": round(ips["channels_last"] / ips["contiguous"], 3),
-        "max_8bit_difference": int(diff.max()),
+        "speedup_vs_contiguous": {k: round(v / ips["contiguous"], 3) for k, v in ips.items()},
+        "max_8bit_difference": {
+            k: int(np.abs(v.astype(int) - first).max()) for k, v in images.items()
+        },
+        "batch": batch,
         "precision": precision,
         "threads": torch.get_num_threads(),
         "cpu": describe_cpu(),
+    }
+
+
+def malloc_modes(model: str, batch: int, repeats: int = 5) -> dict:
+    """Batches of a model's sampler at its card's defaults with glibc's default malloc
+    thresholds and with freed memory kept (:mod:`vigface.cpu_memory`), alternately in one run:
+    seconds and minor page faults per batch (medians), and the median ratio pair by pair."""
+    from model_store.loader import open_generator
+    from vigface.cpu_memory import GLIBC_DEFAULT, keep_freed_memory, set_malloc_thresholds
+    from vigface.sampler_settings import SamplerSettings
+
+    gen = open_generator(model)
+    sampler = Sampler.for_generator(gen, SamplerSettings.for_model(gen.card), batch)
+    ids = gen.fr.virtual_prototypes[:batch]
+    frontal = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
+    lms = torch.from_numpy(np.stack([frontal] * batch)).float()
+    modes = {"glibc_default": lambda: set_malloc_thresholds(GLIBC_DEFAULT, GLIBC_DEFAULT),
+             "kept": keep_freed_memory}  # fmt: skip
+    got = {m: {"seconds": [], "minor_faults": []} for m in modes}
+    sampler.sample(ids, lms, list(range(batch)))  # warm-up
+    for _ in range(repeats):
+        for name, set_mode in modes.items():
+            if not set_mode():
+                raise SystemExit("--malloc-modes: this C library has no mallopt (not glibc)")
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            sampler.sample(ids, lms, list(range(batch)))
+            got[name]["seconds"].append(time.perf_counter() - t0)
+            got[name]["minor_faults"].append(
+                resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+            )
+    keep_freed_memory()
+    pairs = [
+        a / b for a, b in zip(got["glibc_default"]["seconds"], got["kept"]["seconds"], strict=True)
+    ]
+    return {
+        "model": model,
+        "batch": batch,
+        "median_seconds": {m: round(float(np.median(v["seconds"])), 3) for m, v in got.items()},
+        "median_minor_faults": {m: int(np.median(v["minor_faults"])) for m, v in got.items()},
+        "speedup_kept_median_pair": round(float(np.median(pairs)), 3),
+        "threads": torch.get_num_threads(),
+        "cpu": describe_cpu(),
+    }
+
+
+def pooled(runs: list[dict]) -> dict:
+    """One model's repeats of :func:`accepted_rate` as one row: images over seconds."""
+    images = sum(r["accepted"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    drawn = sum(r["drawn"] for r in runs)
+    return {
+        **runs[0],
+        "accepted_img_per_s": round(images / seconds, 4),
+        "acceptance_rate": round(images / max(drawn, 1), 4),
+        "accepted": images,
+        "drawn": drawn,
+        "seconds": round(seconds, 1),
+        "repeats": len(runs),
     }
 
 
@@ -270,31 +341,57 @@ def main() -> None:
     )
     ap.add_argument("--identities", type=int, default=16, help="with --accepted")
     ap.add_argument("--images-per-identity", type=int, default=4, help="with --accepted")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="with --accepted: runs of each, order alternated"
+    )
     ap.add_argument("--work", type=Path, default=Path("runs/bench_accepted"), help="--accepted")
     ap.add_argument(
         "--decoder-formats",
         action="store_true",
         help="instead: a latent --model's decoder, contiguous against channels-last memory",
     )
+    ap.add_argument(
+        "--malloc-modes",
+        action="store_true",
+        help="instead: --model's sampler with glibc's default malloc thresholds against freed "
+        "memory kept (vigface.cpu_memory), alternately, --repeats batches each",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    if args.malloc_modes:
+        print(json.dumps(malloc_modes(args.model, args.batch_size, args.repeats)))
+        return
     if args.decoder_formats:
         print(json.dumps(decoder_formats(args.model, args.batch_size, args.precision)))
         return
     if args.accepted:
-        rows = [
-            accepted_rate(m, args.identities, args.images_per_identity, 0, args.work)
-            for m in [args.model, *([args.against] if args.against else [])]
-        ]
-        for r in rows:
-            print(
-                f"{r['model']:>24}: {r['accepted_img_per_s']} accepted img/s at "
-                f"{r['output_px']} px (acceptance {r['acceptance_rate']}, {r['seconds']} s)"
-            )
-        result = {"cpu": describe_cpu(), "rows": rows}
+        models = [args.model, *([args.against] if args.against else [])]
+        for m in models:  # untimed: first calls build kernels a long-running worker reuses
+            accepted_rate(m, 2, 2, 1, args.work)
+        runs = []
+        for r in range(args.repeats):  # alternate the order: drift in the machine's speed
+            for m in models if r % 2 == 0 else models[::-1]:  # falls on both alike
+                runs.append(
+                    accepted_rate(m, args.identities, args.images_per_identity, 0, args.work)
+                )
+                row = runs[-1]
+                print(
+                    f"{row['model']:>24}: {row['accepted_img_per_s']} accepted img/s at "
+                    f"{row['output_px']} px (acceptance {row['acceptance_rate']}, "
+                    f"{row['seconds']} s: sampling {row['sampling_s']}, "
+                    f"filters {row['filtering_s']})"
+                )
+        rows = [pooled([x for x in runs if x["model"] == m]) for m in models]
+        result = {"cpu": describe_cpu(), "threads": torch.get_num_threads(), "rows": rows}
         if len(rows) == 2:
             ratio = rows[0]["accepted_img_per_s"] / rows[1]["accepted_img_per_s"]
             result["ratio_vs_against"] = round(ratio, 3)
+            per = [a["accepted_img_per_s"] / b["accepted_img_per_s"]
+                   for a, b in zip(runs[0::2], runs[1::2], strict=True)]  # fmt: skip
+            result["ratio_per_repeat"] = [round(x if i % 2 == 0 else 1 / x, 3)
+                                          for i, x in enumerate(per)]  # fmt: skip
+            # the figure to quote: on a shared machine one slow spell moves the pooled ratio
+            result["ratio_median_pair"] = round(float(np.median(result["ratio_per_repeat"])), 3)
         print(json.dumps(result))
         return
     device = torch.device(args.device)
