@@ -169,7 +169,9 @@ def load_dit(spec: str | Path, device):
     return gen.dit, gen.scheduler, str(entry)
 
 
-def accepted_rate(model: str, identities: int, per_identity: int, seed: int, work: Path) -> dict:
+def accepted_rate(
+    model: str, identities: int, per_identity: int, seed: int, work: Path, face_gate=None
+) -> dict:
     """Accepted images per second of a model at its card's defaults through the real pipeline
     (draw, filter, redraw, replace: what a shard does), and the acceptance rate."""
     import shutil
@@ -180,7 +182,10 @@ def accepted_rate(model: str, identities: int, per_identity: int, seed: int, wor
 
     gen = open_generator(model)
     spec = resolve_spec(
-        DatasetSpec(identities=identities, images_per_identity=per_identity, seed=seed), gen.card
+        DatasetSpec(
+            identities=identities, images_per_identity=per_identity, seed=seed, face_gate=face_gate
+        ),
+        gen.card,
     )
     out = work / Path(model).name
     shutil.rmtree(out, ignore_errors=True)
@@ -342,6 +347,13 @@ def main() -> None:
     ap.add_argument("--identities", type=int, default=16, help="with --accepted")
     ap.add_argument("--images-per-identity", type=int, default=4, help="with --accepted")
     ap.add_argument(
+        "--face-gate",
+        choices=("card", "on", "off"),
+        default="card",
+        help="with --accepted: the face detector gate as each card says (the defaults), or "
+        "on / off for both",
+    )
+    ap.add_argument(
         "--repeats", type=int, default=1, help="with --accepted: runs of each, order alternated"
     )
     ap.add_argument("--work", type=Path, default=Path("runs/bench_accepted"), help="--accepted")
@@ -365,14 +377,15 @@ def main() -> None:
         print(json.dumps(decoder_formats(args.model, args.batch_size, args.precision)))
         return
     if args.accepted:
+        gate = {"card": None, "on": True, "off": False}[args.face_gate]
         models = [args.model, *([args.against] if args.against else [])]
         for m in models:  # untimed: first calls build kernels a long-running worker reuses
-            accepted_rate(m, 2, 2, 1, args.work)
+            accepted_rate(m, 2, 2, 1, args.work, gate)
         runs = []
         for r in range(args.repeats):  # alternate the order: drift in the machine's speed
             for m in models if r % 2 == 0 else models[::-1]:  # falls on both alike
                 runs.append(
-                    accepted_rate(m, args.identities, args.images_per_identity, 0, args.work)
+                    accepted_rate(m, args.identities, args.images_per_identity, 0, args.work, gate)
                 )
                 row = runs[-1]
                 print(
