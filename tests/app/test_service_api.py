@@ -209,18 +209,27 @@ def test_a_job_can_ask_for_the_utility_probe_on_registered_benchmarks(service, t
     assert "What the dataset is worth" in html
 
 
-def test_a_bundled_model_still_in_training_is_not_sold_at_defaults(service):
-    """latent112 is bundled so that its training legs accumulate, and left uncalibrated until
-    it draws faces: an order for it that gives no thresholds is refused naming the field, and
-    nothing is admitted (ordered with thresholds it runs, for experiments)."""
+def test_the_latent_model_is_sold_at_its_calibrated_defaults(service):
+    """latent112's card is calibrated: an order that names only the model and a 35-60 degree
+    pose is admitted with the card's sampler (turned faces at their own pose guidance) and
+    each yaw bin held to the threshold calibrated at the pose guidance it is drawn at."""
     from model_store.loader import open_generator
 
-    if open_generator("latent112").card.get("filters"):
-        pytest.skip("latent112 is calibrated: it is for sale at its defaults")
+    card = open_generator("latent112").card
     client, keys, worker, api = service
-    body = {k: v for k, v in ORDER.items() if not k.startswith("tau_")} | {"model": "latent112"}
-    r = client.post("/v1/jobs", json=body, headers=auth(keys["alpha"]))
-    assert r.status_code == 422, r.text
-    assert r.json()["detail"][0]["field"] == "tau_consistency"
-    assert "vigface calibrate" in r.json()["detail"][0]["message"]
-    assert client.get("/v1/jobs", headers=auth(keys["alpha"])).json()["items"] == []
+    pose = {"left_35_60": 0.5, "right_35_60": 0.5}
+    body = {k: v for k, v in ORDER.items() if not k.startswith("tau_") and k != "steps"}
+    r = client.post("/v1/jobs", json=body | {"model": "latent112", "pose": pose},
+                    headers=auth(keys["alpha"]))  # fmt: skip
+    assert r.status_code == 202, r.text
+    spec = r.json()["spec"]
+    defaults = card["sampler_defaults"]
+    assert spec["steps"] == defaults["steps"] and spec["guidance"] == defaults["guidance"]
+    assert spec["turned_pose_guidance"] == defaults["turned_pose_guidance"] != 1.0
+    assert spec["pose_guidance"] == 1.0
+    tables = card["filters"]["tau_consistency_by_pose"]
+    turned_at = f"{defaults['turned_pose_guidance']:g}"
+    by_bin = spec["tau_consistency_by_pose"]
+    assert by_bin["left_35_60"] == tables[turned_at]["35_60"]["tau_consistency"]
+    assert by_bin["frontal"] == tables["1"]["frontal"]["tau_consistency"]
+    assert spec["tau_leak"] == card["filters"]["tau_leak"] and spec["face_gate"] is True
