@@ -99,6 +99,11 @@ class FilterCalibration(_Strict):
     drop_rate: DropRate | None = Field(
         None, description="measured after the thresholds; recalibrating them clears it"
     )
+    drop_rate_by_pose: dict[str, DropRate] | None = Field(
+        None,
+        description="the same, measured on runs whose every image asked one |yaw| group, by "
+        "group: turned faces are dropped more often than frontal ones",
+    )
     real_nearest_negative: dict | None = Field(
         None, description="how close real people come to other real identities (a summary)"
     )

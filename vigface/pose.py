@@ -148,5 +148,16 @@ class PoseBank:
         return idx[rng.permutation(len(idx))], w
 
 
+def group_shares(bin_weights: np.ndarray) -> dict[str, float]:
+    """Weights over :data:`YAW_BINS` (as :meth:`PoseBank.weights` gives them) summed per |yaw|
+    group, groups without weight left out."""
+    shares: dict[str, float] = {}
+    for name, w in zip(YAW_BINS, np.asarray(bin_weights, float), strict=True):
+        if w > 0:
+            shares[yaw_group(name)] = shares.get(yaw_group(name), 0.0) + float(w)
+    total = sum(shares.values())
+    return {g: v / total for g, v in shares.items()} if total > 0 else {}
+
+
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     return float(0.5 * np.abs(np.asarray(p) - np.asarray(q)).sum())

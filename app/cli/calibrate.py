@@ -72,8 +72,10 @@ def calibrate_drops_cmd(
     dataset: Path = typer.Option(..., help="a `vigface generate` output folder (its report.json)"),
 ) -> None:
     """Record in the card how often the filters dropped an identity in a real run at the
-    card's thresholds; orders then reserve spares from it (vigface/dataset/spares.py).
-    Recalibrating the thresholds (`vigface calibrate`) clears it."""
+    card's thresholds; orders then reserve spares from it (vigface/dataset/spares.py). A run
+    whose every image asked one turned |yaw| group (e.g. `--pose '{"left_35_60": 0.5,
+    "right_35_60": 0.5}'`) records that group's rate, which orders asking that group use.
+    Recalibrating the thresholds (`vigface calibrate`) clears both."""
     from pydantic import ValidationError
 
     from model_store import resolve
@@ -120,8 +122,24 @@ def calibrate_drops_cmd(
         "measured_on": str(dataset),
     }
     filters = dict(gen.card.get("filters") or {})
-    update_card(resolve(model), filters={**filters, "drop_rate": rate})
+    groups = run_groups(gen, spec.get("pose"))
+    if len(groups) == 1 and groups != {"frontal"}:  # a turned order: its group's own rate
+        group = next(iter(groups))
+        filters["drop_rate_by_pose"] = {**(filters.get("drop_rate_by_pose") or {}), group: rate}
+        rate = {"pose_group": group, **rate}
+    else:
+        filters["drop_rate"] = rate
+    update_card(resolve(model), filters=filters)
     typer.echo(json.dumps(rate))
+
+
+def run_groups(gen, pose) -> set[str]:
+    """The |yaw| groups a run's pose asked for (empty where the entry has no pose bank)."""
+    from vigface.pose import PoseBank, group_shares
+
+    if gen.pose_landmarks is None or pose is None:
+        return set()
+    return set(group_shares(PoseBank.from_landmarks(gen.pose_landmarks).weights(pose)))
 
 
 def calibrate_guidance_cmd(

@@ -66,20 +66,26 @@ def sample_cmd(
     typer.echo(json.dumps(res))
 
 
-def default_spares(card: dict, spec) -> int:
+def default_spares(gen, spec) -> int:
     """Spares as the service reserves them (``VIGFACE_SPARE_FRACTION`` and
-    ``VIGFACE_SPARE_CONFIDENCE``, or the card's measured drop rate), but at least 2."""
+    ``VIGFACE_SPARE_CONFIDENCE``, or the card's measured drop rate at the order's poses), but
+    at least 2."""
     from jobstore.settings import Settings
     from vigface.dataset.spares import spares_for_order
     from vigface.dataset.spec import at_card_thresholds
+    from vigface.pose import PoseBank, group_shares
 
+    card = gen.card
     settings, own = Settings(), not at_card_thresholds(spec, card)
+    shares = None
+    if gen.pose_landmarks is not None:
+        shares = group_shares(PoseBank.from_landmarks(gen.pose_landmarks).weights(spec.pose))
     m, fraction, confidence = (
         spec.images_per_identity,
         settings.spare_fraction,
         settings.spare_confidence,
     )
-    return max(2, spares_for_order(card, spec.identities, m, fraction, confidence, own))
+    return max(2, spares_for_order(card, spec.identities, m, fraction, confidence, own, shares))
 
 
 def real_augment_rows(gen, spec, real_data: Path | None):
@@ -165,7 +171,7 @@ def generate_cmd(
     if mode == "real_augment":
         spec, candidates, slot_images = real_augment_rows(gen, spec, real_data)
     else:
-        spares = default_spares(gen.card, spec) if spares is None else spares
+        spares = default_spares(gen, spec) if spares is None else spares
         total = gen.fr.virtual_prototypes.shape[0]
         candidates = list(range(start, min(total, start + spec.identities + spares)))
         slot_images = None

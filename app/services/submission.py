@@ -26,8 +26,9 @@ from jobstore.ledger import allocate, free_prototype_ids
 from jobstore.models import Job, Shard, Team, utcnow
 from jobstore.settings import Settings
 from model_store.description import ModelDescription
-from vigface.dataset.spares import drop_probability, spares_for_order
+from vigface.dataset.spares import drop_probability, order_failure, spares_for_order
 from vigface.dataset.spec import ResolvedSpec, at_card_thresholds
+from vigface.pose import group_shares
 
 # concurrent submissions for one prototype set that a request outlasts before its 409; every
 # round lets at least one contender commit, so this must exceed the simultaneous submissions
@@ -76,7 +77,12 @@ class ShardPlan:
 
 
 def spares_for(
-    settings: Settings, card: dict, spec: ResolvedSpec, shard_sizes: list[int], measured: bool
+    settings: Settings,
+    card: dict,
+    spec: ResolvedSpec,
+    shard_sizes: list[int],
+    measured: bool,
+    group_shares: dict[str, float] | None = None,
 ) -> list[int]:
     """Spare prototypes per shard: ``spare_fraction`` of the shard's identities (at least one,
     so a 4-identity job reserves 1, not a full shard's worth), or more where the model's
@@ -92,6 +98,7 @@ def spares_for(
             settings.spare_fraction,
             settings.spare_confidence,
             own_thresholds=not measured,
+            group_shares=group_shares,
         )
         for n in set(shard_sizes)
     }
@@ -102,18 +109,25 @@ def plan_shards(settings: Settings, order: Order) -> ShardPlan:
     n, per = order.spec.identities, settings.shard_identities
     bounds = [(i * per, min(n, (i + 1) * per)) for i in range(math.ceil(n / per))]
     card = order.desc.card
-    measured = bool((card.get("filters") or {}).get("drop_rate")) and at_card_thresholds(
-        order.spec, card
-    )
+    shares = order_group_shares(order)
+    measured = order_failure(card, shares) is not None and at_card_thresholds(order.spec, card)
     sizes = [b - a for a, b in bounds]
-    return ShardPlan(bounds, spares_for(settings, card, order.spec, sizes, measured), measured)
+    spares = spares_for(settings, card, order.spec, sizes, measured, shares)
+    return ShardPlan(bounds, spares, measured)
+
+
+def order_group_shares(order: Order) -> dict[str, float] | None:
+    """How the order's images spread over the |yaw| groups (None: the model has no pose
+    bank)."""
+    bank = order.desc.pose_bank
+    return None if bank is None else group_shares(bank.weights(order.spec.pose))
 
 
 def too_few_identities(order: Order, plan: ShardPlan, free: int) -> JobError:
     why = ""
     if plan.measured:
-        rate = order.desc.card["filters"]["drop_rate"]
-        q = drop_probability(rate["per_image_failure"], order.spec.images_per_identity)
+        failure = order_failure(order.desc.card, order_group_shares(order))
+        q = drop_probability(failure, order.spec.images_per_identity)
         why = (
             f"; at {order.spec.images_per_identity} images per identity the filters drop "
             f"{q:.1%} of this model's identities (its card's measured drop rate)"

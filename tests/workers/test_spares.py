@@ -161,6 +161,27 @@ def test_the_fraction_stays_the_floor_and_the_measured_rate_raises_it():
     assert spares_for_order(card, 50, 10, 0.2, 0.999, own_thresholds=True) == 10
 
 
+def test_turned_orders_reserve_spares_from_their_own_groups_drop_rate():
+    """Turned faces are dropped more often (latent112: 17 of 40 identities of a 35-60 order
+    against 1 of 40 frontal): an order asking a group with a measured rate of its own reserves
+    from it, weighted by the share of its images in each group."""
+    from vigface.dataset.spares import order_failure, spares_for_order
+
+    card = {"filters": {"drop_rate": {"per_image_failure": 0.01},
+                        "drop_rate_by_pose": {"35_60": {"per_image_failure": 0.06}}}}  # fmt: skip
+    assert order_failure(card, {"frontal": 1.0}) == pytest.approx(0.01)
+    assert order_failure(card, {"35_60": 1.0}) == pytest.approx(0.06)
+    half = order_failure(card, {"frontal": 0.5, "35_60": 0.5})
+    assert half == pytest.approx(1 - (0.99 * 0.94) ** 0.5) and 0.01 < half < 0.06
+    assert order_failure(card, None) == pytest.approx(0.01)  # no pose bank: the overall rate
+    frontal, turned = (spares_for_order(card, 40, 8, 0.2, 0.999, group_shares={g: 1.0})
+                       for g in ("frontal", "35_60"))  # fmt: skip
+    assert 8 <= frontal < 20 < turned  # the fraction (8 of 40) would run out on a turned order
+    only_turned = {"filters": {"drop_rate_by_pose": {"35_60": {"per_image_failure": 0.06}}}}
+    assert order_failure(only_turned, {"frontal": 1.0}) is None  # nothing measured for it
+    assert spares_for_order(only_turned, 40, 8, 0.2, 0.999, group_shares={"frontal": 1.0}) == 8
+
+
 def _tiny_run(store, tmp_path, name, *extra):
     from typer.testing import CliRunner
 
@@ -239,6 +260,25 @@ def test_a_measured_drop_rate_reserves_more_spares(tiny_generator, tmp_path, mon
         cli, ["calibrate-drops", "--model", str(store / "m"), "--dataset", str(hopeless)]
     )
     assert r.exit_code == 2 and "were dropped" in r.output, r.output
+    # a run whose every image asked 35-60 degrees records that group's rate beside the other
+    base = np.array([[38, 52], [74, 52], [56, 72], [42, 92], [70, 92]], np.float32)
+    left, right = base.copy(), base.copy()
+    left[2, 0] -= 18
+    right[2, 0] += 18
+    np.save(store / "m" / "pose_landmarks.npy", np.stack([base, left, right] * 4))
+    turned = _tiny_run(
+        store, tmp_path, "turned", "--pose", '{"left_35_60": 0.5, "right_35_60": 0.5}'
+    )
+    r = runner.invoke(
+        cli, ["calibrate-drops", "--model", str(store / "m"), "--dataset", str(turned)]
+    )
+    assert r.exit_code == 0 and '"pose_group": "35_60"' in r.output, r.output
+    filters = json.loads(card_path.read_text())["filters"]
+    assert filters["drop_rate"] == rate  # the overall rate stays
+    turned_counts = json.loads((turned / "report.json").read_text())["counts"]
+    by_pose = filters["drop_rate_by_pose"]["35_60"]
+    assert by_pose["identities_dropped"] == turned_counts.get("identities_dropped", 0)
+    card = json.loads(card_path.read_text())
     card["name"] = "another"
     card_path.write_text(json.dumps(card))
     r = runner.invoke(cli, ["calibrate-drops", "--model", str(store / "m"), "--dataset", str(run)])

@@ -57,6 +57,26 @@ def spares_needed(identities: int, drop_prob: float, confidence: float, cap: int
     return cap
 
 
+def order_failure(card: dict, group_shares: dict[str, float] | None = None) -> float | None:
+    """The per-image failure rate an order meets: the card's measured ``drop_rate``, or, where
+    the card has ``drop_rate_by_pose``, each asked |yaw| group's own rate weighted by its share
+    of the order (``group_shares``, :func:`vigface.pose.group_shares`): an identity's images
+    are drawn across the groups, so ``1 - f = prod_g (1 - f_g) ** share_g``. A group without a
+    measured rate takes the overall one, or none. None where nothing was measured."""
+    filters = (card or {}).get("filters") or {}
+    overall = filters.get("drop_rate")
+    by_pose = filters.get("drop_rate_by_pose") or {}
+    if not by_pose or not group_shares:
+        return float(overall["per_image_failure"]) if overall else None
+    kept, known = 1.0, False
+    for group, share in group_shares.items():
+        rate = by_pose.get(group) or overall
+        if rate:
+            kept *= (1.0 - float(rate["per_image_failure"])) ** share
+            known = True
+    return 1.0 - kept if known else None
+
+
 def spares_for_order(
     card: dict,
     identities: int,
@@ -64,14 +84,16 @@ def spares_for_order(
     fraction: float,
     confidence: float,
     own_thresholds: bool = False,
+    group_shares: dict[str, float] | None = None,
 ) -> int:
     """Spares for a block of ``identities``: ``fraction`` of them (at least one), or more where
-    the card's measured drop rate says the block would run out more often than
-    ``1 - confidence``. The rate was measured at the card's thresholds: an order that sets
-    its own (``own_thresholds``) gets the fraction."""
+    the card's measured drop rate (:func:`order_failure` at the order's ``group_shares``)
+    says the block would run out more often than ``1 - confidence``. The rate was measured at
+    the card's thresholds: an order that sets its own (``own_thresholds``) gets the
+    fraction."""
     floor = max(1, math.ceil(fraction * identities))
-    rate = ((card or {}).get("filters") or {}).get("drop_rate")
-    if not rate or own_thresholds:
+    failure = order_failure(card, group_shares)
+    if failure is None or own_thresholds:
         return floor
-    q = drop_probability(float(rate["per_image_failure"]), images_per_identity)
+    q = drop_probability(failure, images_per_identity)
     return max(floor, spares_needed(identities, q, confidence, cap=20 * identities + 100))
