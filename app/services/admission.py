@@ -98,8 +98,8 @@ def create_job(
         spec = resolve_spec(spec, desc.card)
     except GuidanceNotCalibrated as exc:
         raise JobError(422, "guidance", str(exc)) from exc
-    except PoseGuidanceUnsupported as exc:
-        raise JobError(422, "pose_guidance", str(exc)) from exc
+    except PoseGuidanceUnsupported as exc:  # pose_guidance or turned_pose_guidance
+        raise JobError(422, str(exc).split(":")[0], str(exc)) from exc
     except FiltersNotCalibrated as exc:
         raise JobError(422, str(exc).split(":")[0], str(exc)) from exc
     if spec.upsample and desc.upsampler_size is None:

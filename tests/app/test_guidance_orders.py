@@ -72,3 +72,6 @@ def test_pose_guidance_is_refused_on_a_model_without_landmark_dropout(demo_servi
     assert r.json()["spec"]["pose_guidance"] == 1.0
     r = client.post("/v1/jobs", json={**order, "pose_guidance": "2"}, headers=h)
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "pose_guidance"
+    turned = {**order, "pose_guidance": 1.0, "turned_pose_guidance": 3.0}
+    r = client.post("/v1/jobs", json=turned, headers=h)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "turned_pose_guidance"
