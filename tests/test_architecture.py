@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["vigface", "model_store", "jobstore", "workers", "app"]  # bottom to top
 # inside the core package, bottom to top; a module may import its own layer or any below
 VIGFACE_LAYERS = [
-    {"constants", "atomic", "precision", "prototype_set", "sampler_settings", "pose"},
+    {"constants", "atomic", "precision", "cpu_memory", "prototype_set", "sampler_settings", "pose"},
     {"backbones", "data", "losses"},
     {"config"},
     {"fr_model", "export"},

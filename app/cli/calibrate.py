@@ -117,7 +117,15 @@ def calibrate_drops_cmd(
         "identities_dropped": dropped,
         "images_per_identity": m,
         "settings": {
-            k: spec.get(k) for k in ("guidance", "pose_guidance", "steps", "scheduler", "pose")
+            k: spec.get(k)
+            for k in (
+                "guidance",
+                "pose_guidance",
+                "turned_pose_guidance",
+                "steps",
+                "scheduler",
+                "pose",
+            )
         },
         "measured_on": str(dataset),
     }
