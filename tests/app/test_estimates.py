@@ -68,23 +68,16 @@ def test_a_running_jobs_estimate_counts_the_finalize_step(rated):
         assert finalize_seconds(db, "rated", 12) == pytest.approx(1.5 * 12 / 6)
 
 
-def test_an_order_for_a_pose_the_model_does_not_reach_is_warned_at_admission(
-    tiny_generator, tmp_path, monkeypatch
-):
-    """The card's calibration says how often the faces drawn for each |yaw| group show it;
-    an order asking a group the model shows in under a fifth of its draws is told so in its
-    record, and one asking what the model reaches is not."""
+def _posed_service(tiny_generator, tmp_path, monkeypatch, tables: dict, **card_extra):
+    """A service on a copy of the tiny generator whose card holds the per-pose calibration
+    ``tables`` and whose pose bank has frontal faces and faces turned about 40 degrees either
+    way; returns (client, auth headers)."""
     store = tmp_path / "store"
     shutil.copytree(tiny_generator, store / "posed")
     card_path = store / "posed" / "model_card.json"
-    card = json.loads(card_path.read_text())
-    reach = {"frontal": 0.9, "15_35": 0.5, "35_60": 0.06}
-    card["filters"]["tau_consistency_by_pose"] = {
-        "1": {g: {"tau_consistency": -1.0, "shown_in_group": r, "shown_mean_abs_yaw": 20.0}
-              for g, r in reach.items()}
-    }  # fmt: skip
+    card = json.loads(card_path.read_text()) | card_extra
+    card["filters"]["tau_consistency_by_pose"] = tables
     card_path.write_text(json.dumps(card))
-    # a pose bank with frontal faces and faces turned about 40 degrees either way
     base = np.array([[38, 52], [74, 52], [56, 72], [42, 92], [70, 92]], np.float32)
     left, right = base.copy(), base.copy()
     left[2, 0] -= 18
@@ -92,7 +85,21 @@ def test_an_order_for_a_pose_the_model_does_not_reach_is_warned_at_admission(
     np.save(store / "posed" / "pose_landmarks.npy", np.stack([base, left, right] * 4))
     monkeypatch.setenv("VIGFACE_MODEL_STORE", str(store))
     api, _, key = embedded_service(tmp_path, "posed")
-    c, h = TestClient(api), {"Authorization": f"Bearer {key}"}
+    return TestClient(api), {"Authorization": f"Bearer {key}"}
+
+
+def test_an_order_for_a_pose_the_model_does_not_reach_is_warned_at_admission(
+    tiny_generator, tmp_path, monkeypatch
+):
+    """The card's calibration says how often the faces drawn for each |yaw| group show it;
+    an order asking a group the model shows in under a fifth of its draws is told so in its
+    record, and one asking what the model reaches is not."""
+    reach = {"frontal": 0.9, "15_35": 0.5, "35_60": 0.06}
+    tables = {
+        "1": {g: {"tau_consistency": -1.0, "shown_in_group": r, "shown_mean_abs_yaw": 20.0}
+              for g, r in reach.items()}
+    }  # fmt: skip
+    c, h = _posed_service(tiny_generator, tmp_path, monkeypatch, tables)
     bank = {b for b in ("left_35_60", "right_35_60")}
     turned = c.post("/v1/jobs", json={**ORDER, "pose": {b: 0.5 for b in sorted(bank)}},
                     headers=h)  # fmt: skip
@@ -108,25 +115,12 @@ def test_the_pose_warning_reads_the_calibration_at_the_guidance_turned_faces_are
 ):
     """Turned faces drawn at their own pose guidance (turned_pose_guidance) are warned by the
     reach measured at that weight, not at the order's pose_guidance."""
-    store = tmp_path / "store"
-    shutil.copytree(tiny_generator, store / "posed")
-    card_path = store / "posed" / "model_card.json"
-    card = json.loads(card_path.read_text())
-    card["pose_drop_prob"] = 0.1
-    card["filters"]["tau_consistency_by_pose"] = {
+    tables = {
         w: {g: {"tau_consistency": -1.0, "shown_in_group": r, "shown_mean_abs_yaw": 30.0}
             for g, r in (("frontal", 0.9), ("35_60", reach))}
         for w, reach in (("1", 0.06), ("3", 0.7))
     }  # fmt: skip
-    card_path.write_text(json.dumps(card))
-    base = np.array([[38, 52], [74, 52], [56, 72], [42, 92], [70, 92]], np.float32)
-    left, right = base.copy(), base.copy()
-    left[2, 0] -= 18
-    right[2, 0] += 18
-    np.save(store / "posed" / "pose_landmarks.npy", np.stack([base, left, right] * 4))
-    monkeypatch.setenv("VIGFACE_MODEL_STORE", str(store))
-    api, _, key = embedded_service(tmp_path, "posed")
-    c, h = TestClient(api), {"Authorization": f"Bearer {key}"}
+    c, h = _posed_service(tiny_generator, tmp_path, monkeypatch, tables, pose_drop_prob=0.1)
     pose = {"left_35_60": 0.5, "right_35_60": 0.5}
     at1 = c.post("/v1/jobs", json={**ORDER, "pose": pose}, headers=h).json()
     assert len(at1["warnings"]) == 1 and "higher turned_pose_guidance" in at1["warnings"][0]
