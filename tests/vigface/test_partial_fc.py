@@ -107,9 +107,12 @@ def _sharded_worker(rank: int, world: int, port: int, rate: float, queue) -> Non
     loss = head(mine, labels[cut], v_emb[vcut], v_lab[vcut])
     g_emb, g_real, g_virt = torch.autograd.grad(loss, [mine, head.real, head.virtual])
     real, virtual = head.gather_full()
+    # numpy arrays travel by value: a tensor would travel as a file descriptor that the
+    # parent can fail to fetch once this process has exited ("connection reset by peer")
     queue.put(
-        (rank, float(loss), g_emb, (r0, r1, g_real), (v0, v1, g_virt), real.shape, virtual.shape)
-    )
+        (rank, float(loss), g_emb.numpy(), (r0, r1, g_real.numpy()), (v0, v1, g_virt.numpy()),
+         tuple(real.shape), tuple(virtual.shape))
+    )  # fmt: skip
     dist.destroy_process_group()
 
 
@@ -128,8 +131,10 @@ def _run_sharded(rate: float) -> dict:
         p.start()
     got = {}
     for _ in procs:
-        rank, *rest = queue.get(timeout=120)
-        got[rank] = rest
+        rank, loss, g_emb, (r0, r1, g_real), (v0, v1, g_virt), *shapes = queue.get(timeout=120)
+        as_tensor = torch.from_numpy
+        got[rank] = [loss, as_tensor(g_emb), (r0, r1, as_tensor(g_real)),
+                     (v0, v1, as_tensor(g_virt)), *shapes]  # fmt: skip
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
