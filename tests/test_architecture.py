@@ -1,6 +1,6 @@
 """The import graph: every arrow points down the layering, and nothing imports in a circle.
 
-Layering (README, "Layout"): ``vigface`` <- ``model_store`` <- ``jobstore`` <- ``workers`` <-
+Layering (docs/layout.md): ``vigface`` <- ``model_store`` <- ``jobstore`` <- ``workers`` <-
 ``app``; inside ``vigface`` the parts below. Every import counts, those inside functions too:
 a lazy import is still a dependency. Run as a script to print the package-level graph:
 

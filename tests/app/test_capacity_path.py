@@ -18,13 +18,13 @@ from fastapi.testclient import TestClient
 from conftest import postgres_url
 
 pytestmark = pytest.mark.slow
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "training.md"
 
 
 def documented_command() -> list[str]:
-    """The README's command for a 100,000-identity entry, as a user would copy it."""
+    """The training guide's command for a 100,000-identity entry, as a user would copy it."""
     line = next(
-        ln.strip() for ln in README.read_text().splitlines()
+        ln.strip() for ln in GUIDE.read_text().splitlines()
         if ln.strip().startswith("vigface extend-virtual") and "--to 100000" in ln
     )  # fmt: skip
     return re.sub(r"\s+#.*$", "", line).split()[1:]
