@@ -143,11 +143,11 @@ def calibrate_drops_cmd(
 
 def run_groups(gen, pose) -> set[str]:
     """The |yaw| groups a run's pose asked for (empty where the entry has no pose bank)."""
-    from vigface.pose import PoseBank, group_shares
+    from vigface.pose import group_shares
 
     if gen.pose_landmarks is None or pose is None:
         return set()
-    return set(group_shares(PoseBank.from_landmarks(gen.pose_landmarks).weights(pose)))
+    return set(group_shares(gen.pose_bank.weights(pose)))
 
 
 def calibrate_guidance_cmd(

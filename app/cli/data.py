@@ -73,14 +73,14 @@ def default_spares(gen, spec) -> int:
     from jobstore.settings import Settings
     from vigface.dataset.spares import spares_for_order
     from vigface.dataset.spec import at_card_thresholds
-    from vigface.pose import PoseBank, PoseSpecError, group_shares
+    from vigface.pose import PoseSpecError, group_shares
 
     card = gen.card
     settings, own = Settings(), not at_card_thresholds(spec, card)
     shares = None
     if gen.pose_landmarks is not None:
         try:
-            shares = group_shares(PoseBank.from_landmarks(gen.pose_landmarks).weights(spec.pose))
+            shares = group_shares(gen.pose_bank.weights(spec.pose))
         except PoseSpecError as exc:
             fail(str(exc))
     m, fraction, confidence = (

@@ -29,7 +29,7 @@ from vigface.dataset.spec import (
     PoseGuidanceUnsupported,
     resolve_spec,
 )
-from vigface.pose import TURNED_GROUPS, YAW_BINS, PoseSpecError, yaw_group
+from vigface.pose import TURNED_GROUPS, PoseSpecError, group_shares
 from vigface.sampler_settings import pose_guidance_for
 
 
@@ -132,11 +132,8 @@ def pose_warnings(desc, spec) -> list[str]:
     tables = ((desc.card.get("filters") or {}).get("tau_consistency_by_pose")) or {}
     if not tables or desc.pose_bank is None:
         return []
-    asked: dict[str, float] = {}
-    for name, w in zip(YAW_BINS, desc.pose_bank.weights(spec.pose), strict=True):
-        asked[yaw_group(name)] = asked.get(yaw_group(name), 0.0) + float(w)
     out = []
-    for group, share in asked.items():
+    for group, share in group_shares(desc.pose_bank.weights(spec.pose)).items():
         drawn_at = pose_guidance_for(group, spec.pose_guidance, spec.turned_pose_guidance)
         gp = min(tables, key=lambda w, at=drawn_at: abs(float(w) - at))
         reach = tables[gp].get(group, {})

@@ -116,7 +116,7 @@ def consistency_by_pose(
     interval = s.get("guidance_interval")
     k = gen.fr.virtual_prototypes.shape[0]
     weights = sorted(set(pose_guidances or [float(s.get("pose_guidance", 1.0))]))
-    bank = PoseBank.from_landmarks(gen.pose_landmarks)  # the pose fit runs once, not per group
+    bank = gen.pose_bank
     tables: dict[str, dict[str, dict]] = {}
     for gp in weights:
         table = tables.setdefault(f"{gp:g}", {})

@@ -41,7 +41,7 @@ from vigface.dataset.filters import DatasetFilter, LeakageJudge
 from vigface.dataset.planning import NotEnoughPrototypes, plan_slots
 from vigface.dataset.spec import ResolvedSpec
 from vigface.generator.artifact import Generator
-from vigface.pose import YAW_BINS, PoseBank
+from vigface.pose import YAW_BINS
 from vigface.sampling import ImageRequest, Sampler, image_seed
 
 __all__ = ["Canceled", "DatasetBuilder", "NotEnoughPrototypes", "write_dataset"]
@@ -93,7 +93,7 @@ class DatasetBuilder:
             raise ValueError("the generator entry has no pose landmarks (pose_landmarks.npy)")
         if spec.upsample and gen.upsampler is None:
             raise ValueError("upsample: this generator has no upsampler (upsampler/)")
-        self.bank = PoseBank.from_landmarks(gen.pose_landmarks)
+        self.bank = gen.pose_bank
         self.plan = plan_slots(
             self.bank,
             spec.pose,

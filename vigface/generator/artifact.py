@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from vigface.generator.autoencoder import (
 from vigface.generator.dit import FaceDiT
 from vigface.generator.upsampler import UpsamplerStage
 from vigface.model_card import load_card, write_card
+from vigface.pose import PoseBank
 
 POSES_FILE = "pose_landmarks.npy"
 UPSAMPLER_DIR = "upsampler"
@@ -60,6 +62,12 @@ class Generator:
         if self.autoencoder is not None:
             return self.dit.config.sample_size * latent_factor(self.autoencoder)
         return self.dit.config.sample_size
+
+    @cached_property
+    def pose_bank(self) -> PoseBank | None:
+        """The training poses binned by yaw, fitted once per loaded entry (a fit of a few
+        thousand landmark sets, which orders, spares and calibration all read)."""
+        return None if self.pose_landmarks is None else PoseBank.from_landmarks(self.pose_landmarks)
 
     def save(self, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
         """Write the entry; ``dtype=torch.float16`` stores the DiT and the prototypes in half
