@@ -148,7 +148,7 @@ def test_rows_split_over_two_gloo_ranks_give_the_full_softmax_at_sample_rate_one
     g_emb, g_real, g_virt = torch.autograd.grad(loss_full, [emb, full.real, full.virtual])
     got = _run_sharded(1.0)
     for rank, (loss, ge, (r0, r1, gr), (v0, v1, gv), real_shape, virt_shape) in got.items():
-        assert abs(loss - float(loss_full)) < 1e-5, rank  # every rank: the whole batch's loss
+        assert abs(loss - loss_full.item()) < 1e-5, rank  # every rank: the whole batch's loss
         assert torch.allclose(gr, g_real[r0:r1], atol=1e-6)  # its slice of W_R's gradient
         assert torch.allclose(gv, g_virt[v0:v1], atol=1e-6)
         rows = slice(0, 5) if rank == 0 else slice(5, 8)
