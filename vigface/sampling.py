@@ -129,6 +129,9 @@ class Sampler:
         pose_guidance: g_p, the landmarks' own weight (1: one-condition CFG as in the paper).
         turned_pose_guidance: g_p of the images whose landmarks ask for |yaw| 35 degrees or
             more (:func:`vigface.pose.is_turned`); ``None``: ``pose_guidance`` for all.
+        timestep_spacing: ``"trailing"`` (the first step at ``T``), ``"leading"`` (the first
+            at ``T - T / steps``, what the models' saved schedulers say) or ``"linspace"``; see
+            :func:`vigface.generator.diffusion.sampling_scheduler`.
         upsampler: an :class:`~vigface.generator.upsampler.UpsamplerStage` run after the DiT
             (``None``: the DiT's own resolution); ``upsample_steps`` its solver steps.
         autoencoder: a latent generator's autoencoder; the DiT then draws latents, decoded
@@ -151,6 +154,7 @@ class Sampler:
         pose_guidance: float = PAPER_SAMPLER.pose_guidance,
         autoencoder=None,
         turned_pose_guidance: float | None = None,
+        timestep_spacing: str = PAPER_SAMPLER.timestep_spacing,
     ):
         self.guidance_interval = check_guidance_interval(guidance_interval)
         self.dit = dit.eval()
@@ -176,7 +180,12 @@ class Sampler:
         self.dtype = autocast_dtype(precision, self.device)
         self.forward = compile_for_inference(dit) if compile else dit
         self.interrupt = None  # an Event: when set, the batch under way stops at its next step
-        sampling_scheduler(train_scheduler, scheduler)  # validate the name early
+        self.timestep_spacing = timestep_spacing
+        self._solver()  # validate the name and the spacing early
+
+    def _solver(self):
+        """A fresh solver (multistep solvers keep state between steps: one per batch)."""
+        return sampling_scheduler(self.train_scheduler, self.scheduler_name, self.timestep_spacing)
 
     @classmethod
     def for_generator(cls, gen, settings, batch_size: int = 32, **kw) -> Sampler:
@@ -194,6 +203,7 @@ class Sampler:
             guidance_interval=settings.guidance_interval,
             pose_guidance=settings.pose_guidance,
             turned_pose_guidance=getattr(settings, "turned_pose_guidance", None),
+            timestep_spacing=settings.timestep_spacing,
             upsampler=up,
             upsample_steps=upsample_steps,
             autoencoder=gen.autoencoder,
@@ -213,7 +223,7 @@ class Sampler:
         of the guided forward's second part in place of the null one (NegFaceDiff: guidance
         then pushes each face away from those identities as well)."""
         b = len(seeds)
-        sched = sampling_scheduler(self.train_scheduler, self.scheduler_name)
+        sched = self._solver()
         sched.set_timesteps(self.steps, device=self.device)
         x = torch.stack([initial_noise(s, self.size, self.channels) for s in seeds])
         x = x.to(self.device)
@@ -288,7 +298,7 @@ class Sampler:
     def forwards_per_image(self) -> float:
         """DiT evaluations per image (a guided step costs two, three with pose guidance):
         the sampler's work unit; with ``turned_pose_guidance`` the most a batch can cost."""
-        sched = sampling_scheduler(self.train_scheduler, self.scheduler_name)
+        sched = self._solver()
         sched.set_timesteps(self.steps)
         total = self.train_scheduler.config.num_train_timesteps
         parts = 3 if self.pushes_pose() else 2

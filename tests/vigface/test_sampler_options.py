@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from vigface.dataset.spec import DatasetOrder, DatasetSpec, ResolvedSpec, resolve_spec
 from vigface.generator.diffusion import cfg_combine, sampling_scheduler, training_scheduler
@@ -44,7 +45,7 @@ def test_interval_guidance_guides_only_inside_and_runs_the_conditional_branch_ou
         dit, sched, steps=6, guidance=3.0, guidance_interval=(0.3, 0.7), precision="fp32"
     ).sample(w, lms, seeds)
     calls = {"guided": 0, "plain": 0}
-    s = sampling_scheduler(sched)
+    s = sampling_scheduler(sched, timestep_spacing="trailing")  # the sampler's default
     s.set_timesteps(6)
     x = torch.stack([initial_noise(sd, 16) for sd in seeds]) * s.init_noise_sigma
     wn = torch.nn.functional.normalize(w, dim=1)
@@ -158,3 +159,44 @@ def test_negative_neighbours_is_a_sampler_setting_the_order_and_card_share():
     )
     with pytest.raises(ValueError):
         DatasetOrder(identities=1, images_per_identity=1, negative_neighbours=-1)
+
+
+def test_trailing_steps_start_from_pure_noise_and_leading_does_not(tmp_path):
+    """leading (the saved schedulers' spacing) starts a 10-step solver at t = 900 of 1,000
+    (15 % signal on the cosine schedule): the first step reads pure noise as a face's mean
+    colour. Without a spacing the solver keeps the saved training scheduler's."""
+    training_scheduler(beta_schedule="squaredcos_cap_v2").save_pretrained(tmp_path)
+    sched = DDPMScheduler.from_pretrained(tmp_path)  # as a store entry's scheduler/ loads
+    for name in ("dpmsolver", "unipc", "ddim"):
+        trailing = sampling_scheduler(sched, name, "trailing")
+        trailing.set_timesteps(10)
+        assert int(trailing.timesteps[0]) == 999, name
+    for spacing in ("leading", None):
+        leading = sampling_scheduler(sched, "dpmsolver", spacing)
+        leading.set_timesteps(10)
+        assert int(leading.timesteps[0]) == 900
+    dit = tiny_dit()
+    w, lms, seeds = _inputs(2)
+    a = Sampler(dit, sched, steps=4, guidance=2.0, precision="fp32").sample(w, lms, seeds)
+    b = Sampler(dit, sched, steps=4, guidance=2.0, precision="fp32",
+                timestep_spacing="leading").sample(w, lms, seeds)  # fmt: skip
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 1
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        Sampler(dit, sched, timestep_spacing="last")
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        DatasetOrder(identities=1, images_per_identity=1, timestep_spacing="last")
+
+
+def test_timestep_spacing_new_orders_trailing_stored_jobs_as_they_were_drawn():
+    """A job stored before the setting existed resumes with the spacing its first shards were
+    drawn with (leading); a new order takes the card's, else trailing."""
+    assert SamplerSettings().timestep_spacing == "trailing"
+    order = DatasetSpec(identities=1, images_per_identity=1)
+    assert resolve_spec(order, FILTERS).timestep_spacing == "trailing"
+    card = {**FILTERS, "sampler_defaults": {"timestep_spacing": "leading"}}
+    assert resolve_spec(order, card).timestep_spacing == "leading"
+    mine = DatasetSpec(identities=1, images_per_identity=1, timestep_spacing="trailing")
+    assert resolve_spec(mine, card).timestep_spacing == "trailing"
+    stored = resolve_spec(order, FILTERS).model_dump()
+    del stored["timestep_spacing"]  # as a job admitted before the setting was stored
+    assert ResolvedSpec.model_validate(stored).timestep_spacing == "leading"

@@ -41,6 +41,7 @@ SCHEDULERS = {
 
 
 PREDICTION_TYPES = ("v_prediction", "sample")
+TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 # x-prediction's v-loss divides by b = sqrt(1 - alpha_bar); JiT clamps 1 - t at 0.05
 MIN_NOISE_STD = 0.05
 
@@ -81,12 +82,28 @@ def training_scheduler(
     )
 
 
-def sampling_scheduler(train_scheduler, name: str = "dpmsolver"):
-    """The solver ``name`` on the training schedule, predicting what the network predicts."""
+def sampling_scheduler(train_scheduler, name: str = "dpmsolver", timestep_spacing=None):
+    """The solver ``name`` on the training schedule, predicting what the network predicts.
+
+    ``timestep_spacing="trailing"`` puts the first step at t = T, where training put pure noise
+    (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed"). The
+    schedulers the models were saved with say ``leading`` (DDPMScheduler's default), which
+    starts at ``T - T / steps`` (t = 900 of 1,000 with 10 steps), where the cosine schedule
+    still holds 15 % signal, so the first step reads pure noise as a face's average colour.
+    ``None`` keeps what the training scheduler says."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}")
+    spacing = {}
+    if timestep_spacing is not None:
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, not {timestep_spacing!r}"
+            )
+        spacing["timestep_spacing"] = timestep_spacing
     cls = SCHEDULERS[name]
-    return cls.from_config(train_scheduler.config, prediction_type=prediction_type(train_scheduler))
+    return cls.from_config(
+        train_scheduler.config, prediction_type=prediction_type(train_scheduler), **spacing
+    )
 
 
 def prediction_type(scheduler) -> str:
