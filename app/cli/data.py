@@ -56,8 +56,9 @@ def sample_cmd(
     cols = _grid_poses(gen, poses, landmarks)
     try:
         res = identity_fidelity(
-            gen, group, identities, cols, guidance, steps, seed, scheduler=scheduler
-        )
+            gen, group, identities, cols, guidance, steps, seed, scheduler=scheduler,
+            timestep_spacing=defaults.timestep_spacing,
+        )  # fmt: skip
     except ValueError as exc:
         fail(str(exc))
     save_grid(res.pop("images_array"), identities, poses, out)

@@ -208,7 +208,9 @@ def test_calibration_draws_with_the_cards_sampler_and_keeps_the_rest_of_the_card
     shutil.copytree(tiny_generator, model, ignore=shutil.ignore_patterns("checkpoints"))
     card_path = model / "model_card.json"
     card = json.loads(card_path.read_text())
-    card["sampler_defaults"] = {"guidance": 1.5, "steps": 3, "scheduler": "ddim"}
+    card["sampler_defaults"] = {
+        "guidance": 1.5, "steps": 3, "scheduler": "ddim", "timestep_spacing": "leading"
+    }  # fmt: skip
     card["judge"] = {"name": "kept"}
     card_path.write_text(json.dumps(card))
     data = tiny_generator.parent / "train"
@@ -219,6 +221,7 @@ def test_calibration_draws_with_the_cards_sampler_and_keeps_the_rest_of_the_card
     f = after["filters"]
     assert f["calibration"]["guidance"] == 1.5 and f["calibration"]["steps"] == 3
     assert f["calibration"]["scheduler"] == "ddim" and f["calibration"]["images"] == 5 * 4
+    assert f["calibration"]["timestep_spacing"] == "leading"
     assert f["tau_leak"] == round(f["real_nearest_negative"]["p99"], 4)
     cos_own = json.loads((model / "measurements" / "filters.calibration_cos_own.json").read_text())
     assert f["tau_consistency"] == round(cos_own["p05"], 4)  # its source: a measurement

@@ -57,19 +57,25 @@ def real_nearest_negative(gen: Generator, data_dir: str | Path) -> np.ndarray:
     return sims.max(1)
 
 
+def _draw(gen: Generator, cols, guidance: float, s: dict, identities: int, **kw) -> dict:
+    """:func:`identity_fidelity` of ``identities`` virtual prototypes at ``cols`` poses, drawn
+    with the sampler settings ``s`` (guidance given apart) and the calibration's fixed seed."""
+    interval = s.get("guidance_interval")
+    k = gen.fr.virtual_prototypes.shape[0]
+    return identity_fidelity(
+        gen, "virtual", min(identities, k), cols, float(guidance), int(s["steps"]),
+        seed=987654, scheduler=s["scheduler"],
+        guidance_interval=tuple(interval) if interval else None,
+        timestep_spacing=s.get("timestep_spacing", SamplerSettings().timestep_spacing), **kw,
+    )  # fmt: skip
+
+
 def consistency_at(
     gen: Generator, guidance: float, s: dict, calib_identities: int = 50, poses: int = 4
 ) -> dict:
     """tau_consistency (the 5th percentile of cos(image, own prototype)) drawn at ``guidance``
     with the other sampler settings ``s``, and the median beside it."""
-    interval = s.get("guidance_interval")
-    cols = pose_columns(gen.pose_landmarks, poses)
-    k = gen.fr.virtual_prototypes.shape[0]
-    fid = identity_fidelity(
-        gen, "virtual", min(calib_identities, k), cols, float(guidance), int(s["steps"]),
-        seed=987654, scheduler=s["scheduler"],
-        guidance_interval=tuple(interval) if interval else None,
-    )  # fmt: skip
+    fid = _draw(gen, pose_columns(gen.pose_landmarks, poses), guidance, s, calib_identities)
     cos_own = np.array(fid["cos_own_all"])
     return {
         "tau_consistency": round(float(np.percentile(cos_own, 5)), 4),
@@ -113,8 +119,6 @@ def consistency_by_pose(
     if gen.pose_landmarks is None:
         raise ValueError("the generator entry has no pose landmarks (pose_landmarks.npy)")
     s = SamplerSettings.for_model(gen.card).model_dump() if sampler is None else sampler
-    interval = s.get("guidance_interval")
-    k = gen.fr.virtual_prototypes.shape[0]
     weights = sorted(set(pose_guidances or [float(s.get("pose_guidance", 1.0))]))
     bank = gen.pose_bank
     tables: dict[str, dict[str, dict]] = {}
@@ -124,11 +128,7 @@ def consistency_by_pose(
             cols = group_poses(bank, group, poses)
             if cols is None:
                 continue
-            fid = identity_fidelity(
-                gen, "virtual", min(calib_identities, k), cols, float(s["guidance"]),
-                int(s["steps"]), seed=987654, scheduler=s["scheduler"],
-                guidance_interval=tuple(interval) if interval else None, pose_guidance=gp,
-            )  # fmt: skip
+            fid = _draw(gen, cols, s["guidance"], s, calib_identities, pose_guidance=gp)
             cos_own = np.array(fid["cos_own_all"])
             table[group] = {
                 "tau_consistency": round(float(np.percentile(cos_own, 5)), 4),
@@ -152,13 +152,7 @@ def calibrate(
     s = SamplerSettings.for_model(gen.card).model_dump() if sampler is None else sampler
     interval = s.get("guidance_interval")
     neg = real_nearest_negative(gen, data_dir)
-    cols = pose_columns(gen.pose_landmarks, poses)
-    k = gen.fr.virtual_prototypes.shape[0]
-    fid = identity_fidelity(
-        gen, "virtual", min(calib_identities, k), cols, float(s["guidance"]), int(s["steps"]),
-        seed=987654, scheduler=s["scheduler"],
-        guidance_interval=tuple(interval) if interval else None,
-    )  # fmt: skip
+    fid = _draw(gen, pose_columns(gen.pose_landmarks, poses), s["guidance"], s, calib_identities)
     face_rate = detector_rate(fid.pop("images_array"))
     cos_own = np.array(fid["cos_own_all"])
     return {
@@ -176,6 +170,7 @@ def calibrate(
             "guidance": float(s["guidance"]),
             "steps": int(s["steps"]),
             "scheduler": s["scheduler"],
+            "timestep_spacing": s.get("timestep_spacing", SamplerSettings().timestep_spacing),
             "guidance_interval": list(interval) if interval else None,
             "data": str(data_dir),
             # sampling speed of this machine: admission's time estimate before any job ran

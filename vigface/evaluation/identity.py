@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vigface.generator.artifact import Generator
-from vigface.sampling import ImageRequest, Sampler, image_seed
+from vigface.sampling import PAPER_SAMPLER, ImageRequest, Sampler, image_seed
 
 
 def identity_fidelity(
@@ -30,6 +30,7 @@ def identity_fidelity(
     rows: tuple[int, int] | None = None,
     guidance_interval: tuple[float, float] | None = None,
     pose_guidance: float = 1.0,
+    timestep_spacing: str = PAPER_SAMPLER.timestep_spacing,
 ) -> dict:
     """``poses`` is (P, 5, 2): each identity gets one image per pose. The identities are
     spread evenly over the prototype rows ``rows = (first, end)`` (default: all of them)."""
@@ -56,6 +57,7 @@ def identity_fidelity(
         guidance_interval=guidance_interval,
         pose_guidance=pose_guidance,
         autoencoder=gen.autoencoder,
+        timestep_spacing=timestep_spacing,
     )
     t0 = time.perf_counter()
     images = np.concatenate([imgs for _, imgs in sampler.stream(reqs)])
