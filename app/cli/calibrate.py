@@ -124,6 +124,7 @@ def calibrate_drops_cmd(
                 "turned_pose_guidance",
                 "steps",
                 "scheduler",
+                "timestep_spacing",
                 "pose",
             )
         },

@@ -79,6 +79,7 @@ def identity_fidelity(
         "guidance": guidance,
         "steps": steps,
         "scheduler": scheduler,
+        "timestep_spacing": timestep_spacing,
         "guidance_interval": list(guidance_interval) if guidance_interval else None,
         "pose_guidance": pose_guidance,
         "sampling_seconds": round(seconds, 3),
