@@ -65,6 +65,7 @@ def test_job_runs_to_completion_with_exact_counts(service):
         ("guidance", 21),
         ("steps", 0),
         ("steps", 201),
+        ("timestep_spacing", "last"),
         ("seed", -1),
         ("priority", 10),
         ("tau_leak", 1.5),
